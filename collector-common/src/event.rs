@@ -1,0 +1,43 @@
+//! Ring-buffer records: a tagged header first, then the record of that kind.
+//!
+//! The ring buffer carries only records that need per-event detail (a process seen for the
+//! first time, later one record per HTTP request). High-rate counters never go through it:
+//! they are aggregated in per-CPU maps (see `tcp`).
+
+use crate::{assert_layout, impl_pod};
+
+/// First field of every ring-buffer record. Userspace dispatches on `kind` and rejects
+/// unknown kinds and short records (counted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `EventKind` values, as a raw number: the kernel may be newer than the daemon.
+    pub kind: u16,
+    /// ABI version of the record; bumped when a layout changes.
+    pub version: u16,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at emission (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+assert_layout!(EventHeader, 16);
+impl_pod!(EventHeader);
+
+/// Kinds of ring-buffer records.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `process::ProcessEvent`
+    Process = 1,
+}
+
+impl EventKind {
+    /// Decodes a raw kind; `None` for kinds this build does not know.
+    pub const fn from_raw(raw: u16) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Process),
+            _ => None,
+        }
+    }
+}
+
+pub const EVENT_VERSION: u16 = 1;

@@ -1,0 +1,24 @@
+//! Kernel side of the collector: every hook variant of every signal, in one object.
+//!
+//! `Ebpf::load` creates the maps but loads no program; userspace then walks each signal's
+//! ladder (kprobe → fentry → tp_btf → raw_tp → tracepoint by default), loading and attaching
+//! rungs until one works. Unused variants cost nothing.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod globals;
+mod maps;
+mod sock;
+mod tcp;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

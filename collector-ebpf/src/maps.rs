@@ -1,0 +1,45 @@
+//! Maps shared by all programs. Names and sizes come from `collector_common::maps`; the
+//! static names here must match them (the loader looks maps up by these names).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use collector_common::{
+    maps::{
+        EVENTS_BYTES, KernelDrop, PROBE_STASH_ENTRIES, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES,
+        TCP_STATS_ENTRIES,
+    },
+    tcp::{OwnerKey, SockOwner, TcpStats},
+};
+
+#[map]
+pub static TCP_STATS: PerCpuHashMap<OwnerKey, TcpStats> =
+    PerCpuHashMap::with_max_entries(TCP_STATS_ENTRIES, 0);
+
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
+    LruHashMap::with_max_entries(SOCK_OWNERS_ENTRIES, 0);
+
+#[map]
+pub static SEEN_TGIDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SEEN_TGIDS_ENTRIES, 0);
+
+/// kprobe → kretprobe hand-over: (sk, skb) keyed by pid_tgid.
+#[map]
+pub static PROBE_STASH: HashMap<u64, [u64; 2]> =
+    HashMap::with_max_entries(PROBE_STASH_ENTRIES, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelDrop::COUNT, 0);
+
+/// Counts something the kernel side could not record. Per-CPU, so no atomics needed.
+#[inline(always)]
+pub fn count_drop(what: KernelDrop) {
+    if let Some(p) = DROPS.get_ptr_mut(what as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *p += 1 };
+    }
+}

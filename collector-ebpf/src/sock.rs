@@ -1,0 +1,97 @@
+//! Reading `struct sock` without CO-RE: offsets come from userspace (see `globals`), reads go
+//! through `bpf_probe_read_kernel`, which works in every program type.
+
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use collector_common::{
+    maps::KernelDrop,
+    tcp::{OwnerKey, SockOwner},
+};
+
+use crate::{
+    globals::{CGRP_KN_OFF, KN_ID_OFF, SK_CGRP_OFF},
+    maps::{SOCK_OWNERS, count_drop},
+};
+
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; a bad address yields Err.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+}
+
+/// `sk->sk_cgrp_data.cgroup->kn->id`: the cgroup v2 id the socket was created in. Accepted
+/// sockets inherit the listener's. Right in softirq context, unlike the current task.
+#[inline(always)]
+pub fn sk_cgroup_id(sk: u64) -> u64 {
+    let (cg_off, kn_off, id_off) = (SK_CGRP_OFF.load(), CGRP_KN_OFF.load(), KN_ID_OFF.load());
+    if cg_off == 0 || kn_off == 0 {
+        return 0;
+    }
+    let id = read::<u64>(sk, cg_off)
+        .and_then(|cgrp| read::<u64>(cgrp, kn_off))
+        .and_then(|kn| read::<u64>(kn, id_off));
+    match id {
+        Some(id) => id,
+        None => {
+            count_drop(KernelDrop::CgroupRead);
+            0
+        }
+    }
+}
+
+/// The owner key of a socket, in any context.
+#[inline(always)]
+pub fn owner_of(sk: u64) -> OwnerKey {
+    let mut cgroup_id = sk_cgroup_id(sk);
+    let mut tgid = 0;
+    // SAFETY: value copied out immediately; LRU entries may be recycled concurrently, which
+    // at worst attributes one event to the socket's previous owner.
+    if let Some(owner) = unsafe { SOCK_OWNERS.get(&sk) } {
+        tgid = owner.tgid;
+        // Root cgroup (1) or unreadable: the workload is not in the unified hierarchy;
+        // the task's cgroup recorded in process context is the better answer.
+        if cgroup_id <= 1 && owner.cgroup_id > cgroup_id {
+            cgroup_id = owner.cgroup_id;
+        }
+    }
+    OwnerKey {
+        cgroup_id,
+        tgid,
+        _pad: 0,
+    }
+}
+
+/// Records the current process as the socket's owner. Process context only. Returns the
+/// owner key to charge.
+#[inline(always)]
+pub fn record_owner(sk: u64) -> OwnerKey {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let task_cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let owner = SockOwner {
+        tgid,
+        _pad: 0,
+        cgroup_id: task_cgroup,
+    };
+    // SAFETY: read of a plain value.
+    let known = unsafe { SOCK_OWNERS.get(&sk) }.is_some_and(|o| o.tgid == tgid);
+    if !known && SOCK_OWNERS.insert(&sk, &owner, 0).is_err() {
+        count_drop(KernelDrop::OwnerInsert);
+    }
+    crate::emit::announce_process(tgid);
+    let mut cgroup_id = sk_cgroup_id(sk);
+    if cgroup_id <= 1 && task_cgroup > cgroup_id {
+        cgroup_id = task_cgroup;
+    }
+    OwnerKey {
+        cgroup_id,
+        tgid,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+pub fn forget(sk: u64) {
+    let _ = SOCK_OWNERS.remove(&sk);
+}

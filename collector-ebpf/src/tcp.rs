@@ -1,0 +1,431 @@
+//! TCP health signals. Every signal has one handler (`on_send`, `on_retransmit`, …) and one thin
+//! program per ladder rung that only extracts the hook's arguments and calls it, so all rungs
+//! count the same thing the same way.
+//!
+//! Why these hooks:
+//! - Bytes sent / send errors: `tcp_sendmsg` (kprobe+kretprobe or fexit) is what production
+//!   kernels always have and covers every TCP send path through the socket layer;
+//!   `sock:sock_send_length` (≥ 6.3, all socket types, filtered on protocol) is the
+//!   tracepoint equivalent. Process context: the place to record the socket's owner.
+//! - Retransmits: `__tcp_retransmit_skb`, not `tcp_retransmit_skb`: tail-loss probes call the
+//!   former directly. The `tcp:tcp_retransmit_skb` tracepoint sits inside it. Counted in
+//!   segments (`tcp_skb_pcount`), the unit of the kernel's TcpRetransSegs, and only when the
+//!   retransmission succeeded, as the kernel's own counter does.
+//! - Resets, state, teardown: tracepoints only (`tcp:tcp_send_reset`, `tcp:tcp_receive_reset`,
+//!   `sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`); their tp_btf/raw_tp forms avoid
+//!   tracefs and the record-layout drift of the classic form.
+//! Retransmits and resets run in softirq: attribution goes through the socket (`sock::owner_of`),
+//! never the current task.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
+};
+use collector_common::{
+    maps::KernelDrop,
+    tcp::{IPPROTO_TCP, OwnerKey, TcpStats, errno, state},
+};
+
+use crate::{
+    globals::{
+        CB_GSO_SEGS_OFF, RETRANS_HAS_ERR, SK_ERR_OFF, SK_PROTO_OFF, SKB_CB_OFF, TP_DESTROY_SK,
+        TP_RESET_RECV_SK, TP_RESET_SENT_SK, TP_RETRANS_ERR, TP_RETRANS_SK, TP_RETRANS_SKB,
+        TP_SEND_PROTO, TP_SEND_RET, TP_SEND_SK, TP_STATE_NEW, TP_STATE_OLD, TP_STATE_PROTO,
+        TP_STATE_SK,
+    },
+    maps::{PROBE_STASH, TCP_STATS, count_drop},
+    sock::{forget, owner_of, read, record_owner},
+};
+
+/// Applies `f` to this CPU's counters of `key`, creating them on first use. When the map is
+/// full the event is charged to the overflow bucket: totals stay exact, attribution degrades,
+/// and the degradation is counted.
+#[inline(always)]
+fn update(key: &OwnerKey, f: impl FnOnce(&mut TcpStats)) {
+    let mut ptr = TCP_STATS.get_ptr_mut(key);
+    if ptr.is_none() {
+        let zero = TcpStats::default();
+        // EEXIST (a racing insert) is fine: look it up again below.
+        if TCP_STATS.insert(key, &zero, BPF_NOEXIST as u64).is_err() {
+            ptr = TCP_STATS.get_ptr_mut(key);
+            if ptr.is_none() {
+                count_drop(KernelDrop::StatsMapFull);
+                ptr = TCP_STATS.get_ptr_mut(&OwnerKey::OVERFLOW);
+            }
+        } else {
+            ptr = TCP_STATS.get_ptr_mut(key);
+        }
+    }
+    match ptr {
+        // SAFETY: per-CPU value of a live element; only this CPU writes it.
+        Some(p) => f(unsafe { &mut *p }),
+        None => count_drop(KernelDrop::StatsLost),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bytes sent and send errors.
+
+#[inline(always)]
+fn on_send(sk: u64, ret: i32) {
+    if sk == 0 {
+        return;
+    }
+    let key = record_owner(sk);
+    update(&key, |s| {
+        if ret >= 0 {
+            s.bytes_sent += ret as u64;
+            s.send_calls += 1;
+        } else {
+            match -ret {
+                errno::EAGAIN => s.send_would_block += 1,
+                errno::EPIPE => s.send_err_pipe += 1,
+                errno::ECONNRESET => s.send_err_reset += 1,
+                _ => s.send_err_other += 1,
+            }
+        }
+    });
+}
+
+#[kprobe]
+pub fn send_kprobe(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = PROBE_STASH.insert(&bpf_get_current_pid_tgid(), &[sk, 0], 0);
+    0
+}
+
+#[kretprobe]
+pub fn send_kretprobe(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before removal.
+    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
+        count_drop(KernelDrop::StashMiss);
+        return 0;
+    };
+    let _ = PROBE_STASH.remove(&id);
+    let ret: i64 = ctx.ret();
+    on_send(stash[0], ret as i32);
+    0
+}
+
+/// fexit sees arguments and the return value (`tcp_sendmsg(sk, msg, size)` → arg 3).
+#[fexit]
+pub fn send_fexit(ctx: FExitContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(3);
+    on_send(sk, ret as i32);
+    0
+}
+
+/// The `sock_send_length` tracepoint fires for every socket type: keep TCP only. Its
+/// prototype is `(sk, ret, flags)`; the record's `family`/`protocol` are derived from `sk`, so
+/// tp_btf and raw_tp read the protocol from the socket.
+#[inline(always)]
+fn on_send_length(sk: u64, protocol: u16, ret: i32) {
+    if protocol == IPPROTO_TCP {
+        on_send(sk, ret);
+    }
+}
+
+#[inline(always)]
+fn sk_protocol(sk: u64) -> u16 {
+    match SK_PROTO_OFF.load() {
+        0 => 0,
+        off => read::<u16>(sk, off).unwrap_or(0),
+    }
+}
+
+#[btf_tracepoint]
+pub fn send_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    let (sk, ret): (u64, i64) = (ctx.arg(0), ctx.arg(1));
+    on_send_length(sk, sk_protocol(sk), ret as i32);
+    0
+}
+
+#[raw_tracepoint]
+pub fn send_raw_tp(ctx: RawTracePointContext) -> u32 {
+    let (sk, ret): (u64, i64) = (ctx.arg(0), ctx.arg(1));
+    on_send_length(sk, sk_protocol(sk), ret as i32);
+    0
+}
+
+#[tracepoint]
+pub fn send_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets come from this kernel's tracefs format for the record.
+    let (sk, proto, ret) = unsafe {
+        (
+            ctx.read_at::<u64>(TP_SEND_SK.load() as usize).unwrap_or(0),
+            ctx.read_at::<u16>(TP_SEND_PROTO.load() as usize).unwrap_or(0),
+            ctx.read_at::<i32>(TP_SEND_RET.load() as usize).unwrap_or(0),
+        )
+    };
+    on_send_length(sk, proto, ret);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retransmits.
+
+/// Segments in a retransmitted skb: `TCP_SKB_CB(skb)->tcp_gso_segs`, at least 1.
+#[inline(always)]
+fn skb_pcount(skb: u64) -> u64 {
+    let (cb, segs) = (SKB_CB_OFF.load(), CB_GSO_SEGS_OFF.load());
+    if cb == 0 {
+        return 1;
+    }
+    match read::<u16>(skb, cb + segs) {
+        Some(n) if n > 0 => n as u64,
+        _ => 1,
+    }
+}
+
+#[inline(always)]
+fn on_retransmit(sk: u64, skb: u64, err: i64) {
+    if sk == 0 || err != 0 {
+        return;
+    }
+    let segs = skb_pcount(skb);
+    let key = owner_of(sk);
+    update(&key, |s| s.retransmit_segs += segs);
+}
+
+#[kprobe]
+pub fn retrans_kprobe(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let skb: u64 = ctx.arg(1).unwrap_or(0);
+    let _ = PROBE_STASH.insert(&bpf_get_current_pid_tgid(), &[sk, skb], 0);
+    0
+}
+
+#[kretprobe]
+pub fn retrans_kretprobe(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before removal.
+    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
+        count_drop(KernelDrop::StashMiss);
+        return 0;
+    };
+    let _ = PROBE_STASH.remove(&id);
+    let ret: i64 = ctx.ret();
+    on_retransmit(stash[0], stash[1], ret as i32 as i64);
+    0
+}
+
+/// `__tcp_retransmit_skb(sk, skb, segs)` → return value is arg 3.
+#[fexit]
+pub fn retrans_fexit(ctx: FExitContext) -> u32 {
+    let (sk, skb, ret): (u64, u64, i64) = (ctx.arg(0), ctx.arg(1), ctx.arg(3));
+    on_retransmit(sk, skb, ret as i32 as i64);
+    0
+}
+
+#[btf_tracepoint]
+pub fn retrans_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    let (sk, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    // The verifier rejects a read past the tracepoint's arguments: only read `err` where the
+    // kernel's prototype has it (the constant prunes the branch elsewhere).
+    let err: i64 = if RETRANS_HAS_ERR.load() != 0 {
+        ctx.arg::<i64>(2) as i32 as i64
+    } else {
+        0
+    };
+    on_retransmit(sk, skb, err);
+    0
+}
+
+#[raw_tracepoint]
+pub fn retrans_raw_tp(ctx: RawTracePointContext) -> u32 {
+    let (sk, skb): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let err: i64 = if RETRANS_HAS_ERR.load() != 0 {
+        ctx.arg::<i64>(2) as i32 as i64
+    } else {
+        0
+    };
+    on_retransmit(sk, skb, err);
+    0
+}
+
+#[tracepoint]
+pub fn retrans_tp(ctx: TracePointContext) -> u32 {
+    let err_off = TP_RETRANS_ERR.load();
+    // SAFETY: offsets come from this kernel's tracefs format for the record.
+    let (sk, skb, err) = unsafe {
+        (
+            ctx.read_at::<u64>(TP_RETRANS_SK.load() as usize).unwrap_or(0),
+            ctx.read_at::<u64>(TP_RETRANS_SKB.load() as usize).unwrap_or(0),
+            if err_off != 0 {
+                ctx.read_at::<i32>(err_off as usize).unwrap_or(0)
+            } else {
+                0
+            },
+        )
+    };
+    on_retransmit(sk, skb, err as i64);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection state: opens, closes, failed connects.
+
+#[inline(always)]
+fn on_state(sk: u64, old: i32, new: i32) {
+    if sk == 0 {
+        return;
+    }
+    if new == state::SYN_SENT {
+        // connect() runs in process context: the moment to learn who owns the socket.
+        record_owner(sk);
+        return;
+    }
+    let key = owner_of(sk);
+    if new == state::ESTABLISHED {
+        match old {
+            state::SYN_SENT => update(&key, |s| s.active_opens += 1),
+            state::SYN_RECV => update(&key, |s| s.passive_opens += 1),
+            _ => {}
+        }
+    } else if new == state::CLOSE {
+        match old {
+            state::SYN_SENT => {
+                let err = match SK_ERR_OFF.load() {
+                    0 => 0,
+                    off => read::<i32>(sk, off).unwrap_or(0),
+                };
+                update(&key, |s| match err {
+                    errno::ECONNREFUSED => s.connects_refused += 1,
+                    errno::ETIMEDOUT => s.connects_timed_out += 1,
+                    _ => s.connects_failed_other += 1,
+                });
+            }
+            // Never established (or a listener closing): not a connection close.
+            state::SYN_RECV | state::LISTEN | state::NEW_SYN_RECV | state::CLOSE => {}
+            _ => update(&key, |s| s.closes += 1),
+        }
+    }
+}
+
+/// tp_btf/raw_tp get `(sk, oldstate, newstate)` and must check the protocol themselves.
+#[inline(always)]
+fn on_state_sk(sk: u64, old: i32, new: i32) {
+    if sk_protocol(sk) == IPPROTO_TCP {
+        on_state(sk, old, new);
+    }
+}
+
+#[btf_tracepoint]
+pub fn state_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    let (sk, old, new): (u64, i64, i64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    on_state_sk(sk, old as i32, new as i32);
+    0
+}
+
+#[raw_tracepoint]
+pub fn state_raw_tp(ctx: RawTracePointContext) -> u32 {
+    let (sk, old, new): (u64, i64, i64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    on_state_sk(sk, old as i32, new as i32);
+    0
+}
+
+#[tracepoint]
+pub fn state_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets come from this kernel's tracefs format for the record.
+    let (sk, old, new, proto) = unsafe {
+        (
+            ctx.read_at::<u64>(TP_STATE_SK.load() as usize).unwrap_or(0),
+            ctx.read_at::<i32>(TP_STATE_OLD.load() as usize).unwrap_or(0),
+            ctx.read_at::<i32>(TP_STATE_NEW.load() as usize).unwrap_or(0),
+            ctx.read_at::<u16>(TP_STATE_PROTO.load() as usize).unwrap_or(0),
+        )
+    };
+    if proto == IPPROTO_TCP {
+        on_state(sk, old, new);
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resets.
+
+/// A reset sent for a segment that matched no socket (`sk == NULL`) has no owner: it is charged
+/// to `OwnerKey::NO_SOCKET` rather than dropped.
+#[inline(always)]
+fn on_reset_sent(sk: u64) {
+    let key = if sk == 0 { OwnerKey::NO_SOCKET } else { owner_of(sk) };
+    update(&key, |s| s.resets_sent += 1);
+}
+
+#[inline(always)]
+fn on_reset_received(sk: u64) {
+    if sk != 0 {
+        let key = owner_of(sk);
+        update(&key, |s| s.resets_received += 1);
+    }
+}
+
+#[btf_tracepoint]
+pub fn rst_sent_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    on_reset_sent(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint]
+pub fn rst_sent_raw_tp(ctx: RawTracePointContext) -> u32 {
+    on_reset_sent(ctx.arg(0));
+    0
+}
+
+#[tracepoint]
+pub fn rst_sent_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's tracefs format.
+    let sk = unsafe { ctx.read_at::<u64>(TP_RESET_SENT_SK.load() as usize) }.unwrap_or(0);
+    on_reset_sent(sk);
+    0
+}
+
+#[btf_tracepoint]
+pub fn rst_recv_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    on_reset_received(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint]
+pub fn rst_recv_raw_tp(ctx: RawTracePointContext) -> u32 {
+    on_reset_received(ctx.arg(0));
+    0
+}
+
+#[tracepoint]
+pub fn rst_recv_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's tracefs format.
+    let sk = unsafe { ctx.read_at::<u64>(TP_RESET_RECV_SK.load() as usize) }.unwrap_or(0);
+    on_reset_received(sk);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket teardown: forget the owner so a reused `struct sock` address starts clean.
+
+#[btf_tracepoint]
+pub fn destroy_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    forget(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint]
+pub fn destroy_raw_tp(ctx: RawTracePointContext) -> u32 {
+    forget(ctx.arg(0));
+    0
+}
+
+#[tracepoint]
+pub fn destroy_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's tracefs format.
+    let sk = unsafe { ctx.read_at::<u64>(TP_DESTROY_SK.load() as usize) }.unwrap_or(0);
+    forget(sk);
+    0
+}
