@@ -24,6 +24,12 @@ pub const CB_GSO_SEGS_OFF: &str = "CB_GSO_SEGS_OFF";
 /// also fires for failed retransmits, which must not be counted.
 pub const RETRANS_HAS_ERR: &str = "RETRANS_HAS_ERR";
 
+/// `task_struct.group_leader`: process names come from the thread-group leader, not from
+/// whichever thread happened to send (Go and tokio name their threads).
+pub const TASK_LEADER_OFF: &str = "TASK_LEADER_OFF";
+/// `task_struct.comm`
+pub const TASK_COMM_OFF: &str = "TASK_COMM_OFF";
+
 /// Classic tracepoint record offsets, from tracefs.
 pub const TP_SEND_SK: &str = "TP_SEND_SK";
 pub const TP_SEND_PROTO: &str = "TP_SEND_PROTO";
@@ -40,7 +46,9 @@ pub const TP_RESET_RECV_SK: &str = "TP_RESET_RECV_SK";
 pub const TP_DESTROY_SK: &str = "TP_DESTROY_SK";
 
 /// Every global the object must define, in one list for the loader.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 23] = [
+    TASK_LEADER_OFF,
+    TASK_COMM_OFF,
     SK_CGRP_OFF,
     CGRP_KN_OFF,
     KN_ID_OFF,

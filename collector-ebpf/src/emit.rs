@@ -1,13 +1,31 @@
 //! Ring-buffer emission: reserve → fill → submit, and count reserve failures.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns,
+};
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
     maps::KernelDrop,
     process::ProcessEvent,
 };
 
-use crate::maps::{EVENTS, SEEN_TGIDS, count_drop};
+use crate::{
+    globals::{TASK_COMM_OFF, TASK_LEADER_OFF},
+    maps::{EVENTS, SEEN_TGIDS, count_drop},
+    sock::read,
+};
+
+/// `current->group_leader->comm`: the process name, where the current thread may have its own.
+#[inline(always)]
+fn leader_comm() -> Option<[u8; 16]> {
+    let (leader_off, comm_off) = (TASK_LEADER_OFF.load(), TASK_COMM_OFF.load());
+    if leader_off == 0 || comm_off == 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let leader = read::<u64>(task, leader_off)?;
+    read::<[u8; 16]>(leader, comm_off)
+}
 
 /// Re-announce a process at most this often, so userspace that restarted or evicted its cache
 /// learns about it again without a per-send event.
@@ -30,7 +48,7 @@ pub fn announce_process(tgid: u32) {
         let _ = SEEN_TGIDS.remove(&tgid);
         return;
     };
-    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    let comm = leader_comm().unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0u8; 16]));
     entry.write(ProcessEvent {
         header: EventHeader {
             kind: EventKind::Process as u16,

@@ -21,6 +21,8 @@ globals!(
     SKB_CB_OFF,
     CB_GSO_SEGS_OFF,
     RETRANS_HAS_ERR,
+    TASK_LEADER_OFF,
+    TASK_COMM_OFF,
     TP_SEND_SK,
     TP_SEND_PROTO,
     TP_SEND_RET,

@@ -1,4 +1,55 @@
-fn main() {
-    static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
-    println!("{}", OBJ.len());
+//! collector: start, run until SIGTERM/SIGINT, drain, exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use collector::{app, config};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+/// sysexits EX_USAGE: bad command line or configuration.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = config::Cli::parse();
+    let config = match config::Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("collector: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .init();
+    info!(version = env!("CARGO_PKG_VERSION"), "starting");
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("collector: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: config::Config) -> anyhow::Result<()> {
+    // Kubernetes stops pods with SIGTERM; a terminal sends SIGINT.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let running = app::start(config).await?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining"),
+    }
+    running.shutdown().await;
+    Ok(())
 }

@@ -1,0 +1,112 @@
+//! The one place raw ring-buffer bytes become typed values. Short, unknown or malformed records
+//! become a `DecodeError` (counted by the caller), never a panic.
+
+use collector_common::{
+    event::{EVENT_VERSION, EventHeader, EventKind},
+    process::ProcessEvent,
+};
+
+use super::Event;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte layout")]
+    Short { len: usize, need: usize },
+    #[error("unknown record kind {kind}")]
+    UnknownKind { kind: u16 },
+    #[error("record version {version} not understood (expected {EVENT_VERSION})")]
+    Version { version: u16 },
+}
+
+impl DecodeError {
+    /// Bounded label value for metrics.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Short { .. } => "short",
+            DecodeError::UnknownKind { .. } => "unknown_kind",
+            DecodeError::Version { .. } => "version",
+        }
+    }
+}
+
+/// Copies a `T` out of the front of `bytes` after checking the length.
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { len: bytes.len(), need });
+    }
+    // SAFETY: length checked above; T is Pod (any bit pattern valid); read_unaligned because
+    // ring-buffer data is only 8-byte aligned and `bytes` may be a sub-slice in tests.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    let kind = EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
+    if header.version != EVENT_VERSION {
+        return Err(DecodeError::Version { version: header.version });
+    }
+    match kind {
+        EventKind::Process => {
+            let ev: ProcessEvent = read(bytes)?;
+            let len = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
+            Ok(Event::Process {
+                tgid: ev.tgid,
+                cgroup_id: ev.cgroup_id,
+                comm: String::from_utf8_lossy(&ev.comm[..len]).into_owned(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
+        // SAFETY: T is Pod, reading its bytes is fine.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn process_event() -> ProcessEvent {
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        ProcessEvent {
+            header: EventHeader { kind: EventKind::Process as u16, version: EVENT_VERSION, _pad: 0, ts_ns: 5 },
+            tgid: 77,
+            _pad: 0,
+            cgroup_id: 1234,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_process_event() {
+        let ev = decode(&bytes_of(&process_event())).expect("valid record");
+        assert_eq!(ev, Event::Process { tgid: 77, cgroup_id: 1234, comm: "nginx".into() });
+    }
+
+    #[test]
+    fn full_comm_without_nul_and_invalid_utf8() {
+        let mut e = process_event();
+        e.comm = [0xff; 16];
+        let Event::Process { comm, .. } = decode(&bytes_of(&e)).expect("valid");
+        assert_eq!(comm.chars().count(), 16, "lossy, not rejected");
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        let good = bytes_of(&process_event());
+        for len in 0..good.len() {
+            let err = decode(&good[..len]).expect_err("truncated");
+            assert!(matches!(err, DecodeError::Short { .. }), "len {len}: {err:?}");
+        }
+        let mut unknown = good.clone();
+        unknown[0] = 0xee;
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 0xee }));
+        let mut version = good.clone();
+        version[2] = 9;
+        assert_eq!(decode(&version), Err(DecodeError::Version { version: 9 }));
+        assert_eq!(decode(&[]).expect_err("empty").reason(), "short");
+    }
+}

@@ -1,0 +1,64 @@
+//! Reads the ring buffer with `AsyncFd`. The fd is edge-triggered: drain until empty before
+//! waiting again, or records sit unread until the next wake-up.
+
+use std::sync::Arc;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tracing::{debug, warn};
+
+use super::{Event, decode::decode};
+use crate::export::{
+    Metrics,
+    prometheus::{KindLabels, ReasonLabels},
+};
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // SAFETY: the RingBuf owns its map fd for its whole life and we move it into the AsyncFd,
+    // so the fd stays open and the same until the AsyncFd is dropped.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &tx, &metrics);
+                guard.clear_ready();
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Whatever the kernel wrote before the programs were detached.
+    drain(fd.get_mut(), &tx, &metrics);
+    Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, metrics: &Metrics) {
+    let m = &metrics.collector;
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(event) => {
+                m.events_received.get_or_create(&KindLabels { kind: event.kind() }).inc();
+                if tx.try_send(event).is_err() {
+                    // The aggregator is behind: drop, count, and keep draining the kernel's
+                    // buffer (a full ring buffer would lose events in the kernel instead).
+                    m.events_dropped.get_or_create(&ReasonLabels { reason: "channel_full" }).inc();
+                }
+            }
+            Err(e) => {
+                m.events_rejected.get_or_create(&ReasonLabels { reason: e.reason() }).inc();
+                debug!(error = %e, "ring-buffer record rejected");
+            }
+        }
+    }
+    if tx.is_closed() {
+        warn!("aggregator gone; events are no longer consumed");
+    }
+}

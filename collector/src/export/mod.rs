@@ -1,0 +1,6 @@
+//! Exporters. Prometheus (OpenMetrics text) today; every metric is registered in one place.
+
+pub mod prometheus;
+pub mod tcp;
+
+pub use prometheus::Metrics;

@@ -1,0 +1,237 @@
+//! Who a kernel event belongs to: owner key (socket cgroup id, tgid) → workload.
+//!
+//! Standalone (no Kubernetes API): the cgroup path names the workload — a pod (UID and container
+//! id parsed from kubepods paths), a container, a systemd unit or a plain cgroup. Where the
+//! cgroup names nothing (root, user sessions), the process is the workload.
+
+pub mod cgroup;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use collector_common::tcp::OwnerKey;
+
+use cgroup::{CgroupIdentity, CgroupResolver};
+
+/// What kind of thing a workload is; a bounded label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadKind {
+    Pod,
+    Container,
+    Systemd,
+    Cgroup,
+    Process,
+    /// No socket cgroup and no owner process known (e.g. sockets that predate the collector
+    /// and never sent since, or resets for packets that matched no socket).
+    Unattributed,
+    /// The kernel's per-owner map or the workload cap overflowed.
+    Overflow,
+}
+
+impl WorkloadKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "pod",
+            WorkloadKind::Container => "container",
+            WorkloadKind::Systemd => "systemd",
+            WorkloadKind::Cgroup => "cgroup",
+            WorkloadKind::Process => "process",
+            WorkloadKind::Unattributed => "unattributed",
+            WorkloadKind::Overflow => "overflow",
+        }
+    }
+}
+
+/// A workload as exported: kind + stable name, plus pod/container ids where known.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    /// Pod UID, container id (12 chars), unit name, cgroup path or process name.
+    pub name: String,
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+}
+
+impl Workload {
+    fn simple(kind: WorkloadKind, name: impl Into<String>) -> Self {
+        Self { kind, name: name.into(), pod_uid: None, container_id: None }
+    }
+
+    pub fn unattributed() -> Self {
+        Self::simple(WorkloadKind::Unattributed, "unattributed")
+    }
+
+    pub fn overflow() -> Self {
+        Self::simple(WorkloadKind::Overflow, "overflow")
+    }
+
+    fn from_cgroup(identity: &CgroupIdentity) -> Option<Self> {
+        Some(match identity {
+            CgroupIdentity::Pod { uid, container_id, .. } => Self {
+                kind: WorkloadKind::Pod,
+                name: uid.clone(),
+                pod_uid: Some(uid.clone()),
+                container_id: container_id.clone(),
+            },
+            CgroupIdentity::Container { id, .. } => Self {
+                kind: WorkloadKind::Container,
+                name: id.chars().take(12).collect(),
+                pod_uid: None,
+                container_id: Some(id.clone()),
+            },
+            CgroupIdentity::SystemdUnit { unit } => Self::simple(WorkloadKind::Systemd, unit.clone()),
+            CgroupIdentity::Path { path } => Self::simple(WorkloadKind::Cgroup, path.clone()),
+            CgroupIdentity::Unnamed => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ProcessInfo {
+    comm: String,
+    last_seen: Instant,
+}
+
+/// The root cgroup's id; ids 0 (unknown) and 1 name no workload.
+const ROOT_CGROUP_ID: u64 = 1;
+/// Bound on cached cgroup identities; cleared (and rebuilt on demand) past it.
+const MAX_CACHED_CGROUPS: usize = 65_536;
+/// Processes not seen for this long are forgotten once they have exited.
+const PROCESS_TTL: Duration = Duration::from_secs(600);
+
+pub struct IdentityResolver {
+    cgroups: Option<CgroupResolver>,
+    /// Cgroup ids are never reused (64-bit kernfs ids), so a resolved identity stays true.
+    by_cgroup: HashMap<u64, Option<CgroupIdentity>>,
+    processes: HashMap<u32, ProcessInfo>,
+    proc_root: PathBuf,
+}
+
+impl IdentityResolver {
+    pub fn new(cgroup_root: Option<PathBuf>, proc_root: PathBuf) -> Self {
+        Self {
+            cgroups: cgroup_root.map(|r| CgroupResolver::new(r, Duration::from_secs(1))),
+            by_cgroup: HashMap::new(),
+            processes: HashMap::new(),
+            proc_root,
+        }
+    }
+
+    /// A process announced by the kernel (it may be gone from /proc by the time we look).
+    pub fn observe_process(&mut self, tgid: u32, comm: String, now: Instant) {
+        self.processes.insert(tgid, ProcessInfo { comm, last_seen: now });
+    }
+
+    pub fn process_alive(&self, tgid: u32) -> bool {
+        self.proc_root.join(tgid.to_string()).exists()
+    }
+
+    fn comm(&mut self, tgid: u32, now: Instant) -> Option<String> {
+        if let Some(p) = self.processes.get(&tgid) {
+            return Some(p.comm.clone());
+        }
+        let comm = std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("comm")).ok()?;
+        let comm = comm.trim_end().to_string();
+        self.processes.insert(tgid, ProcessInfo { comm: comm.clone(), last_seen: now });
+        Some(comm)
+    }
+
+    fn cgroup_identity(&mut self, id: u64, now: Instant) -> Option<CgroupIdentity> {
+        if let Some(known) = self.by_cgroup.get(&id) {
+            return known.clone();
+        }
+        let path = self.cgroups.as_mut()?.resolve(id, now)?;
+        let identity = cgroup::parse_cgroup_path(&path);
+        if self.by_cgroup.len() >= MAX_CACHED_CGROUPS {
+            self.by_cgroup.clear();
+        }
+        self.by_cgroup.insert(id, Some(identity.clone()));
+        Some(identity)
+    }
+
+    pub fn workload_of(&mut self, key: &OwnerKey, now: Instant) -> Workload {
+        if *key == OwnerKey::OVERFLOW {
+            return Workload::overflow();
+        }
+        if key.cgroup_id > ROOT_CGROUP_ID {
+            match self.cgroup_identity(key.cgroup_id, now) {
+                Some(identity) => {
+                    if let Some(w) = Workload::from_cgroup(&identity) {
+                        return w;
+                    }
+                }
+                // A cgroup that vanished before we could map it: keep it apart rather than
+                // merging it into its process's name.
+                None if key.tgid == 0 => {
+                    return Workload::simple(WorkloadKind::Cgroup, format!("cgroup-id:{}", key.cgroup_id));
+                }
+                None => {}
+            }
+        }
+        if key.tgid == 0 {
+            return Workload::unattributed();
+        }
+        let comm = self.comm(key.tgid, now).unwrap_or_else(|| "unknown".into());
+        Workload::simple(WorkloadKind::Process, comm)
+    }
+
+    /// Forgets exited processes not seen for `PROCESS_TTL`.
+    pub fn expire(&mut self, now: Instant) {
+        let root = self.proc_root.clone();
+        self.processes.retain(|tgid, p| {
+            now.saturating_duration_since(p.last_seen) < PROCESS_TTL || root.join(tgid.to_string()).exists()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(cgroup_id: u64, tgid: u32) -> OwnerKey {
+        OwnerKey { cgroup_id, tgid, _pad: 0 }
+    }
+
+    #[test]
+    fn special_keys_and_process_fallback() {
+        let dir = std::env::temp_dir().join(format!("ident-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("4242")).expect("mkdir");
+        std::fs::write(dir.join("4242/comm"), "nginx\n").expect("write");
+        let mut r = IdentityResolver::new(None, dir.clone());
+        let now = Instant::now();
+        assert_eq!(r.workload_of(&OwnerKey::OVERFLOW, now).kind, WorkloadKind::Overflow);
+        assert_eq!(r.workload_of(&key(0, 0), now).kind, WorkloadKind::Unattributed);
+        assert_eq!(r.workload_of(&key(1, 0), now).kind, WorkloadKind::Unattributed);
+        let w = r.workload_of(&key(1, 4242), now);
+        assert_eq!((w.kind, w.name.as_str()), (WorkloadKind::Process, "nginx"));
+        // Announced by the kernel, already gone from /proc.
+        r.observe_process(7, "curl".into(), now);
+        assert_eq!(r.workload_of(&key(1, 7), now).name, "curl");
+        // Unmappable cgroup (no cgroup root configured) with no process.
+        let w = r.workload_of(&key(99, 0), now);
+        assert_eq!((w.kind, w.name.as_str()), (WorkloadKind::Cgroup, "cgroup-id:99"));
+        r.expire(now + PROCESS_TTL * 2);
+        assert!(!r.processes.contains_key(&7), "exited process expired");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn pod_cgroup_resolves_through_the_tree() {
+        let root = std::env::temp_dir().join(format!("ident-cg-{}", std::process::id()));
+        let leaf = root.join(
+            "run1/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b7d5a4e_1c3f_4d2e_9a8b_7c6d5e4f3a2b.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+        );
+        std::fs::create_dir_all(&leaf).expect("mkdir");
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&leaf).expect("stat"));
+        let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/proc"));
+        let w = r.workload_of(&key(ino, 0), Instant::now());
+        assert_eq!(w.kind, WorkloadKind::Pod);
+        assert_eq!(w.pod_uid.as_deref(), Some("0b7d5a4e-1c3f-4d2e-9a8b-7c6d5e4f3a2b"));
+        assert_eq!(w.container_id.as_deref().map(str::len), Some(64));
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}

@@ -1,0 +1,11 @@
+//! The collector daemon: loads the kernel programs, attributes what they see to workloads,
+//! aggregates it and exports it. Pipeline map: ARCHITECTURE.md.
+
+pub mod aggregate;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod events;
+pub mod export;
+pub mod identity;
+pub mod probes;

@@ -1,0 +1,81 @@
+//! The TCP signals' rungs: which program of collector-ebpf/src/tcp.rs attaches where.
+//!
+//! Ladder order (default, configurable): kprobes on `tcp_sendmsg` and `__tcp_retransmit_skb`
+//! first — the design's primary hooks, present on nearly every production kernel and free of
+//! tracefs and tracepoint-layout drift. fentry/fexit next (BTF trampolines: cheaper than
+//! kprobes, typed arguments). Then tp_btf (typed, no tracefs), raw_tp (untyped, no BTF needed),
+//! and the classic tracepoint last (needs tracefs; record layouts drift and are parsed at start-up).
+//! Resets, state changes and teardown only exist as tracepoints, so their ladders start at tp_btf.
+
+use super::ladder::{Hook, Rung, Signal};
+
+/// The rungs of one signal, in default order, with the hooks each rung attaches.
+pub fn rungs(signal: Signal) -> &'static [(Rung, &'static [Hook])] {
+    use Hook::*;
+    match signal {
+        Signal::TcpSend => &[
+            (
+                Rung::Kprobe,
+                &[
+                    Kprobe { prog: "send_kprobe", function: "tcp_sendmsg" },
+                    Kretprobe { prog: "send_kretprobe", function: "tcp_sendmsg" },
+                ],
+            ),
+            (Rung::Fentry, &[Fexit { prog: "send_fexit", function: "tcp_sendmsg" }]),
+            (Rung::TpBtf, &[TpBtf { prog: "send_tp_btf", tracepoint: "sock_send_length" }]),
+            (Rung::RawTp, &[RawTp { prog: "send_raw_tp", tracepoint: "sock_send_length" }]),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint { prog: "send_tp", category: "sock", name: "sock_send_length" }],
+            ),
+        ],
+        Signal::TcpRetransmit => &[
+            (
+                Rung::Kprobe,
+                &[
+                    Kprobe { prog: "retrans_kprobe", function: "__tcp_retransmit_skb" },
+                    Kretprobe { prog: "retrans_kretprobe", function: "__tcp_retransmit_skb" },
+                ],
+            ),
+            (Rung::Fentry, &[Fexit { prog: "retrans_fexit", function: "__tcp_retransmit_skb" }]),
+            (Rung::TpBtf, &[TpBtf { prog: "retrans_tp_btf", tracepoint: "tcp_retransmit_skb" }]),
+            (Rung::RawTp, &[RawTp { prog: "retrans_raw_tp", tracepoint: "tcp_retransmit_skb" }]),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint { prog: "retrans_tp", category: "tcp", name: "tcp_retransmit_skb" }],
+            ),
+        ],
+        Signal::TcpState => &[
+            (Rung::TpBtf, &[TpBtf { prog: "state_tp_btf", tracepoint: "inet_sock_set_state" }]),
+            (Rung::RawTp, &[RawTp { prog: "state_raw_tp", tracepoint: "inet_sock_set_state" }]),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint { prog: "state_tp", category: "sock", name: "inet_sock_set_state" }],
+            ),
+        ],
+        Signal::TcpResetSent => &[
+            (Rung::TpBtf, &[TpBtf { prog: "rst_sent_tp_btf", tracepoint: "tcp_send_reset" }]),
+            (Rung::RawTp, &[RawTp { prog: "rst_sent_raw_tp", tracepoint: "tcp_send_reset" }]),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint { prog: "rst_sent_tp", category: "tcp", name: "tcp_send_reset" }],
+            ),
+        ],
+        Signal::TcpResetReceived => &[
+            (Rung::TpBtf, &[TpBtf { prog: "rst_recv_tp_btf", tracepoint: "tcp_receive_reset" }]),
+            (Rung::RawTp, &[RawTp { prog: "rst_recv_raw_tp", tracepoint: "tcp_receive_reset" }]),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint { prog: "rst_recv_tp", category: "tcp", name: "tcp_receive_reset" }],
+            ),
+        ],
+        Signal::TcpDestroy => &[
+            (Rung::TpBtf, &[TpBtf { prog: "destroy_tp_btf", tracepoint: "tcp_destroy_sock" }]),
+            (Rung::RawTp, &[RawTp { prog: "destroy_raw_tp", tracepoint: "tcp_destroy_sock" }]),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint { prog: "destroy_tp", category: "tcp", name: "tcp_destroy_sock" }],
+            ),
+        ],
+    }
+}
