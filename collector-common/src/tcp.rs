@@ -103,7 +103,9 @@ impl TcpStats {
         self.resets_received = self.resets_received.wrapping_add(*resets_received);
         self.connects_refused = self.connects_refused.wrapping_add(*connects_refused);
         self.connects_timed_out = self.connects_timed_out.wrapping_add(*connects_timed_out);
-        self.connects_failed_other = self.connects_failed_other.wrapping_add(*connects_failed_other);
+        self.connects_failed_other = self
+            .connects_failed_other
+            .wrapping_add(*connects_failed_other);
         self.active_opens = self.active_opens.wrapping_add(*active_opens);
         self.passive_opens = self.passive_opens.wrapping_add(*passive_opens);
         self.closes = self.closes.wrapping_add(*closes);

@@ -26,8 +26,7 @@ pub static SEEN_TGIDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SEEN_
 
 /// kprobe → kretprobe hand-over: (sk, skb) keyed by pid_tgid.
 #[map]
-pub static PROBE_STASH: HashMap<u64, [u64; 2]> =
-    HashMap::with_max_entries(PROBE_STASH_ENTRIES, 0);
+pub static PROBE_STASH: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(PROBE_STASH_ENTRIES, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -1,7 +1,9 @@
 //! Reading `struct sock` without CO-RE: offsets come from userspace (see `globals`), reads go
 //! through `bpf_probe_read_kernel`, which works in every program type.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+};
 use collector_common::{
     maps::KernelDrop,
     tcp::{OwnerKey, SockOwner},

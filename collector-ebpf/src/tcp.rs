@@ -160,7 +160,8 @@ pub fn send_tp(ctx: TracePointContext) -> u32 {
     let (sk, proto, ret) = unsafe {
         (
             ctx.read_at::<u64>(TP_SEND_SK.load() as usize).unwrap_or(0),
-            ctx.read_at::<u16>(TP_SEND_PROTO.load() as usize).unwrap_or(0),
+            ctx.read_at::<u16>(TP_SEND_PROTO.load() as usize)
+                .unwrap_or(0),
             ctx.read_at::<i32>(TP_SEND_RET.load() as usize).unwrap_or(0),
         )
     };
@@ -256,8 +257,10 @@ pub fn retrans_tp(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets come from this kernel's tracefs format for the record.
     let (sk, skb, err) = unsafe {
         (
-            ctx.read_at::<u64>(TP_RETRANS_SK.load() as usize).unwrap_or(0),
-            ctx.read_at::<u64>(TP_RETRANS_SKB.load() as usize).unwrap_or(0),
+            ctx.read_at::<u64>(TP_RETRANS_SK.load() as usize)
+                .unwrap_or(0),
+            ctx.read_at::<u64>(TP_RETRANS_SKB.load() as usize)
+                .unwrap_or(0),
             if err_off != 0 {
                 ctx.read_at::<i32>(err_off as usize).unwrap_or(0)
             } else {
@@ -337,9 +340,12 @@ pub fn state_tp(ctx: TracePointContext) -> u32 {
     let (sk, old, new, proto) = unsafe {
         (
             ctx.read_at::<u64>(TP_STATE_SK.load() as usize).unwrap_or(0),
-            ctx.read_at::<i32>(TP_STATE_OLD.load() as usize).unwrap_or(0),
-            ctx.read_at::<i32>(TP_STATE_NEW.load() as usize).unwrap_or(0),
-            ctx.read_at::<u16>(TP_STATE_PROTO.load() as usize).unwrap_or(0),
+            ctx.read_at::<i32>(TP_STATE_OLD.load() as usize)
+                .unwrap_or(0),
+            ctx.read_at::<i32>(TP_STATE_NEW.load() as usize)
+                .unwrap_or(0),
+            ctx.read_at::<u16>(TP_STATE_PROTO.load() as usize)
+                .unwrap_or(0),
         )
     };
     if proto == IPPROTO_TCP {
@@ -355,7 +361,11 @@ pub fn state_tp(ctx: TracePointContext) -> u32 {
 /// to `OwnerKey::NO_SOCKET` rather than dropped.
 #[inline(always)]
 fn on_reset_sent(sk: u64) {
-    let key = if sk == 0 { OwnerKey::NO_SOCKET } else { owner_of(sk) };
+    let key = if sk == 0 {
+        OwnerKey::NO_SOCKET
+    } else {
+        owner_of(sk)
+    };
     update(&key, |s| s.resets_sent += 1);
 }
 

@@ -84,7 +84,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new(config.max_workloads));
     for r in &probes.reports {
         let rung = r.attached.map_or("unavailable", |r| r.as_str());
-        metrics.collector.signal_rung.get_or_create(&SignalLabels { signal: r.signal.as_str(), rung }).set(1);
+        metrics
+            .collector
+            .signal_rung
+            .get_or_create(&SignalLabels {
+                signal: r.signal.as_str(),
+                rung,
+            })
+            .set(1);
     }
     let probes = Arc::new(probes.reports);
 
@@ -93,7 +100,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tcp: PerCpuHashMap::try_from(ebpf.take_map(TCP_STATS).context("TCP_STATS map missing")?)?,
         drops: PerCpuArray::try_from(ebpf.take_map(DROPS).context("DROPS map missing")?)?,
     };
-    let cgroup_root = config.cgroup_root.clone().or_else(cgroup::find_cgroup2_mount);
+    let cgroup_root = config
+        .cgroup_root
+        .clone()
+        .or_else(cgroup::find_cgroup2_mount);
     match &cgroup_root {
         Some(root) => info!(root = %root.display(), "cgroup2 hierarchy"),
         None => warn!("no cgroup2 mount: workloads are named by process only"),
@@ -119,8 +129,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }),
     ));
     let aggregator = Aggregator::new(maps, metrics.clone(), identity);
-    tasks.push(("aggregator", tokio::spawn(aggregator.run(rx, config.harvest_interval))));
-    let router = api::router(api::ApiState { metrics: metrics.clone(), probes: probes.clone() });
+    tasks.push((
+        "aggregator",
+        tokio::spawn(aggregator.run(rx, config.harvest_interval)),
+    ));
+    let router = api::router(api::ApiState {
+        metrics: metrics.clone(),
+        probes: probes.clone(),
+    });
     let mut http_shutdown = shutdown_rx;
     tasks.push((
         "http",
@@ -128,20 +144,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let stop = async move {
                 let _ = http_shutdown.changed().await;
             };
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 warn!(error = %e, "HTTP server stopped");
             }
         }),
     ));
     info!(%addr, "collector running");
-    Ok(Running { addr, probes, metrics, shutdown, tasks, ebpf })
+    Ok(Running {
+        addr,
+        probes,
+        metrics,
+        shutdown,
+        tasks,
+        ebpf,
+    })
 }
 
 impl Running {
     /// Stops readers and the aggregator (which harvests one last time), then detaches and
     /// unloads every program and map by dropping the `Ebpf`.
     pub async fn shutdown(self) {
-        let Running { shutdown, tasks, ebpf, .. } = self;
+        let Running {
+            shutdown,
+            tasks,
+            ebpf,
+            ..
+        } = self;
         let _ = shutdown.send(true);
         for (name, task) in tasks {
             if tokio::time::timeout(DRAIN_GRACE, task).await.is_err() {
@@ -158,15 +189,22 @@ impl Running {
 fn create_overflow_bucket(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let map = ebpf.map_mut(TCP_STATS).context("TCP_STATS map missing")?;
     let mut stats: PerCpuHashMap<_, OwnerKey, TcpStats> = PerCpuHashMap::try_from(map)?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting possible CPUs")?;
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("counting possible CPUs")?;
     let zeros = PerCpuValues::try_from(vec![TcpStats::default(); cpus.get() as usize])?;
-    stats.insert(&OwnerKey::OVERFLOW, zeros, 0).context("creating the overflow bucket")?;
+    stats
+        .insert(&OwnerKey::OVERFLOW, zeros, 0)
+        .context("creating the overflow bucket")?;
     Ok(())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memcg. Best effort.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer to an initialised struct.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if ret != 0 {

@@ -100,7 +100,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9464))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9464))),
             harvest_interval: DEFAULT_HARVEST_INTERVAL,
             ladder: LadderPlan::default(),
             cgroup_root: None,
@@ -126,11 +128,17 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("{option}: {message}")]
-    Invalid { option: &'static str, message: String },
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
 }
 
 fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { option, message: message.into() }
+    ConfigError::Invalid {
+        option,
+        message: message.into(),
+    }
 }
 
 /// Parses "500ms", "1s", "2m".
@@ -140,7 +148,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .ok_or_else(|| format!("{s:?} has no unit (use ms, s or m)"))?;
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -153,7 +163,10 @@ fn parse_ladder_arg(arg: &str) -> Result<(String, Vec<String>), ConfigError> {
     let (signal, rungs) = arg
         .split_once('=')
         .ok_or_else(|| invalid("--ladder", format!("{arg:?} is not SIGNAL=RUNG[,RUNG...]")))?;
-    Ok((signal.trim().to_string(), rungs.split(',').map(|r| r.trim().to_string()).collect()))
+    Ok((
+        signal.trim().to_string(),
+        rungs.split(',').map(|r| r.trim().to_string()).collect(),
+    ))
 }
 
 impl Config {
@@ -167,15 +180,23 @@ impl Config {
     }
 
     pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
     }
 
     /// Command line over file over defaults, validated.
     pub fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
         let d = Config::default();
         let listen = match cli.listen.clone().or(file.listen) {
-            Some(s) => s.parse().map_err(|e| invalid("listen", format!("{s:?}: {e}")))?,
+            Some(s) => s
+                .parse()
+                .map_err(|e| invalid("listen", format!("{s:?}: {e}")))?,
             None => d.listen,
         };
         let harvest_interval = match cli.harvest_interval.clone().or(file.harvest_interval) {
@@ -187,7 +208,8 @@ impl Config {
         }
 
         let mut ladder = d.ladder;
-        let mut entries: Vec<(String, Vec<String>)> = file.ladder.unwrap_or_default().into_iter().collect();
+        let mut entries: Vec<(String, Vec<String>)> =
+            file.ladder.unwrap_or_default().into_iter().collect();
         for arg in &cli.ladder {
             entries.push(parse_ladder_arg(arg)?);
         }
@@ -209,7 +231,11 @@ impl Config {
             }
             ladder.order.insert(signal, order);
         }
-        let require: Vec<String> = if cli.require.is_empty() { file.require.unwrap_or_default() } else { cli.require.clone() };
+        let require: Vec<String> = if cli.require.is_empty() {
+            file.require.unwrap_or_default()
+        } else {
+            cli.require.clone()
+        };
         for r in require {
             if r == "all" {
                 ladder.required = Signal::ALL.to_vec();
@@ -221,11 +247,20 @@ impl Config {
             }
         }
 
-        let ring_buffer_bytes = cli.ring_buffer_bytes.or(file.ring_buffer_bytes).unwrap_or(d.ring_buffer_bytes);
+        let ring_buffer_bytes = cli
+            .ring_buffer_bytes
+            .or(file.ring_buffer_bytes)
+            .unwrap_or(d.ring_buffer_bytes);
         if ring_buffer_bytes < 4096 || !ring_buffer_bytes.is_power_of_two() {
-            return Err(invalid("ring_buffer_bytes", format!("{ring_buffer_bytes} is not a power of two ≥ 4096")));
+            return Err(invalid(
+                "ring_buffer_bytes",
+                format!("{ring_buffer_bytes} is not a power of two ≥ 4096"),
+            ));
         }
-        let max_workloads = cli.max_workloads.or(file.max_workloads).unwrap_or(d.max_workloads);
+        let max_workloads = cli
+            .max_workloads
+            .or(file.max_workloads)
+            .unwrap_or(d.max_workloads);
         if max_workloads == 0 {
             return Err(invalid("max_workloads", "must be at least 1"));
         }
@@ -233,13 +268,24 @@ impl Config {
         if let Some(root) = &cgroup_root
             && !root.is_dir()
         {
-            return Err(invalid("cgroup_root", format!("{} is not a directory", root.display())));
+            return Err(invalid(
+                "cgroup_root",
+                format!("{} is not a directory", root.display()),
+            ));
         }
         let log = cli.log.clone().or(file.log).unwrap_or(d.log);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
-        Ok(Config { listen, harvest_interval, ladder, cgroup_root, ring_buffer_bytes, max_workloads, log })
+        Ok(Config {
+            listen,
+            harvest_interval,
+            ladder,
+            cgroup_root,
+            ring_buffer_bytes,
+            max_workloads,
+            log,
+        })
     }
 }
 
@@ -248,7 +294,8 @@ mod tests {
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {
-        Cli::try_parse_from(std::iter::once("collector").chain(args.iter().copied())).expect("cli parses")
+        Cli::try_parse_from(std::iter::once("collector").chain(args.iter().copied()))
+            .expect("cli parses")
     }
 
     fn file(text: &str) -> FileConfig {
@@ -267,11 +314,25 @@ mod tests {
 
     #[test]
     fn cli_wins_over_file() {
-        let f = file("listen = \"127.0.0.1:1\"\nharvest_interval = \"2s\"\nladder = { tcp_send = [\"tracepoint\"] }\nrequire = [\"tcp_send\"]");
-        let c = Config::merge(&cli(&["--listen", "127.0.0.1:2", "--ladder", "tcp_send=raw_tp,tp_btf"]), f).expect("valid");
+        let f = file(
+            "listen = \"127.0.0.1:1\"\nharvest_interval = \"2s\"\nladder = { tcp_send = [\"tracepoint\"] }\nrequire = [\"tcp_send\"]",
+        );
+        let c = Config::merge(
+            &cli(&[
+                "--listen",
+                "127.0.0.1:2",
+                "--ladder",
+                "tcp_send=raw_tp,tp_btf",
+            ]),
+            f,
+        )
+        .expect("valid");
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.harvest_interval, Duration::from_secs(2));
-        assert_eq!(c.ladder.order[&Signal::TcpSend], vec![Rung::RawTp, Rung::TpBtf]);
+        assert_eq!(
+            c.ladder.order[&Signal::TcpSend],
+            vec![Rung::RawTp, Rung::TpBtf]
+        );
         assert_eq!(c.ladder.required, vec![Signal::TcpSend]);
         let c = Config::merge(&cli(&["--require", "all"]), FileConfig::default()).expect("valid");
         assert_eq!(c.ladder.required.len(), Signal::ALL.len());
@@ -299,12 +360,19 @@ mod tests {
             let err = Config::merge(&cli(args), FileConfig::default()).expect_err("invalid");
             assert!(err.to_string().contains(needle), "{args:?}: {err}");
         }
-        assert!(toml::from_str::<FileConfig>("listn = \"x\"").is_err(), "unknown keys rejected");
+        assert!(
+            toml::from_str::<FileConfig>("listn = \"x\"").is_err(),
+            "unknown keys rejected"
+        );
     }
 
     #[test]
     fn missing_config_file_names_the_path() {
-        let err = Config::load(&cli(&["--config", "/nonexistent/collector.toml"])).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/collector.toml"), "{err}");
+        let err =
+            Config::load(&cli(&["--config", "/nonexistent/collector.toml"])).expect_err("missing");
+        assert!(
+            err.to_string().contains("/nonexistent/collector.toml"),
+            "{err}"
+        );
     }
 }

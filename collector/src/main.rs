@@ -25,7 +25,11 @@ fn main() -> ExitCode {
         .init();
     info!(version = env!("CARGO_PKG_VERSION"), "starting");
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("collector: starting the runtime: {e}");

@@ -64,7 +64,12 @@ impl StatsSource for KernelMaps {
     fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)> {
         KernelDrop::ALL
             .iter()
-            .filter_map(|d| self.drops.get(&(*d as u32), 0).ok().map(|v| (*d, v.iter().copied().collect())))
+            .filter_map(|d| {
+                self.drops
+                    .get(&(*d as u32), 0)
+                    .ok()
+                    .map(|v| (*d, v.iter().copied().collect()))
+            })
             .collect()
     }
 }
@@ -80,7 +85,13 @@ pub struct Aggregator<S> {
 
 impl<S: StatsSource> Aggregator<S> {
     pub fn new(source: S, metrics: Arc<Metrics>, identity: IdentityResolver) -> Self {
-        Self { source, metrics, identity, tcp: tcp::TcpHarvester::default(), drops_seen: Vec::new() }
+        Self {
+            source,
+            metrics,
+            identity,
+            tcp: tcp::TcpHarvester::default(),
+            drops_seen: Vec::new(),
+        }
     }
 
     pub fn on_event(&mut self, event: Event, now: Instant) {
@@ -93,7 +104,9 @@ impl<S: StatsSource> Aggregator<S> {
     pub fn harvest(&mut self, now: Instant) {
         let current = self.source.read_tcp();
         let identity = &self.identity;
-        let result = self.tcp.harvest(&current, |tgid| identity.process_alive(tgid));
+        let result = self
+            .tcp
+            .harvest(&current, |tgid| identity.process_alive(tgid));
         for (key, delta) in &result.deltas {
             let workload = self.identity.workload_of(key, now);
             let labels = self.metrics.labels_for(&workload);
@@ -110,7 +123,11 @@ impl<S: StatsSource> Aggregator<S> {
     fn harvest_drops(&mut self) {
         let now = self.source.read_drops();
         for (reason, per_cpu) in &now {
-            let prev = self.drops_seen.iter().find(|(r, _)| r == reason).map(|(_, v)| v.as_slice());
+            let prev = self
+                .drops_seen
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, v)| v.as_slice());
             for (cpu, v) in per_cpu.iter().enumerate() {
                 let before = prev.and_then(|p| p.get(cpu)).copied().unwrap_or(0);
                 let d = v.saturating_sub(before);
@@ -121,7 +138,10 @@ impl<S: StatsSource> Aggregator<S> {
                     self.metrics
                         .collector
                         .kernel_drops
-                        .get_or_create(&KernelDropLabels { reason: reason.reason(), cpu: cpu as u32 })
+                        .get_or_create(&KernelDropLabels {
+                            reason: reason.reason(),
+                            cpu: cpu as u32,
+                        })
                         .inc_by(d);
                 }
             }
@@ -164,6 +184,7 @@ mod tests {
             self.tcp.clone()
         }
         fn remove_tcp(&mut self, key: &OwnerKey) {
+            self.tcp.retain(|(k, _)| k != key);
             self.removed.push(*key);
         }
         fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)> {
@@ -176,25 +197,49 @@ mod tests {
         let mut fake = Fake::default();
         let metrics = Arc::new(Metrics::new(100));
         let identity = IdentityResolver::new(None, PathBuf::from("/nonexistent-proc"));
-        let key = OwnerKey { cgroup_id: 1, tgid: 99, _pad: 0 };
-        fake.tcp = vec![(key, TcpStats { bytes_sent: 1234, retransmit_segs: 3, ..Default::default() })];
+        let key = OwnerKey {
+            cgroup_id: 1,
+            tgid: 99,
+            _pad: 0,
+        };
+        fake.tcp = vec![(
+            key,
+            TcpStats {
+                bytes_sent: 1234,
+                retransmit_segs: 3,
+                ..Default::default()
+            },
+        )];
         fake.drops = vec![(KernelDrop::RingReserve, vec![0, 2])];
         let mut agg = Aggregator::new(&mut fake, metrics.clone(), identity);
         let now = Instant::now();
-        agg.on_event(Event::Process { tgid: 99, cgroup_id: 1, comm: "server".into() }, now);
+        agg.on_event(
+            Event::Process {
+                tgid: 99,
+                cgroup_id: 1,
+                comm: "server".into(),
+            },
+            now,
+        );
         agg.harvest(now);
         let text = metrics.render();
         assert!(
             text.contains(r#"collector_tcp_sent_bytes_total{workload_kind="process",workload="server",pod_uid="",container_id=""} 1234"#),
             "{text}"
         );
-        assert!(text.contains(r#"collector_kernel_drops_total{reason="ring_reserve_failed",cpu="1"} 2"#), "{text}");
+        assert!(
+            text.contains(
+                r#"collector_kernel_drops_total{reason="ring_reserve_failed",cpu="1"} 2"#
+            ),
+            "{text}"
+        );
         // Dead process, idle: deleted after the idle threshold, totals unchanged.
         for i in 0..3 {
             agg.harvest(now + Duration::from_secs(i + 1));
         }
         drop(agg);
         assert_eq!(fake.removed, vec![key]);
-        assert!(metrics.render().contains("collector_tcp_retransmitted_segments_total{workload_kind=\"process\",workload=\"server\",pod_uid=\"\",container_id=\"\"} 3"));
+        let text = metrics.render();
+        assert!(text.contains("collector_tcp_retransmitted_segments_total{workload_kind=\"process\",workload=\"server\",pod_uid=\"\",container_id=\"\"} 3"), "{text}");
     }
 }

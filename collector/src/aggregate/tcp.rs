@@ -59,7 +59,11 @@ pub struct Harvest {
 impl TcpHarvester {
     /// `current` is the full map content (per-CPU values summed); `alive` says whether a tgid
     /// still runs. Keys with tgid 0, and the special keys, are never deleted.
-    pub fn harvest(&mut self, current: &[(OwnerKey, TcpStats)], alive: impl Fn(u32) -> bool) -> Harvest {
+    pub fn harvest(
+        &mut self,
+        current: &[(OwnerKey, TcpStats)],
+        alive: impl Fn(u32) -> bool,
+    ) -> Harvest {
         let mut deltas = Vec::new();
         let mut delete = Vec::new();
         let mut present = std::collections::HashSet::with_capacity(current.len());
@@ -93,11 +97,19 @@ mod tests {
     use super::*;
 
     fn key(tgid: u32) -> OwnerKey {
-        OwnerKey { cgroup_id: 42, tgid, _pad: 0 }
+        OwnerKey {
+            cgroup_id: 42,
+            tgid,
+            _pad: 0,
+        }
     }
 
     fn stats(bytes: u64, retrans: u64) -> TcpStats {
-        TcpStats { bytes_sent: bytes, retransmit_segs: retrans, ..Default::default() }
+        TcpStats {
+            bytes_sent: bytes,
+            retransmit_segs: retrans,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -122,19 +134,34 @@ mod tests {
     #[test]
     fn exited_idle_keys_are_deleted_after_their_last_delta() {
         let mut h = TcpHarvester::default();
-        let cur = [(key(7), stats(10, 0)), (key(0), stats(5, 0)), (OwnerKey::OVERFLOW, stats(1, 0))];
+        let cur = [
+            (key(7), stats(10, 0)),
+            (key(0), stats(5, 0)),
+            (OwnerKey::OVERFLOW, stats(1, 0)),
+        ];
         let dead = |_| false;
         let r = h.harvest(&cur, dead);
         assert_eq!(r.deltas.len(), 3);
-        assert!(r.delete.is_empty(), "a key with fresh counts is exported first");
+        assert!(
+            r.delete.is_empty(),
+            "a key with fresh counts is exported first"
+        );
         let r = h.harvest(&cur, dead);
         assert!(r.delete.is_empty());
         let r = h.harvest(&cur, dead);
-        assert_eq!(r.delete, vec![key(7)], "only the exited owner, never tgid 0 or overflow");
+        assert_eq!(
+            r.delete,
+            vec![key(7)],
+            "only the exited owner, never tgid 0 or overflow"
+        );
         // Alive processes are never deleted however idle.
         let mut h = TcpHarvester::default();
         for _ in 0..5 {
-            assert!(h.harvest(&[(key(8), stats(1, 0))], |_| true).delete.is_empty());
+            assert!(
+                h.harvest(&[(key(8), stats(1, 0))], |_| true)
+                    .delete
+                    .is_empty()
+            );
         }
     }
 }

@@ -14,7 +14,8 @@ use serde_json::json;
 use crate::{export::Metrics, probes::AttachReport};
 
 /// OpenMetrics 1.0 text, what prometheus-client renders.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -35,7 +36,11 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn probes(State(s): State<ApiState>) -> Json<Vec<AttachReport>> {
@@ -43,5 +48,9 @@ async fn probes(State(s): State<ApiState>) -> Json<Vec<AttachReport>> {
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": "not found", "path": uri.path() }))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "not found", "path": uri.path() })),
+    )
+        .into_response()
 }

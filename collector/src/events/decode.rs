@@ -33,7 +33,10 @@ impl DecodeError {
 fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: length checked above; T is Pod (any bit pattern valid); read_unaligned because
     // ring-buffer data is only 8-byte aligned and `bytes` may be a sub-slice in tests.
@@ -42,14 +45,21 @@ fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
 
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = read(bytes)?;
-    let kind = EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
+    let kind =
+        EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
     if header.version != EVENT_VERSION {
-        return Err(DecodeError::Version { version: header.version });
+        return Err(DecodeError::Version {
+            version: header.version,
+        });
     }
     match kind {
         EventKind::Process => {
             let ev: ProcessEvent = read(bytes)?;
-            let len = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
+            let len = ev
+                .comm
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(ev.comm.len());
             Ok(Event::Process {
                 tgid: ev.tgid,
                 cgroup_id: ev.cgroup_id,
@@ -72,7 +82,12 @@ mod tests {
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"nginx");
         ProcessEvent {
-            header: EventHeader { kind: EventKind::Process as u16, version: EVENT_VERSION, _pad: 0, ts_ns: 5 },
+            header: EventHeader {
+                kind: EventKind::Process as u16,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 5,
+            },
             tgid: 77,
             _pad: 0,
             cgroup_id: 1234,
@@ -83,7 +98,14 @@ mod tests {
     #[test]
     fn decodes_process_event() {
         let ev = decode(&bytes_of(&process_event())).expect("valid record");
-        assert_eq!(ev, Event::Process { tgid: 77, cgroup_id: 1234, comm: "nginx".into() });
+        assert_eq!(
+            ev,
+            Event::Process {
+                tgid: 77,
+                cgroup_id: 1234,
+                comm: "nginx".into()
+            }
+        );
     }
 
     #[test]
@@ -99,11 +121,17 @@ mod tests {
         let good = bytes_of(&process_event());
         for len in 0..good.len() {
             let err = decode(&good[..len]).expect_err("truncated");
-            assert!(matches!(err, DecodeError::Short { .. }), "len {len}: {err:?}");
+            assert!(
+                matches!(err, DecodeError::Short { .. }),
+                "len {len}: {err:?}"
+            );
         }
         let mut unknown = good.clone();
         unknown[0] = 0xee;
-        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 0xee }));
+        assert_eq!(
+            decode(&unknown),
+            Err(DecodeError::UnknownKind { kind: 0xee })
+        );
         let mut version = good.clone();
         version[2] = 9;
         assert_eq!(decode(&version), Err(DecodeError::Version { version: 9 }));

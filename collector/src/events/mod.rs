@@ -8,7 +8,11 @@ pub mod reader;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A process the kernel saw using a socket (first time, or again after 30 s).
-    Process { tgid: u32, cgroup_id: u64, comm: String },
+    Process {
+        tgid: u32,
+        cgroup_id: u64,
+        comm: String,
+    },
 }
 
 impl Event {

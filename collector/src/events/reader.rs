@@ -45,15 +45,23 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, metrics: &Metric
     while let Some(item) = ring.next() {
         match decode(&item) {
             Ok(event) => {
-                m.events_received.get_or_create(&KindLabels { kind: event.kind() }).inc();
+                m.events_received
+                    .get_or_create(&KindLabels { kind: event.kind() })
+                    .inc();
                 if tx.try_send(event).is_err() {
                     // The aggregator is behind: drop, count, and keep draining the kernel's
                     // buffer (a full ring buffer would lose events in the kernel instead).
-                    m.events_dropped.get_or_create(&ReasonLabels { reason: "channel_full" }).inc();
+                    m.events_dropped
+                        .get_or_create(&ReasonLabels {
+                            reason: "channel_full",
+                        })
+                        .inc();
                 }
             }
             Err(e) => {
-                m.events_rejected.get_or_create(&ReasonLabels { reason: e.reason() }).inc();
+                m.events_rejected
+                    .get_or_create(&ReasonLabels { reason: e.reason() })
+                    .inc();
                 debug!(error = %e, "ring-buffer record rejected");
             }
         }

@@ -121,13 +121,21 @@ impl Metrics {
             "Decoded records dropped in userspace, per reason",
             c.events_dropped.clone(),
         );
-        registry.register("collector_workloads", "Workloads with live series", c.workloads.clone());
+        registry.register(
+            "collector_workloads",
+            "Workloads with live series",
+            c.workloads.clone(),
+        );
         registry.register(
             "collector_workloads_capped",
             "Observations charged to workload_kind=\"overflow\" because max_workloads was reached",
             c.workloads_capped.clone(),
         );
-        registry.register("collector_harvests", "Kernel map harvests completed", c.harvests.clone());
+        registry.register(
+            "collector_harvests",
+            "Kernel map harvests completed",
+            c.harvests.clone(),
+        );
         registry.register(
             "collector_build",
             "Collector build information",

@@ -56,7 +56,11 @@ impl TcpMetrics {
             Unit::Bytes,
             m.sent_bytes.clone(),
         );
-        r.register("collector_tcp_send_calls", "Successful TCP sendmsg calls", m.send_calls.clone());
+        r.register(
+            "collector_tcp_send_calls",
+            "Successful TCP sendmsg calls",
+            m.send_calls.clone(),
+        );
         r.register(
             "collector_tcp_send_errors",
             "TCP sendmsg calls that failed, by error (epipe, econnreset, other)",
@@ -72,8 +76,16 @@ impl TcpMetrics {
             "TCP segments retransmitted (the unit of the kernel's TcpRetransSegs)",
             m.retransmitted_segments.clone(),
         );
-        r.register("collector_tcp_resets_sent", "TCP RST segments sent", m.resets_sent.clone());
-        r.register("collector_tcp_resets_received", "TCP RST segments received", m.resets_received.clone());
+        r.register(
+            "collector_tcp_resets_sent",
+            "TCP RST segments sent",
+            m.resets_sent.clone(),
+        );
+        r.register(
+            "collector_tcp_resets_received",
+            "TCP RST segments received",
+            m.resets_received.clone(),
+        );
         r.register(
             "collector_tcp_connects_failed",
             "Outgoing connects that failed (SYN_SENT to CLOSE), by error (econnrefused, etimedout, other)",
@@ -125,7 +137,11 @@ impl TcpMetrics {
         plain(&self.connections_closed, closes);
         let errors = |f: &Family<ErrorLabels, Counter>, error: &'static str, v: u64| {
             if v > 0 {
-                f.get_or_create(&ErrorLabels { workload: w.clone(), error }).inc_by(v);
+                f.get_or_create(&ErrorLabels {
+                    workload: w.clone(),
+                    error,
+                })
+                .inc_by(v);
             }
         };
         errors(&self.send_errors, "epipe", send_err_pipe);
@@ -137,7 +153,10 @@ impl TcpMetrics {
         for (direction, v) in [("active", active_opens), ("passive", passive_opens)] {
             if v > 0 {
                 self.connections_opened
-                    .get_or_create(&DirectionLabels { workload: w.clone(), direction })
+                    .get_or_create(&DirectionLabels {
+                        workload: w.clone(),
+                        direction,
+                    })
                     .inc_by(v);
             }
         }

@@ -58,7 +58,12 @@ pub struct Workload {
 
 impl Workload {
     fn simple(kind: WorkloadKind, name: impl Into<String>) -> Self {
-        Self { kind, name: name.into(), pod_uid: None, container_id: None }
+        Self {
+            kind,
+            name: name.into(),
+            pod_uid: None,
+            container_id: None,
+        }
     }
 
     pub fn unattributed() -> Self {
@@ -71,7 +76,9 @@ impl Workload {
 
     fn from_cgroup(identity: &CgroupIdentity) -> Option<Self> {
         Some(match identity {
-            CgroupIdentity::Pod { uid, container_id, .. } => Self {
+            CgroupIdentity::Pod {
+                uid, container_id, ..
+            } => Self {
                 kind: WorkloadKind::Pod,
                 name: uid.clone(),
                 pod_uid: Some(uid.clone()),
@@ -83,7 +90,9 @@ impl Workload {
                 pod_uid: None,
                 container_id: Some(id.clone()),
             },
-            CgroupIdentity::SystemdUnit { unit } => Self::simple(WorkloadKind::Systemd, unit.clone()),
+            CgroupIdentity::SystemdUnit { unit } => {
+                Self::simple(WorkloadKind::Systemd, unit.clone())
+            }
             CgroupIdentity::Path { path } => Self::simple(WorkloadKind::Cgroup, path.clone()),
             CgroupIdentity::Unnamed => return None,
         })
@@ -123,7 +132,13 @@ impl IdentityResolver {
 
     /// A process announced by the kernel (it may be gone from /proc by the time we look).
     pub fn observe_process(&mut self, tgid: u32, comm: String, now: Instant) {
-        self.processes.insert(tgid, ProcessInfo { comm, last_seen: now });
+        self.processes.insert(
+            tgid,
+            ProcessInfo {
+                comm,
+                last_seen: now,
+            },
+        );
     }
 
     pub fn process_alive(&self, tgid: u32) -> bool {
@@ -134,9 +149,16 @@ impl IdentityResolver {
         if let Some(p) = self.processes.get(&tgid) {
             return Some(p.comm.clone());
         }
-        let comm = std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("comm")).ok()?;
+        let comm =
+            std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("comm")).ok()?;
         let comm = comm.trim_end().to_string();
-        self.processes.insert(tgid, ProcessInfo { comm: comm.clone(), last_seen: now });
+        self.processes.insert(
+            tgid,
+            ProcessInfo {
+                comm: comm.clone(),
+                last_seen: now,
+            },
+        );
         Some(comm)
     }
 
@@ -167,7 +189,10 @@ impl IdentityResolver {
                 // A cgroup that vanished before we could map it: keep it apart rather than
                 // merging it into its process's name.
                 None if key.tgid == 0 => {
-                    return Workload::simple(WorkloadKind::Cgroup, format!("cgroup-id:{}", key.cgroup_id));
+                    return Workload::simple(
+                        WorkloadKind::Cgroup,
+                        format!("cgroup-id:{}", key.cgroup_id),
+                    );
                 }
                 None => {}
             }
@@ -183,7 +208,8 @@ impl IdentityResolver {
     pub fn expire(&mut self, now: Instant) {
         let root = self.proc_root.clone();
         self.processes.retain(|tgid, p| {
-            now.saturating_duration_since(p.last_seen) < PROCESS_TTL || root.join(tgid.to_string()).exists()
+            now.saturating_duration_since(p.last_seen) < PROCESS_TTL
+                || root.join(tgid.to_string()).exists()
         });
     }
 }
@@ -193,7 +219,11 @@ mod tests {
     use super::*;
 
     fn key(cgroup_id: u64, tgid: u32) -> OwnerKey {
-        OwnerKey { cgroup_id, tgid, _pad: 0 }
+        OwnerKey {
+            cgroup_id,
+            tgid,
+            _pad: 0,
+        }
     }
 
     #[test]
@@ -203,9 +233,18 @@ mod tests {
         std::fs::write(dir.join("4242/comm"), "nginx\n").expect("write");
         let mut r = IdentityResolver::new(None, dir.clone());
         let now = Instant::now();
-        assert_eq!(r.workload_of(&OwnerKey::OVERFLOW, now).kind, WorkloadKind::Overflow);
-        assert_eq!(r.workload_of(&key(0, 0), now).kind, WorkloadKind::Unattributed);
-        assert_eq!(r.workload_of(&key(1, 0), now).kind, WorkloadKind::Unattributed);
+        assert_eq!(
+            r.workload_of(&OwnerKey::OVERFLOW, now).kind,
+            WorkloadKind::Overflow
+        );
+        assert_eq!(
+            r.workload_of(&key(0, 0), now).kind,
+            WorkloadKind::Unattributed
+        );
+        assert_eq!(
+            r.workload_of(&key(1, 0), now).kind,
+            WorkloadKind::Unattributed
+        );
         let w = r.workload_of(&key(1, 4242), now);
         assert_eq!((w.kind, w.name.as_str()), (WorkloadKind::Process, "nginx"));
         // Announced by the kernel, already gone from /proc.
@@ -213,7 +252,10 @@ mod tests {
         assert_eq!(r.workload_of(&key(1, 7), now).name, "curl");
         // Unmappable cgroup (no cgroup root configured) with no process.
         let w = r.workload_of(&key(99, 0), now);
-        assert_eq!((w.kind, w.name.as_str()), (WorkloadKind::Cgroup, "cgroup-id:99"));
+        assert_eq!(
+            (w.kind, w.name.as_str()),
+            (WorkloadKind::Cgroup, "cgroup-id:99")
+        );
         r.expire(now + PROCESS_TTL * 2);
         assert!(!r.processes.contains_key(&7), "exited process expired");
         std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -230,7 +272,10 @@ mod tests {
         let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/proc"));
         let w = r.workload_of(&key(ino, 0), Instant::now());
         assert_eq!(w.kind, WorkloadKind::Pod);
-        assert_eq!(w.pod_uid.as_deref(), Some("0b7d5a4e-1c3f-4d2e-9a8b-7c6d5e4f3a2b"));
+        assert_eq!(
+            w.pod_uid.as_deref(),
+            Some("0b7d5a4e-1c3f-4d2e-9a8b-7c6d5e4f3a2b")
+        );
         assert_eq!(w.container_id.as_deref().map(str::len), Some(64));
         std::fs::remove_dir_all(&root).expect("cleanup");
     }

@@ -58,10 +58,16 @@ impl fmt::Display for Signal {
 impl FromStr for Signal {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Signal::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Signal::ALL.iter().map(|x| x.as_str()).collect();
-            format!("unknown signal {s:?} (expected one of {})", names.join(", "))
-        })
+        Signal::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Signal::ALL.iter().map(|x| x.as_str()).collect();
+                format!(
+                    "unknown signal {s:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -77,7 +83,13 @@ pub enum Rung {
 }
 
 impl Rung {
-    pub const ALL: [Rung; 5] = [Rung::Kprobe, Rung::Fentry, Rung::TpBtf, Rung::RawTp, Rung::Tracepoint];
+    pub const ALL: [Rung; 5] = [
+        Rung::Kprobe,
+        Rung::Fentry,
+        Rung::TpBtf,
+        Rung::RawTp,
+        Rung::Tracepoint,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -99,21 +111,45 @@ impl fmt::Display for Rung {
 impl FromStr for Rung {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Rung::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
-            format!("unknown rung {s:?} (expected kprobe, fentry, tp_btf, raw_tp or tracepoint)")
-        })
+        Rung::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown rung {s:?} (expected kprobe, fentry, tp_btf, raw_tp or tracepoint)"
+                )
+            })
     }
 }
 
 /// One program attachment of a rung.
 #[derive(Clone, Copy, Debug)]
 pub enum Hook {
-    Kprobe { prog: &'static str, function: &'static str },
-    Kretprobe { prog: &'static str, function: &'static str },
-    Fexit { prog: &'static str, function: &'static str },
-    TpBtf { prog: &'static str, tracepoint: &'static str },
-    RawTp { prog: &'static str, tracepoint: &'static str },
-    Tracepoint { prog: &'static str, category: &'static str, name: &'static str },
+    Kprobe {
+        prog: &'static str,
+        function: &'static str,
+    },
+    Kretprobe {
+        prog: &'static str,
+        function: &'static str,
+    },
+    Fexit {
+        prog: &'static str,
+        function: &'static str,
+    },
+    TpBtf {
+        prog: &'static str,
+        tracepoint: &'static str,
+    },
+    RawTp {
+        prog: &'static str,
+        tracepoint: &'static str,
+    },
+    Tracepoint {
+        prog: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
 }
 
 impl Hook {
@@ -171,7 +207,10 @@ pub struct LadderPlan {
 impl Default for LadderPlan {
     fn default() -> Self {
         Self {
-            order: Signal::ALL.iter().map(|s| (*s, s.default_ladder())).collect(),
+            order: Signal::ALL
+                .iter()
+                .map(|s| (*s, s.default_ladder()))
+                .collect(),
             required: Vec::new(),
         }
     }
@@ -192,8 +231,16 @@ impl ProbeSet {
     ) -> Result<Self, ProbeError> {
         let mut reports = Vec::new();
         for signal in Signal::ALL {
-            let order = plan.order.get(&signal).cloned().unwrap_or_else(|| signal.default_ladder());
-            let mut report = AttachReport { signal, attached: None, attempts: Vec::new() };
+            let order = plan
+                .order
+                .get(&signal)
+                .cloned()
+                .unwrap_or_else(|| signal.default_ladder());
+            let mut report = AttachReport {
+                signal,
+                attached: None,
+                attempts: Vec::new(),
+            };
             for rung in order {
                 let result = attach_rung(ebpf, btf, prepared, signal, rung);
                 match result {
@@ -205,7 +252,10 @@ impl ProbeSet {
                     }
                     Err(e) => {
                         info!(signal = %signal, rung = %rung, error = %error_chain(&e), "rung unavailable, trying next");
-                        report.attempts.push(Attempt { rung, error: Some(error_chain(&e)) });
+                        report.attempts.push(Attempt {
+                            rung,
+                            error: Some(error_chain(&e)),
+                        });
                     }
                 }
             }
@@ -222,7 +272,10 @@ impl ProbeSet {
     }
 
     pub fn rung_of(&self, signal: Signal) -> Option<Rung> {
-        self.reports.iter().find(|r| r.signal == signal).and_then(|r| r.attached)
+        self.reports
+            .iter()
+            .find(|r| r.signal == signal)
+            .and_then(|r| r.attached)
     }
 }
 
@@ -283,8 +336,13 @@ fn attach_rung(
 
 fn attach_hook(ebpf: &mut Ebpf, btf: Option<&Btf>, hook: &Hook) -> Result<(), ProbeError> {
     let prog_name = hook.prog();
-    let program = ebpf.program_mut(prog_name).ok_or(ProbeError::MissingProgram { prog: prog_name })?;
-    let err = |source| ProbeError::Program { prog: prog_name, source };
+    let program = ebpf
+        .program_mut(prog_name)
+        .ok_or(ProbeError::MissingProgram { prog: prog_name })?;
+    let err = |source| ProbeError::Program {
+        prog: prog_name,
+        source,
+    };
     let need_btf = || btf.ok_or_else(|| ProbeError::Unavailable("kernel BTF not available".into()));
     match *hook {
         Hook::Kprobe { function, .. } | Hook::Kretprobe { function, .. } => {
@@ -321,7 +379,9 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&Btf>, hook: &Hook) -> Result<(), Pr
 /// Best effort: a program that failed to attach must not stay loaded.
 fn unload(ebpf: &mut Ebpf, prog: &str) {
     use aya::programs::Program;
-    let Some(program) = ebpf.program_mut(prog) else { return };
+    let Some(program) = ebpf.program_mut(prog) else {
+        return;
+    };
     let result = match program {
         Program::KProbe(p) => p.unload(),
         Program::FExit(p) => p.unload(),

@@ -29,7 +29,10 @@ impl Prepared {
     }
 
     pub fn global(&self, name: &str) -> Option<u32> {
-        self.globals.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.globals
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 
     /// Computes every global. `btf` is the running kernel's BTF (None when absent), `tracefs`
@@ -69,7 +72,8 @@ impl Prepared {
                     0
                 }
                 None => {
-                    self.warnings.push(format!("{strukt}.{path}: no kernel BTF"));
+                    self.warnings
+                        .push(format!("{strukt}.{path}: no kernel BTF"));
                     0
                 }
             };
@@ -80,7 +84,8 @@ impl Prepared {
         // side treats 0 as "unknown". Say what each unknown costs.
         if self.global(g::SK_CGRP_OFF) == Some(0) || self.global(g::CGRP_KN_OFF) == Some(0) {
             self.warnings.push(
-                "socket cgroup unreadable: softirq signals are attributed by owner process only".into(),
+                "socket cgroup unreadable: softirq signals are attributed by owner process only"
+                    .into(),
             );
         }
         if self.global(g::SK_PROTO_OFF) == Some(0) {
@@ -90,7 +95,8 @@ impl Prepared {
                 (Signal::TcpState, Rung::TpBtf),
                 (Signal::TcpState, Rung::RawTp),
             ] {
-                self.unavailable.insert((s, r), "sock.sk_protocol offset unknown".into());
+                self.unavailable
+                    .insert((s, r), "sock.sk_protocol offset unknown".into());
             }
         }
         for w in &self.warnings {
@@ -106,7 +112,11 @@ impl Prepared {
                 Signal::TcpSend,
                 "sock",
                 "sock_send_length",
-                &[(g::TP_SEND_SK, "sk", true), (g::TP_SEND_PROTO, "protocol", true), (g::TP_SEND_RET, "ret", true)],
+                &[
+                    (g::TP_SEND_SK, "sk", true),
+                    (g::TP_SEND_PROTO, "protocol", true),
+                    (g::TP_SEND_RET, "ret", true),
+                ],
             ),
             (
                 Signal::TcpRetransmit,
@@ -129,9 +139,24 @@ impl Prepared {
                     (g::TP_STATE_PROTO, "protocol", true),
                 ],
             ),
-            (Signal::TcpResetSent, "tcp", "tcp_send_reset", &[(g::TP_RESET_SENT_SK, "skaddr", true)]),
-            (Signal::TcpResetReceived, "tcp", "tcp_receive_reset", &[(g::TP_RESET_RECV_SK, "skaddr", true)]),
-            (Signal::TcpDestroy, "tcp", "tcp_destroy_sock", &[(g::TP_DESTROY_SK, "skaddr", true)]),
+            (
+                Signal::TcpResetSent,
+                "tcp",
+                "tcp_send_reset",
+                &[(g::TP_RESET_SENT_SK, "skaddr", true)],
+            ),
+            (
+                Signal::TcpResetReceived,
+                "tcp",
+                "tcp_receive_reset",
+                &[(g::TP_RESET_RECV_SK, "skaddr", true)],
+            ),
+            (
+                Signal::TcpDestroy,
+                "tcp",
+                "tcp_destroy_sock",
+                &[(g::TP_DESTROY_SK, "skaddr", true)],
+            ),
         ];
         for (signal, category, event, fields) in tps {
             let format = match root {
@@ -191,7 +216,14 @@ mod tests {
         }
         let btf = Btf::from_file(path).expect("parse vmlinux BTF");
         let p = Prepared::compute(Some(&btf), tracefs::tracefs_root().as_deref());
-        for name in [g::SK_CGRP_OFF, g::CGRP_KN_OFF, g::KN_ID_OFF, g::SK_ERR_OFF, g::SK_PROTO_OFF, g::SKB_CB_OFF] {
+        for name in [
+            g::SK_CGRP_OFF,
+            g::CGRP_KN_OFF,
+            g::KN_ID_OFF,
+            g::SK_ERR_OFF,
+            g::SK_PROTO_OFF,
+            g::SKB_CB_OFF,
+        ] {
             let v = p.global(name).expect("computed");
             assert!(v > 0 && v < 4096, "{name} = {v}");
         }

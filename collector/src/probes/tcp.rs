@@ -17,64 +17,184 @@ pub fn rungs(signal: Signal) -> &'static [(Rung, &'static [Hook])] {
             (
                 Rung::Kprobe,
                 &[
-                    Kprobe { prog: "send_kprobe", function: "tcp_sendmsg" },
-                    Kretprobe { prog: "send_kretprobe", function: "tcp_sendmsg" },
+                    Kprobe {
+                        prog: "send_kprobe",
+                        function: "tcp_sendmsg",
+                    },
+                    Kretprobe {
+                        prog: "send_kretprobe",
+                        function: "tcp_sendmsg",
+                    },
                 ],
             ),
-            (Rung::Fentry, &[Fexit { prog: "send_fexit", function: "tcp_sendmsg" }]),
-            (Rung::TpBtf, &[TpBtf { prog: "send_tp_btf", tracepoint: "sock_send_length" }]),
-            (Rung::RawTp, &[RawTp { prog: "send_raw_tp", tracepoint: "sock_send_length" }]),
+            (
+                Rung::Fentry,
+                &[Fexit {
+                    prog: "send_fexit",
+                    function: "tcp_sendmsg",
+                }],
+            ),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "send_tp_btf",
+                    tracepoint: "sock_send_length",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "send_raw_tp",
+                    tracepoint: "sock_send_length",
+                }],
+            ),
             (
                 Rung::Tracepoint,
-                &[Tracepoint { prog: "send_tp", category: "sock", name: "sock_send_length" }],
+                &[Tracepoint {
+                    prog: "send_tp",
+                    category: "sock",
+                    name: "sock_send_length",
+                }],
             ),
         ],
         Signal::TcpRetransmit => &[
             (
                 Rung::Kprobe,
                 &[
-                    Kprobe { prog: "retrans_kprobe", function: "__tcp_retransmit_skb" },
-                    Kretprobe { prog: "retrans_kretprobe", function: "__tcp_retransmit_skb" },
+                    Kprobe {
+                        prog: "retrans_kprobe",
+                        function: "__tcp_retransmit_skb",
+                    },
+                    Kretprobe {
+                        prog: "retrans_kretprobe",
+                        function: "__tcp_retransmit_skb",
+                    },
                 ],
             ),
-            (Rung::Fentry, &[Fexit { prog: "retrans_fexit", function: "__tcp_retransmit_skb" }]),
-            (Rung::TpBtf, &[TpBtf { prog: "retrans_tp_btf", tracepoint: "tcp_retransmit_skb" }]),
-            (Rung::RawTp, &[RawTp { prog: "retrans_raw_tp", tracepoint: "tcp_retransmit_skb" }]),
+            (
+                Rung::Fentry,
+                &[Fexit {
+                    prog: "retrans_fexit",
+                    function: "__tcp_retransmit_skb",
+                }],
+            ),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "retrans_tp_btf",
+                    tracepoint: "tcp_retransmit_skb",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "retrans_raw_tp",
+                    tracepoint: "tcp_retransmit_skb",
+                }],
+            ),
             (
                 Rung::Tracepoint,
-                &[Tracepoint { prog: "retrans_tp", category: "tcp", name: "tcp_retransmit_skb" }],
+                &[Tracepoint {
+                    prog: "retrans_tp",
+                    category: "tcp",
+                    name: "tcp_retransmit_skb",
+                }],
             ),
         ],
         Signal::TcpState => &[
-            (Rung::TpBtf, &[TpBtf { prog: "state_tp_btf", tracepoint: "inet_sock_set_state" }]),
-            (Rung::RawTp, &[RawTp { prog: "state_raw_tp", tracepoint: "inet_sock_set_state" }]),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "state_tp_btf",
+                    tracepoint: "inet_sock_set_state",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "state_raw_tp",
+                    tracepoint: "inet_sock_set_state",
+                }],
+            ),
             (
                 Rung::Tracepoint,
-                &[Tracepoint { prog: "state_tp", category: "sock", name: "inet_sock_set_state" }],
+                &[Tracepoint {
+                    prog: "state_tp",
+                    category: "sock",
+                    name: "inet_sock_set_state",
+                }],
             ),
         ],
         Signal::TcpResetSent => &[
-            (Rung::TpBtf, &[TpBtf { prog: "rst_sent_tp_btf", tracepoint: "tcp_send_reset" }]),
-            (Rung::RawTp, &[RawTp { prog: "rst_sent_raw_tp", tracepoint: "tcp_send_reset" }]),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "rst_sent_tp_btf",
+                    tracepoint: "tcp_send_reset",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "rst_sent_raw_tp",
+                    tracepoint: "tcp_send_reset",
+                }],
+            ),
             (
                 Rung::Tracepoint,
-                &[Tracepoint { prog: "rst_sent_tp", category: "tcp", name: "tcp_send_reset" }],
+                &[Tracepoint {
+                    prog: "rst_sent_tp",
+                    category: "tcp",
+                    name: "tcp_send_reset",
+                }],
             ),
         ],
         Signal::TcpResetReceived => &[
-            (Rung::TpBtf, &[TpBtf { prog: "rst_recv_tp_btf", tracepoint: "tcp_receive_reset" }]),
-            (Rung::RawTp, &[RawTp { prog: "rst_recv_raw_tp", tracepoint: "tcp_receive_reset" }]),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "rst_recv_tp_btf",
+                    tracepoint: "tcp_receive_reset",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "rst_recv_raw_tp",
+                    tracepoint: "tcp_receive_reset",
+                }],
+            ),
             (
                 Rung::Tracepoint,
-                &[Tracepoint { prog: "rst_recv_tp", category: "tcp", name: "tcp_receive_reset" }],
+                &[Tracepoint {
+                    prog: "rst_recv_tp",
+                    category: "tcp",
+                    name: "tcp_receive_reset",
+                }],
             ),
         ],
         Signal::TcpDestroy => &[
-            (Rung::TpBtf, &[TpBtf { prog: "destroy_tp_btf", tracepoint: "tcp_destroy_sock" }]),
-            (Rung::RawTp, &[RawTp { prog: "destroy_raw_tp", tracepoint: "tcp_destroy_sock" }]),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "destroy_tp_btf",
+                    tracepoint: "tcp_destroy_sock",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "destroy_raw_tp",
+                    tracepoint: "tcp_destroy_sock",
+                }],
+            ),
             (
                 Rung::Tracepoint,
-                &[Tracepoint { prog: "destroy_tp", category: "tcp", name: "tcp_destroy_sock" }],
+                &[Tracepoint {
+                    prog: "destroy_tp",
+                    category: "tcp",
+                    name: "tcp_destroy_sock",
+                }],
             ),
         ],
     }

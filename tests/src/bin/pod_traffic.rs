@@ -185,13 +185,14 @@ fn accept_forever(
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let spawned = thread::Builder::new()
-                    .name(format!("conn-{peer}"))
-                    .spawn(move || {
-                        if let Err(e) = handler(stream) {
-                            eprintln!("pod-traffic: connection from {peer}: {e}");
-                        }
-                    });
+                let spawned =
+                    thread::Builder::new()
+                        .name(format!("conn-{peer}"))
+                        .spawn(move || {
+                            if let Err(e) = handler(stream) {
+                                eprintln!("pod-traffic: connection from {peer}: {e}");
+                            }
+                        });
                 if let Err(e) = spawned {
                     eprintln!("pod-traffic: cannot spawn a connection thread: {e}");
                 }
