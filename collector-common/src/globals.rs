@@ -37,6 +37,7 @@ pub const TP_SEND_RET: &str = "TP_SEND_RET";
 pub const TP_RETRANS_SK: &str = "TP_RETRANS_SK";
 pub const TP_RETRANS_SKB: &str = "TP_RETRANS_SKB";
 pub const TP_RETRANS_ERR: &str = "TP_RETRANS_ERR";
+pub const TP_SYNACK_SK: &str = "TP_SYNACK_SK";
 pub const TP_STATE_SK: &str = "TP_STATE_SK";
 pub const TP_STATE_OLD: &str = "TP_STATE_OLD";
 pub const TP_STATE_NEW: &str = "TP_STATE_NEW";
@@ -46,7 +47,7 @@ pub const TP_RESET_RECV_SK: &str = "TP_RESET_RECV_SK";
 pub const TP_DESTROY_SK: &str = "TP_DESTROY_SK";
 
 /// Every global the object must define, in one list for the loader.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     TASK_LEADER_OFF,
     TASK_COMM_OFF,
     SK_CGRP_OFF,
@@ -63,6 +64,7 @@ pub const ALL: [&str; 23] = [
     TP_RETRANS_SK,
     TP_RETRANS_SKB,
     TP_RETRANS_ERR,
+    TP_SYNACK_SK,
     TP_STATE_SK,
     TP_STATE_OLD,
     TP_STATE_NEW,

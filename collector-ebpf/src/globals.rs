@@ -29,6 +29,7 @@ globals!(
     TP_RETRANS_SK,
     TP_RETRANS_SKB,
     TP_RETRANS_ERR,
+    TP_SYNACK_SK,
     TP_STATE_SK,
     TP_STATE_OLD,
     TP_STATE_NEW,

@@ -36,7 +36,7 @@ use crate::{
         CB_GSO_SEGS_OFF, RETRANS_HAS_ERR, SK_ERR_OFF, SK_PROTO_OFF, SKB_CB_OFF, TP_DESTROY_SK,
         TP_RESET_RECV_SK, TP_RESET_SENT_SK, TP_RETRANS_ERR, TP_RETRANS_SK, TP_RETRANS_SKB,
         TP_SEND_PROTO, TP_SEND_RET, TP_SEND_SK, TP_STATE_NEW, TP_STATE_OLD, TP_STATE_PROTO,
-        TP_STATE_SK,
+        TP_STATE_SK, TP_SYNACK_SK,
     },
     maps::{PROBE_STASH, TCP_STATS, count_drop},
     sock::{forget, owner_of, read, record_owner},
@@ -269,6 +269,68 @@ pub fn retrans_tp(ctx: TracePointContext) -> u32 {
         )
     };
     on_retransmit(sk, skb, err as i64);
+    0
+}
+
+/// A retransmitted SYN-ACK. Request sockets are not full sockets and never reach
+/// `__tcp_retransmit_skb`; the kernel counts them in TcpRetransSegs all the same, so do we,
+/// charged to the listener (its cgroup is the server's).
+#[inline(always)]
+fn on_synack_retransmit(listener: u64, err: i64) {
+    if listener == 0 || err != 0 {
+        return;
+    }
+    let key = owner_of(listener);
+    update(&key, |s| s.retransmit_segs += 1);
+}
+
+#[kprobe]
+pub fn synack_kprobe(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = PROBE_STASH.insert(&bpf_get_current_pid_tgid(), &[sk, 0], 0);
+    0
+}
+
+#[kretprobe]
+pub fn synack_kretprobe(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before removal.
+    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
+        count_drop(KernelDrop::StashMiss);
+        return 0;
+    };
+    let _ = PROBE_STASH.remove(&id);
+    let ret: i64 = ctx.ret();
+    on_synack_retransmit(stash[0], ret as i32 as i64);
+    0
+}
+
+/// `tcp_rtx_synack(sk, req)` → return value is arg 2.
+#[fexit]
+pub fn synack_fexit(ctx: FExitContext) -> u32 {
+    let (sk, ret): (u64, i64) = (ctx.arg(0), ctx.arg(2));
+    on_synack_retransmit(sk, ret as i32 as i64);
+    0
+}
+
+/// The tracepoint only fires after a successful send.
+#[btf_tracepoint]
+pub fn synack_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    on_synack_retransmit(ctx.arg(0), 0);
+    0
+}
+
+#[raw_tracepoint]
+pub fn synack_raw_tp(ctx: RawTracePointContext) -> u32 {
+    on_synack_retransmit(ctx.arg(0), 0);
+    0
+}
+
+#[tracepoint]
+pub fn synack_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's tracefs format.
+    let sk = unsafe { ctx.read_at::<u64>(TP_SYNACK_SK.load() as usize) }.unwrap_or(0);
+    on_synack_retransmit(sk, 0);
     0
 }
 

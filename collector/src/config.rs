@@ -42,9 +42,9 @@ pub struct Cli {
 
     /// Hook ladder of one signal, in the order to try, e.g. "tcp_send=tp_btf,tracepoint".
     /// A single rung forces that rung. Repeatable. Signals: tcp_send, tcp_retransmit,
-    /// tcp_state, tcp_reset_sent, tcp_reset_received, tcp_destroy. Rungs: kprobe, fentry,
+    /// tcp_retransmit_synack, tcp_state, tcp_reset_sent, tcp_reset_received, tcp_destroy. Rungs: kprobe, fentry,
     /// tp_btf, raw_tp, tracepoint. [default: kprobe,fentry,tp_btf,raw_tp,tracepoint for
-    /// tcp_send and tcp_retransmit; tp_btf,raw_tp,tracepoint for the others]
+    /// tcp_send, tcp_retransmit and tcp_retransmit_synack; tp_btf,raw_tp,tracepoint for the others]
     #[arg(long = "ladder", value_name = "SIGNAL=RUNG[,RUNG...]")]
     pub ladder: Vec<String>,
 

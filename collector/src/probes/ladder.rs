@@ -16,6 +16,7 @@ use super::offsets::Prepared;
 pub enum Signal {
     TcpSend,
     TcpRetransmit,
+    TcpRetransmitSynack,
     TcpState,
     TcpResetSent,
     TcpResetReceived,
@@ -23,9 +24,10 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; 7] = [
         Signal::TcpSend,
         Signal::TcpRetransmit,
+        Signal::TcpRetransmitSynack,
         Signal::TcpState,
         Signal::TcpResetSent,
         Signal::TcpResetReceived,
@@ -36,6 +38,7 @@ impl Signal {
         match self {
             Signal::TcpSend => "tcp_send",
             Signal::TcpRetransmit => "tcp_retransmit",
+            Signal::TcpRetransmitSynack => "tcp_retransmit_synack",
             Signal::TcpState => "tcp_state",
             Signal::TcpResetSent => "tcp_reset_sent",
             Signal::TcpResetReceived => "tcp_reset_received",

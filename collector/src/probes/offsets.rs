@@ -107,7 +107,7 @@ impl Prepared {
     fn tracepoint_offsets(&mut self, root: Option<&Path>) {
         // (signal, category, event, [(global, field, required)])
         type Fields = &'static [(&'static str, &'static str, bool)];
-        let tps: [(Signal, &str, &str, Fields); 6] = [
+        let tps: [(Signal, &str, &str, Fields); 7] = [
             (
                 Signal::TcpSend,
                 "sock",
@@ -127,6 +127,12 @@ impl Prepared {
                     (g::TP_RETRANS_SKB, "skbaddr", true),
                     (g::TP_RETRANS_ERR, "err", false),
                 ],
+            ),
+            (
+                Signal::TcpRetransmitSynack,
+                "tcp",
+                "tcp_retransmit_synack",
+                &[(g::TP_SYNACK_SK, "skaddr", true)],
             ),
             (
                 Signal::TcpState,

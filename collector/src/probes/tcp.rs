@@ -5,6 +5,8 @@
 //! tracefs and tracepoint-layout drift. fentry/fexit next (BTF trampolines: cheaper than
 //! kprobes, typed arguments). Then tp_btf (typed, no tracefs), raw_tp (untyped, no BTF needed),
 //! and the classic tracepoint last (needs tracefs; record layouts drift and are parsed at start-up).
+//! SYN-ACK retransmits (`tcp_rtx_synack`) never reach `__tcp_retransmit_skb` but are counted
+//! in TcpRetransSegs, hence a signal of their own with the same ladder.
 //! Resets, state changes and teardown only exist as tracepoints, so their ladders start at tp_btf.
 
 use super::ladder::{Hook, Rung, Signal};
@@ -98,6 +100,50 @@ pub fn rungs(signal: Signal) -> &'static [(Rung, &'static [Hook])] {
                     prog: "retrans_tp",
                     category: "tcp",
                     name: "tcp_retransmit_skb",
+                }],
+            ),
+        ],
+        Signal::TcpRetransmitSynack => &[
+            (
+                Rung::Kprobe,
+                &[
+                    Kprobe {
+                        prog: "synack_kprobe",
+                        function: "tcp_rtx_synack",
+                    },
+                    Kretprobe {
+                        prog: "synack_kretprobe",
+                        function: "tcp_rtx_synack",
+                    },
+                ],
+            ),
+            (
+                Rung::Fentry,
+                &[Fexit {
+                    prog: "synack_fexit",
+                    function: "tcp_rtx_synack",
+                }],
+            ),
+            (
+                Rung::TpBtf,
+                &[TpBtf {
+                    prog: "synack_tp_btf",
+                    tracepoint: "tcp_retransmit_synack",
+                }],
+            ),
+            (
+                Rung::RawTp,
+                &[RawTp {
+                    prog: "synack_raw_tp",
+                    tracepoint: "tcp_retransmit_synack",
+                }],
+            ),
+            (
+                Rung::Tracepoint,
+                &[Tracepoint {
+                    prog: "synack_tp",
+                    category: "tcp",
+                    name: "tcp_retransmit_synack",
                 }],
             ),
         ],
