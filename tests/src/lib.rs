@@ -182,7 +182,12 @@ where
 
 /// Like [`wait_until`], but `f` returns `Err(observed)` while the condition does not hold yet;
 /// the panic message shows the last observed value.
-pub async fn wait_until_ok<T, O, F, Fut>(deadline: Duration, poll: Duration, what: &str, mut f: F) -> T
+pub async fn wait_until_ok<T, O, F, Fut>(
+    deadline: Duration,
+    poll: Duration,
+    what: &str,
+    mut f: F,
+) -> T
 where
     O: Debug,
     F: FnMut() -> Fut,
@@ -308,7 +313,10 @@ pub fn output_with_timeout(mut child: Child, timeout: Duration) -> Result<Output
         if start.elapsed() >= timeout {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("child {} did not finish within {timeout:?}; killed it", child.id());
+            bail!(
+                "child {} did not finish within {timeout:?}; killed it",
+                child.id()
+            );
         }
         thread::sleep(Duration::from_millis(20));
     };
@@ -349,7 +357,10 @@ impl Children {
 
     /// Sends SIGKILL to every tracked child that still runs.
     fn kill_all(&self) {
-        let children = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let children = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (_, fd) in children.iter() {
             if let Some(fd) = fd {
                 // SAFETY: valid pidfd, no siginfo, no flags.
@@ -368,7 +379,10 @@ impl Children {
 
     /// Pids of tracked children that have not exited yet.
     fn running(&self) -> Vec<u32> {
-        let children = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let children = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         children
             .iter()
             .filter(|(_, fd)| {
@@ -390,12 +404,19 @@ impl Children {
 
 /// Kills tracked children and whatever `members()` reports (processes in our cgroup/netns) until
 /// nothing is left or the cleanup deadline passes. Returns the members still alive.
-fn terminate(what: &str, children: &Children, members: impl Fn() -> BTreeSet<u32>) -> BTreeSet<u32> {
+fn terminate(
+    what: &str,
+    children: &Children,
+    members: impl Fn() -> BTreeSet<u32>,
+) -> BTreeSet<u32> {
     let me = std::process::id();
     let start = Instant::now();
     children.kill_all();
     loop {
-        let left: BTreeSet<u32> = members().into_iter().filter(|&p| p != me && p > 1).collect();
+        let left: BTreeSet<u32> = members()
+            .into_iter()
+            .filter(|&p| p != me && p > 1)
+            .collect();
         for &pid in &left {
             // SAFETY: plain kill(2); the pid was just read from our own cgroup/netns.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -600,10 +621,8 @@ impl CgroupChain {
                     }
                     Err(e) => {
                         // Shared ancestors are busy while other objects of the run live.
-                        let busy = matches!(
-                            e.raw_os_error(),
-                            Some(libc::EBUSY) | Some(libc::ENOTEMPTY)
-                        );
+                        let busy =
+                            matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY));
                         if owned || !busy {
                             eprintln!("harness: cannot remove cgroup {}: {e}", dir.display());
                         }
@@ -620,7 +639,10 @@ impl CgroupChain {
 fn join_script(cgroup_dir: &Path, netns: Option<&str>) -> String {
     let procs = shell_quote(cgroup_dir.join("cgroup.procs").as_os_str());
     let exec = match netns {
-        Some(ns) => format!("exec ip netns exec {} \"$0\" \"$@\"", shell_quote(OsStr::new(ns))),
+        Some(ns) => format!(
+            "exec ip netns exec {} \"$0\" \"$@\"",
+            shell_quote(OsStr::new(ns))
+        ),
         None => "exec \"$0\" \"$@\"".to_owned(),
     };
     format!("echo $$ > {procs} || exit 125; {exec}")
@@ -721,14 +743,25 @@ impl Pod {
         run(&mut ip(&["netns", "add", &ns]))?;
         pod.netns_created = true;
         run(&mut ip(&[
-            "link", "add", &pod.host_veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            "link",
+            "add",
+            &pod.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
         ]))?;
         pod.veth_created = true;
         let host_cidr = format!("{}/24", pod.host_addr());
         let pod_cidr = format!("{}/24", pod.addr());
         run(&mut ip(&["addr", "add", &host_cidr, "dev", &pod.host_veth]))?;
         run(&mut ip(&["link", "set", &pod.host_veth, "up"]))?;
-        run(&mut ip(&["-n", &ns, "addr", "add", &pod_cidr, "dev", "eth0"]))?;
+        run(&mut ip(&[
+            "-n", &ns, "addr", "add", &pod_cidr, "dev", "eth0",
+        ]))?;
         run(&mut ip(&["-n", &ns, "link", "set", "eth0", "up"]))?;
         run(&mut ip(&["-n", &ns, "link", "set", "lo", "up"]))?;
 
@@ -775,7 +808,9 @@ impl Pod {
 
     /// The container's cgroup2 directory (`.../cri-containerd-<id>.scope`).
     pub fn cgroup_dir(&self) -> &Path {
-        self.cgroup.as_ref().map_or(Path::new(""), CgroupChain::leaf)
+        self.cgroup
+            .as_ref()
+            .map_or(Path::new(""), CgroupChain::leaf)
     }
 
     /// The container cgroup's ID (inode of [`Pod::cgroup_dir`]).
@@ -835,10 +870,10 @@ impl Pod {
         let mut values = HashMap::new();
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let mut fields = line.split_whitespace();
-            if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                if let Ok(value) = value.parse() {
-                    values.insert(name.to_owned(), value);
-                }
+            if let (Some(name), Some(value)) = (fields.next(), fields.next())
+                && let Ok(value) = value.parse()
+            {
+                values.insert(name.to_owned(), value);
             }
         }
         for c in counters {
@@ -847,18 +882,27 @@ impl Pod {
         Ok(values)
     }
 
-    /// Drops `percent`% of the pod's outgoing TCP packets (nftables table
-    /// `inet <prefix>_loss` in the pod namespace, output hook). Replaces an earlier setting.
+    /// Loses `percent`% of the pod's outgoing TCP packets for real, so that its TCP stack
+    /// retransmits (`TcpRetransSegs` grows). Replaces an earlier setting; undo with
+    /// [`Pod::clear_faults`].
+    ///
+    /// This is nftables table `netdev <prefix>_loss` in the pod namespace, chain `egress` on
+    /// `eth0`: `meta l4proto tcp numgen random mod 100 < <percent> fwd to "lo"`. A plain `drop`
+    /// (in the `output` hook or here) does not lose anything: the drop is reported back to TCP
+    /// as a failed transmit (`-EPERM`/`NET_XMIT_DROP`), TCP keeps the segment unsent and sends
+    /// it again as a first transmission, so no retransmit ever happens. `fwd` steals the packet
+    /// (success for TCP) and hands it to `lo`, whose IP layer discards it (`PACKET_OTHERHOST`:
+    /// the destination MAC is the host veth's), so it reaches no socket.
     pub fn drop_egress_percent(&self, percent: u32) -> Result<()> {
         ensure!(percent <= 100, "drop percentage {percent} is above 100");
         let t = &self.nft_table;
         self.nft(&format!(
-            "add table inet {t}\n\
-             delete table inet {t}\n\
-             table inet {t} {{\n\
-             \tchain output {{\n\
-             \t\ttype filter hook output priority 0; policy accept;\n\
-             \t\tmeta l4proto tcp numgen random mod 100 < {percent} drop\n\
+            "add table netdev {t}\n\
+             delete table netdev {t}\n\
+             table netdev {t} {{\n\
+             \tchain egress {{\n\
+             \t\ttype filter hook egress device \"eth0\" priority 0; policy accept;\n\
+             \t\tmeta l4proto tcp numgen random mod 100 < {percent} fwd to \"lo\"\n\
              \t}}\n\
              }}\n"
         ))
@@ -867,7 +911,7 @@ impl Pod {
     /// Removes what [`Pod::drop_egress_percent`] installed (no error if nothing was).
     pub fn clear_faults(&self) -> Result<()> {
         let t = &self.nft_table;
-        self.nft(&format!("add table inet {t}\ndelete table inet {t}\n"))
+        self.nft(&format!("add table netdev {t}\ndelete table netdev {t}\n"))
     }
 
     /// Applies an nftables script (one transaction) inside the pod's namespace.
@@ -896,18 +940,21 @@ impl Pod {
 
     /// Pids of processes in the pod's network namespace or cgroup.
     fn members(&self) -> BTreeSet<u32> {
-        let mut pids = cgroup_procs(self.cgroup_dir());
-        if self.netns_created {
-            if let Ok(out) = ip(&["netns", "pids", &self.netns])
+        let mut pids = self
+            .cgroup
+            .as_ref()
+            .map(|c| cgroup_procs(c.leaf()))
+            .unwrap_or_default();
+        if self.netns_created
+            && let Ok(out) = ip(&["netns", "pids", &self.netns])
                 .stderr(Stdio::null())
                 .output()
-            {
-                pids.extend(
-                    String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .filter_map(|l| l.trim().parse::<u32>().ok()),
-                );
-            }
+        {
+            pids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok()),
+            );
         }
         pids
     }
@@ -919,18 +966,17 @@ impl Drop for Pod {
         if self.veth_created {
             // Deleting the netns would take the veth along, but asynchronously; delete it now so
             // the subnet is free for the next pod at once.
-            if let Err(e) = run(&mut ip(&["link", "del", &self.host_veth])) {
-                if !format!("{e:#}").contains("Cannot find device") {
-                    eprintln!("harness: {e:#}");
-                }
+            if let Err(e) = run(&mut ip(&["link", "del", &self.host_veth]))
+                && !format!("{e:#}").contains("Cannot find device")
+            {
+                eprintln!("harness: {e:#}");
             }
         }
-        if self.netns_created {
-            if let Err(e) = run(&mut ip(&["netns", "del", &self.netns])) {
-                if Path::new("/run/netns").join(&self.netns).exists() {
-                    eprintln!("harness: {e:#}");
-                }
-            }
+        if self.netns_created
+            && let Err(e) = run(&mut ip(&["netns", "del", &self.netns]))
+            && Path::new("/run/netns").join(&self.netns).exists()
+        {
+            eprintln!("harness: {e:#}");
         }
         if let Some(chain) = &self.cgroup {
             chain.remove();
@@ -1048,10 +1094,10 @@ pub fn pod_traffic_bin() -> PathBuf {
     let mut candidates = Vec::new();
     if let Some(dir) = exe.parent() {
         candidates.push(dir.join("pod-traffic"));
-        if dir.file_name() == Some(OsStr::new("deps")) {
-            if let Some(profile_dir) = dir.parent() {
-                candidates.push(profile_dir.join("pod-traffic"));
-            }
+        if dir.file_name() == Some(OsStr::new("deps"))
+            && let Some(profile_dir) = dir.parent()
+        {
+            candidates.push(profile_dir.join("pod-traffic"));
         }
     }
     candidates

@@ -4,6 +4,7 @@
 //! Every test uses its own run prefix and its own pod index, so they may also run in parallel.
 
 use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -114,7 +115,10 @@ fn pod_serves_root_namespace_client_and_counts_segments() {
     assert_eq!(pod.cgroup_dir(), expected_dir);
     assert!(pod.cgroup_dir().is_dir());
     assert_eq!(pod.cgroup_id(), cgroup_id_of(&expected_dir).expect("stat"));
-    assert_eq!((pod.uid(), pod.container_id()), (uid.as_str(), cid.as_str()));
+    assert_eq!(
+        (pod.uid(), pod.container_id()),
+        (uid.as_str(), cid.as_str())
+    );
 
     // A server in the pod.
     let per_conn = 100_000_u64;
@@ -144,8 +148,14 @@ fn pod_serves_root_namespace_client_and_counts_segments() {
 
     // A client in the root namespace, in its own cgroup.
     let host = HostCgroup::create(&prefix, "client").expect("host cgroup");
-    assert_eq!(host.cgroup_dir(), cgroup2_mount().join(&prefix).join("client"));
-    assert_eq!(host.cgroup_id(), cgroup_id_of(host.cgroup_dir()).expect("stat"));
+    assert_eq!(
+        host.cgroup_dir(),
+        cgroup2_mount().join(&prefix).join("client")
+    );
+    assert_eq!(
+        host.cgroup_id(),
+        cgroup_id_of(host.cgroup_dir()).expect("stat")
+    );
     assert_ne!(host.cgroup_id(), pod.cgroup_id());
     let target = format!("{}:8080", pod.addr());
     let out = host
@@ -188,7 +198,10 @@ fn egress_loss_causes_retransmits_but_fetch_completes() {
         .run(Path::new("nft"), &["list", "tables"], STEP)
         .expect("nft list");
     let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
-    assert!(tables.contains(&format!("inet {prefix}_loss")), "{tables}");
+    assert!(
+        tables.contains(&format!("netdev {prefix}_loss")),
+        "{tables}"
+    );
 
     let start = Instant::now();
     let out = pod_traffic(&["fetch", &format!("{}:8080", pod.addr()), "4", "4"]);
@@ -271,7 +284,7 @@ fn pod_and_host_cgroup_are_removed_on_drop_and_on_panic() {
     let mut client_sink = host.spawn(&bin, &["sink", "127.0.0.1:0"]).expect("spawn");
     read_listening(&mut client_sink, STEP).expect("listening");
     // A process in the netns that the harness did not spawn itself: found via `ip netns pids`.
-    let stray = Command::new("ip")
+    let mut stray = Command::new("ip")
         .args(["netns", "exec", pod.netns(), "sleep", "300"])
         .spawn()
         .expect("stray");
@@ -296,6 +309,8 @@ fn pod_and_host_cgroup_are_removed_on_drop_and_on_panic() {
     assert!(host_dir.exists(), "host cgroup must outlive the pod");
     assert!(dead(pids[0]) && dead(pids[2]), "pod processes survive");
     assert!(!dead(pids[1]), "host process killed with the pod");
+    let stray_status = stray.wait().expect("wait for the stray process");
+    assert_eq!(stray_status.signal(), Some(libc::SIGKILL), "{stray_status}");
 
     drop(host);
     assert!(!host_dir.exists(), "{host_dir:?} left behind");
@@ -314,7 +329,10 @@ fn pod_and_host_cgroup_are_removed_on_drop_and_on_panic() {
     });
     assert!(result.is_err());
     assert!(!netns_list().contains(&ns), "netns {ns} left after panic");
-    assert!(!cgroup2_mount().join(&prefix).exists(), "cgroups left after panic");
+    assert!(
+        !cgroup2_mount().join(&prefix).exists(),
+        "cgroups left after panic"
+    );
 }
 
 #[test]
@@ -324,6 +342,26 @@ fn bad_arguments_are_rejected() {
     // A pod with an invalid container id is refused before anything is created.
     assert!(Pod::create(&unique_prefix("bad"), 17, &fake_pod_uid(7), "nothex").is_err());
     assert!(Pod::create("bad-prefix", 17, &fake_pod_uid(7), &fake_container_id(7)).is_err());
+
+    // A subnet in use and a cgroup that exists are refused without harming their owners.
+    let prefix = unique_prefix("dup");
+    let pod = Pod::create(&prefix, 17, &fake_pod_uid(7), &fake_container_id(7)).expect("pod");
+    let other = unique_prefix("dup");
+    let err = Pod::create(&other, 17, &fake_pod_uid(8), &fake_container_id(8))
+        .expect_err("index 17 is taken");
+    assert!(format!("{err:#}").contains("already in use"), "{err:#}");
+    assert!(!netns_list().contains(&format!("{other}-p17")));
+    let host = HostCgroup::create(&prefix, "same").expect("host cgroup");
+    assert!(HostCgroup::create(&prefix, "same").is_err());
+    assert!(
+        host.cgroup_dir().is_dir(),
+        "failed duplicate removed the original"
+    );
+    assert!(pod.cgroup_dir().is_dir());
+    assert!(netns_list().contains(&pod.netns().to_owned()));
+    drop((host, pod));
+    assert!(!cgroup2_mount().join(&prefix).exists());
+    assert!(!cgroup2_mount().join(&other).exists());
     for args in [
         &[][..],
         &["nope"][..],
