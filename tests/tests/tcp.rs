@@ -474,12 +474,23 @@ async fn shutdown_leaves_nothing_loaded() {
         "maps while running:\n{maps}"
     );
     running.shutdown().await;
-    let (progs, maps, links) = (bpftool("prog"), bpftool("map"), bpftool("link"));
-    for p in ours_progs {
-        assert!(!progs.contains(p), "{p} still loaded:\n{progs}");
-        assert!(!links.contains(p), "{p} still linked:\n{links}");
-    }
-    for m in ours_maps {
-        assert!(!maps.contains(m), "{m} still exists:\n{maps}");
-    }
+    // Links and programs are released through RCU: gone shortly after the last fd closes.
+    wait_until_ok_blocking(
+        Duration::from_secs(15),
+        POLL,
+        "our programs, links and maps to be gone",
+        || {
+            let (progs, maps, links) = (bpftool("prog"), bpftool("map"), bpftool("link"));
+            let left: Vec<_> = ours_progs
+                .iter()
+                .filter(|p| progs.contains(**p) || links.contains(**p))
+                .chain(ours_maps.iter().filter(|m| maps.contains(**m)))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
 }
