@@ -31,7 +31,7 @@ async fn start_collector(rung: Option<Rung>) -> anyhow::Result<app::Running> {
             }
         }
     }
-    Ok(app::start(config).await?)
+    app::start(config).await
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
