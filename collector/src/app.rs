@@ -23,7 +23,7 @@ use crate::{
     api,
     config::Config,
     events,
-    export::{Metrics, prometheus::SignalLabels},
+    export::{Metrics, otlp::OtlpExporter, prometheus::SignalLabels},
     identity::{IdentityResolver, cgroup},
     probes::{AttachReport, ProbeSet, btf, offsets::Prepared, tracefs},
 };
@@ -41,6 +41,7 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    otlp: Option<OtlpExporter>,
     ebpf: Ebpf,
 }
 
@@ -94,6 +95,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .set(1);
     }
     let probes = Arc::new(probes.reports);
+    let otlp = match &config.otlp {
+        Some(cfg) => {
+            Some(OtlpExporter::start(cfg, metrics.clone()).context("starting the OTLP exporter")?)
+        }
+        None => None,
+    };
 
     let ring = RingBuf::try_from(ebpf.take_map(EVENTS).context("EVENTS map missing")?)?;
     let maps = KernelMaps {
@@ -159,6 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics,
         shutdown,
         tasks,
+        otlp,
         ebpf,
     })
 }
@@ -170,6 +178,7 @@ impl Running {
         let Running {
             shutdown,
             tasks,
+            otlp,
             ebpf,
             ..
         } = self;
@@ -177,6 +186,13 @@ impl Running {
         for (name, task) in tasks {
             if tokio::time::timeout(DRAIN_GRACE, task).await.is_err() {
                 warn!(task = name, "did not stop within the grace period");
+            }
+        }
+        // After the final harvest: push what it added.
+        if let Some(otlp) = otlp {
+            let flush = tokio::task::spawn_blocking(move || otlp.shutdown());
+            if tokio::time::timeout(DRAIN_GRACE, flush).await.is_err() {
+                warn!("final OTLP export did not finish within the grace period");
             }
         }
         drop(ebpf);

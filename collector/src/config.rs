@@ -67,6 +67,44 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_workloads: Option<usize>,
 
+    /// OTLP metrics endpoint, e.g. "http://otel-collector:4317" (gRPC) or
+    /// "http://otel-collector:4318" (HTTP; "/v1/metrics" is appended to a bare host). Setting it
+    /// (or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT) enables the push.
+    /// https:// endpoints use TLS. [default: off]
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: "grpc" or "http/protobuf" (OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL).
+    /// [default: http/protobuf, the OpenTelemetry default]
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Extra OTLP request header "key=value", repeatable (OTEL_EXPORTER_OTLP_[METRICS_]HEADERS,
+    /// comma-separated).
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE")]
+    pub otlp_headers: Vec<String>,
+
+    /// OTLP export interval (OTEL_METRIC_EXPORT_INTERVAL, in ms). [default: 15s]
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_interval: Option<String>,
+
+    /// OTLP export timeout per attempt (OTEL_EXPORTER_OTLP_[METRICS_]TIMEOUT, in ms). [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_timeout: Option<String>,
+
+    /// PEM file of CA certificates to verify the OTLP endpoint
+    /// (OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE). [default: the system's roots]
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (OTEL_EXPORTER_OTLP_[METRICS_]CLIENT_CERTIFICATE).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_cert: Option<PathBuf>,
+
+    /// PEM client key for mutual TLS (OTEL_EXPORTER_OTLP_[METRICS_]CLIENT_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<PathBuf>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "collector=debug". [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -84,6 +122,65 @@ pub struct FileConfig {
     pub ring_buffer_bytes: Option<u32>,
     pub max_workloads: Option<usize>,
     pub log: Option<String>,
+    pub otlp: Option<FileOtlp>,
+}
+
+/// `[otlp]` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOtlp {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Validated OTLP push settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub headers: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where environment variables come from: the process in `main`, a map in tests. Config never
+/// reads the process environment itself.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +192,8 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_workloads: usize,
     pub log: String,
+    /// None: no OTLP push.
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for Config {
@@ -109,6 +208,7 @@ impl Default for Config {
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             max_workloads: DEFAULT_MAX_WORKLOADS,
             log: "info".into(),
+            otlp: None,
         }
     }
 }
@@ -171,12 +271,12 @@ fn parse_ladder_arg(arg: &str) -> Result<(String, Vec<String>), ConfigError> {
 
 impl Config {
     /// Reads the file named by `--config` (if any) and merges.
-    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+    pub fn load(cli: &Cli, env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let file = match &cli.config {
             Some(path) => Self::read_file(path)?,
             None => FileConfig::default(),
         };
-        Self::merge(cli, file)
+        Self::merge(cli, file, env)
     }
 
     pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -190,8 +290,8 @@ impl Config {
         })
     }
 
-    /// Command line over file over defaults, validated.
-    pub fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
+    /// Command line over file over environment over defaults, validated.
+    pub fn merge(cli: &Cli, file: FileConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let d = Config::default();
         let listen = match cli.listen.clone().or(file.listen) {
             Some(s) => s
@@ -277,6 +377,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
+        let otlp = otlp_config(cli, file.otlp.unwrap_or_default(), env)?;
         Ok(Config {
             listen,
             harvest_interval,
@@ -285,8 +386,205 @@ impl Config {
             ring_buffer_bytes,
             max_workloads,
             log,
+            otlp,
         })
     }
+}
+
+/// The metrics-specific variable, else the generic one (OpenTelemetry's rule).
+fn otel_env(env: &dyn EnvSource, suffix: &str) -> Option<String> {
+    env.var(&format!("OTEL_EXPORTER_OTLP_METRICS_{suffix}"))
+        .or_else(|| env.var(&format!("OTEL_EXPORTER_OTLP_{suffix}")))
+}
+
+fn env_millis(option: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    v.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| invalid(option, format!("{v:?} is not a number of milliseconds")))
+}
+
+/// "k=v" pairs; OTLP header values in the environment are percent-encoded.
+fn parse_header(option: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
+    let (k, v) = pair
+        .split_once('=')
+        .ok_or_else(|| invalid(option, format!("{pair:?} is not KEY=VALUE")))?;
+    let k = k.trim();
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(option, format!("{k:?} is not a valid header name")));
+    }
+    Ok((k.to_ascii_lowercase(), percent_decode(v.trim())))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(h) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(h);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn otlp_config(
+    cli: &Cli,
+    file: FileOtlp,
+    env: &dyn EnvSource,
+) -> Result<Option<OtlpConfig>, ConfigError> {
+    let signal_endpoint = env.var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    let generic_endpoint = env.var("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let protocol = match cli
+        .otlp_protocol
+        .clone()
+        .or(file.protocol)
+        .or_else(|| otel_env(env, "PROTOCOL"))
+        .as_deref()
+    {
+        None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some("grpc") => OtlpProtocol::Grpc,
+        Some(other) => {
+            return Err(invalid(
+                "otlp_protocol",
+                format!("{other:?} (expected grpc or http/protobuf)"),
+            ));
+        }
+    };
+    // A generic endpoint is a base URL: HTTP appends the signal path; an explicit one is used as given.
+    let endpoint = match (
+        cli.otlp_endpoint
+            .clone()
+            .or(file.endpoint)
+            .or(signal_endpoint),
+        generic_endpoint,
+    ) {
+        (Some(e), _) => e,
+        (None, Some(base)) if protocol == OtlpProtocol::HttpProtobuf => {
+            format!("{}/v1/metrics", base.trim_end_matches('/'))
+        }
+        (None, Some(base)) => base,
+        (None, None) => return Ok(None),
+    };
+    let (scheme, rest) = endpoint.split_once("://").ok_or_else(|| {
+        invalid(
+            "otlp_endpoint",
+            format!("{endpoint:?} is not an http:// or https:// URL"),
+        )
+    })?;
+    if scheme != "http" && scheme != "https" || rest.is_empty() {
+        return Err(invalid(
+            "otlp_endpoint",
+            format!("{endpoint:?} is not an http:// or https:// URL"),
+        ));
+    }
+    // A bare host for HTTP: the OTLP/HTTP metrics path.
+    let endpoint =
+        if protocol == OtlpProtocol::HttpProtobuf && !rest.trim_end_matches('/').contains('/') {
+            format!("{}/v1/metrics", endpoint.trim_end_matches('/'))
+        } else {
+            endpoint
+        };
+    let mut headers = Vec::new();
+    if let Some(h) = otel_env(env, "HEADERS") {
+        for pair in h.split(',').filter(|p| !p.trim().is_empty()) {
+            headers.push(parse_header("OTEL_EXPORTER_OTLP_HEADERS", pair)?);
+        }
+    }
+    for (k, v) in file.headers.unwrap_or_default() {
+        headers.push(parse_header("otlp.headers", &format!("{k}={v}"))?);
+    }
+    for pair in &cli.otlp_headers {
+        headers.push(parse_header("--otlp-header", pair)?);
+    }
+    // Later sources win for the same header.
+    let mut dedup: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in headers {
+        dedup.insert(k, v);
+    }
+    let interval = match cli.otlp_interval.clone().or(file.interval) {
+        Some(s) => parse_duration(&s).map_err(|e| invalid("otlp_interval", e))?,
+        None => match env.var("OTEL_METRIC_EXPORT_INTERVAL") {
+            Some(v) => env_millis("OTEL_METRIC_EXPORT_INTERVAL", &v)?,
+            None => DEFAULT_OTLP_INTERVAL,
+        },
+    };
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&interval) {
+        return Err(invalid("otlp_interval", "must be between 1s and 1h"));
+    }
+    let timeout = match cli.otlp_timeout.clone().or(file.timeout) {
+        Some(s) => parse_duration(&s).map_err(|e| invalid("otlp_timeout", e))?,
+        None => match otel_env(env, "TIMEOUT") {
+            Some(v) => env_millis("OTEL_EXPORTER_OTLP_TIMEOUT", &v)?,
+            None => DEFAULT_OTLP_TIMEOUT,
+        },
+    };
+    if timeout.is_zero() || timeout > Duration::from_secs(300) {
+        return Err(invalid("otlp_timeout", "must be between 1ms and 300s"));
+    }
+    let file_opt = |cli: &Option<PathBuf>,
+                    file: Option<PathBuf>,
+                    suffix: &str,
+                    option: &'static str|
+     -> Result<Option<PathBuf>, ConfigError> {
+        let p = cli
+            .clone()
+            .or(file)
+            .or_else(|| otel_env(env, suffix).map(PathBuf::from));
+        match p {
+            Some(p) if !p.is_file() => Err(invalid(
+                option,
+                format!("{} is not a readable file", p.display()),
+            )),
+            p => Ok(p),
+        }
+    };
+    let ca_file = file_opt(
+        &cli.otlp_ca_file,
+        file.ca_file,
+        "CERTIFICATE",
+        "otlp_ca_file",
+    )?;
+    let client_cert = file_opt(
+        &cli.otlp_client_cert,
+        file.client_cert,
+        "CLIENT_CERTIFICATE",
+        "otlp_client_cert",
+    )?;
+    let client_key = file_opt(
+        &cli.otlp_client_key,
+        file.client_key,
+        "CLIENT_KEY",
+        "otlp_client_key",
+    )?;
+    if client_cert.is_some() != client_key.is_some() {
+        return Err(invalid(
+            "otlp_client_cert",
+            "a client certificate and a client key go together",
+        ));
+    }
+    Ok(Some(OtlpConfig {
+        endpoint,
+        protocol,
+        headers: dedup.into_iter().collect(),
+        interval,
+        timeout,
+        ca_file,
+        client_cert,
+        client_key,
+    }))
 }
 
 #[cfg(test)]
@@ -298,13 +596,133 @@ mod tests {
             .expect("cli parses")
     }
 
+    fn no_env() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn otlp_off_by_default_and_from_environment() {
+        assert_eq!(
+            Config::merge(&cli(&[]), FileConfig::default(), &no_env())
+                .expect("valid")
+                .otlp,
+            None
+        );
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret,tenant=a"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "2500"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+        ]);
+        let o = Config::merge(&cli(&[]), FileConfig::default(), &e)
+            .expect("valid")
+            .otlp
+            .expect("enabled");
+        assert_eq!(o.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            o.headers,
+            vec![
+                ("api-key".into(), "s=cret".into()),
+                ("tenant".into(), "a".into())
+            ]
+        );
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+        assert_eq!(o.interval, Duration::from_secs(5));
+        // gRPC uses the endpoint as given; the command line wins over the environment.
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        let o = Config::merge(
+            &cli(&["--otlp-header", "tenant=b", "--otlp-interval", "2s"]),
+            FileConfig::default(),
+            &e,
+        )
+        .expect("valid")
+        .otlp
+        .expect("enabled");
+        assert_eq!(
+            (o.endpoint.as_str(), o.protocol),
+            ("http://a:4317", OtlpProtocol::Grpc)
+        );
+        assert_eq!(o.headers, vec![("tenant".into(), "b".into())]);
+        assert_eq!(o.interval, Duration::from_secs(2));
+        let f = file(
+            "[otlp]\nendpoint = \"https://x:4318\"\nheaders = { authorization = \"Bearer t\" }",
+        );
+        let o = Config::merge(&cli(&[]), f, &no_env())
+            .expect("valid")
+            .otlp
+            .expect("enabled");
+        assert_eq!(o.endpoint, "https://x:4318/v1/metrics");
+        assert_eq!(o.headers, vec![("authorization".into(), "Bearer t".into())]);
+    }
+
+    #[test]
+    fn bad_otlp_settings_are_clear_errors() {
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &["--otlp-endpoint", "collector:4317"],
+                &[],
+                "http:// or https://",
+            ),
+            (
+                &["--otlp-endpoint", "http://a", "--otlp-protocol", "thrift"],
+                &[],
+                "expected grpc",
+            ),
+            (
+                &["--otlp-endpoint", "http://a", "--otlp-header", "novalue"],
+                &[],
+                "KEY=VALUE",
+            ),
+            (
+                &["--otlp-endpoint", "http://a", "--otlp-interval", "10ms"],
+                &[],
+                "between 1s",
+            ),
+            (
+                &[
+                    "--otlp-endpoint",
+                    "http://a",
+                    "--otlp-ca-file",
+                    "/nonexistent.pem",
+                ],
+                &[],
+                "not a readable file",
+            ),
+            (
+                &[],
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a"),
+                    ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+                ],
+                "milliseconds",
+            ),
+        ];
+        for (args, e, needle) in cases {
+            let err =
+                Config::merge(&cli(args), FileConfig::default(), &env(e)).expect_err("invalid");
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+    }
+
     fn file(text: &str) -> FileConfig {
         toml::from_str(text).expect("toml parses")
     }
 
     #[test]
     fn defaults() {
-        let c = Config::merge(&cli(&[]), FileConfig::default()).expect("valid");
+        let c = Config::merge(&cli(&[]), FileConfig::default(), &no_env()).expect("valid");
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.port(), 9464);
         assert_eq!(c.ladder.order[&Signal::TcpSend][0], Rung::Kprobe);
@@ -325,6 +743,7 @@ mod tests {
                 "tcp_send=raw_tp,tp_btf",
             ]),
             f,
+            &no_env(),
         )
         .expect("valid");
         assert_eq!(c.listen.port(), 2);
@@ -334,7 +753,12 @@ mod tests {
             vec![Rung::RawTp, Rung::TpBtf]
         );
         assert_eq!(c.ladder.required, vec![Signal::TcpSend]);
-        let c = Config::merge(&cli(&["--require", "all"]), FileConfig::default()).expect("valid");
+        let c = Config::merge(
+            &cli(&["--require", "all"]),
+            FileConfig::default(),
+            &no_env(),
+        )
+        .expect("valid");
         assert_eq!(c.ladder.required.len(), Signal::ALL.len());
     }
 
@@ -357,7 +781,8 @@ mod tests {
             (&["--log", "collector=loud"], "log"),
         ];
         for (args, needle) in cases {
-            let err = Config::merge(&cli(args), FileConfig::default()).expect_err("invalid");
+            let err =
+                Config::merge(&cli(args), FileConfig::default(), &no_env()).expect_err("invalid");
             assert!(err.to_string().contains(needle), "{args:?}: {err}");
         }
         assert!(
@@ -368,8 +793,11 @@ mod tests {
 
     #[test]
     fn missing_config_file_names_the_path() {
-        let err =
-            Config::load(&cli(&["--config", "/nonexistent/collector.toml"])).expect_err("missing");
+        let err = Config::load(
+            &cli(&["--config", "/nonexistent/collector.toml"]),
+            &no_env(),
+        )
+        .expect_err("missing");
         assert!(
             err.to_string().contains("/nonexistent/collector.toml"),
             "{err}"

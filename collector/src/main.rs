@@ -12,7 +12,7 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = config::Cli::parse();
-    let config = match config::Config::load(&cli) {
+    let config = match config::Config::load(&cli, &config::ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("collector: {e}");

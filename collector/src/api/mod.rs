@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -35,12 +35,45 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        s.metrics.render(),
-    )
-        .into_response()
+/// Prometheus text 0.0.4, for clients that do not ask for OpenMetrics.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Content negotiation: OpenMetrics when the client accepts it (Prometheus does), else the
+/// classic text format (curl, older scrapers).
+async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(accepts_openmetrics);
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            s.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+            s.metrics.render_text(),
+        )
+            .into_response()
+    }
+}
+
+/// True when an Accept header lists application/openmetrics-text with a non-zero quality.
+fn accepts_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let q_zero = parts.any(|p| {
+            matches!(
+                p.replace(' ', "").as_str(),
+                "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+            )
+        });
+        media.eq_ignore_ascii_case("application/openmetrics-text") && !q_zero
+    })
 }
 
 async fn probes(State(s): State<ApiState>) -> Json<Vec<AttachReport>> {
@@ -53,4 +86,18 @@ async fn not_found(uri: axum::http::Uri) -> Response {
         Json(json!({ "error": "not found", "path": uri.path() })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_openmetrics;
+
+    #[test]
+    fn accept_header_negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(accepts_openmetrics(prometheus));
+        assert!(!accepts_openmetrics("*/*"));
+        assert!(!accepts_openmetrics("text/plain;version=0.0.4"));
+        assert!(!accepts_openmetrics("application/openmetrics-text; q=0"));
+    }
 }

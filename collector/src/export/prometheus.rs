@@ -56,6 +56,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
 }
@@ -70,6 +75,7 @@ pub struct SelfMetrics {
     pub workloads: Gauge,
     pub workloads_capped: Counter,
     pub harvests: Counter,
+    pub otlp_exports: Family<ResultLabels, Counter>,
 }
 
 pub struct Metrics {
@@ -94,6 +100,7 @@ impl Metrics {
             workloads: Gauge::default(),
             workloads_capped: Counter::default(),
             harvests: Counter::default(),
+            otlp_exports: Family::default(),
         };
         let c = &collector;
         registry.register(
@@ -137,6 +144,11 @@ impl Metrics {
             c.harvests.clone(),
         );
         registry.register(
+            "collector_otlp_exports",
+            "OTLP export attempts, by result (success, failure)",
+            c.otlp_exports.clone(),
+        );
+        registry.register(
             "collector_build",
             "Collector build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -167,6 +179,11 @@ impl Metrics {
         labels
     }
 
+    /// Prometheus text format 0.0.4, for scrapers that do not ask for OpenMetrics.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+
     /// OpenMetrics text exposition.
     pub fn render(&self) -> String {
         self.scrapes.fetch_add(1, Ordering::Relaxed);
@@ -174,5 +191,108 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics output as Prometheus text format 0.0.4: no `# UNIT`
+/// or `# EOF`, counters' HELP/TYPE under the `_total` sample name, info metrics as gauges named
+/// `_info`. Sample lines are the same in both formats.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gaugehistogram" | "stateset" => (name.to_string(), "untyped"),
+                k => (name.to_string(), k),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Workload, WorkloadKind};
+    use collector_common::tcp::TcpStats;
+
+    #[test]
+    fn text_format_renames_counters_and_drops_openmetrics_only_lines() {
+        let m = Metrics::new(10);
+        let w = Workload {
+            kind: WorkloadKind::Process,
+            name: "nginx".into(),
+            pod_uid: None,
+            container_id: None,
+        };
+        m.tcp.add(
+            &m.labels_for(&w),
+            &TcpStats {
+                bytes_sent: 5,
+                ..Default::default()
+            },
+        );
+        let text = m.render_text();
+        assert!(
+            text.contains("# TYPE collector_tcp_sent_bytes_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP collector_tcp_sent_bytes_total Bytes accepted"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE collector_build_info gauge\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"process\",workload=\"nginx\",pod_uid=\"\",container_id=\"\"} 5"));
+        let om = m.render();
+        assert!(
+            om.ends_with("# EOF\n") && om.contains("# UNIT collector_tcp_sent_bytes bytes"),
+            "{om}"
+        );
+    }
+
+    #[test]
+    fn workloads_past_the_cap_go_to_overflow() {
+        let m = Metrics::new(2);
+        let w = |n: &str| Workload {
+            kind: WorkloadKind::Process,
+            name: n.into(),
+            pod_uid: None,
+            container_id: None,
+        };
+        assert_eq!(m.labels_for(&w("a")).workload, "a");
+        assert_eq!(m.labels_for(&w("b")).workload, "b");
+        assert_eq!(m.labels_for(&w("c")).workload_kind, "overflow");
+        assert_eq!(
+            m.labels_for(&w("a")).workload,
+            "a",
+            "known workloads keep their series"
+        );
+        assert!(m.render().contains("collector_workloads_capped_total 1"));
     }
 }

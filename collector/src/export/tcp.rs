@@ -1,5 +1,7 @@
 //! TCP metric families. Names follow Prometheus conventions: unit suffix, `_total` on counters.
 
+use std::{collections::HashMap, sync::Mutex};
+
 use collector_common::tcp::TcpStats;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -24,6 +26,8 @@ pub struct DirectionLabels {
 }
 
 pub struct TcpMetrics {
+    /// Cumulative totals per workload, the source of the OTLP export.
+    totals: Mutex<HashMap<WorkloadLabels, TcpStats>>,
     pub sent_bytes: Family<WorkloadLabels, Counter>,
     pub send_calls: Family<WorkloadLabels, Counter>,
     pub send_errors: Family<ErrorLabels, Counter>,
@@ -39,6 +43,7 @@ pub struct TcpMetrics {
 impl TcpMetrics {
     pub fn register(r: &mut Registry) -> Self {
         let m = Self {
+            totals: Mutex::new(HashMap::new()),
             sent_bytes: Family::default(),
             send_calls: Family::default(),
             send_errors: Family::default(),
@@ -104,8 +109,20 @@ impl TcpMetrics {
         m
     }
 
+    /// Cumulative totals per workload, for exporters that read rather than get pushed to.
+    pub fn snapshot(&self) -> Vec<(WorkloadLabels, TcpStats)> {
+        let totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        totals.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// Adds a harvested delta to a workload's counters. Zero fields create no series.
     pub fn add(&self, w: &WorkloadLabels, d: &TcpStats) {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(w.clone())
+            .or_default()
+            .accumulate(d);
         let TcpStats {
             bytes_sent,
             send_calls,

@@ -198,6 +198,17 @@ pub struct AttachReport {
     pub signal: Signal,
     pub attached: Option<Rung>,
     pub attempts: Vec<Attempt>,
+    /// Instructions the verifier processed for each program of the attached rung, so growth
+    /// toward the verifier's limits is visible per kernel. Empty before Linux 5.16 (the kernel
+    /// does not report it) and when nothing attached.
+    pub verified_insns: Vec<VerifiedInsns>,
+}
+
+/// The verifier's processed-instruction count of one loaded program.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VerifiedInsns {
+    pub prog: &'static str,
+    pub insns: u32,
 }
 
 /// The ladders to walk: order per signal, and which signals must attach.
@@ -243,6 +254,7 @@ impl ProbeSet {
                 signal,
                 attached: None,
                 attempts: Vec::new(),
+                verified_insns: Vec::new(),
             };
             for rung in order {
                 let result = attach_rung(ebpf, btf, prepared, signal, rung);
@@ -251,6 +263,7 @@ impl ProbeSet {
                         info!(signal = %signal, rung = %rung, "signal attached");
                         report.attempts.push(Attempt { rung, error: None });
                         report.attached = Some(rung);
+                        report.verified_insns = verified_insns(ebpf, signal, rung);
                         break;
                     }
                     Err(e) => {
@@ -381,6 +394,27 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&Btf>, hook: &Hook) -> Result<(), Pr
         }
     }
     Ok(())
+}
+
+/// The verifier's instruction counts of a rung's (loaded) programs; programs whose count the
+/// kernel does not report are left out.
+fn verified_insns(ebpf: &Ebpf, signal: Signal, rung: Rung) -> Vec<VerifiedInsns> {
+    let hooks = super::tcp::rungs(signal)
+        .iter()
+        .find(|(r, _)| *r == rung)
+        .map_or(&[][..], |(_, h)| *h);
+    hooks
+        .iter()
+        .filter_map(|hook| {
+            let prog = hook.prog();
+            let insns = ebpf
+                .program(prog)?
+                .info()
+                .ok()?
+                .verified_instruction_count()?;
+            Some(VerifiedInsns { prog, insns })
+        })
+        .collect()
 }
 
 /// Best effort: a program that failed to attach must not stay loaded.

@@ -1,0 +1,3 @@
+module example.invalid/collector/testserver
+
+go 1.21

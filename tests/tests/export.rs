@@ -1,0 +1,579 @@
+//! Exports checked by receivers that are not our code: a real Prometheus server (Debian's
+//! package) scraping the collector, and an OTLP receiver built on the official OpenTelemetry
+//! protobuf definitions (Python opentelemetry-proto + grpcio, tests/otlp/receiver.py).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use collector::{
+    app,
+    config::{Config, OtlpConfig, OtlpProtocol},
+};
+use integration_tests::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEADLINE: Duration = Duration::from_secs(40);
+const POLL: Duration = Duration::from_millis(250);
+const PY_VENV: &str = "/opt/collector-test/py-venv/bin/python";
+
+/// Kills the child when the test ends, however it ends.
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn first_line(child: &mut Child, timeout: Duration) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Some(Ok(line))) => line,
+        other => panic!("no first line from child: {other:?}"),
+    }
+}
+
+async fn http_get(
+    addr: SocketAddr,
+    path_and_query: &str,
+    accept: Option<&str>,
+) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path_and_query} HTTP/1.0\r\nHost: x\r\n{accept}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    (head.to_string(), body.to_string())
+}
+
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn start(otlp: Option<OtlpConfig>) -> app::Running {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        otlp,
+        ..Config::default()
+    };
+    app::start(config).await.expect("collector starts")
+}
+
+/// A pod that sends `bytes` to a sink in the root namespace: its sent bytes are exactly `bytes`.
+struct Sender {
+    pod: Pod,
+    _sink_cgroup: HostCgroup,
+    _sink: Child,
+    sink_addr: String,
+}
+
+fn sender(tag: &str, index: u8) -> Sender {
+    require_root();
+    let prefix = unique_prefix(tag);
+    let pod = Pod::create(
+        &prefix,
+        index,
+        &fake_pod_uid(index.into()),
+        &fake_container_id(index.into()),
+    )
+    .expect("pod");
+    let sink_cgroup = HostCgroup::create(&prefix, "sink").expect("sink cgroup");
+    let sink_addr = format!("{}:9100", pod.host_addr());
+    let mut sink = sink_cgroup
+        .spawn(&pod_traffic_bin(), &["sink", &sink_addr])
+        .expect("sink");
+    read_listening(&mut sink, Duration::from_secs(10)).expect("sink listening");
+    Sender {
+        pod,
+        _sink_cgroup: sink_cgroup,
+        _sink: sink,
+        sink_addr,
+    }
+}
+
+impl Sender {
+    fn send(&self, bytes: u64) {
+        let out = self
+            .pod
+            .run(
+                &pod_traffic_bin(),
+                &["send", &self.sink_addr, &bytes.to_string()],
+                Duration::from_secs(60),
+            )
+            .expect("send");
+        assert!(
+            out.status.success(),
+            "send failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_collector() {
+    let s = sender("pm", 21);
+    let running = start(None).await;
+    let bytes = 765_432;
+    s.send(bytes);
+
+    let dir = std::env::temp_dir().join(format!("collector-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: collector\n    static_configs:\n      - targets: ['{}']\n",
+            running.addr
+        ),
+    )
+    .expect("write config");
+    let port = free_port();
+    let prom_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let _prom = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by scripts/bootstrap.sh) starts"),
+    );
+    let query = format!(
+        "collector_tcp_sent_bytes_total{{pod_uid=\"{}\",workload_kind=\"pod\"}}",
+        s.pod.uid()
+    );
+    let path = format!("/api/v1/query?query={}", percent_encode(&query));
+    let result = wait_until_ok(DEADLINE, POLL, "Prometheus to have the pod's bytes", || {
+        let path = path.clone();
+        async move {
+            let Ok(stream) = tokio::net::TcpStream::connect(prom_addr).await else {
+                return Err("prometheus not up yet".to_string());
+            };
+            drop(stream);
+            let (_, body) = http_get(prom_addr, &path, None).await;
+            let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            if result.is_empty() {
+                Err(body)
+            } else {
+                Ok(result)
+            }
+        }
+    })
+    .await;
+    assert_eq!(result.len(), 1, "one series for the pod: {result:?}");
+    let series = &result[0];
+    assert_eq!(series["metric"]["container_id"], fake_container_id(21));
+    assert_eq!(series["metric"]["job"], "collector");
+    let value: u64 = series["value"][1]
+        .as_str()
+        .expect("value string")
+        .parse()
+        .expect("number");
+    assert_eq!(
+        value, bytes,
+        "Prometheus sees exactly the bytes the pod sent"
+    );
+    // Prometheus itself judged the scrape healthy.
+    let (_, up) = http_get(
+        prom_addr,
+        &format!(
+            "/api/v1/query?query={}",
+            percent_encode("up{job=\"collector\"}")
+        ),
+        None,
+    )
+    .await;
+    assert!(up.contains("\"1\""), "{up}");
+    // Its own metadata API has our HELP and type.
+    let (_, meta) = http_get(
+        prom_addr,
+        "/api/v1/metadata?metric=collector_tcp_sent_bytes",
+        None,
+    )
+    .await;
+    assert!(
+        meta.contains("\"type\":\"counter\"") && meta.contains("Bytes accepted"),
+        "{meta}"
+    );
+
+    // Both expositions lint clean with promtool; negotiation picks the format.
+    let (head, text) = http_get(running.addr, "/metrics", None).await;
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let (head, om) = http_get(
+        running.addr,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0"),
+    )
+    .await;
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(om.ends_with("# EOF\n"));
+    let lint = promtool_check(&text);
+    assert!(lint.0, "promtool check metrics: {}", lint.1);
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn promtool_check(exposition: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool output");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+struct Receiver {
+    _child: Killed,
+    out: PathBuf,
+    grpc: u16,
+    http: u16,
+}
+
+fn receiver(grpc: u16, http: u16) -> Receiver {
+    assert!(
+        Path::new(PY_VENV).exists(),
+        "{PY_VENV} missing: run scripts/bootstrap.sh"
+    );
+    let out = std::env::temp_dir().join(format!("otlp-{}-{grpc}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otlp/receiver.py");
+    let mut child = Command::new(PY_VENV)
+        .args([
+            script,
+            "--grpc-port",
+            &grpc.to_string(),
+            "--http-port",
+            &http.to_string(),
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver starts");
+    let line = first_line(&mut child, Duration::from_secs(20));
+    assert!(line.starts_with("listening"), "{line}");
+    Receiver {
+        _child: Killed(child),
+        out,
+        grpc,
+        http,
+    }
+}
+
+impl Receiver {
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+fn attr(attrs: &Value, key: &str) -> Option<String> {
+    attrs
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .and_then(|a| a["value"]["stringValue"].as_str().map(String::from))
+}
+
+/// The newest value of `metric` for the pod, with the metric and its resource.
+fn latest_point(requests: &[Value], metric: &str, pod_uid: &str) -> Option<(u64, Value, Value)> {
+    let mut found = None;
+    for r in requests {
+        for rm in r["request"]["resourceMetrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                for m in sm["metrics"].as_array().into_iter().flatten() {
+                    if m["name"] != metric {
+                        continue;
+                    }
+                    for p in m["sum"]["dataPoints"].as_array().into_iter().flatten() {
+                        if attr(&p["attributes"], "k8s.pod.uid").as_deref() == Some(pod_uid) {
+                            // int64 values are strings in the protobuf JSON mapping.
+                            let v = p["asInt"]
+                                .as_str()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
+                            found = Some((v, m.clone(), rm["resource"].clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+async fn check_otlp(protocol: OtlpProtocol, index: u8) {
+    let s = sender(
+        if protocol == OtlpProtocol::Grpc {
+            "og"
+        } else {
+            "oh"
+        },
+        index,
+    );
+    let r = receiver(free_port(), free_port());
+    let endpoint = match protocol {
+        OtlpProtocol::Grpc => format!("http://127.0.0.1:{}", r.grpc),
+        OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{}/v1/metrics", r.http),
+    };
+    let running = start(Some(OtlpConfig {
+        endpoint,
+        protocol,
+        headers: vec![("x-tenant".into(), "team-a".into())],
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+    }))
+    .await;
+    let bytes = 314_159;
+    s.send(bytes);
+    let (value, metric, resource) = wait_until_ok(
+        DEADLINE,
+        POLL,
+        "the receiver to get the pod's bytes",
+        || async {
+            match latest_point(&r.requests(), "collector.tcp.sent", s.pod.uid()) {
+                Some(p) if p.0 == bytes => Ok(p),
+                other => Err(format!("{:?}", other.map(|p| p.0))),
+            }
+        },
+    )
+    .await;
+    assert_eq!(value, bytes);
+    assert_eq!(metric["unit"], "By");
+    assert_eq!(metric["sum"]["isMonotonic"], true);
+    assert_eq!(
+        metric["sum"]["aggregationTemporality"],
+        "AGGREGATION_TEMPORALITY_CUMULATIVE"
+    );
+    let point = &metric["sum"]["dataPoints"][0];
+    assert_eq!(
+        attr(&point["attributes"], "workload.kind").as_deref(),
+        Some("pod")
+    );
+    assert_eq!(
+        attr(&point["attributes"], "container.id"),
+        Some(fake_container_id(index.into()))
+    );
+    assert_eq!(
+        attr(&resource["attributes"], "service.name").as_deref(),
+        Some("collector")
+    );
+    assert!(
+        attr(&resource["attributes"], "host.name").is_some_and(|h| !h.is_empty()),
+        "{resource}"
+    );
+    let requests = r.requests();
+    let transport = if protocol == OtlpProtocol::Grpc {
+        "grpc"
+    } else {
+        "http"
+    };
+    assert!(
+        requests.iter().all(|q| q["transport"] == transport),
+        "all requests over {transport}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|q| q["headers"]["x-tenant"] == "team-a"),
+        "configured header sent"
+    );
+    // Every TCP instrument with data is there, with its documented unit.
+    let names: Vec<String> = requests
+        .iter()
+        .flat_map(|q| {
+            q["request"]["resourceMetrics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|rm| rm["scopeMetrics"].as_array().cloned().unwrap_or_default())
+        .flat_map(|sm| sm["metrics"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m["name"].as_str().map(String::from))
+        .collect();
+    for want in [
+        "collector.tcp.sent",
+        "collector.tcp.send.calls",
+        "collector.tcp.connections.opened",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let text = running.metrics.render();
+    assert!(
+        sample(
+            &text,
+            "collector_otlp_exports_total",
+            &[("result", "success")]
+        ) >= 1,
+        "{text}"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_receiver_decodes_what_we_send() {
+    check_otlp(OtlpProtocol::Grpc, 22).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_receiver_decodes_what_we_send() {
+    check_otlp(OtlpProtocol::HttpProtobuf, 23).await;
+}
+
+/// Receiver down: collection and the API go on, failures are counted; receiver up: the
+/// export resumes and carries what was collected meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_receiver_down_then_up() {
+    let s = sender("od", 24);
+    let (grpc, http) = (free_port(), free_port());
+    let running = start(Some(OtlpConfig {
+        endpoint: format!("http://127.0.0.1:{grpc}"),
+        protocol: OtlpProtocol::Grpc,
+        headers: vec![],
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+    }))
+    .await;
+    let bytes = 27_182;
+    s.send(bytes);
+    let text = wait_until_ok(DEADLINE, POLL, "failed exports to be counted", || async {
+        let (_, text) = http_get(running.addr, "/metrics", None).await;
+        let failures = sample(
+            &text,
+            "collector_otlp_exports_total",
+            &[("result", "failure")],
+        );
+        let sent = sample(
+            &text,
+            "collector_tcp_sent_bytes_total",
+            &[("pod_uid", s.pod.uid())],
+        );
+        if failures >= 2 && sent == bytes {
+            Ok(text)
+        } else {
+            Err(format!("failures={failures} sent={sent}"))
+        }
+    })
+    .await;
+    let harvests = sample(&text, "collector_harvests_total", &[]);
+    assert_eq!(
+        sample(
+            &text,
+            "collector_otlp_exports_total",
+            &[("result", "success")]
+        ),
+        0
+    );
+
+    let r = receiver(grpc, http);
+    wait_until_ok(
+        DEADLINE,
+        POLL,
+        "the export to resume with what was collected while down",
+        || async {
+            match latest_point(&r.requests(), "collector.tcp.sent", s.pod.uid()) {
+                Some(p) if p.0 == bytes => Ok(()),
+                other => Err(format!("{:?}", other.map(|p| p.0))),
+            }
+        },
+    )
+    .await;
+    let (_, text) = http_get(running.addr, "/metrics", None).await;
+    assert!(
+        sample(
+            &text,
+            "collector_otlp_exports_total",
+            &[("result", "success")]
+        ) >= 1
+    );
+    assert!(
+        sample(&text, "collector_harvests_total", &[]) > harvests,
+        "collection went on"
+    );
+    running.shutdown().await;
+}
