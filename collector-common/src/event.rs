@@ -28,6 +28,10 @@ impl_pod!(EventHeader);
 pub enum EventKind {
     /// `process::ProcessEvent`
     Process = 1,
+    /// `http::HttpEvent`
+    Http = 2,
+    /// `process::ExecEvent`
+    Exec = 3,
 }
 
 impl EventKind {
@@ -35,6 +39,8 @@ impl EventKind {
     pub const fn from_raw(raw: u16) -> Option<Self> {
         match raw {
             1 => Some(Self::Process),
+            2 => Some(Self::Http),
+            3 => Some(Self::Exec),
             _ => None,
         }
     }

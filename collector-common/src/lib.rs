@@ -8,6 +8,7 @@
 
 pub mod event;
 pub mod globals;
+pub mod http;
 pub mod maps;
 pub mod process;
 pub mod tcp;

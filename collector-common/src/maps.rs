@@ -14,6 +14,19 @@ pub const SEEN_TGIDS_ENTRIES: u32 = 16_384;
 /// Stash between a kprobe and its kretprobe, keyed by pid_tgid.
 pub const PROBE_STASH: &str = "PROBE_STASH";
 pub const PROBE_STASH_ENTRIES: u32 = 16_384;
+/// Array of `http::GoHttpOffsets`, one slot per instrumented Go executable.
+pub const HTTP_OFFSETS: &str = "HTTP_OFFSETS";
+pub const HTTP_OFFSETS_SLOTS: u32 = 1024;
+/// Hash `http::InflightKey` → `http::Inflight`. Bounded; stale entries (a process killed
+/// mid-request) are swept by userspace and counted.
+pub const HTTP_INFLIGHT: &str = "HTTP_INFLIGHT";
+pub const HTTP_INFLIGHT_ENTRIES: u32 = 65_536;
+/// Per-CPU hash `tcp::OwnerKey` → `http::HttpCounts`.
+pub const HTTP_COUNTS: &str = "HTTP_COUNTS";
+pub const HTTP_COUNTS_ENTRIES: u32 = 8_192;
+/// Array of one u32: emit a request record for 1 in N requests (1 = every one). Userspace
+/// raises it when the record rate exceeds its budget; counters stay exact either way.
+pub const HTTP_SAMPLING: &str = "HTTP_SAMPLING";
 /// Ring buffer of `event` records.
 pub const EVENTS: &str = "EVENTS";
 /// Default ring size in bytes (power of two, multiple of the page size).
@@ -37,10 +50,14 @@ pub enum KernelDrop {
     StashMiss = 4,
     /// Reading the socket's cgroup failed (offsets wrong or memory unreadable).
     CgroupRead = 5,
+    /// `HTTP_INFLIGHT` was full: a request could not be tracked.
+    HttpInflightFull = 6,
+    /// A return or WriteHeader without a tracked start (attached mid-request).
+    HttpNoStart = 7,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -48,6 +65,8 @@ impl KernelDrop {
         KernelDrop::OwnerInsert,
         KernelDrop::StashMiss,
         KernelDrop::CgroupRead,
+        KernelDrop::HttpInflightFull,
+        KernelDrop::HttpNoStart,
     ];
 
     /// Stable label value for metrics.
@@ -59,6 +78,8 @@ impl KernelDrop {
             KernelDrop::OwnerInsert => "owner_insert_failed",
             KernelDrop::StashMiss => "kretprobe_stash_miss",
             KernelDrop::CgroupRead => "cgroup_read_failed",
+            KernelDrop::HttpInflightFull => "http_inflight_full",
+            KernelDrop::HttpNoStart => "http_no_start",
         }
     }
 }

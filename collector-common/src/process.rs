@@ -23,3 +23,15 @@ assert_layout!(ProcessEvent, 48);
 impl_pod!(ProcessEvent);
 
 const _: () = assert!(core::mem::offset_of!(ProcessEvent, header) == 0);
+
+/// A process called execve: userspace checks whether it is a Go server to instrument, so its
+/// first requests are seen (the periodic /proc scan is the safety net).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+assert_layout!(ExecEvent, 24);
+impl_pod!(ExecEvent);

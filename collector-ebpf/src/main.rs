@@ -8,6 +8,7 @@
 
 mod emit;
 mod globals;
+mod http;
 mod maps;
 mod sock;
 mod tcp;

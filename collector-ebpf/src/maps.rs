@@ -3,15 +3,30 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use collector_common::{
+    http::{GoHttpOffsets, HttpCounts, Inflight, InflightKey},
     maps::{
-        EVENTS_BYTES, KernelDrop, PROBE_STASH_ENTRIES, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES,
-        TCP_STATS_ENTRIES,
+        EVENTS_BYTES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES, HTTP_OFFSETS_SLOTS, KernelDrop,
+        PROBE_STASH_ENTRIES, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
     },
     tcp::{OwnerKey, SockOwner, TcpStats},
 };
+
+#[map]
+pub static HTTP_OFFSETS: Array<GoHttpOffsets> = Array::with_max_entries(HTTP_OFFSETS_SLOTS, 0);
+
+#[map]
+pub static HTTP_INFLIGHT: HashMap<InflightKey, Inflight> =
+    HashMap::with_max_entries(HTTP_INFLIGHT_ENTRIES, 0);
+
+#[map]
+pub static HTTP_COUNTS: PerCpuHashMap<OwnerKey, HttpCounts> =
+    PerCpuHashMap::with_max_entries(HTTP_COUNTS_ENTRIES, 0);
+
+#[map]
+pub static HTTP_SAMPLING: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static TCP_STATS: PerCpuHashMap<OwnerKey, TcpStats> =

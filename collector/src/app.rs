@@ -1,15 +1,21 @@
 //! Wires the pipeline: offsets → load → ladders → reader → aggregator → HTTP; and tears it
 //! down in order (stop the readers, final harvest, detach everything by dropping `Ebpf`).
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
 };
 use collector_common::{
-    maps::{DROPS, EVENTS, TCP_STATS},
+    http::HttpCounts,
+    maps::{DROPS, EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, TCP_STATS},
     tcp::{OwnerKey, TcpStats},
 };
 use tokio::{
@@ -19,19 +25,28 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    aggregate::{Aggregator, KernelMaps},
+    aggregate::{Aggregator, KernelMaps, http::RouteTable},
     api,
     config::Config,
     events,
     export::{Metrics, otlp::OtlpExporter, prometheus::SignalLabels},
     identity::{IdentityResolver, cgroup},
-    probes::{AttachReport, ProbeSet, btf, offsets::Prepared, tracefs},
+    probes::{
+        AttachReport, ProbeSet, btf,
+        go_http::attach::{GoHttpProbes, Instrumented},
+        offsets::Prepared,
+        tracefs,
+    },
 };
 
 /// The kernel object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
 const EVENT_CHANNEL: usize = 8_192;
+/// Exec notices waiting for Go discovery; past this the periodic scan catches up.
+const EXEC_CHANNEL: usize = 4_096;
+/// How often Go discovery rescans /proc (new processes missed, exited ones, detaching).
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// How long shutdown waits for tasks before giving up on them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -42,7 +57,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     otlp: Option<OtlpExporter>,
-    ebpf: Ebpf,
+    discovery: Option<std::thread::JoinHandle<()>>,
+    ebpf: Arc<Mutex<Ebpf>>,
 }
 
 /// Starts everything; returns once the probes are attached and the endpoint is listening.
@@ -102,10 +118,29 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
 
-    let ring = RingBuf::try_from(ebpf.take_map(EVENTS).context("EVENTS map missing")?)?;
+    let ring = RingBuf::try_from(take(&mut ebpf, EVENTS)?)?;
     let maps = KernelMaps {
-        tcp: PerCpuHashMap::try_from(ebpf.take_map(TCP_STATS).context("TCP_STATS map missing")?)?,
-        drops: PerCpuArray::try_from(ebpf.take_map(DROPS).context("DROPS map missing")?)?,
+        tcp: PerCpuHashMap::try_from(take(&mut ebpf, TCP_STATS)?)?,
+        http: PerCpuHashMap::try_from(take(&mut ebpf, HTTP_COUNTS)?)?,
+        drops: PerCpuArray::try_from(take(&mut ebpf, DROPS)?)?,
+    };
+    let mut sampling: Array<_, u32> = Array::try_from(take(&mut ebpf, HTTP_SAMPLING)?)?;
+    sampling
+        .set(0, &config.http.sample_every, 0)
+        .context("setting HTTP sampling")?;
+    let go_offsets = Array::try_from(take(&mut ebpf, HTTP_OFFSETS)?)?;
+    let go_inflight = aya::maps::HashMap::try_from(take(&mut ebpf, HTTP_INFLIGHT)?)?;
+    let ebpf = Arc::new(Mutex::new(ebpf));
+    let go_http = if config.http.enabled {
+        match GoHttpProbes::new(ebpf.clone(), go_offsets, go_inflight, metrics.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!(error = %e, "Go net/http instrumentation unavailable");
+                None
+            }
+        }
+    } else {
+        None
     };
     let cgroup_root = config
         .cgroup_root
@@ -124,18 +159,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(EVENT_CHANNEL);
+    let (exec_tx, exec_rx) = std::sync::mpsc::sync_channel(EXEC_CHANNEL);
+    let go_state = Arc::new(Mutex::new(Vec::new()));
+    let discovery = go_http.map(|probes| spawn_discovery(probes, exec_rx, go_state.clone()));
     let mut tasks = Vec::new();
     let reader_metrics = metrics.clone();
     let reader_shutdown = shutdown_rx.clone();
+    let exec_tx = discovery.as_ref().map(|_| exec_tx);
     tasks.push((
         "reader",
         tokio::spawn(async move {
-            if let Err(e) = events::reader::run(ring, tx, reader_metrics, reader_shutdown).await {
+            if let Err(e) =
+                events::reader::run(ring, tx, exec_tx, reader_metrics, reader_shutdown).await
+            {
                 warn!(error = %e, "ring-buffer reader stopped");
             }
         }),
     ));
-    let aggregator = Aggregator::new(maps, metrics.clone(), identity);
+    let routes = RouteTable::new(&config.http.probe_paths, config.http.max_routes);
+    let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes);
     tasks.push((
         "aggregator",
         tokio::spawn(aggregator.run(rx, config.harvest_interval)),
@@ -143,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let router = api::router(api::ApiState {
         metrics: metrics.clone(),
         probes: probes.clone(),
+        go_http: go_state,
     });
     let mut http_shutdown = shutdown_rx;
     tasks.push((
@@ -167,7 +210,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
         otlp,
+        discovery,
         ebpf,
+    })
+}
+
+/// Go discovery runs on its own thread: ELF analysis and uprobe attachment block.
+fn spawn_discovery(
+    mut probes: GoHttpProbes,
+    exec_rx: std::sync::mpsc::Receiver<u32>,
+    state: Arc<Mutex<Vec<Instrumented>>>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::mpsc::RecvTimeoutError;
+    std::thread::spawn(move || {
+        let publish =
+            |p: &GoHttpProbes| *state.lock().unwrap_or_else(|e| e.into_inner()) = p.instrumented();
+        probes.rescan(std::time::Instant::now());
+        publish(&probes);
+        let mut last_scan = std::time::Instant::now();
+        loop {
+            match exec_rx.recv_timeout(RESCAN_EVERY) {
+                Ok(pid) => probes.observe(pid, std::time::Instant::now()),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The reader stopped: shutting down.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_scan.elapsed() >= RESCAN_EVERY {
+                probes.rescan(std::time::Instant::now());
+                last_scan = std::time::Instant::now();
+            }
+            publish(&probes);
+        }
+        probes.detach_all();
+        publish(&probes);
     })
 }
 
@@ -179,6 +254,7 @@ impl Running {
             shutdown,
             tasks,
             otlp,
+            discovery,
             ebpf,
             ..
         } = self;
@@ -195,6 +271,13 @@ impl Running {
                 warn!("final OTLP export did not finish within the grace period");
             }
         }
+        // The reader is gone, so discovery sees its channel closed, detaches and ends.
+        if let Some(d) = discovery {
+            let joined = tokio::task::spawn_blocking(move || d.join());
+            if tokio::time::timeout(DRAIN_GRACE, joined).await.is_err() {
+                warn!("Go discovery did not stop within the grace period");
+            }
+        }
         drop(ebpf);
         info!("detached; nothing of ours is left loaded");
     }
@@ -203,16 +286,29 @@ impl Running {
 /// The kernel charges `OwnerKey::OVERFLOW` when `TCP_STATS` is full; it can only update an
 /// existing entry then, so create it now.
 fn create_overflow_bucket(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let map = ebpf.map_mut(TCP_STATS).context("TCP_STATS map missing")?;
-    let mut stats: PerCpuHashMap<_, OwnerKey, TcpStats> = PerCpuHashMap::try_from(map)?;
     let cpus = aya::util::nr_cpus()
         .map_err(|(_, e)| e)
-        .context("counting possible CPUs")?;
-    let zeros = PerCpuValues::try_from(vec![TcpStats::default(); cpus.get() as usize])?;
+        .context("counting possible CPUs")?
+        .get() as usize;
+    let map = ebpf.map_mut(TCP_STATS).context("TCP_STATS map missing")?;
+    let mut stats: PerCpuHashMap<_, OwnerKey, TcpStats> = PerCpuHashMap::try_from(map)?;
+    let zeros = PerCpuValues::try_from(vec![TcpStats::default(); cpus])?;
     stats
         .insert(&OwnerKey::OVERFLOW, zeros, 0)
-        .context("creating the overflow bucket")?;
+        .context("creating the TCP overflow bucket")?;
+    let map = ebpf
+        .map_mut(HTTP_COUNTS)
+        .context("HTTP_COUNTS map missing")?;
+    let mut http: PerCpuHashMap<_, OwnerKey, HttpCounts> = PerCpuHashMap::try_from(map)?;
+    let zeros = PerCpuValues::try_from(vec![HttpCounts::default(); cpus])?;
+    http.insert(&OwnerKey::OVERFLOW, zeros, 0)
+        .context("creating the HTTP overflow bucket")?;
     Ok(())
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("{name} map missing from the object"))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones to the memcg. Best effort.

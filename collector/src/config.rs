@@ -67,6 +67,26 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_workloads: Option<usize>,
 
+    /// Request path counted as probe traffic (kept out of the request-duration histogram and
+    /// counted in http_server_probe_requests_total). Repeatable; replaces the defaults.
+    /// [default: /healthz, /livez, /readyz, /health]
+    #[arg(long = "probe-path", value_name = "PATH")]
+    pub probe_paths: Vec<String>,
+
+    /// Distinct HTTP routes per workload before further ones are charged to
+    /// route="__overflow__". [default: 100]
+    #[arg(long, value_name = "N")]
+    pub max_routes: Option<usize>,
+
+    /// Emit a per-request record for 1 in N Go HTTP requests (request counters stay exact).
+    /// [default: 1, every request]
+    #[arg(long, value_name = "N")]
+    pub http_sample_every: Option<u32>,
+
+    /// Do not instrument Go net/http servers (TCP signals only).
+    #[arg(long)]
+    pub no_go_http: bool,
+
     /// OTLP metrics endpoint, e.g. "http://otel-collector:4317" (gRPC) or
     /// "http://otel-collector:4318" (HTTP; "/v1/metrics" is appended to a bare host). Setting it
     /// (or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT) enables the push.
@@ -123,6 +143,10 @@ pub struct FileConfig {
     pub max_workloads: Option<usize>,
     pub log: Option<String>,
     pub otlp: Option<FileOtlp>,
+    pub probe_paths: Option<Vec<String>>,
+    pub max_routes: Option<usize>,
+    pub http_sample_every: Option<u32>,
+    pub go_http: Option<bool>,
 }
 
 /// `[otlp]` section of the file.
@@ -194,7 +218,31 @@ pub struct Config {
     pub log: String,
     /// None: no OTLP push.
     pub otlp: Option<OtlpConfig>,
+    pub http: HttpConfig,
 }
+
+/// Go net/http instrumentation settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub probe_paths: Vec<String>,
+    pub max_routes: usize,
+    pub sample_every: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            probe_paths: DEFAULT_PROBE_PATHS.iter().map(|p| p.to_string()).collect(),
+            max_routes: DEFAULT_MAX_ROUTES,
+            sample_every: 1,
+        }
+    }
+}
+
+pub const DEFAULT_PROBE_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/health"];
+pub const DEFAULT_MAX_ROUTES: usize = 100;
 
 impl Default for Config {
     fn default() -> Self {
@@ -209,6 +257,7 @@ impl Default for Config {
             max_workloads: DEFAULT_MAX_WORKLOADS,
             log: "info".into(),
             otlp: None,
+            http: HttpConfig::default(),
         }
     }
 }
@@ -378,6 +427,38 @@ impl Config {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
         let otlp = otlp_config(cli, file.otlp.unwrap_or_default(), env)?;
+        let mut http = HttpConfig {
+            enabled: !cli.no_go_http && file.go_http.unwrap_or(true),
+            ..HttpConfig::default()
+        };
+        let probe_paths = if cli.probe_paths.is_empty() {
+            file.probe_paths
+        } else {
+            Some(cli.probe_paths.clone())
+        };
+        if let Some(paths) = probe_paths {
+            if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(invalid(
+                    "probe_path",
+                    format!("{bad:?} does not start with /"),
+                ));
+            }
+            http.probe_paths = paths;
+        }
+        http.max_routes = cli
+            .max_routes
+            .or(file.max_routes)
+            .unwrap_or(DEFAULT_MAX_ROUTES);
+        if http.max_routes == 0 {
+            return Err(invalid("max_routes", "must be at least 1"));
+        }
+        http.sample_every = cli
+            .http_sample_every
+            .or(file.http_sample_every)
+            .unwrap_or(1);
+        if !(1..=1000).contains(&http.sample_every) {
+            return Err(invalid("http_sample_every", "must be between 1 and 1000"));
+        }
         Ok(Config {
             listen,
             harvest_interval,
@@ -387,6 +468,7 @@ impl Config {
             max_workloads,
             log,
             otlp,
+            http,
         })
     }
 }

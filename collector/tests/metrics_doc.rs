@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use collector::{
     export::{
         Metrics,
+        http::{OutcomeLabels, RequestLabels},
         otlp::TCP_INSTRUMENTS,
         prometheus::{KernelDropLabels, KindLabels, ReasonLabels, ResultLabels, SignalLabels},
     },
@@ -41,7 +42,26 @@ fn populated() -> Metrics {
         passive_opens: 1,
         closes: 1,
     };
-    m.tcp.add(&m.labels_for(&pod), &all_ones);
+    let labels = m.labels_for(&pod);
+    m.tcp.add(&labels, &all_ones);
+    let request = RequestLabels {
+        workload: labels.clone(),
+        method: "GET".into(),
+        route: "/ok".into(),
+        status_code: "200".into(),
+        error_type: "",
+    };
+    m.http.duration.get_or_create(&request).observe(0.1);
+    m.http.probe_requests.get_or_create(&request).inc();
+    m.http
+        .requests
+        .get_or_create(&OutcomeLabels {
+            workload: labels.clone(),
+            outcome: "2xx",
+        })
+        .inc();
+    m.http.unrecorded.get_or_create(&labels).inc();
+    m.http.routes_capped.get_or_create(&labels).inc();
     let c = &m.collector;
     c.signal_rung
         .get_or_create(&SignalLabels {

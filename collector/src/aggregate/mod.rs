@@ -3,12 +3,15 @@
 //! One task owns everything here (`Aggregator::run`); nothing else mutates it. Time is passed in
 //! (`now`) so the logic is testable on a paused clock.
 
+pub mod harvest;
+pub mod http;
 pub mod tcp;
 
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use collector_common::{
+    http::HttpCounts,
     maps::KernelDrop,
     tcp::{OwnerKey, TcpStats},
 };
@@ -16,16 +19,23 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
-    events::Event,
-    export::{Metrics, prometheus::KernelDropLabels},
+    events::{Event, HttpRequest},
+    export::{
+        Metrics,
+        http::{OutcomeLabels, RequestLabels},
+        prometheus::KernelDropLabels,
+    },
     identity::IdentityResolver,
 };
+use harvest::Harvester;
 use std::sync::Arc;
 
 /// Where harvested counters come from: the kernel maps in production, a fake in tests.
 pub trait StatsSource: Send {
     fn read_tcp(&mut self) -> Vec<(OwnerKey, TcpStats)>;
     fn remove_tcp(&mut self, key: &OwnerKey);
+    fn read_http(&mut self) -> Vec<(OwnerKey, HttpCounts)>;
+    fn remove_http(&mut self, key: &OwnerKey);
     /// Per-CPU totals of each `KernelDrop` reason.
     fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)>;
 }
@@ -33,26 +43,45 @@ pub trait StatsSource: Send {
 /// The kernel maps.
 pub struct KernelMaps {
     pub tcp: PerCpuHashMap<MapData, OwnerKey, TcpStats>,
+    pub http: PerCpuHashMap<MapData, OwnerKey, HttpCounts>,
     pub drops: PerCpuArray<MapData, u64>,
+}
+
+/// Sums the per-CPU values of every key of a per-CPU hash.
+fn read_per_cpu<V: aya::Pod + Default>(
+    map: &PerCpuHashMap<MapData, OwnerKey, V>,
+    add: impl Fn(&mut V, &V),
+) -> Vec<(OwnerKey, V)> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok((key, per_cpu)) => {
+                let mut total = V::default();
+                for v in per_cpu.iter() {
+                    add(&mut total, v);
+                }
+                out.push((key, total));
+            }
+            // A key deleted while iterating: it is picked up (or gone) next time.
+            Err(e) => debug!(error = %e, "per-CPU map iteration"),
+        }
+    }
+    out
 }
 
 impl StatsSource for KernelMaps {
     fn read_tcp(&mut self) -> Vec<(OwnerKey, TcpStats)> {
-        let mut out = Vec::new();
-        for item in self.tcp.iter() {
-            match item {
-                Ok((key, per_cpu)) => {
-                    let mut total = TcpStats::default();
-                    for v in per_cpu.iter() {
-                        total.accumulate(v);
-                    }
-                    out.push((key, total));
-                }
-                // A key deleted while iterating: it is picked up (or gone) next time.
-                Err(e) => debug!(error = %e, "TCP_STATS iteration"),
-            }
+        read_per_cpu(&self.tcp, TcpStats::accumulate)
+    }
+
+    fn read_http(&mut self) -> Vec<(OwnerKey, HttpCounts)> {
+        read_per_cpu(&self.http, HttpCounts::accumulate)
+    }
+
+    fn remove_http(&mut self, key: &OwnerKey) {
+        if let Err(e) = self.http.remove(key) {
+            debug!(error = %e, "removing idle HTTP_COUNTS key");
         }
-        out
     }
 
     fn remove_tcp(&mut self, key: &OwnerKey) {
@@ -78,18 +107,27 @@ pub struct Aggregator<S> {
     source: S,
     metrics: Arc<Metrics>,
     identity: IdentityResolver,
-    tcp: tcp::TcpHarvester,
+    tcp: Harvester<TcpStats>,
+    http: Harvester<HttpCounts>,
+    routes: http::RouteTable,
     /// Last per-CPU drop totals, to export deltas.
     drops_seen: Vec<(KernelDrop, Vec<u64>)>,
 }
 
 impl<S: StatsSource> Aggregator<S> {
-    pub fn new(source: S, metrics: Arc<Metrics>, identity: IdentityResolver) -> Self {
+    pub fn new(
+        source: S,
+        metrics: Arc<Metrics>,
+        identity: IdentityResolver,
+        routes: http::RouteTable,
+    ) -> Self {
         Self {
             source,
             metrics,
             identity,
-            tcp: tcp::TcpHarvester::default(),
+            tcp: Harvester::default(),
+            http: Harvester::default(),
+            routes,
             drops_seen: Vec::new(),
         }
     }
@@ -97,6 +135,40 @@ impl<S: StatsSource> Aggregator<S> {
     pub fn on_event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Process { tgid, comm, .. } => self.identity.observe_process(tgid, comm, now),
+            Event::Http(r) => self.on_request(&r, now),
+            // Exec events go to Go discovery, not here.
+            Event::Exec { .. } => {}
+        }
+    }
+
+    fn on_request(&mut self, r: &HttpRequest, now: Instant) {
+        let key = OwnerKey {
+            cgroup_id: r.cgroup_id,
+            tgid: r.tgid,
+            _pad: 0,
+        };
+        let workload = self
+            .metrics
+            .labels_for(&self.identity.workload_of(&key, now));
+        let c = self.routes.classify(&workload.workload, r);
+        let h = &self.metrics.http;
+        if c.capped {
+            h.routes_capped.get_or_create(&workload).inc();
+        }
+        let (status_code, error_type) = http::outcome_labels(r.outcome);
+        let labels = RequestLabels {
+            workload,
+            method: r.method.clone(),
+            route: c.route,
+            status_code,
+            error_type,
+        };
+        if c.probe {
+            h.probe_requests.get_or_create(&labels).inc();
+        } else {
+            h.duration
+                .get_or_create(&labels)
+                .observe(r.duration_ns as f64 / 1e9);
         }
     }
 
@@ -115,9 +187,50 @@ impl<S: StatsSource> Aggregator<S> {
         for key in &result.delete {
             self.source.remove_tcp(key);
         }
+        self.harvest_http(now);
         self.harvest_drops();
         self.identity.expire(now);
         self.metrics.collector.harvests.inc();
+    }
+
+    fn harvest_http(&mut self, now: Instant) {
+        let current = self.source.read_http();
+        let identity = &self.identity;
+        let result = self
+            .http
+            .harvest(&current, |tgid| identity.process_alive(tgid));
+        for (key, d) in &result.deltas {
+            let workload = self
+                .metrics
+                .labels_for(&self.identity.workload_of(key, now));
+            let h = &self.metrics.http;
+            let outcomes = [
+                ("1xx", d.by_class[0]),
+                ("2xx", d.by_class[1]),
+                ("3xx", d.by_class[2]),
+                ("4xx", d.by_class[3]),
+                ("5xx", d.by_class[4]),
+                ("panic", d.panics),
+                ("aborted", d.aborted),
+                ("unobserved_protocol", d.unobserved),
+            ];
+            for (outcome, v) in outcomes {
+                if v > 0 {
+                    h.requests
+                        .get_or_create(&OutcomeLabels {
+                            workload: workload.clone(),
+                            outcome,
+                        })
+                        .inc_by(v);
+                }
+            }
+            if d.unrecorded > 0 {
+                h.unrecorded.get_or_create(&workload).inc_by(d.unrecorded);
+            }
+        }
+        for key in &result.delete {
+            self.source.remove_http(key);
+        }
     }
 
     fn harvest_drops(&mut self) {
@@ -187,6 +300,10 @@ mod tests {
             self.tcp.retain(|(k, _)| k != key);
             self.removed.push(*key);
         }
+        fn read_http(&mut self) -> Vec<(OwnerKey, HttpCounts)> {
+            Vec::new()
+        }
+        fn remove_http(&mut self, _: &OwnerKey) {}
         fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)> {
             self.drops.clone()
         }
@@ -211,7 +328,12 @@ mod tests {
             },
         )];
         fake.drops = vec![(KernelDrop::RingReserve, vec![0, 2])];
-        let mut agg = Aggregator::new(&mut fake, metrics.clone(), identity);
+        let mut agg = Aggregator::new(
+            &mut fake,
+            metrics.clone(),
+            identity,
+            http::RouteTable::new(&[], 10),
+        );
         let now = Instant::now();
         agg.on_event(
             Event::Process {

@@ -1,13 +1,10 @@
-//! Turning the kernel's cumulative per-owner counters into exact per-workload deltas.
-//!
-//! The kernel map holds running totals per (cgroup, tgid). Each harvest reads them, subtracts
-//! what the previous harvest saw and hands the difference on, so exported counters stay exact
-//! and monotonic even when userspace deletes keys of exited processes (a key that reappears
-//! starts from zero and is counted whole).
+//! TCP counters: per-field deltas of the kernel's cumulative `TcpStats`.
 
-use std::collections::HashMap;
+use collector_common::tcp::TcpStats;
 
-use collector_common::tcp::{OwnerKey, TcpStats};
+use super::harvest::Counters;
+#[cfg(test)]
+use {super::harvest::Harvester, collector_common::tcp::OwnerKey};
 
 /// Per-field `cur - prev`; a field that went backwards means the key was deleted and recreated,
 /// so its whole current value is new.
@@ -32,63 +29,9 @@ pub fn delta(cur: &TcpStats, prev: &TcpStats) -> TcpStats {
     }
 }
 
-/// Harvest bookkeeping per owner key.
-#[derive(Clone, Debug, Default)]
-struct Seen {
-    last: TcpStats,
-    /// Consecutive harvests without change.
-    idle: u32,
-}
-
-/// A key whose process has exited and whose counters did not move for this many harvests is
-/// deleted from the kernel map (its last delta was already exported).
-pub const IDLE_HARVESTS_BEFORE_DELETE: u32 = 2;
-
-#[derive(Default)]
-pub struct TcpHarvester {
-    seen: HashMap<OwnerKey, Seen>,
-}
-
-/// Result of one harvest.
-pub struct Harvest {
-    pub deltas: Vec<(OwnerKey, TcpStats)>,
-    /// Keys to delete from the kernel map.
-    pub delete: Vec<OwnerKey>,
-}
-
-impl TcpHarvester {
-    /// `current` is the full map content (per-CPU values summed); `alive` says whether a tgid
-    /// still runs. Keys with tgid 0, and the special keys, are never deleted.
-    pub fn harvest(
-        &mut self,
-        current: &[(OwnerKey, TcpStats)],
-        alive: impl Fn(u32) -> bool,
-    ) -> Harvest {
-        let mut deltas = Vec::new();
-        let mut delete = Vec::new();
-        let mut present = std::collections::HashSet::with_capacity(current.len());
-        for (key, cur) in current {
-            present.insert(*key);
-            let seen = self.seen.entry(*key).or_default();
-            let d = delta(cur, &seen.last);
-            if d == TcpStats::default() {
-                seen.idle += 1;
-            } else {
-                seen.idle = 0;
-                deltas.push((*key, d));
-            }
-            seen.last = *cur;
-            let special = *key == OwnerKey::OVERFLOW || key.tgid == 0;
-            if !special && seen.idle >= IDLE_HARVESTS_BEFORE_DELETE && !alive(key.tgid) {
-                delete.push(*key);
-            }
-        }
-        for key in &delete {
-            self.seen.remove(key);
-        }
-        // Keys that vanished from the map (deleted elsewhere) must not keep stale baselines.
-        self.seen.retain(|k, _| present.contains(k));
-        Harvest { deltas, delete }
+impl Counters for TcpStats {
+    fn delta(&self, prev: &Self) -> Self {
+        delta(self, prev)
     }
 }
 
@@ -114,7 +57,7 @@ mod tests {
 
     #[test]
     fn deltas_are_exact_across_harvests() {
-        let mut h = TcpHarvester::default();
+        let mut h = Harvester::<TcpStats>::default();
         let r = h.harvest(&[(key(1), stats(100, 1))], |_| true);
         assert_eq!(r.deltas, vec![(key(1), stats(100, 1))]);
         let r = h.harvest(&[(key(1), stats(250, 1))], |_| true);
@@ -125,7 +68,7 @@ mod tests {
 
     #[test]
     fn recreated_key_counts_whole_value() {
-        let mut h = TcpHarvester::default();
+        let mut h = Harvester::<TcpStats>::default();
         h.harvest(&[(key(1), stats(100, 5))], |_| true);
         let r = h.harvest(&[(key(1), stats(30, 1))], |_| true);
         assert_eq!(r.deltas, vec![(key(1), stats(30, 1))]);
@@ -133,7 +76,7 @@ mod tests {
 
     #[test]
     fn exited_idle_keys_are_deleted_after_their_last_delta() {
-        let mut h = TcpHarvester::default();
+        let mut h = Harvester::<TcpStats>::default();
         let cur = [
             (key(7), stats(10, 0)),
             (key(0), stats(5, 0)),
@@ -155,7 +98,7 @@ mod tests {
             "only the exited owner, never tgid 0 or overflow"
         );
         // Alive processes are never deleted however idle.
-        let mut h = TcpHarvester::default();
+        let mut h = Harvester::<TcpStats>::default();
         for _ in 0..5 {
             assert!(
                 h.harvest(&[(key(8), stats(1, 0))], |_| true)

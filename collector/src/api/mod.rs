@@ -1,6 +1,6 @@
 //! The collector's HTTP endpoint: metrics, its own liveness/readiness, and what attached.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::{
     Json, Router,
@@ -11,7 +11,10 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{export::Metrics, probes::AttachReport};
+use crate::{
+    export::Metrics,
+    probes::{AttachReport, go_http::attach::Instrumented},
+};
 
 /// OpenMetrics 1.0 text, what prometheus-client renders.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -21,6 +24,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub probes: Arc<Vec<AttachReport>>,
+    /// Go executables with net/http uprobes, published by Go discovery.
+    pub go_http: Arc<Mutex<Vec<Instrumented>>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -31,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         // means the collector is ready.
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/v1/probes", get(probes))
+        .route("/v1/go-http", get(go_http))
         .fallback(not_found)
         .with_state(state)
 }
@@ -78,6 +84,10 @@ fn accepts_openmetrics(accept: &str) -> bool {
 
 async fn probes(State(s): State<ApiState>) -> Json<Vec<AttachReport>> {
     Json(s.probes.as_ref().clone())
+}
+
+async fn go_http(State(s): State<ApiState>) -> Json<Vec<Instrumented>> {
+    Json(s.go_http.lock().unwrap_or_else(|e| e.into_inner()).clone())
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

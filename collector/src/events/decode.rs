@@ -3,10 +3,11 @@
 
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
-    process::ProcessEvent,
+    http::{HttpEvent, METHOD_MAX, ROUTE_MAX, flags},
+    process::{ExecEvent, ProcessEvent},
 };
 
-use super::Event;
+use super::{Event, HttpRequest, Outcome};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -16,6 +17,8 @@ pub enum DecodeError {
     UnknownKind { kind: u16 },
     #[error("record version {version} not understood (expected {EVENT_VERSION})")]
     Version { version: u16 },
+    #[error("field {field} out of range: {value}")]
+    Range { field: &'static str, value: u64 },
 }
 
 impl DecodeError {
@@ -25,6 +28,7 @@ impl DecodeError {
             DecodeError::Short { .. } => "short",
             DecodeError::UnknownKind { .. } => "unknown_kind",
             DecodeError::Version { .. } => "version",
+            DecodeError::Range { .. } => "range",
         }
     }
 }
@@ -53,6 +57,47 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         });
     }
     match kind {
+        EventKind::Exec => {
+            let ev: ExecEvent = read(bytes)?;
+            Ok(Event::Exec { tgid: ev.tgid })
+        }
+        EventKind::Http => {
+            let ev: HttpEvent = read(bytes)?;
+            let (ml, rl) = (ev.method_len as usize, ev.route_len as usize);
+            if ml > METHOD_MAX {
+                return Err(DecodeError::Range {
+                    field: "method_len",
+                    value: ml as u64,
+                });
+            }
+            if rl > ROUTE_MAX {
+                return Err(DecodeError::Range {
+                    field: "route_len",
+                    value: rl as u64,
+                });
+            }
+            let outcome = if ev.flags & flags::PANICKED != 0 {
+                Outcome::Panic
+            } else if ev.flags & flags::ABORTED != 0 {
+                Outcome::Aborted
+            } else if ev.flags & flags::HTTP2 != 0 {
+                Outcome::UnobservedProtocol
+            } else {
+                // net/http sends 200 when the handler wrote nothing.
+                Outcome::Completed {
+                    status: if ev.status == 0 { 200 } else { ev.status },
+                }
+            };
+            Ok(Event::Http(HttpRequest {
+                tgid: ev.tgid,
+                cgroup_id: ev.cgroup_id,
+                duration_ns: ev.duration_ns,
+                method: String::from_utf8_lossy(&ev.method[..ml]).into_owned(),
+                route: String::from_utf8_lossy(&ev.route[..rl]).into_owned(),
+                route_is_pattern: ev.flags & flags::PATTERN != 0,
+                outcome,
+            }))
+        }
         EventKind::Process => {
             let ev: ProcessEvent = read(bytes)?;
             let len = ev
@@ -112,8 +157,78 @@ mod tests {
     fn full_comm_without_nul_and_invalid_utf8() {
         let mut e = process_event();
         e.comm = [0xff; 16];
-        let Event::Process { comm, .. } = decode(&bytes_of(&e)).expect("valid");
+        let Ok(Event::Process { comm, .. }) = decode(&bytes_of(&e)) else {
+            panic!("a process record")
+        };
         assert_eq!(comm.chars().count(), 16, "lossy, not rejected");
+    }
+
+    fn http_event(status: u16, f: u16, route: &str) -> HttpEvent {
+        let mut e = HttpEvent {
+            header: EventHeader {
+                kind: EventKind::Http as u16,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 1,
+            },
+            tgid: 9,
+            status,
+            flags: f,
+            cgroup_id: 3,
+            duration_ns: 1500,
+            method_len: 3,
+            route_len: route.len() as u16,
+            ..Default::default()
+        };
+        e.method[..3].copy_from_slice(b"GET");
+        e.route[..route.len()].copy_from_slice(route.as_bytes());
+        e
+    }
+
+    #[test]
+    fn decodes_http_outcomes() {
+        let Event::Http(r) = decode(&bytes_of(&http_event(0, 0, "/ok"))).expect("valid") else {
+            panic!()
+        };
+        assert_eq!(
+            (r.method.as_str(), r.route.as_str(), r.outcome),
+            ("GET", "/ok", Outcome::Completed { status: 200 })
+        );
+        assert_eq!(r.duration_ns, 1500);
+        let Event::Http(r) = decode(&bytes_of(&http_event(
+            503,
+            flags::PATTERN,
+            "GET /items/{id}",
+        )))
+        .expect("valid") else {
+            panic!()
+        };
+        assert!(r.route_is_pattern);
+        assert_eq!(r.outcome, Outcome::Completed { status: 503 });
+        for (f, want) in [
+            (flags::PANICKED | flags::ABORTED, Outcome::Panic),
+            (flags::ABORTED, Outcome::Aborted),
+            (flags::HTTP2, Outcome::UnobservedProtocol),
+        ] {
+            let Event::Http(r) = decode(&bytes_of(&http_event(0, f, "/"))).expect("valid") else {
+                panic!()
+            };
+            assert_eq!(r.outcome, want);
+        }
+        let mut bad = http_event(200, 0, "/x");
+        bad.route_len = 500;
+        assert_eq!(
+            decode(&bytes_of(&bad)).expect_err("range").reason(),
+            "range"
+        );
+        let mut bad = http_event(200, 0, "/x");
+        bad.method_len = 9;
+        assert!(decode(&bytes_of(&bad)).is_err());
+        let good = bytes_of(&http_event(200, 0, "/x"));
+        assert!(matches!(
+            decode(&good[..good.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Ring-buffer records: read (reader), decoded at one checked boundary (decode), handed to
-//! the aggregator as domain events over a bounded channel.
+//! the aggregator (and exec notices to Go discovery) as domain events over bounded channels.
 
 pub mod decode;
 pub mod reader;
@@ -13,12 +13,43 @@ pub enum Event {
         cgroup_id: u64,
         comm: String,
     },
+    /// A process called execve (candidate for Go instrumentation).
+    Exec { tgid: u32 },
+    /// One Go net/http request.
+    Http(HttpRequest),
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The handler returned; `status` is what was written (200 when nothing was).
+    Completed { status: u16 },
+    /// The handler panicked.
+    Panic,
+    /// The request never returned (its connection goroutine ended first).
+    Aborted,
+    /// HTTP/2: served, but the status is not observed on that path.
+    UnobservedProtocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub duration_ns: u64,
+    pub method: String,
+    /// `Request.Pattern` when set (`route_is_pattern`), else the URL path (possibly cut).
+    pub route: String,
+    pub route_is_pattern: bool,
+    pub outcome: Outcome,
 }
 
 impl Event {
     pub const fn kind(&self) -> &'static str {
         match self {
             Event::Process { .. } => "process",
+            Event::Exec { .. } => "exec",
+            Event::Http(_) => "http",
         }
     }
 }

@@ -16,9 +16,11 @@ use crate::export::{
     prometheus::{KindLabels, ReasonLabels},
 };
 
+/// `exec_tx`: where exec notices go (Go discovery); None when Go instrumentation is off.
 pub async fn run(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<Event>,
+    exec_tx: Option<std::sync::mpsc::SyncSender<u32>>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -29,18 +31,23 @@ pub async fn run(
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &tx, &metrics);
+                drain(guard.get_inner_mut(), &tx, exec_tx.as_ref(), &metrics);
                 guard.clear_ready();
             }
             _ = shutdown.changed() => break,
         }
     }
     // Whatever the kernel wrote before the programs were detached.
-    drain(fd.get_mut(), &tx, &metrics);
+    drain(fd.get_mut(), &tx, exec_tx.as_ref(), &metrics);
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, metrics: &Metrics) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tx: &mpsc::Sender<Event>,
+    exec_tx: Option<&std::sync::mpsc::SyncSender<u32>>,
+    metrics: &Metrics,
+) {
     let m = &metrics.collector;
     while let Some(item) = ring.next() {
         match decode(&item) {
@@ -48,6 +55,19 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>, metrics: &Metric
                 m.events_received
                     .get_or_create(&KindLabels { kind: event.kind() })
                     .inc();
+                if let Event::Exec { tgid } = event {
+                    // Discovery is behind: the periodic /proc scan will find the process.
+                    if let Some(exec_tx) = exec_tx
+                        && exec_tx.try_send(tgid).is_err()
+                    {
+                        m.events_dropped
+                            .get_or_create(&ReasonLabels {
+                                reason: "exec_channel_full",
+                            })
+                            .inc();
+                    }
+                    continue;
+                }
                 if tx.try_send(event).is_err() {
                     // The aggregator is behind: drop, count, and keep draining the kernel's
                     // buffer (a full ring buffer would lose events in the kernel instead).

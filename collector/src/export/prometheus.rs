@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::tcp::TcpMetrics;
+use super::{http::HttpMetrics, tcp::TcpMetrics};
 use crate::identity::Workload;
 
 /// Labels naming a workload on every per-workload series.
@@ -76,11 +76,15 @@ pub struct SelfMetrics {
     pub workloads_capped: Counter,
     pub harvests: Counter,
     pub otlp_exports: Family<ResultLabels, Counter>,
+    pub go_binaries_instrumented: Gauge,
+    pub go_binaries_skipped: Family<ReasonLabels, Counter>,
+    pub http_inflight_swept: Counter,
 }
 
 pub struct Metrics {
     registry: Registry,
     pub tcp: TcpMetrics,
+    pub http: HttpMetrics,
     pub collector: SelfMetrics,
     max_workloads: usize,
     known: Mutex<std::collections::HashSet<WorkloadLabels>>,
@@ -91,6 +95,7 @@ impl Metrics {
     pub fn new(max_workloads: usize) -> Self {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         let collector = SelfMetrics {
             signal_rung: Family::default(),
             kernel_drops: Family::default(),
@@ -101,6 +106,9 @@ impl Metrics {
             workloads_capped: Counter::default(),
             harvests: Counter::default(),
             otlp_exports: Family::default(),
+            go_binaries_instrumented: Gauge::default(),
+            go_binaries_skipped: Family::default(),
+            http_inflight_swept: Counter::default(),
         };
         let c = &collector;
         registry.register(
@@ -149,6 +157,21 @@ impl Metrics {
             c.otlp_exports.clone(),
         );
         registry.register(
+            "collector_go_binaries_instrumented",
+            "Go executables (files) with net/http uprobes attached",
+            c.go_binaries_instrumented.clone(),
+        );
+        registry.register(
+            "collector_go_binaries_skipped",
+            "Go executables not instrumented, by reason",
+            c.go_binaries_skipped.clone(),
+        );
+        registry.register(
+            "collector_http_inflight_swept",
+            "In-flight requests dropped because their process exited or they never ended",
+            c.http_inflight_swept.clone(),
+        );
+        registry.register(
             "collector_build",
             "Collector build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -156,6 +179,7 @@ impl Metrics {
         Self {
             registry,
             tcp,
+            http,
             collector,
             max_workloads,
             known: Mutex::new(Default::default()),

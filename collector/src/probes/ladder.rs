@@ -21,10 +21,11 @@ pub enum Signal {
     TcpResetSent,
     TcpResetReceived,
     TcpDestroy,
+    ProcessExec,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 7] = [
+    pub const ALL: [Signal; 8] = [
         Signal::TcpSend,
         Signal::TcpRetransmit,
         Signal::TcpRetransmitSynack,
@@ -32,6 +33,7 @@ impl Signal {
         Signal::TcpResetSent,
         Signal::TcpResetReceived,
         Signal::TcpDestroy,
+        Signal::ProcessExec,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -43,12 +45,13 @@ impl Signal {
             Signal::TcpResetSent => "tcp_reset_sent",
             Signal::TcpResetReceived => "tcp_reset_received",
             Signal::TcpDestroy => "tcp_destroy",
+            Signal::ProcessExec => "process_exec",
         }
     }
 
     /// The rungs this signal has, in default order.
     pub fn default_ladder(self) -> Vec<Rung> {
-        super::tcp::rungs(self).iter().map(|(r, _)| *r).collect()
+        super::rungs(self).iter().map(|(r, _)| *r).collect()
     }
 }
 
@@ -330,7 +333,7 @@ fn attach_rung(
     signal: Signal,
     rung: Rung,
 ) -> Result<(), ProbeError> {
-    let hooks = super::tcp::rungs(signal)
+    let hooks = super::rungs(signal)
         .iter()
         .find(|(r, _)| *r == rung)
         .map(|(_, h)| *h)
@@ -399,7 +402,7 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&Btf>, hook: &Hook) -> Result<(), Pr
 /// The verifier's instruction counts of a rung's (loaded) programs; programs whose count the
 /// kernel does not report are left out.
 fn verified_insns(ebpf: &Ebpf, signal: Signal, rung: Rung) -> Vec<VerifiedInsns> {
-    let hooks = super::tcp::rungs(signal)
+    let hooks = super::rungs(signal)
         .iter()
         .find(|(r, _)| *r == rung)
         .map_or(&[][..], |(_, h)| *h);

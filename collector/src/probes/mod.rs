@@ -10,7 +10,16 @@ pub mod btf;
 pub mod go_http;
 pub mod ladder;
 pub mod offsets;
+pub mod process;
 pub mod tcp;
 pub mod tracefs;
 
 pub use ladder::{AttachReport, ProbeError, ProbeSet, Rung, Signal};
+
+/// The rungs of a signal, in default order, with the hooks each rung attaches.
+pub fn rungs(signal: Signal) -> &'static [(Rung, &'static [ladder::Hook])] {
+    match signal {
+        Signal::ProcessExec => process::exec_rungs(),
+        _ => tcp::rungs(signal),
+    }
+}

@@ -219,6 +219,7 @@ pub fn rungs(signal: Signal) -> &'static [(Rung, &'static [Hook])] {
                 }],
             ),
         ],
+        Signal::ProcessExec => super::process::exec_rungs(),
         Signal::TcpDestroy => &[
             (
                 Rung::TpBtf,

@@ -17,6 +17,8 @@ import (
 
 func main() {
 	addr := flag.String("listen", "127.0.0.1:0", "address to listen on")
+	cert := flag.String("tls-cert", "", "serve HTTPS with this PEM certificate (and -tls-key)")
+	key := flag.String("tls-key", "", "PEM private key for -tls-cert")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -52,5 +54,9 @@ func main() {
 	}
 	fmt.Fprintf(os.Stdout, "listening on %s\n", ln.Addr())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if *cert != "" {
+		// TLS (and HTTP/2 through ALPN) sits below ServeHTTP.
+		log.Fatal(srv.ServeTLS(ln, *cert, *key))
+	}
 	log.Fatal(srv.Serve(ln))
 }

@@ -12,15 +12,18 @@
 //! (function bounds without `.symtab`), [`ret_scan`] (RETs by x86-64 decoding), [`binary`]
 //! (the checks that tie them together).
 
+pub mod attach;
 pub mod binary;
 pub mod buildinfo;
 pub mod elf;
+pub mod offsets;
 pub mod pclntab;
 pub mod ret_scan;
 
 use std::{io, path::PathBuf};
 
 pub use binary::{AddrRange, CrossCheck, EntryCheck, Function, GoBinary, ProbePoints, analyze};
+pub use offsets::{GoOffsets, OffsetsError, OffsetsSource, offsets_for};
 use thiserror::Error;
 
 /// Why a binary or a function cannot be probed. Messages name what was wrong; the source, when

@@ -1,0 +1,193 @@
+//! Per-request records → bounded, comparable series: route normalisation, a route cap per
+//! workload, probe traffic kept apart.
+
+use std::collections::{HashMap, HashSet};
+
+use collector_common::http::HttpCounts;
+
+use super::harvest::Counters;
+use crate::events::{HttpRequest, Outcome};
+
+impl Counters for HttpCounts {
+    fn delta(&self, prev: &Self) -> Self {
+        let d = |c: u64, p: u64| c.checked_sub(p).unwrap_or(c);
+        let mut by_class = [0; 5];
+        for (i, v) in by_class.iter_mut().enumerate() {
+            *v = d(self.by_class[i], prev.by_class[i]);
+        }
+        HttpCounts {
+            requests: d(self.requests, prev.requests),
+            unrecorded: d(self.unrecorded, prev.unrecorded),
+            panics: d(self.panics, prev.panics),
+            aborted: d(self.aborted, prev.aborted),
+            unobserved: d(self.unobserved, prev.unobserved),
+            by_class,
+        }
+    }
+}
+
+/// Route when the workload already has `max_routes` routes.
+pub const OVERFLOW_ROUTE: &str = "__overflow__";
+/// Path segments kept before the rest is folded into "/…".
+const MAX_SEGMENTS: usize = 6;
+
+/// Bounded normalisation of a URL path when no `Request.Pattern` is available: identifiers
+/// (numbers, UUIDs, long hex or long tokens) become `{id}`, depth is capped.
+pub fn normalize_path(path: &str) -> String {
+    if path.is_empty() || !path.starts_with('/') {
+        return "/".into();
+    }
+    let mut out = String::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if i == MAX_SEGMENTS {
+            out.push_str("/…");
+            break;
+        }
+        out.push('/');
+        if is_identifier(seg) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    if out.is_empty() { "/".into() } else { out }
+}
+
+fn is_identifier(seg: &str) -> bool {
+    if seg.is_empty() {
+        return false;
+    }
+    let all_digits = seg.bytes().all(|b| b.is_ascii_digit());
+    let hexish = seg.len() >= 8 && seg.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    all_digits || hexish || seg.len() > 32
+}
+
+/// What the aggregator does with one request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Classified {
+    pub route: String,
+    pub probe: bool,
+    pub capped: bool,
+}
+
+pub struct RouteTable {
+    probe_paths: HashSet<String>,
+    max_routes: usize,
+    routes: HashMap<String, HashSet<String>>,
+}
+
+impl RouteTable {
+    pub fn new(probe_paths: &[String], max_routes: usize) -> Self {
+        Self {
+            probe_paths: probe_paths.iter().cloned().collect(),
+            max_routes,
+            routes: HashMap::new(),
+        }
+    }
+
+    /// `workload` is the workload's stable name (its label value).
+    pub fn classify(&mut self, workload: &str, r: &HttpRequest) -> Classified {
+        let route = if r.route_is_pattern {
+            r.route.clone()
+        } else {
+            normalize_path(&r.route)
+        };
+        // Probe paths are matched on the raw path (or the pattern's path part).
+        let path = r
+            .route
+            .rsplit_once(' ')
+            .map_or(r.route.as_str(), |(_, p)| p);
+        let probe = self.probe_paths.contains(path);
+        let routes = self.routes.entry(workload.to_string()).or_default();
+        if routes.contains(&route) {
+            return Classified {
+                route,
+                probe,
+                capped: false,
+            };
+        }
+        if routes.len() >= self.max_routes {
+            return Classified {
+                route: OVERFLOW_ROUTE.into(),
+                probe,
+                capped: true,
+            };
+        }
+        routes.insert(route.clone());
+        Classified {
+            route,
+            probe,
+            capped: false,
+        }
+    }
+}
+
+/// Label values for an outcome: (status_code, error_type, exact-counter outcome).
+pub fn outcome_labels(o: Outcome) -> (String, &'static str) {
+    match o {
+        Outcome::Completed { status } => (status.to_string(), ""),
+        Outcome::Panic => (String::new(), "panic"),
+        Outcome::Aborted => (String::new(), "aborted"),
+        Outcome::UnobservedProtocol => (String::new(), "unobserved_protocol"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(route: &str, pattern: bool) -> HttpRequest {
+        HttpRequest {
+            tgid: 1,
+            cgroup_id: 1,
+            duration_ns: 1,
+            method: "GET".into(),
+            route: route.into(),
+            route_is_pattern: pattern,
+            outcome: Outcome::Completed { status: 200 },
+        }
+    }
+
+    #[test]
+    fn paths_normalise_to_bounded_routes() {
+        for (path, want) in [
+            ("/users/42", "/users/{id}"),
+            (
+                "/orders/9f86d081-884c-4d63-9f2b-3c2d5e1a0b7c/items",
+                "/orders/{id}/items",
+            ),
+            ("/blob/deadbeefcafe", "/blob/{id}"),
+            ("/a/b/c/d/e/f/g/h", "/a/b/c/d/e/f/…"),
+            ("/", "/"),
+            ("", "/"),
+            ("relative", "/"),
+            ("/ok", "/ok"),
+            ("/tok/abcdefghijklmnopqrstuvwxyzabcdefghij", "/tok/{id}"),
+        ] {
+            assert_eq!(normalize_path(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn patterns_win_probes_are_flagged_and_routes_are_capped() {
+        let mut t = RouteTable::new(&["/healthz".into()], 4);
+        assert_eq!(
+            t.classify("w", &req("GET /items/{id}", true)).route,
+            "GET /items/{id}"
+        );
+        assert!(t.classify("w", &req("/healthz", false)).probe);
+        assert!(t.classify("w", &req("GET /healthz", true)).probe);
+        t.classify("w", &req("/a", false));
+        let c = t.classify("w", &req("/b", false));
+        assert_eq!((c.route.as_str(), c.capped), (OVERFLOW_ROUTE, true));
+        assert!(
+            !t.classify("w", &req("/a", false)).capped,
+            "known routes keep their series"
+        );
+        assert!(
+            !t.classify("other", &req("/b", false)).capped,
+            "caps are per workload"
+        );
+    }
+}

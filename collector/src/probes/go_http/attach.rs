@@ -1,0 +1,531 @@
+//! Finding Go net/http servers and attaching the uprobes, once per executable file.
+//!
+//! Discovery: an exec notice from the kernel (`sched_process_exec`) checks the new process at
+//! once, so a server started after the collector has its first request counted; a periodic
+//! /proc scan is the safety net and finds processes that predate us. Uprobes live on inodes:
+//! one attachment per (st_dev, st_ino), through `/proc/<pid>/exe` (works across mount
+//! namespaces), with `AllProcesses` scope so every process of that file is covered. The
+//! attachment is removed when the last process using the file is gone.
+//!
+//! Each attachment gets a slot in `HTTP_OFFSETS` holding that binary's struct offsets; the slot
+//! is every uprobe's attach cookie. Only addresses `GoBinary::probe_points` verified are used.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
+    },
+    sys::{UProbeMultiFeature, is_uprobe_multi_supported},
+};
+use collector_common::{
+    http::{GoHttpOffsets, Inflight, InflightKey},
+    maps::HTTP_OFFSETS_SLOTS,
+};
+use tracing::{debug, info, warn};
+
+use super::{GoBinary, analyze, offsets::offsets_for};
+use crate::export::{Metrics, prometheus::ReasonLabels};
+
+pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
+pub const WRITE_HEADER: &str = "net/http.(*response).WriteHeader";
+pub const CONN_SERVE: &str = "net/http.(*conn).serve";
+pub const GO_PANIC: &str = "runtime.gopanic";
+
+/// (per-point program, uprobe.multi program, function, entry or every RET, required)
+const PROBES: [(&str, &str, &str, Point, bool); 5] = [
+    // Returns and status first, the start last: a start without its end would linger.
+    (
+        "http_serve_return",
+        "http_serve_return_m",
+        SERVE_HTTP,
+        Point::Returns,
+        true,
+    ),
+    (
+        "http_conn_serve_return",
+        "http_conn_serve_return_m",
+        CONN_SERVE,
+        Point::Returns,
+        true,
+    ),
+    (
+        "http_write_header",
+        "http_write_header_m",
+        WRITE_HEADER,
+        Point::Entry,
+        true,
+    ),
+    // Without it a panic is still reported, as "aborted".
+    ("go_panic", "go_panic_m", GO_PANIC, Point::Entry, false),
+    (
+        "http_serve_start",
+        "http_serve_start_m",
+        SERVE_HTTP,
+        Point::Entry,
+        true,
+    ),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Point {
+    Entry,
+    Returns,
+}
+
+/// In-flight entries older than this belong to requests that will never end (process killed,
+/// HTTP/2 handler goroutine that panicked): swept and counted.
+const STALE_INFLIGHT: Duration = Duration::from_secs(600);
+/// Forget files we decided not to instrument when no process used them for this long.
+const SKIP_TTL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("uprobe program {prog} missing from the object")]
+    MissingProgram { prog: &'static str },
+    #[error("loading {prog}: {source}")]
+    Load {
+        prog: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+#[derive(Debug)]
+enum Tracked {
+    Instrumented {
+        slot: u32,
+        links: Vec<(&'static str, UProbeLinkId)>,
+        pids: HashSet<u32>,
+        go_version: String,
+        path: PathBuf,
+    },
+    Skipped {
+        reason: String,
+        last_seen: Instant,
+    },
+}
+
+/// What the API reports about one instrumented executable.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Instrumented {
+    pub path: String,
+    pub go_version: String,
+    pub pids: Vec<u32>,
+}
+
+pub struct GoHttpProbes {
+    ebpf: Arc<Mutex<Ebpf>>,
+    /// Program names in use: the `uprobe.multi` variants where the kernel has them (≥ 6.6).
+    progs: [&'static str; 5],
+    /// Detaching a per-point uprobe costs an RCU grace period per point (seconds for a
+    /// binary): links are dropped on this thread so discovery never waits for it.
+    reaper: Option<(
+        std::sync::mpsc::Sender<Vec<UProbeLink>>,
+        std::thread::JoinHandle<()>,
+    )>,
+    offsets: Array<MapData, GoHttpOffsets>,
+    inflight: BpfHashMap<MapData, InflightKey, Inflight>,
+    files: HashMap<(u64, u64), Tracked>,
+    free_slots: Vec<u32>,
+    metrics: Arc<Metrics>,
+    proc_root: PathBuf,
+    /// Boot-time clock of the kernel's `bpf_ktime_get_ns` at `Instant::now()`, for sweeping.
+    self_pid: u32,
+}
+
+fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl GoHttpProbes {
+    /// Loads the uprobe programs (once; each attachment reuses them).
+    pub fn new(
+        ebpf: Arc<Mutex<Ebpf>>,
+        offsets: Array<MapData, GoHttpOffsets>,
+        inflight: BpfHashMap<MapData, InflightKey, Inflight>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AttachError> {
+        let multi = matches!(
+            is_uprobe_multi_supported(UProbeMultiFeature::LinkCreation),
+            Ok(true)
+        );
+        let progs = PROBES.map(|(single, m, ..)| if multi { m } else { single });
+        {
+            let mut e = ebpf.lock().unwrap_or_else(|p| p.into_inner());
+            for prog in progs {
+                let p: &mut UProbe = e
+                    .program_mut(prog)
+                    .ok_or(AttachError::MissingProgram { prog })?
+                    .try_into()
+                    .map_err(|source| AttachError::Load { prog, source })?;
+                p.load()
+                    .map_err(|source| AttachError::Load { prog, source })?;
+            }
+        }
+        info!(multi, "Go net/http uprobes loaded");
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
+        let reaper = std::thread::spawn(move || {
+            for links in rx {
+                drop(links);
+            }
+        });
+        Ok(Self {
+            ebpf,
+            progs,
+            reaper: Some((tx, reaper)),
+            offsets,
+            inflight,
+            files: HashMap::new(),
+            free_slots: (0..HTTP_OFFSETS_SLOTS).rev().collect(),
+            metrics,
+            proc_root: PathBuf::from("/proc"),
+            self_pid: std::process::id(),
+        })
+    }
+
+    pub fn instrumented(&self) -> Vec<Instrumented> {
+        let mut out: Vec<_> = self
+            .files
+            .values()
+            .filter_map(|t| match t {
+                Tracked::Instrumented {
+                    pids,
+                    go_version,
+                    path,
+                    ..
+                } => {
+                    let mut pids: Vec<u32> = pids.iter().copied().collect();
+                    pids.sort_unstable();
+                    Some(Instrumented {
+                        path: path.display().to_string(),
+                        go_version: go_version.clone(),
+                        pids,
+                    })
+                }
+                Tracked::Skipped { .. } => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    fn file_id(&self, pid: u32) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.proc_root.join(pid.to_string()).join("exe")).ok()?;
+        Some((m.dev(), m.ino()))
+    }
+
+    /// Looks at one process (exec notice or scan).
+    pub fn observe(&mut self, pid: u32, now: Instant) {
+        if pid == self.self_pid {
+            return;
+        }
+        // Kernel threads and processes that exited already have no exe.
+        let Some(id) = self.file_id(pid) else { return };
+        match self.files.get_mut(&id) {
+            Some(Tracked::Instrumented { pids, .. }) => {
+                pids.insert(pid);
+                return;
+            }
+            Some(Tracked::Skipped { last_seen, .. }) => {
+                *last_seen = now;
+                return;
+            }
+            None => {}
+        }
+        let exe = self.proc_root.join(pid.to_string()).join("exe");
+        let tracked = match self.instrument(&exe, pid) {
+            Ok(t) => t,
+            Err(reason) => Tracked::Skipped {
+                reason,
+                last_seen: now,
+            },
+        };
+        self.files.insert(id, tracked);
+        self.update_gauges();
+    }
+
+    fn skip(&self, reason: &'static str) {
+        self.metrics
+            .collector
+            .go_binaries_skipped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    fn instrument(&mut self, exe: &Path, pid: u32) -> Result<Tracked, String> {
+        let bin = match analyze(exe) {
+            Ok(b) => b,
+            Err(e) if e.is_not_go() => return Err("not a Go binary".into()),
+            Err(e) => {
+                self.skip("unanalyzable");
+                warn!(pid, error = %e, "Go binary not instrumented");
+                return Err(e.to_string());
+            }
+        };
+        if bin.function(SERVE_HTTP).is_none() {
+            self.skip("no_net_http_server");
+            debug!(pid, "Go binary without a net/http server");
+            return Err("no net/http server".into());
+        }
+        let (offsets, source) = match offsets_for(&bin) {
+            Ok(o) => o,
+            Err(e) => {
+                self.skip("no_offsets");
+                warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented: struct offsets unknown");
+                return Err(e.to_string());
+            }
+        };
+        let points = match probe_points(&bin) {
+            Ok(p) => p,
+            Err(e) => {
+                self.skip("unverified_addresses");
+                warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented");
+                return Err(e);
+            }
+        };
+        let Some(slot) = self.free_slots.pop() else {
+            self.skip("slots_exhausted");
+            return Err("all offset slots in use".into());
+        };
+        let value = GoHttpOffsets {
+            request_method: offsets.request_method,
+            request_url: offsets.request_url,
+            request_pattern: offsets.request_pattern.unwrap_or(0),
+            request_proto_major: offsets.request_proto_major,
+            url_path: offsets.url_path,
+            valid: 1,
+        };
+        if let Err(e) = self.offsets.set(slot, &value, 0) {
+            self.free_slots.push(slot);
+            return Err(format!("writing offsets: {e}"));
+        }
+        let mut links = Vec::new();
+        let t = Instant::now();
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let progs = self.progs;
+        for ((prog, (.., required)), offs) in progs.iter().zip(PROBES.iter()).zip(&points) {
+            if offs.is_empty() {
+                continue;
+            }
+            let attach_points = offs.iter().map(|o| UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(*o),
+                cookie: Some(u64::from(slot)),
+            });
+            let result = match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
+                Some(Ok(p)) => p
+                    .attach(attach_points, exe, UProbeScope::AllProcesses)
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!("{prog} missing")),
+            };
+            match result {
+                Ok(link) => links.push((*prog, link)),
+                Err(e) if !*required => debug!(prog, error = %e, "optional uprobe not attached"),
+                Err(e) => {
+                    let taken = take_links(&mut ebpf, &mut links);
+                    drop(ebpf);
+                    self.reap(taken);
+                    self.release(slot);
+                    self.skip("attach_failed");
+                    warn!(pid, prog, error = %e, "attaching Go net/http uprobes");
+                    return Err(format!("attaching {prog}: {e}"));
+                }
+            }
+        }
+        drop(ebpf);
+        let points: usize = points.iter().map(Vec::len).sum();
+        info!(pid, exe = %bin.path.display(), go = %bin.go_version, offsets = ?source, points, attach = ?t.elapsed(), "Go net/http server instrumented");
+        Ok(Tracked::Instrumented {
+            slot,
+            links,
+            pids: HashSet::from([pid]),
+            go_version: bin.go_version.clone(),
+            path: std::fs::read_link(exe).unwrap_or_else(|_| exe.to_path_buf()),
+        })
+    }
+
+    fn release(&mut self, slot: u32) {
+        let _ = self.offsets.set(slot, &GoHttpOffsets::default(), 0);
+        self.free_slots.push(slot);
+    }
+
+    /// Periodic pass: new processes, exited ones, detaching files nobody runs, stale state.
+    pub fn rescan(&mut self, now: Instant) {
+        let mut live: HashMap<(u64, u64), HashSet<u32>> = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir(&self.proc_root) {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some(id) = self.file_id(pid) {
+                    live.entry(id).or_default().insert(pid);
+                    if !self.files.contains_key(&id) {
+                        self.observe(pid, now);
+                    }
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for (id, t) in self.files.iter_mut() {
+            match t {
+                Tracked::Instrumented { pids, .. } => {
+                    *pids = live.get(id).cloned().unwrap_or_default();
+                    if pids.is_empty() {
+                        gone.push(*id);
+                    }
+                }
+                Tracked::Skipped { last_seen, .. } => {
+                    if live.contains_key(id) {
+                        *last_seen = now;
+                    } else if now.saturating_duration_since(*last_seen) > SKIP_TTL {
+                        gone.push(*id);
+                    }
+                }
+            }
+        }
+        for id in gone {
+            if let Some(Tracked::Instrumented {
+                slot,
+                mut links,
+                path,
+                ..
+            }) = self.files.remove(&id)
+            {
+                let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+                let taken = take_links(&mut ebpf, &mut links);
+                drop(ebpf);
+                self.reap(taken);
+                self.release(slot);
+                info!(exe = %path.display(), "last process gone: Go net/http uprobes detached");
+            }
+        }
+        self.sweep_inflight(&live);
+        self.update_gauges();
+    }
+
+    /// In-flight requests of processes that are gone, or that never ended.
+    fn sweep_inflight(&mut self, live: &HashMap<(u64, u64), HashSet<u32>>) {
+        let alive: HashSet<u32> = live.values().flatten().copied().collect();
+        let now = ktime_ns();
+        let stale: Vec<InflightKey> = self
+            .inflight
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                !alive.contains(&k.tgid)
+                    || now.saturating_sub(v.start_ns) > STALE_INFLIGHT.as_nanos() as u64
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = self.inflight.remove(k);
+        }
+        if !stale.is_empty() {
+            self.metrics
+                .collector
+                .http_inflight_swept
+                .inc_by(stale.len() as u64);
+        }
+    }
+
+    fn update_gauges(&self) {
+        let n = self
+            .files
+            .values()
+            .filter(|t| matches!(t, Tracked::Instrumented { .. }))
+            .count();
+        self.metrics
+            .collector
+            .go_binaries_instrumented
+            .set(n as i64);
+    }
+
+    fn reap(&self, links: Vec<UProbeLink>) {
+        match &self.reaper {
+            Some((tx, _)) => {
+                if let Err(e) = tx.send(links) {
+                    drop(e.0);
+                }
+            }
+            None => drop(links),
+        }
+    }
+
+    /// Detaches everything and waits until it is done (shutdown).
+    pub fn detach_all(&mut self) {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = Vec::new();
+        for t in self.files.values_mut() {
+            if let Tracked::Instrumented { links, .. } = t {
+                all.extend(take_links(&mut ebpf, links));
+            }
+        }
+        drop(ebpf);
+        drop(all);
+        self.files.clear();
+        if let Some((tx, handle)) = self.reaper.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+
+    /// For tests and the API: why a file was not instrumented.
+    pub fn skipped_reason(&self, pid: u32) -> Option<String> {
+        let id = self.file_id(pid)?;
+        match self.files.get(&id)? {
+            Tracked::Skipped { reason, .. } => Some(reason.clone()),
+            Tracked::Instrumented { .. } => None,
+        }
+    }
+}
+
+/// Takes ownership of links (the start probe first); dropping them detaches.
+fn take_links(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
+    let mut out = Vec::new();
+    for (prog, link) in links.drain(..).rev() {
+        match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
+            Some(Ok(p)) => match p.take_link(link) {
+                Ok(l) => out.push(l),
+                Err(e) => warn!(prog, error = %e, "detaching uprobe"),
+            },
+            _ => warn!(prog, "uprobe program missing while detaching"),
+        }
+    }
+    out
+}
+
+/// File offsets for each entry of `PROBES` (empty when an optional one is unavailable).
+fn probe_points(bin: &GoBinary) -> Result<Vec<Vec<u64>>, String> {
+    PROBES
+        .iter()
+        .map(
+            |(_, _, function, point, required)| match bin.probe_points(function) {
+                Ok(p) => Ok(match point {
+                    Point::Entry => vec![p.entry_file_offset],
+                    Point::Returns => p.ret_file_offsets.clone(),
+                }),
+                Err(_) if !*required => Ok(Vec::new()),
+                Err(e) => Err(format!("{function}: {e}")),
+            },
+        )
+        .collect()
+}
