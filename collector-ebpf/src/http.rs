@@ -14,13 +14,13 @@
 //! so an entry probe may fire twice for one call: it overwrites, never counts.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user, generated,
     },
     macros::{btf_tracepoint, raw_tracepoint, tracepoint, uprobe},
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
-    EbpfContext,
 };
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
@@ -30,9 +30,7 @@ use collector_common::{
     tcp::OwnerKey,
 };
 
-use crate::maps::{
-    EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, count_drop,
-};
+use crate::maps::{EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, count_drop};
 
 #[inline(always)]
 fn regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
@@ -45,7 +43,11 @@ fn regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
 
 #[inline(always)]
 fn key(goroutine: u64) -> InflightKey {
-    InflightKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, _pad: 0, goroutine }
+    InflightKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        goroutine,
+    }
 }
 
 #[inline(always)]
@@ -132,7 +134,11 @@ fn http_conn_serve_return_impl(ctx: ProbeContext) -> u32 {
     // SAFETY: copied out before removal.
     if let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() {
         let _ = HTTP_INFLIGHT.remove(&k);
-        let f = if entry.flags as u16 & flags::PANICKED != 0 { flags::PANICKED } else { flags::ABORTED };
+        let f = if entry.flags as u16 & flags::PANICKED != 0 {
+            flags::PANICKED
+        } else {
+            flags::ABORTED
+        };
         finish(&k, &entry, f);
     }
     0
@@ -150,7 +156,11 @@ fn go_panic_impl(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn count(k: &InflightKey, f: impl FnOnce(&mut HttpCounts)) {
-    let owner = OwnerKey { cgroup_id: unsafe { bpf_get_current_cgroup_id() }, tgid: k.tgid, _pad: 0 };
+    let owner = OwnerKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: k.tgid,
+        _pad: 0,
+    };
     let mut p = HTTP_COUNTS.get_ptr_mut(&owner);
     if p.is_none() {
         let _ = HTTP_COUNTS.insert(&owner, &HttpCounts::default(), 0);
@@ -170,7 +180,9 @@ fn count(k: &InflightKey, f: impl FnOnce(&mut HttpCounts)) {
 #[inline(always)]
 fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(off) = HTTP_OFFSETS.get(entry.slot) else { return };
+    let Some(off) = HTTP_OFFSETS.get(entry.slot) else {
+        return;
+    };
     if off.valid == 0 {
         return;
     }
@@ -208,9 +220,18 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     let ev = slot.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned record; every field is written below.
     unsafe {
-        (*ev).header = EventHeader { kind: EventKind::Http as u16, version: EVENT_VERSION, _pad: 0, ts_ns: now };
+        (*ev).header = EventHeader {
+            kind: EventKind::Http as u16,
+            version: EVENT_VERSION,
+            _pad: 0,
+            ts_ns: now,
+        };
         (*ev).tgid = k.tgid;
-        (*ev).status = if f & flags::HTTP2 != 0 { 0 } else { status as u16 };
+        (*ev).status = if f & flags::HTTP2 != 0 {
+            0
+        } else {
+            status as u16
+        };
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).duration_ns = now.saturating_sub(entry.start_ns);
         (*ev)._pad1 = 0;
@@ -218,7 +239,8 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         let m_ptr = read_user::<u64>(req + off.request_method as u64).unwrap_or(0);
         let m_len = read_user::<u64>(req + off.request_method as u64 + 8).unwrap_or(0);
         (*ev).method = [0; METHOD_MAX];
-        (*ev).method_len = read_go_string(m_ptr, m_len, (*ev).method.as_mut_ptr(), METHOD_MAX) as u8;
+        (*ev).method_len =
+            read_go_string(m_ptr, m_len, (*ev).method.as_mut_ptr(), METHOD_MAX) as u8;
         let mut r_ptr = 0;
         let mut r_len = 0;
         if off.request_pattern != 0 {

@@ -44,6 +44,8 @@ use std::{fs, thread};
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub mod kernel;
+
 /// How long cleanup waits for killed processes to disappear before giving up on them.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).

@@ -220,11 +220,50 @@ fn egress_loss_causes_retransmits_but_fetch_completes() {
         .expect("nft list");
     let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
     assert!(!tables.contains(&format!("{prefix}_loss")), "{tables}");
-    // Without loss, a fetch adds no retransmits.
+    // Segments lost just before the loss was removed (a FIN, the tail of a window) are still
+    // retransmitted after the fetch returned — seconds later on a slow (emulated) machine. Wait
+    // until no pod socket has anything unacknowledged before taking the baseline.
+    wait_until_blocking(
+        STEP,
+        Duration::from_millis(100),
+        "pod sockets to go quiet",
+        || pod_sockets_quiet(pod.netns()).then_some(()),
+    );
+    let after = pod.nstat(&["TcpRetransSegs"]).expect("nstat")["TcpRetransSegs"];
+    // Without loss, a fetch adds (almost) no retransmits: a stalled emulated CPU (the 6.1 run
+    // under TCG) can fire a tail-loss probe or an early RTO, as tcp.rs allows its healthy pod.
     let out = pod_traffic(&["fetch", &format!("{}:8080", pod.addr()), "2", "2"]);
     assert!(out.status.success(), "{out:?}");
     let clean = pod.nstat(&["TcpRetransSegs"]).expect("nstat")["TcpRetransSegs"];
-    assert_eq!(clean, after, "retransmits without loss");
+    assert!(
+        clean - after <= 2,
+        "retransmits without loss: {after} -> {clean}"
+    );
+}
+
+/// No TCP socket of the namespace can retransmit: none has unacknowledged data (`tx_queue` in
+/// `/proc/net/tcp`) or an unacknowledged SYN, SYN-ACK or FIN (SYN_SENT, SYN_RECV, FIN_WAIT1,
+/// LAST_ACK, CLOSING).
+fn pod_sockets_quiet(netns: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "cat", "/proc/net/tcp"])
+        .output()
+        .expect("ip netns exec cat /proc/net/tcp");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .all(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (state, tx_queue) = (
+                f.get(3).copied().unwrap_or(""),
+                f.get(4)
+                    .and_then(|q| q.split_once(':'))
+                    .map_or("x", |(tx, _)| tx),
+            );
+            u64::from_str_radix(tx_queue, 16) == Ok(0)
+                && !matches!(state, "02" | "03" | "04" | "09" | "0B")
+        })
 }
 
 #[test]

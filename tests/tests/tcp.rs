@@ -1,37 +1,71 @@
 //! TCP signals end to end on the running kernel: real eBPF, real namespaces and cgroups, real
 //! packet loss. Compared against what the test sent and against the kernel's own counters.
 
-use std::{collections::HashMap, net::SocketAddr, process::Output, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::Path,
+    process::Output,
+    time::Duration,
+};
 
 use collector::{
     app,
     config::Config,
-    probes::{Rung, Signal},
+    probes::{AttachReport, Rung, Signal, rungs},
 };
-use integration_tests::*;
+use integration_tests::{kernel, *};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 const METRICS_DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 
-/// Starts an in-process collector on an ephemeral port. `rung`: force that rung for every
-/// signal that has it. Every signal is required, so a start that succeeds attached them all.
-async fn start_collector(rung: Option<Rung>) -> anyhow::Result<app::Running> {
+/// Starts an in-process collector on an ephemeral port with the default ladders. Every signal
+/// is required, so a start that succeeds attached them all.
+async fn start_collector() -> anyhow::Result<app::Running> {
+    start_with(BTreeMap::new(), Signal::ALL.to_vec()).await
+}
+
+/// Starts an in-process collector: `order` replaces the ladders of the signals it lists (the
+/// others keep their default), `required` must attach or the start fails.
+async fn start_with(
+    order: BTreeMap<Signal, Vec<Rung>>,
+    required: Vec<Signal>,
+) -> anyhow::Result<app::Running> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         harvest_interval: Duration::from_millis(200),
         ..Config::default()
     };
-    config.ladder.required = Signal::ALL.to_vec();
-    if let Some(rung) = rung {
-        for signal in Signal::ALL {
-            if signal.default_ladder().contains(&rung) {
-                config.ladder.order.insert(signal, vec![rung]);
-            }
+    config.ladder.required = required;
+    config.ladder.order.extend(order);
+    app::start(config).await
+}
+
+fn report(running: &app::Running, signal: Signal) -> &AttachReport {
+    running
+        .probes
+        .iter()
+        .find(|r| r.signal == signal)
+        .unwrap_or_else(|| panic!("no attach report for {signal}"))
+}
+
+/// Signals that have `rung`, split into those whose hooks all exist on this kernel and those
+/// whose hook the kernel lacks (e.g. `sock:sock_send_length` before 6.3).
+fn split_by_hook(rung: Rung) -> (Vec<Signal>, Vec<Signal>) {
+    let (mut present, mut absent) = (Vec::new(), Vec::new());
+    for signal in Signal::ALL {
+        let Some((_, hooks)) = rungs(signal).iter().find(|(r, _)| *r == rung) else {
+            continue;
+        };
+        if hooks.iter().all(kernel::hook_exists) {
+            present.push(signal);
+        } else {
+            absent.push(signal);
         }
     }
-    app::start(config).await
+    (present, absent)
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -155,7 +189,7 @@ fn fetch(w: &World, addr: SocketAddr, conns: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
     let w = world("rt");
-    let running = start_collector(None)
+    let running = start_collector()
         .await
         .expect("collector starts with every signal attached");
     w.b.drop_egress_percent(5).expect("loss on B");
@@ -178,14 +212,19 @@ async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
                 &pod_labels(&w.b),
             );
             let kernel = retrans(&w.b);
+            // Both pods' bytes: a harvest may land between the two servers' last sends.
             let sent = sample(&text, "collector_tcp_sent_bytes_total", &pod_labels(&w.a));
+            let sent_b = sample(&text, "collector_tcp_sent_bytes_total", &pod_labels(&w.b));
             if kernel > 0
                 && ours.abs_diff(kernel) * 100 <= kernel * 5
                 && sent == conns * BYTES_PER_CONN
+                && sent_b == conns * BYTES_PER_CONN
             {
                 Ok(text)
             } else {
-                Err(format!("ours={ours} nstat={kernel} A bytes={sent}"))
+                Err(format!(
+                    "ours={ours} nstat={kernel} A bytes={sent} B bytes={sent_b}"
+                ))
             }
         },
     )
@@ -284,7 +323,26 @@ async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
 const SEND_BYTES: u64 = 123_457;
 const REFUSED: u64 = 3;
 
+/// Drives the fixed traffic and compares the counts of the attached signals with it; a signal
+/// that did not attach must count nothing.
 async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
+    let attached = |s: Signal| report(running, s).attached.is_some();
+    let expect_bytes = if attached(Signal::TcpSend) {
+        SEND_BYTES
+    } else {
+        0
+    };
+    let expect_refused = if attached(Signal::TcpState) {
+        REFUSED
+    } else {
+        0
+    };
+    let expect_resets = if attached(Signal::TcpResetReceived) {
+        REFUSED
+    } else {
+        0
+    };
+    let count_retrans = attached(Signal::TcpRetransmit);
     let bin = pod_traffic_bin();
     // Client → sink in pod A: the client's bytes, exactly.
     let mut sink = w.a.spawn(&bin, &["sink", "0.0.0.0:9000"]).expect("sink");
@@ -350,26 +408,43 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
                     &pod_labels(&w.b),
                 ),
             );
-            let ok = got.0 == SEND_BYTES
-                && got.1 == REFUSED
-                && got.2 == REFUSED
+            let retrans_ok = if count_retrans {
+                got.3.abs_diff(kernel) * 100 <= kernel * 5
+            } else {
+                got.3 == 0
+            };
+            let ok = got.0 == expect_bytes
+                && got.1 == expect_refused
+                && got.2 == expect_resets
                 && kernel > 0
-                && got.3.abs_diff(kernel) * 100 <= kernel * 5;
+                && retrans_ok;
             if ok {
                 Ok(text)
             } else {
                 Err(format!(
-                    "(bytes, refused, resets, retrans)={got:?} nstat delta={kernel}"
+                    "(bytes, refused, resets, retrans)={got:?} expected \
+                     ({expect_bytes}, {expect_refused}, {expect_resets}, ~{}) nstat delta={kernel}; \
+                     retransmits of all workloads {}, kernel drops {:?}",
+                    if count_retrans { kernel } else { 0 },
+                    sample(&text, "collector_tcp_retransmitted_segments_total", &[]),
+                    text.lines()
+                        .filter(|l| l.starts_with("collector_kernel_drops_total{"))
+                        .collect::<Vec<_>>()
                 ))
             }
         },
     )
     .await;
     eprintln!(
-        "{rung}: client bytes={} refused={} resets={} B retrans={} (nstat {})",
+        "{rung}: client bytes={} (sent {SEND_BYTES}) refused={} resets={} (made {REFUSED}) B \
+         retrans={} (nstat {})",
         sample(&text, "collector_tcp_sent_bytes_total", &c),
-        REFUSED,
-        REFUSED,
+        sample(
+            &text,
+            "collector_tcp_connects_failed_total",
+            &[c[0], c[1], ("error", "econnrefused")],
+        ),
+        sample(&text, "collector_tcp_resets_received_total", &c),
         sample(
             &text,
             "collector_tcp_retransmitted_segments_total",
@@ -379,25 +454,90 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
     );
 }
 
-fn kprobes_present() -> bool {
-    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-}
-
-/// Each rung forced on its own gives the same counts for the same traffic. Rungs this kernel
-/// lacks must be refused (required signal, no rung) — and the default ladder must fall through
-/// them to a working one.
+/// Each rung forced on its own gives the same counts for the same traffic, on whatever kernel
+/// this runs (the host, and Debian's 6.1 under `cargo xtask vm-test`). A rung is forced for
+/// every signal that has it; signals whose hook this kernel lacks (`sock:sock_send_length`
+/// before 6.3) must then report "unavailable" and count nothing, must refuse to start when
+/// required, and must fall through to a working rung when the ladder goes on. Rung types this
+/// kernel lacks (kprobes compiled out, fentry refused) must be refused as a whole — unless
+/// [`kernel::rungs_that_must_work`] says they work here. Records the verifier's instruction
+/// counts per program in `tests/verifier-insns/<kernel release>.txt`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
     let w = world("rg");
+    let release = kernel::release();
+    let must_work = kernel::rungs_that_must_work();
+    eprintln!("kernel {release}: rungs that must work {must_work:?}");
     let mut tested = Vec::new();
+    let mut insns: BTreeMap<(&'static str, Rung), u32> = BTreeMap::new();
+    let mut missing_hooks: BTreeMap<Signal, Vec<Rung>> = BTreeMap::new();
     for rung in Rung::ALL {
-        match start_collector(Some(rung)).await {
+        let (present, absent) = split_by_hook(rung);
+        for signal in &absent {
+            missing_hooks.entry(*signal).or_default().push(rung);
+        }
+        // Forced for every signal that has the rung; required wherever the hook exists (and for
+        // the signals without this rung, which keep their default ladder).
+        let order = present
+            .iter()
+            .chain(&absent)
+            .map(|s| (*s, vec![rung]))
+            .collect();
+        let required = Signal::ALL
+            .into_iter()
+            .filter(|s| !absent.contains(s))
+            .collect();
+        match start_with(order, required).await {
             Ok(running) => {
                 let probes = http_get(running.addr, "/v1/probes").await;
-                assert!(
-                    probes.contains(&format!("\"attached\":\"{}\"", rung.as_str())),
-                    "{probes}"
-                );
+                let metrics = http_get(running.addr, "/metrics").await;
+                for signal in &present {
+                    let r = report(&running, *signal);
+                    assert_eq!(r.attached, Some(rung), "{signal}: {probes}");
+                    let hooks = rungs(*signal)
+                        .iter()
+                        .find(|(x, _)| *x == rung)
+                        .map_or(0, |(_, h)| h.len());
+                    if verifier_reports_insns(&release) {
+                        assert_eq!(
+                            r.verified_insns.len(),
+                            hooks,
+                            "{signal}/{rung}: one verifier count per program: {probes}"
+                        );
+                    }
+                    for v in &r.verified_insns {
+                        assert!(v.insns > 0, "{signal}/{rung}: {v:?}");
+                        insns.insert((v.prog, rung), v.insns);
+                    }
+                }
+                // Rewritten after every rung: the counts are known once the programs loaded,
+                // also when a later comparison fails.
+                write_verifier_insns(&release, &insns);
+                for signal in &absent {
+                    let r = report(&running, *signal);
+                    assert_eq!(
+                        r.attached, None,
+                        "{signal} has no {rung} hook here: {probes}"
+                    );
+                    assert!(
+                        r.attempts
+                            .iter()
+                            .any(|a| a.rung == rung && a.error.is_some()),
+                        "{signal}: the {rung} attempt is recorded with its error: {probes}"
+                    );
+                    assert_eq!(
+                        sample(
+                            &metrics,
+                            "collector_signal_rung",
+                            &[("signal", signal.as_str()), ("rung", "unavailable")]
+                        ),
+                        1,
+                        "{signal} exported as unavailable:\n{metrics}"
+                    );
+                    eprintln!(
+                        "{rung}: {signal} unavailable on {release} (hook missing), as expected"
+                    );
+                }
                 drive_and_check(&running, &w, rung.as_str()).await;
                 running.shutdown().await;
                 tested.push(rung);
@@ -406,35 +546,108 @@ async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
                 let msg = format!("{e:#}");
                 eprintln!("{rung}: unavailable on this kernel: {msg}");
                 assert!(msg.contains("could not attach on any rung"), "{msg}");
-                match rung {
-                    Rung::Kprobe => assert!(
-                        !kprobes_present(),
+                assert!(
+                    !must_work.contains(&rung),
+                    "{rung} must work on {release}: {msg}"
+                );
+                if rung == Rung::Kprobe {
+                    assert!(
+                        !kernel::kprobes_supported(),
                         "kprobes exist but the rung failed: {msg}"
-                    ),
-                    // Present on every kernel this collector supports (≥ 5.8 with BTF).
-                    Rung::TpBtf | Rung::RawTp | Rung::Tracepoint => {
-                        panic!("{rung} must work here: {msg}")
-                    }
-                    // Refused with EPERM on some kernels (the build machines): allowed to fail.
-                    Rung::Fentry => {}
+                    );
+                }
+            }
+        }
+        // A forced rung whose hook is missing, with its signal required: no start.
+        for signal in &absent {
+            match start_with([(*signal, vec![rung])].into(), vec![*signal]).await {
+                Ok(running) => {
+                    let probes = http_get(running.addr, "/v1/probes").await;
+                    running.shutdown().await;
+                    panic!(
+                        "{signal} required on {rung}, whose hook is missing, yet started: {probes}"
+                    );
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    assert!(
+                        msg.contains(&format!(
+                            "required signal {signal} could not attach on any rung"
+                        )),
+                        "{msg}"
+                    );
                 }
             }
         }
     }
     assert!(tested.len() >= 3, "rungs tested: {tested:?}");
+    assert!(
+        must_work.iter().all(|r| tested.contains(r)),
+        "must work: {must_work:?}, tested: {tested:?}"
+    );
+
+    // Missing hooks first, then the default ladder: every signal falls through to a working rung.
+    if !missing_hooks.is_empty() {
+        let order = missing_hooks
+            .iter()
+            .map(|(signal, missing)| {
+                let rest = signal
+                    .default_ladder()
+                    .into_iter()
+                    .filter(|r| !missing.contains(r));
+                (*signal, missing.iter().copied().chain(rest).collect())
+            })
+            .collect();
+        let running = start_with(order, Signal::ALL.to_vec())
+            .await
+            .expect("ladders with missing hooks first fall through");
+        let probes = http_get(running.addr, "/v1/probes").await;
+        for (signal, missing) in &missing_hooks {
+            let r = report(&running, *signal);
+            let attached = r.attached.expect("attached");
+            assert!(!missing.contains(&attached), "{signal}: {probes}");
+            for rung in missing {
+                assert!(
+                    r.attempts
+                        .iter()
+                        .any(|a| a.rung == *rung && a.error.is_some()),
+                    "{signal}: {rung} tried and failed first: {probes}"
+                );
+            }
+            eprintln!("{signal}: fell through {missing:?} to {attached} on {release}");
+        }
+        running.shutdown().await;
+    }
 
     // Default ladder: starts at kprobe; wherever kprobes are missing it must fall through.
-    let running = start_collector(None)
+    let running = start_collector()
         .await
         .expect("default ladder attaches everything");
     let probes = http_get(running.addr, "/v1/probes").await;
-    if !kprobes_present() {
+    if !kernel::kprobes_supported() {
         assert!(
             probes.contains("\"rung\":\"kprobe\",\"error\":\""),
             "kprobe attempt recorded with its error: {probes}"
         );
         assert!(!probes.contains("\"attached\":\"kprobe\""), "{probes}");
     }
+    if must_work.contains(&Rung::Kprobe) {
+        for signal in Signal::ALL {
+            if signal.default_ladder().first() == Some(&Rung::Kprobe) {
+                assert_eq!(
+                    report(&running, signal).attached,
+                    Some(Rung::Kprobe),
+                    "{signal}: kprobes work here and come first: {probes}"
+                );
+            }
+        }
+    }
+    let attached: Vec<String> = running
+        .probes
+        .iter()
+        .map(|r| format!("{}={}", r.signal, r.attached.map_or("-", Rung::as_str)))
+        .collect();
+    eprintln!("default ladder on {release}: {}", attached.join(" "));
     let metrics = http_get(running.addr, "/metrics").await;
     assert_eq!(
         sample(&metrics, "collector_signal_rung", &[]),
@@ -442,6 +655,34 @@ async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
         "one rung per signal exported:\n{metrics}"
     );
     running.shutdown().await;
+}
+
+/// The kernel reports verified instruction counts from 5.16 on.
+fn verifier_reports_insns(release: &str) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (5, 16)
+}
+
+/// `tests/verifier-insns/<release>.txt`: program, rung, instructions the verifier processed,
+/// sorted; reviewed like code so growth toward the verifier's limits shows up in diffs.
+fn write_verifier_insns(release: &str, insns: &BTreeMap<(&'static str, Rung), u32>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("verifier-insns");
+    let mut text = format!(
+        "# Linux {release}: instructions the verifier processed per program (aya\n\
+         # ProgramInfo::verified_instruction_count), for every rung that attached here.\n\
+         # Written by tests/tests/tcp.rs every_rung_counts_the_same_and_missing_rungs_fall_through.\n\
+         # program\trung\tinstructions\n"
+    );
+    for ((prog, rung), n) in insns {
+        text.push_str(&format!("{prog}\t{rung}\t{n}\n"));
+    }
+    let path = dir.join(format!("{release}.txt"));
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, text))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 fn bpftool(what: &str) -> String {
@@ -456,16 +697,22 @@ fn bpftool(what: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_nothing_loaded() {
     require_root();
-    let ours_progs = [
-        "send_tp_btf",
-        "retrans_tp_btf",
-        "state_tp_btf",
-        "destroy_tp_btf",
-    ];
     let ours_maps = ["TCP_STATS", "SOCK_OWNERS", "SEEN_TGIDS", "PROBE_STASH"];
-    let running = start_collector(None).await.expect("starts");
+    let running = start_collector().await.expect("starts");
+    // Every program of every attached rung (which rung depends on the kernel); the kernel keeps
+    // BPF_OBJ_NAME_LEN - 1 = 15 characters of a name.
+    let ours_progs: Vec<&'static str> = running
+        .probes
+        .iter()
+        .filter_map(|r| {
+            let rung = r.attached?;
+            rungs(r.signal).iter().find(|(x, _)| *x == rung)
+        })
+        .flat_map(|(_, hooks)| hooks.iter().map(|h| &h.prog()[..h.prog().len().min(15)]))
+        .collect();
+    assert!(ours_progs.len() >= Signal::ALL.len(), "{ours_progs:?}");
     let progs = bpftool("prog");
-    for p in ours_progs {
+    for p in &ours_progs {
         assert!(progs.contains(p), "{p} loaded while running:\n{progs}");
     }
     let maps = bpftool("map");

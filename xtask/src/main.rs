@@ -1,8 +1,12 @@
 //! Build and test orchestration. `./x` runs the bootstrap and then this.
 
+mod go_offsets;
+mod vm;
+
 use std::{
     path::PathBuf,
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -22,16 +26,44 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole suite: rustfmt, clippy, unit tests, then root integration tests.
+    /// The whole suite: rustfmt, clippy, unit tests, root integration tests on this kernel,
+    /// then the same tests on Debian's 6.1 kernel under qemu (`vm-test`).
     Test {
-        /// Skip the root integration tests (they load eBPF and need root).
+        /// Skip the root integration tests (they load eBPF and need root) and the VM run.
         #[arg(long)]
         unit_only: bool,
+        /// Skip the VM run (the second kernel) only.
+        #[arg(long)]
+        no_vm: bool,
     },
     /// Only the root integration tests, optionally filtered (`-- <filter>`).
     IntegrationTest {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The root integration tests on a second kernel: Debian's 6.1 (kprobes, fentry, no
+    /// `sock_send_length`) booted under qemu/TCG with an initramfs built here. Cached under
+    /// target/vm/. Extra arguments go to every test binary (`-- <filter>`).
+    VmTest {
+        /// Boot this package instead of the newest `linux-image-6.1.0-*-amd64` apt knows.
+        #[arg(long)]
+        kernel_package: Option<String>,
+        /// Seconds the whole guest run may take before qemu is killed.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Regenerate the Go `net/http` struct offsets table (go_http/offsets_table.json) by
+    /// building tests/go/offsets with every Go release in tests/go/versions.
+    GoOffsets {
+        /// Fail if the committed table differs from what would be generated; write nothing.
+        #[arg(long)]
+        check: bool,
+        /// Also run with this `go` binary (e.g. another patch release) and fail unless it
+        /// gives its minor's row exactly. Repeatable.
+        #[arg(long, value_name = "GO")]
+        also: Vec<PathBuf>,
     },
 }
 
@@ -94,6 +126,25 @@ fn integration(extra: &[String]) -> anyhow::Result<()> {
     cargo(&args)
 }
 
+/// Whole-guest deadline of the VM run (a passing run takes about 3 min on 2 cores under TCG).
+const DEFAULT_VM_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn vm_test(
+    kernel_package: Option<String>,
+    timeout: Duration,
+    test_args: Vec<String>,
+) -> anyhow::Result<()> {
+    vm::vm_test(
+        &root(),
+        &vm::Options {
+            kernel_package,
+            timeout,
+            boot_timeout: Duration::from_secs(180),
+            test_args,
+        },
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Run { args } => {
@@ -101,7 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&a)
         }
-        Cmd::Test { unit_only } => {
+        Cmd::Test { unit_only, no_vm } => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
                 "clippy",
@@ -123,9 +174,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ])?;
             if !unit_only {
                 integration(&[])?;
+                if !no_vm {
+                    vm_test(None, DEFAULT_VM_TIMEOUT, Vec::new())?;
+                }
             }
             Ok(())
         }
         Cmd::IntegrationTest { args } => integration(&args),
+        Cmd::VmTest {
+            kernel_package,
+            timeout,
+            args,
+        } => vm_test(kernel_package, Duration::from_secs(timeout), args),
+        Cmd::GoOffsets { check, also } => {
+            go_offsets::go_offsets(&root(), &go_offsets::Options { check, also })
+        }
     }
 }

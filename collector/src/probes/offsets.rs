@@ -38,7 +38,17 @@ impl Prepared {
     /// Computes every global. `btf` is the running kernel's BTF (None when absent), `tracefs`
     /// the tracefs root (None when tracefs cannot be mounted).
     pub fn compute(btf: Option<&Btf>, tracefs_root: Option<&Path>) -> Self {
+        Self::compute_with(btf, tracefs_root, &super::kallsyms::running_kernel_clones())
+    }
+
+    /// `clones`: functions the compiler split or cloned (see `kallsyms`).
+    pub fn compute_with(
+        btf: Option<&Btf>,
+        tracefs_root: Option<&Path>,
+        clones: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Self {
         let mut p = Prepared::default();
+        p.cloned_functions(clones);
         p.struct_offsets(btf);
         p.tracepoint_offsets(tracefs_root);
         // The retransmit tracepoint gained an `err` argument in 6.14 and fires for failures
@@ -50,6 +60,31 @@ impl Prepared {
         p.globals.push((g::RETRANS_HAS_ERR, u32::from(has_err)));
         debug_assert_eq!(p.globals.len(), g::ALL.len());
         p
+    }
+
+    /// kprobe and fentry rungs whose function has compiler clones would miss most calls.
+    fn cloned_functions(&mut self, clones: &std::collections::BTreeMap<String, Vec<String>>) {
+        use super::ladder::Hook;
+        for signal in Signal::ALL {
+            for (rung, hooks) in super::rungs(signal) {
+                for hook in hooks.iter() {
+                    let function = match hook {
+                        Hook::Kprobe { function, .. }
+                        | Hook::Kretprobe { function, .. }
+                        | Hook::Fexit { function, .. } => function,
+                        _ => continue,
+                    };
+                    if let Some(copies) = clones.get(*function) {
+                        let reason = format!(
+                            "{function} has compiler clones ({}): a hook on the symbol would miss the calls that run the copy",
+                            copies.join(", ")
+                        );
+                        warn!(signal = %signal, rung = %rung, "{reason}");
+                        self.unavailable.insert((signal, *rung), reason);
+                    }
+                }
+            }
+        }
     }
 
     fn struct_offsets(&mut self, btf: Option<&Btf>) {
@@ -211,6 +246,23 @@ mod tests {
         assert!(p.unavailable(Signal::TcpSend, Rung::TpBtf).is_some());
         assert!(p.unavailable(Signal::TcpSend, Rung::Kprobe).is_none());
         assert_eq!(p.global(g::RETRANS_HAS_ERR), Some(0));
+    }
+
+    #[test]
+    fn cloned_functions_disable_their_kprobe_and_fentry_rungs_only() {
+        let clones = super::super::kallsyms::clones("1 t __tcp_retransmit_skb.part.0\n");
+        let p = Prepared::compute_with(None, None, &clones);
+        for rung in [Rung::Kprobe, Rung::Fentry] {
+            let why = p
+                .unavailable(Signal::TcpRetransmit, rung)
+                .expect("unavailable");
+            assert!(why.contains("__tcp_retransmit_skb.part.0"), "{why}");
+        }
+        assert!(p.unavailable(Signal::TcpSend, Rung::Kprobe).is_none());
+        assert!(
+            p.unavailable(Signal::TcpRetransmitSynack, Rung::Kprobe)
+                .is_none()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 use std::{
     fs::File,
     io::Read as _,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::OnceLock,
 };
@@ -82,6 +83,8 @@ pub enum OffsetsError {
     },
     #[error("not an ELF64 little-endian file")]
     NotElf,
+    #[error("the file was replaced since it was analysed")]
+    Replaced,
     #[error(transparent)]
     Binary(#[from] GoBinaryError),
     #[error("DWARF section {section}: {reason}")]
@@ -118,7 +121,25 @@ impl OffsetsError {
 /// The offsets for `bin`: from its DWARF when it has any, else from the table row of its Go
 /// minor. Malformed DWARF is an error, not a reason to fall back.
 pub fn offsets_for(bin: &GoBinary) -> Result<(GoOffsets, OffsetsSource), OffsetsError> {
-    if let Some(offsets) = from_dwarf(&bin.path)? {
+    if let Some(offsets) = read_dwarf(&bin.path, Some((bin.dev, bin.ino)))? {
+        // Request.Pattern exists exactly since Go 1.23: DWARF saying otherwise is not the
+        // net/http we know.
+        if let Some(minor) = parse_minor(&bin.go_version)
+            && offsets.request_pattern.is_some() != (minor >= (1, 23))
+        {
+            return Err(OffsetsError::InFile {
+                path: bin.path.clone(),
+                source: Box::new(OffsetsError::DwarfLayout(format!(
+                    "{REQUEST}.Pattern is {} in a {} binary",
+                    if offsets.request_pattern.is_some() {
+                        "present"
+                    } else {
+                        "absent"
+                    },
+                    bin.go_version
+                ))),
+            });
+        }
         return Ok((offsets, OffsetsSource::Dwarf));
     }
     let (offsets, version) = from_table(&bin.go_version)?;
@@ -133,6 +154,12 @@ pub fn offsets_for(bin: &GoBinary) -> Result<(GoOffsets, OffsetsSource), Offsets
 /// The offsets from the DWARF of the executable at `path`, or `None` when it has no
 /// `.debug_info` (built with `-ldflags=-w` or stripped).
 pub fn from_dwarf(path: &Path) -> Result<Option<GoOffsets>, OffsetsError> {
+    read_dwarf(path, None)
+}
+
+/// [`from_dwarf`], refusing a file that is not the inode `expect` (`st_dev`, `st_ino`): the
+/// path may have been replaced since the binary was analysed.
+fn read_dwarf(path: &Path, expect: Option<(u64, u64)>) -> Result<Option<GoOffsets>, OffsetsError> {
     let in_file = |source| OffsetsError::InFile {
         path: path.to_owned(),
         source: Box::new(source),
@@ -141,18 +168,19 @@ pub fn from_dwarf(path: &Path) -> Result<Option<GoOffsets>, OffsetsError> {
         path: path.to_owned(),
         source,
     })?;
-    let len = file
-        .metadata()
-        .map_err(|source| {
-            in_file(
-                GoBinaryError::Read {
-                    what: "file metadata",
-                    source,
-                }
-                .into(),
-            )
-        })?
-        .len();
+    let meta = file.metadata().map_err(|source| {
+        in_file(
+            GoBinaryError::Read {
+                what: "file metadata",
+                source,
+            }
+            .into(),
+        )
+    })?;
+    if expect.is_some_and(|id| id != (meta.dev(), meta.ino())) {
+        return Err(in_file(OffsetsError::Replaced));
+    }
+    let len = meta.len();
     let mut head = [0u8; 6];
     let got = file.read(&mut head).map_err(|source| {
         in_file(

@@ -1,0 +1,3 @@
+module example.invalid/collector/offsets
+
+go 1.21
