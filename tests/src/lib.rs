@@ -1115,3 +1115,41 @@ pub fn pod_traffic_bin() -> PathBuf {
             )
         })
 }
+
+/// Environment variable naming a prebuilt fixture list (see [`go_fixtures`]).
+pub const GO_FIXTURES_ENV: &str = "COLLECTOR_GO_FIXTURES";
+
+/// The Go test servers (tests/go/server) built by tests/go/build-fixtures.sh with every Go
+/// toolchain in tests/go/versions: (version, variant, path). Builds what is missing (cached).
+/// Where no Go toolchain exists (the kernel-matrix guest), `GO_FIXTURES_ENV` names a file with
+/// the same "version variant path" lines, for binaries built on the host.
+pub fn go_fixtures() -> Vec<(String, String, PathBuf)> {
+    let listing = match std::env::var_os(GO_FIXTURES_ENV) {
+        Some(file) => {
+            fs::read_to_string(&file).unwrap_or_else(|e| panic!("{GO_FIXTURES_ENV}: {e}"))
+        }
+        None => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
+            let out = Command::new(script)
+                .output()
+                .expect("run tests/go/build-fixtures.sh");
+            assert!(
+                out.status.success(),
+                "building Go fixtures (needs `WITH_GO=1 scripts/bootstrap.sh`): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    listing
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+                PathBuf::from(it.next()?),
+            ))
+        })
+        .collect()
+}

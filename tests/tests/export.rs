@@ -577,3 +577,107 @@ async fn otlp_receiver_down_then_up() {
     );
     running.shutdown().await;
 }
+
+/// Go HTTP requests reach OTLP as the semantic-convention histogram
+/// `http.server.request.duration` with its attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_carries_http_server_request_duration() {
+    require_root();
+    let (_, _, server_bin) = go_fixtures()
+        .into_iter()
+        .find(|(v, variant, _)| v.starts_with("1.24") && variant == "default")
+        .expect("Go 1.24 fixture");
+    let r = receiver(free_port(), free_port());
+    let running = start(Some(OtlpConfig {
+        endpoint: format!("http://127.0.0.1:{}", r.grpc),
+        protocol: OtlpProtocol::Grpc,
+        headers: vec![],
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+    }))
+    .await;
+    let prefix = unique_prefix("ot");
+    let cgroup = HostCgroup::create(&prefix, "go").expect("cgroup");
+    let mut server = Killed(
+        cgroup
+            .spawn(&server_bin, &["-listen", "127.0.0.1:0"])
+            .expect("server"),
+    );
+    let line = first_line(&mut server.0, Duration::from_secs(20));
+    let addr: SocketAddr = line
+        .strip_prefix("listening on ")
+        .expect("listening")
+        .parse()
+        .expect("addr");
+    // Give discovery its (measured: < 100 ms) moment after exec.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for path in ["/ok", "/ok", "/ok", "/err"] {
+        let (head, _) = http_get(addr, path, None).await;
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.0 503"),
+            "{head}"
+        );
+    }
+    let point = wait_until_ok(
+        DEADLINE,
+        POLL,
+        "the duration histogram at the receiver",
+        || async {
+            for q in r.requests().iter().rev() {
+                for rm in q["request"]["resourceMetrics"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                        for m in sm["metrics"].as_array().into_iter().flatten() {
+                            if m["name"] != "http.server.request.duration" {
+                                continue;
+                            }
+                            for p in m["histogram"]["dataPoints"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                            {
+                                let route = attr(&p["attributes"], "http.route");
+                                if route.as_deref() == Some("/ok") && p["count"] == "3" {
+                                    return Ok((m.clone(), p.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Err("not yet".to_string())
+        },
+    )
+    .await;
+    let (metric, p) = point;
+    assert_eq!(metric["unit"], "s");
+    assert_eq!(
+        metric["histogram"]["aggregationTemporality"],
+        "AGGREGATION_TEMPORALITY_CUMULATIVE"
+    );
+    assert_eq!(
+        attr(&p["attributes"], "http.request.method").as_deref(),
+        Some("GET")
+    );
+    let status = p["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["key"] == "http.response.status_code")
+        .map(|a| a["value"]["intValue"].clone());
+    assert_eq!(status, Some(serde_json::json!("200")), "{p}");
+    let bounds: Vec<f64> = p["explicitBounds"]
+        .as_array()
+        .expect("bounds")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert_eq!(bounds, collector::export::http::DURATION_BUCKETS.to_vec());
+    running.shutdown().await;
+}

@@ -27,28 +27,14 @@ struct Fixture {
 }
 
 fn fixtures() -> Vec<Fixture> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run build-fixtures.sh");
-    assert!(
-        out.status.success(),
-        "building Go fixtures: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: Vec<Fixture> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some(Fixture {
-                version: it.next()?.into(),
-                variant: it.next()?.into(),
-                path: it.next()?.into(),
-            })
+    go_fixtures()
+        .into_iter()
+        .map(|(version, variant, path)| Fixture {
+            version,
+            variant,
+            path,
         })
-        .collect();
-    assert_eq!(list.len(), 21, "7 Go minors × 3 variants");
-    list
+        .collect()
 }
 
 fn go_minor(version: &str) -> u32 {
@@ -215,6 +201,7 @@ fn instrumented(addr: SocketAddr, pid: u32) -> (bool, String) {
 async fn every_go_version_and_build_counts_requests_exactly() {
     require_root();
     let fixtures = fixtures();
+    assert_eq!(fixtures.len(), 21, "7 Go minors × 3 variants");
     let running = start_collector().await;
     let prefix = unique_prefix("gh");
     for (i, f) in fixtures.iter().enumerate() {
@@ -563,4 +550,174 @@ async fn attach_and_detach_under_load_never_hurts_the_server() {
     );
     assert_eq!(bad, 0, "every response must be right");
     assert!(ok > 500, "the load really ran ({ok} requests)");
+}
+
+/// Records sampled 1 in 5: the kernel's request counters stay exact, and every request is
+/// either a record or counted as unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_keeps_request_counts_exact() {
+    require_root();
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.25") && f.variant == "default")
+        .expect("1.25");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    config.http.sample_every = 5;
+    let running = app::start(config).await.expect("collector starts");
+    let prefix = unique_prefix("gs");
+    let cgroup = HostCgroup::create(&prefix, "sampled").expect("cgroup");
+    let workload = format!(
+        "/{}",
+        cgroup
+            .cgroup_dir()
+            .strip_prefix(cgroup2_mount())
+            .expect("under mount")
+            .display()
+    );
+    let server = start_server(&cgroup, &f.path, &[]);
+    let pid = server.child.id();
+    wait_until_ok_blocking(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        "instrumented",
+        || {
+            let (ok, body) = instrumented(running.addr, pid);
+            if ok { Ok(()) } else { Err(body) }
+        },
+    );
+    const N: u64 = 200;
+    for _ in 0..N {
+        assert_eq!(request(server.addr, "GET", "/ok").0, Some(200));
+    }
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    let text = wait_until_ok_blocking(DEADLINE, POLL, "exact counts", || {
+        let text = get_metrics(running.addr);
+        let exact = sample(
+            &text,
+            "collector_http_requests_total",
+            &[w[0], w[1], ("outcome", "2xx")],
+        )
+        .unwrap_or(0.0) as u64;
+        let recorded =
+            sample(&text, "http_server_request_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+        let unrecorded =
+            sample(&text, "collector_http_requests_unrecorded_total", &w).unwrap_or(0.0) as u64;
+        if exact == N && recorded + unrecorded == N {
+            Ok(text)
+        } else {
+            Err(format!(
+                "exact={exact} recorded={recorded} unrecorded={unrecorded}"
+            ))
+        }
+    });
+    let recorded =
+        sample(&text, "http_server_request_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+    // 1 in 5 on average: far from all and far from none (binomial, p=0.2, n=200: 40 ± 5.7).
+    assert!(
+        (10..=80).contains(&recorded),
+        "{recorded} of {N} recorded at 1 in 5"
+    );
+    drop(server);
+    running.shutdown().await;
+}
+
+/// The uprobes on the running kernel, for one unstripped and one stripped binary of the newest
+/// Go: the part of this file the kernel matrix (`cargo xtask vm-test`) runs on Debian's 6.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stripped_and_unstripped_on_this_kernel() {
+    require_root();
+    let fixtures = fixtures();
+    let newest = fixtures
+        .iter()
+        .map(|f| f.version.clone())
+        .max_by_key(|v| go_minor(v))
+        .expect("fixtures");
+    let running = start_collector().await;
+    let prefix = unique_prefix("gk");
+    for variant in ["default", "stripped"] {
+        let f = fixtures
+            .iter()
+            .find(|f| f.version == newest && f.variant == variant)
+            .expect("fixture");
+        let cgroup = HostCgroup::create(&prefix, variant).expect("cgroup");
+        let workload = format!(
+            "/{}",
+            cgroup
+                .cgroup_dir()
+                .strip_prefix(cgroup2_mount())
+                .expect("under mount")
+                .display()
+        );
+        let server = start_server(&cgroup, &f.path, &[]);
+        let pid = server.child.id();
+        // Generous: software emulation makes everything slower.
+        wait_until_ok_blocking(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            &format!("{variant} instrumented"),
+            || {
+                let (ok, body) = instrumented(running.addr, pid);
+                if ok { Ok(()) } else { Err(body) }
+            },
+        );
+        for (path, want, n) in [
+            ("/ok", Some(200), 3),
+            ("/err", Some(503), 2),
+            ("/panic", None, 1),
+        ] {
+            for _ in 0..n {
+                assert_eq!(
+                    request(server.addr, "GET", path).0,
+                    want,
+                    "{variant} {path}"
+                );
+            }
+        }
+        let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+        let text = wait_until_ok_blocking(
+            Duration::from_secs(30),
+            POLL,
+            &format!("{variant}: counted"),
+            || {
+                let text = get_metrics(running.addr);
+                let total =
+                    sample(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+                if total == 6 {
+                    Ok(text)
+                } else {
+                    Err(format!("{total}/6"))
+                }
+            },
+        );
+        let outcome = |o: &str| {
+            sample(
+                &text,
+                "collector_http_requests_total",
+                &[w[0], w[1], ("outcome", o)],
+            )
+            .unwrap_or(0.0) as u64
+        };
+        assert_eq!(
+            (outcome("2xx"), outcome("5xx"), outcome("panic")),
+            (3, 2, 1),
+            "{variant}"
+        );
+        let count = |code: &str| {
+            sample(
+                &text,
+                "http_server_request_duration_seconds_count",
+                &[w[0], w[1], ("route", "/ok"), ("status_code", code)],
+            )
+            .unwrap_or(0.0) as u64
+        };
+        assert_eq!(count("200"), 3, "{variant}");
+        eprintln!("go {newest} {variant}: 6 requests counted exactly on this kernel");
+        drop(server);
+    }
+    running.shutdown().await;
 }

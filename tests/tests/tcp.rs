@@ -2,7 +2,7 @@
 //! packet loss. Compared against what the test sent and against the kernel's own counters.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     path::Path,
     process::Output,
@@ -106,6 +106,10 @@ fn cgroup_labels(path: &str) -> [(&'static str, &str); 2] {
 fn kv(out: &Output) -> HashMap<String, u64> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout.lines().last().map(parse_kv).unwrap_or_default()
+}
+
+fn syn_retrans(pod: &Pod) -> u64 {
+    pod.nstat(&["TcpExtTCPSynRetrans"]).expect("nstat")["TcpExtTCPSynRetrans"]
 }
 
 fn retrans(pod: &Pod) -> u64 {
@@ -255,9 +259,14 @@ async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
         ours_b.abs_diff(kernel_b) * 100 <= kernel_b * 5,
         "B: ours={ours_b} nstat={kernel_b}"
     );
-    // The healthy pod: no loss, so (almost surely) none, and never someone else's.
+    // The healthy pod: never someone else's, exactly its own. Without loss it has next to
+    // none; under software emulation (the 6.1 guest) a few timer-driven tail-loss probes
+    // happen, so "next to none" is judged against the faulty pod.
     assert_eq!(ours_a, kernel_a, "A must get exactly its own retransmits");
-    assert!(kernel_a <= 2, "A had {kernel_a} retransmits without loss");
+    assert!(
+        kernel_a * 20 <= kernel_b,
+        "A had {kernel_a} retransmits without loss (B: {kernel_b})"
+    );
 
     // Bytes: each server writes exactly conns × BYTES_PER_CONN with write_all, nothing else
     // sends from those pods, and retransmissions do not pass through sendmsg: exact.
@@ -343,6 +352,9 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
         0
     };
     let count_retrans = attached(Signal::TcpRetransmit);
+    // SYN-ACK retransmits are their own signal; the server pod B sends no SYNs, so its
+    // TcpExtTCPSynRetrans counts exactly its SYN-ACK retransmits.
+    let count_synack = attached(Signal::TcpRetransmitSynack);
     let bin = pod_traffic_bin();
     // Client → sink in pod A: the client's bytes, exactly.
     let mut sink = w.a.spawn(&bin, &["sink", "0.0.0.0:9000"]).expect("sink");
@@ -382,6 +394,7 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
     );
     // Loss on B for retransmits, compared with the kernel's count over the same interval.
     let before = retrans(&w.b);
+    let syn_before = syn_retrans(&w.b);
     w.b.drop_egress_percent(5).expect("loss");
     assert_eq!(fetch(w, w.b_addr, 10), 10 * BYTES_PER_CONN);
     w.b.clear_faults().expect("clear");
@@ -394,6 +407,7 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
         || async {
             let text = http_get(running.addr, "/metrics").await;
             let kernel = retrans(&w.b) - before;
+            let kernel_syn = syn_retrans(&w.b) - syn_before;
             let got = (
                 sample(&text, "collector_tcp_sent_bytes_total", &c),
                 sample(
@@ -408,10 +422,16 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
                     &pod_labels(&w.b),
                 ),
             );
+            let expected_retrans = match (count_retrans, count_synack) {
+                (true, true) => kernel,
+                (true, false) => kernel.saturating_sub(kernel_syn),
+                (false, true) => kernel_syn,
+                (false, false) => 0,
+            };
             let retrans_ok = if count_retrans {
-                got.3.abs_diff(kernel) * 100 <= kernel * 5
+                got.3.abs_diff(expected_retrans) * 100 <= expected_retrans * 5
             } else {
-                got.3 == 0
+                got.3 == expected_retrans
             };
             let ok = got.0 == expect_bytes
                 && got.1 == expect_refused
@@ -425,7 +445,7 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
                     "(bytes, refused, resets, retrans)={got:?} expected \
                      ({expect_bytes}, {expect_refused}, {expect_resets}, ~{}) nstat delta={kernel}; \
                      retransmits of all workloads {}, kernel drops {:?}",
-                    if count_retrans { kernel } else { 0 },
+                    expected_retrans,
                     sample(&text, "collector_tcp_retransmitted_segments_total", &[]),
                     text.lines()
                         .filter(|l| l.starts_with("collector_kernel_drops_total{"))
@@ -633,7 +653,10 @@ async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
     }
     if must_work.contains(&Rung::Kprobe) {
         for signal in Signal::ALL {
-            if signal.default_ladder().first() == Some(&Rung::Kprobe) {
+            let kprobe_hooks = rungs(signal).iter().find(|(r, _)| *r == Rung::Kprobe);
+            if signal.default_ladder().first() == Some(&Rung::Kprobe)
+                && kprobe_hooks.is_some_and(|(_, hooks)| hooks.iter().all(kernel::hook_exists))
+            {
                 assert_eq!(
                     report(&running, signal).attached,
                     Some(Rung::Kprobe),
@@ -685,41 +708,93 @@ fn write_verifier_insns(release: &str, insns: &BTreeMap<(&'static str, Rung), u3
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
-fn bpftool(what: &str) -> String {
-    let out = std::process::Command::new("bpftool")
-        .args([what, "show"])
-        .output()
-        .expect("bpftool");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// After shutdown nothing of ours is left: programs, links, maps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_nothing_loaded() {
     require_root();
-    let ours_maps = ["TCP_STATS", "SOCK_OWNERS", "SEEN_TGIDS", "PROBE_STASH"];
+    // Objects are identified by id, so other collectors on the machine (a developer's, a
+    // parallel run) neither hide a leak nor cause a false one: ours are the ids that appear
+    // while we run and carry our names.
+    let before: BTreeSet<(String, u64)> = ["prog", "map", "link"]
+        .iter()
+        .flat_map(|k| bpf_ids(k))
+        .map(|(k, id, _)| (k, id))
+        .collect();
     let running = start_collector().await.expect("starts");
+    let ours_maps = [
+        "TCP_STATS",
+        "SOCK_OWNERS",
+        "SEEN_TGIDS",
+        "PROBE_STASH",
+        "HTTP_INFLIGHT",
+        "HTTP_COUNTS",
+    ];
     // Every program of every attached rung (which rung depends on the kernel); the kernel keeps
     // BPF_OBJ_NAME_LEN - 1 = 15 characters of a name.
-    let ours_progs: Vec<&'static str> = running
+    let ours_progs: BTreeSet<String> = running
         .probes
         .iter()
         .filter_map(|r| {
             let rung = r.attached?;
             rungs(r.signal).iter().find(|(x, _)| *x == rung)
         })
-        .flat_map(|(_, hooks)| hooks.iter().map(|h| &h.prog()[..h.prog().len().min(15)]))
+        .flat_map(|(_, hooks)| {
+            hooks
+                .iter()
+                .map(|h| h.prog()[..h.prog().len().min(15)].to_string())
+        })
         .collect();
     assert!(ours_progs.len() >= Signal::ALL.len(), "{ours_progs:?}");
-    let progs = bpftool("prog");
-    for p in &ours_progs {
-        assert!(progs.contains(p), "{p} loaded while running:\n{progs}");
-    }
-    let maps = bpftool("map");
-    assert!(
-        ours_maps.iter().all(|m| maps.contains(m)),
-        "maps while running:\n{maps}"
+    let new = |k: &str, id: u64| !before.contains(&(k.to_string(), id));
+    let our_prog_ids: BTreeSet<u64> = bpf_ids("prog")
+        .into_iter()
+        .filter(|(k, id, name)| new(k, *id) && ours_progs.contains(name))
+        .map(|(_, id, _)| id)
+        .collect();
+    let mut ours: BTreeSet<(String, u64)> = our_prog_ids
+        .iter()
+        .map(|id| ("prog".to_string(), *id))
+        .collect();
+    ours.extend(
+        bpf_ids("map")
+            .into_iter()
+            .filter(|(k, id, name)| {
+                new(k, *id)
+                    && !name.is_empty()
+                    && ours_maps.iter().any(|m| m.starts_with(name.as_str()))
+            })
+            .map(|(k, id, _)| (k, id)),
     );
+    // A link's "name" is the id of its program.
+    ours.extend(
+        bpf_ids("link")
+            .into_iter()
+            .filter(|(k, id, prog)| {
+                new(k, *id) && prog.parse().is_ok_and(|p: u64| our_prog_ids.contains(&p))
+            })
+            .map(|(k, id, _)| (k, id)),
+    );
+    assert!(
+        ours.iter().any(|(k, _)| k == "link"),
+        "our links are visible while running: {ours:?}"
+    );
+    for p in &ours_progs {
+        assert!(
+            bpf_ids("prog")
+                .iter()
+                .any(|(_, id, name)| name == p && ours.contains(&("prog".to_string(), *id))),
+            "{p} loaded while running"
+        );
+    }
+    for m in ours_maps {
+        assert!(
+            bpf_ids("map")
+                .iter()
+                .any(|(_, id, name)| m.starts_with(name.as_str())
+                    && ours.contains(&("map".to_string(), *id))),
+            "{m} exists while running"
+        );
+    }
     running.shutdown().await;
     // Links and programs are released through RCU: gone shortly after the last fd closes.
     wait_until_ok_blocking(
@@ -727,12 +802,12 @@ async fn shutdown_leaves_nothing_loaded() {
         POLL,
         "our programs, links and maps to be gone",
         || {
-            let (progs, maps, links) = (bpftool("prog"), bpftool("map"), bpftool("link"));
-            let left: Vec<_> = ours_progs
+            let now: BTreeSet<(String, u64)> = ["prog", "map", "link"]
                 .iter()
-                .filter(|p| progs.contains(**p) || links.contains(**p))
-                .chain(ours_maps.iter().filter(|m| maps.contains(**m)))
+                .flat_map(|k| bpf_ids(k))
+                .map(|(k, id, _)| (k, id))
                 .collect();
+            let left: Vec<_> = ours.intersection(&now).collect();
             if left.is_empty() {
                 Ok(())
             } else {
@@ -740,4 +815,27 @@ async fn shutdown_leaves_nothing_loaded() {
             }
         },
     );
+}
+
+/// (kind, id, name) of every loaded BPF object of a kind, from `bpftool -j`.
+fn bpf_ids(kind: &str) -> Vec<(String, u64, String)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", kind, "show"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let id = o["id"].as_u64()?;
+            // The kernel keeps 15 characters of a name; newer bpftool prints the full name from
+            // BTF: compare the kernel's form.
+            let name = match o["prog_id"].as_u64() {
+                Some(prog) if kind == "link" => prog.to_string(),
+                _ => o["name"].as_str().unwrap_or("").chars().take(15).collect(),
+            };
+            Some((kind.to_string(), id, name))
+        })
+        .collect()
 }

@@ -42,7 +42,14 @@ const MODULES: &[&str] = &["veth", "nf_tables", "nft_numgen", "nft_fwd_netdev"];
 /// Integration-test targets (`tests/tests/<name>.rs`) that face the kernel and run in the guest.
 /// The others (e.g. `export`: exporters against Prometheus and an OTLP receiver) do not depend
 /// on the kernel and only run on the host.
-const GUEST_TESTS: &[&str] = &["harness", "tcp"];
+const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http"];
+/// Test-name filter per guest target: the Go uprobe checks that face the kernel (the 21-build
+/// matrix and the load tests run on the host only).
+const GUEST_FILTERS: &[(&str, &str)] = &[("go_http", "guest_")];
+/// Go fixtures the guest uses (one unstripped, one stripped build of the newest Go), and where
+/// their list is written inside the guest.
+const GUEST_GO_VARIANTS: &[&str] = &["default", "stripped"];
+const GUEST_GO_LIST: &str = "/go-fixtures.txt";
 /// Host tools the harness runs inside the guest (looked up in PATH).
 const TOOLS: &[&str] = &["ip", "nft", "nstat", "bpftool"];
 /// Rungs every signal's hooks must attach on in the guest (Debian 6.1 has kprobes, fentry,
@@ -445,6 +452,13 @@ fn build_initramfs(
         .collect::<anyhow::Result<_>>()?;
     dynamic.extend(bins.tests.iter().map(|(_, p)| p.clone()));
     dynamic.push(bins.pod_traffic.clone());
+    // Go test servers, built on the host (static: CGO_ENABLED=0), listed for the guest.
+    let mut go_list = String::new();
+    for (version, variant, path) in go_fixtures(root)? {
+        copy_file(&path, &in_stage(&stage, &path))?;
+        go_list.push_str(&format!("{version} {variant} {}\n", path.display()));
+    }
+    fs::write(stage.join(GUEST_GO_LIST.trim_start_matches('/')), go_list)?;
     let mut libs = BTreeSet::new();
     for bin in &dynamic {
         copy_file(bin, &in_stage(&stage, bin))?;
@@ -509,8 +523,13 @@ fn init_script(bins: &TestBins, test_args: &[String], export_dir: &Path) -> Stri
         .collect();
     let mut tests = String::new();
     for (name, exe) in &bins.tests {
+        let filter = GUEST_FILTERS
+            .iter()
+            .find(|(t, _)| t == name)
+            .map(|(_, f)| format!(" {}", sh_quote(f)))
+            .unwrap_or_default();
         tests.push_str(&format!(
-            "run_test {} {}{args}\n",
+            "run_test {} {}{filter}{args}\n",
             sh_quote(name),
             sh_quote(&exe.display().to_string())
         ));
@@ -548,7 +567,7 @@ for m in {wanted}; do
   [ -d /sys/module/$m ] || fail "module $m did not load"
 done
 echo "{MARK}setup-done nproc=$(nproc) mem=$(awk '/MemTotal/ {{print $2}}' /proc/meminfo)kB"
-export RUST_BACKTRACE=1 COLLECTOR_TEST_REQUIRE_RUNGS={GUEST_REQUIRED_RUNGS}
+export RUST_BACKTRACE=1 COLLECTOR_TEST_REQUIRE_RUNGS={GUEST_REQUIRED_RUNGS} COLLECTOR_GO_FIXTURES={GUEST_GO_LIST}
 rc=0
 run_test() {{
   name=$1; shift
@@ -817,6 +836,44 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The newest Go's fixtures of `GUEST_GO_VARIANTS`, built (or found cached) on the host.
+fn go_fixtures(root: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+    let out = Command::new(root.join("tests/go/build-fixtures.sh"))
+        .output()
+        .context("running tests/go/build-fixtures.sh")?;
+    ensure!(
+        out.status.success(),
+        "building Go fixtures (run `WITH_GO=1 scripts/bootstrap.sh`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: Vec<(String, String, PathBuf)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+                PathBuf::from(it.next()?),
+            ))
+        })
+        .collect();
+    let minor = |v: &str| {
+        v.split('.')
+            .nth(1)
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let newest = all
+        .iter()
+        .map(|(v, ..)| v.clone())
+        .max_by_key(|v| minor(v))
+        .context("no Go fixtures")?;
+    Ok(all
+        .into_iter()
+        .filter(|(v, variant, _)| *v == newest && GUEST_GO_VARIANTS.contains(&variant.as_str()))
+        .collect())
 }
 
 #[cfg(test)]

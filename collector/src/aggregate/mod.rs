@@ -163,13 +163,7 @@ impl<S: StatsSource> Aggregator<S> {
             status_code,
             error_type,
         };
-        if c.probe {
-            h.probe_requests.get_or_create(&labels).inc();
-        } else {
-            h.duration
-                .get_or_create(&labels)
-                .observe(r.duration_ns as f64 / 1e9);
-        }
+        h.record(&labels, r.duration_ns as f64 / 1e9, c.probe);
     }
 
     /// Reads the kernel maps and exports what changed since the last harvest.

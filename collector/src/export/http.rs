@@ -1,6 +1,9 @@
 //! HTTP server metric families. The duration histogram follows the OpenTelemetry semantic
 //! convention `http.server.request.duration` (seconds, the convention's bucket boundaries).
 
+use std::sync::OnceLock;
+
+use opentelemetry::KeyValue;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
@@ -35,6 +38,8 @@ pub struct OutcomeLabels {
 }
 
 pub struct HttpMetrics {
+    /// `http.server.request.duration` for the OTLP push, when enabled.
+    pub otel_duration: OnceLock<opentelemetry::metrics::Histogram<f64>>,
     pub duration: Family<RequestLabels, Histogram>,
     pub probe_requests: Family<RequestLabels, Counter>,
     pub requests: Family<OutcomeLabels, Counter>,
@@ -45,6 +50,7 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(r: &mut Registry) -> Self {
         let m = Self {
+            otel_duration: OnceLock::new(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
             probe_requests: Family::default(),
             requests: Family::default(),
@@ -79,4 +85,42 @@ impl HttpMetrics {
         );
         m
     }
+}
+
+impl HttpMetrics {
+    /// One request: the duration histogram (and its OTLP twin), or the probe counter.
+    pub fn record(&self, labels: &RequestLabels, seconds: f64, probe: bool) {
+        if probe {
+            self.probe_requests.get_or_create(labels).inc();
+            return;
+        }
+        self.duration.get_or_create(labels).observe(seconds);
+        if let Some(h) = self.otel_duration.get() {
+            h.record(seconds, &otel_attributes(labels));
+        }
+    }
+}
+
+/// OpenTelemetry semantic-convention attributes of a request.
+pub fn otel_attributes(l: &RequestLabels) -> Vec<KeyValue> {
+    let w = &l.workload;
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", l.method.clone()),
+        KeyValue::new("http.route", l.route.clone()),
+        KeyValue::new("workload.kind", w.workload_kind),
+        KeyValue::new("workload.name", w.workload.clone()),
+    ];
+    if let Ok(code) = l.status_code.parse::<i64>() {
+        attrs.push(KeyValue::new("http.response.status_code", code));
+    }
+    if !l.error_type.is_empty() {
+        attrs.push(KeyValue::new("error.type", l.error_type));
+    }
+    if !w.pod_uid.is_empty() {
+        attrs.push(KeyValue::new("k8s.pod.uid", w.pod_uid.clone()));
+    }
+    if !w.container_id.is_empty() {
+        attrs.push(KeyValue::new("container.id", w.container_id.clone()));
+    }
+    attrs
 }

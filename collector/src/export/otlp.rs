@@ -347,6 +347,14 @@ pub const TCP_INSTRUMENTS: &[(&str, &str, &str, Reading)] = &[
 
 fn register_instruments(provider: &SdkMeterProvider, metrics: Arc<Metrics>) {
     let meter = provider.meter("collector");
+    // Semantic convention http.server.request.duration, with the convention's boundaries.
+    let duration = meter
+        .f64_histogram("http.server.request.duration")
+        .with_unit("s")
+        .with_description("Duration of HTTP server requests")
+        .with_boundaries(super::http::DURATION_BUCKETS.to_vec())
+        .build();
+    let _ = metrics.http.otel_duration.set(duration);
     for (name, unit, description, read) in TCP_INSTRUMENTS {
         let m = metrics.clone();
         let read = *read;

@@ -109,11 +109,15 @@ struct ProcessInfo {
 const ROOT_CGROUP_ID: u64 = 1;
 /// Bound on cached cgroup identities; cleared (and rebuilt on demand) past it.
 const MAX_CACHED_CGROUPS: usize = 65_536;
+/// Extra cgroup walks allowed per second for ids the last walk did not know.
+const FORCED_WALKS_PER_SECOND: u32 = 20;
 /// Processes not seen for this long are forgotten once they have exited.
 const PROCESS_TTL: Duration = Duration::from_secs(600);
 
 pub struct IdentityResolver {
     cgroups: Option<CgroupResolver>,
+    /// (start of the current second, forced walks in it).
+    forced: (Instant, u32),
     /// Cgroup ids are never reused (64-bit kernfs ids), so a resolved identity stays true.
     by_cgroup: HashMap<u64, Option<CgroupIdentity>>,
     processes: HashMap<u32, ProcessInfo>,
@@ -124,6 +128,7 @@ impl IdentityResolver {
     pub fn new(cgroup_root: Option<PathBuf>, proc_root: PathBuf) -> Self {
         Self {
             cgroups: cgroup_root.map(|r| CgroupResolver::new(r, Duration::from_secs(1))),
+            forced: (Instant::now(), 0),
             by_cgroup: HashMap::new(),
             processes: HashMap::new(),
             proc_root,
@@ -166,7 +171,26 @@ impl IdentityResolver {
         if let Some(known) = self.by_cgroup.get(&id) {
             return known.clone();
         }
-        let path = self.cgroups.as_mut()?.resolve(id, now)?;
+        let resolver = self.cgroups.as_mut()?;
+        let path = match resolver.resolve(id, now) {
+            Some(p) => p,
+            None => {
+                // A cgroup created since the last walk (a pod that just started) would otherwise
+                // be named by its process until the next walk. Walk now, within a budget: a
+                // stream of ids that never resolve must not turn into a walk per event.
+                if now.saturating_duration_since(self.forced.0) >= Duration::from_secs(1) {
+                    self.forced = (now, 0);
+                }
+                if self.forced.1 >= FORCED_WALKS_PER_SECOND {
+                    return None;
+                }
+                self.forced.1 += 1;
+                if let Err(e) = resolver.refresh() {
+                    tracing::debug!(error = %e, "cgroup walk");
+                }
+                resolver.resolve(id, now)?
+            }
+        };
         let identity = cgroup::parse_cgroup_path(&path);
         if self.by_cgroup.len() >= MAX_CACHED_CGROUPS {
             self.by_cgroup.clear();
@@ -277,6 +301,21 @@ mod tests {
             Some("0b7d5a4e-1c3f-4d2e-9a8b-7c6d5e4f3a2b")
         );
         assert_eq!(w.container_id.as_deref().map(str::len), Some(64));
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn a_cgroup_created_after_the_last_walk_is_named_at_once() {
+        let root = std::env::temp_dir().join(format!("ident-new-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("old")).expect("mkdir");
+        let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
+        let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/nonexistent-proc"));
+        let now = Instant::now();
+        assert_eq!(r.workload_of(&key(ino(&root.join("old")), 0), now).name, "/old");
+        // Created right after that walk, seen within the resolver's rate limit.
+        std::fs::create_dir_all(root.join("new")).expect("mkdir");
+        let w = r.workload_of(&key(ino(&root.join("new")), 7), now);
+        assert_eq!((w.kind, w.name.as_str()), (WorkloadKind::Cgroup, "/new"));
         std::fs::remove_dir_all(&root).expect("cleanup");
     }
 }
