@@ -37,6 +37,7 @@ use crate::{
         offsets::Prepared,
         tracefs,
     },
+    verdict::Engine,
 };
 
 /// The kernel object built by build.rs.
@@ -177,7 +178,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }),
     ));
     let routes = RouteTable::new(&config.http.probe_paths, config.http.max_routes);
-    let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes);
+    let engine = Engine::new(
+        config.verdict.clone(),
+        config.http.sample_every,
+        Some(metrics.verdict.clone()),
+    );
+    let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes).with_verdicts(engine);
+    let verdicts = aggregator.verdicts();
     tasks.push((
         "aggregator",
         tokio::spawn(aggregator.run(rx, config.harvest_interval)),
@@ -186,6 +193,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         probes: probes.clone(),
         go_http: go_state,
+        verdicts,
+        readiness_fail_on: Arc::new(config.verdict.readiness_fail_on.clone()),
     });
     let mut http_shutdown = shutdown_rx;
     tasks.push((

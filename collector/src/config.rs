@@ -11,7 +11,13 @@ use std::{
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::probes::{Rung, Signal, ladder::LadderPlan};
+use crate::{
+    probes::{Rung, Signal, ladder::LadderPlan},
+    verdict::{
+        VerdictConfig,
+        rules::{State, Thresholds},
+    },
+};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_HARVEST_INTERVAL: Duration = Duration::from_secs(1);
@@ -26,11 +32,15 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = collector_common::maps::EVENTS_BYTES;
 #[derive(Debug, Default, Parser)]
 #[command(name = "collector", version, about, long_about = None)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz and /v1/probes.
+    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz, /v1/probes and the
+    /// verdict API (/v1/workloads, /v1/workload, /v1/pods/UID/health|ready; docs/openapi.json).
     /// [default: 0.0.0.0:9464]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
@@ -128,6 +138,33 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "collector=debug". [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// Length of one verdict window bucket; a verdict is evaluated each time one closes
+    /// (100ms–10m). [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub verdict_bucket: Option<String>,
+
+    /// Buckets per verdict window (1–360). [default: 6, i.e. 1 min with 10 s buckets]
+    #[arg(long, value_name = "N")]
+    pub verdict_buckets: Option<usize>,
+
+    /// Verdict state for which /v1/.../ready answers 503, repeatable (healthy, degraded,
+    /// unhealthy, unknown). [default: unhealthy]
+    #[arg(long = "readiness-fail-on", value_name = "STATE")]
+    pub readiness_fail_on: Vec<String>,
+}
+
+/// What to do; the default is `run`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Run the collector (the default).
+    Run,
+    /// Print the verdicts of a running collector as a table.
+    Status {
+        /// Base URL of the collector's API.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464")]
+        api: String,
+    },
 }
 
 /// The file form; every field optional, unknown keys rejected.
@@ -147,6 +184,27 @@ pub struct FileConfig {
     pub max_routes: Option<usize>,
     pub http_sample_every: Option<u32>,
     pub go_http: Option<bool>,
+    pub verdict: Option<FileVerdict>,
+}
+
+/// `[verdict]` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVerdict {
+    pub bucket: Option<String>,
+    pub buckets: Option<usize>,
+    pub expire_windows: Option<u32>,
+    pub enter_after: Option<u32>,
+    pub leave_after: Option<u32>,
+    pub min_requests: Option<u64>,
+    pub min_send_calls: Option<u64>,
+    pub error_ratio: Option<Thresholds>,
+    pub p95_ms: Option<Thresholds>,
+    pub p99_ms: Option<Thresholds>,
+    pub retransmit_ratio: Option<Thresholds>,
+    pub resets_per_second: Option<Thresholds>,
+    pub failed_connects_per_second: Option<Thresholds>,
+    pub readiness_fail_on: Option<Vec<String>>,
 }
 
 /// `[otlp]` section of the file.
@@ -207,7 +265,7 @@ impl EnvSource for BTreeMap<String, String> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
     pub harvest_interval: Duration,
@@ -219,6 +277,7 @@ pub struct Config {
     /// None: no OTLP push.
     pub otlp: Option<OtlpConfig>,
     pub http: HttpConfig,
+    pub verdict: VerdictConfig,
 }
 
 /// Go net/http instrumentation settings.
@@ -258,6 +317,7 @@ impl Default for Config {
             log: "info".into(),
             otlp: None,
             http: HttpConfig::default(),
+            verdict: VerdictConfig::default(),
         }
     }
 }
@@ -459,6 +519,7 @@ impl Config {
         if !(1..=1000).contains(&http.sample_every) {
             return Err(invalid("http_sample_every", "must be between 1 and 1000"));
         }
+        let verdict = verdict_config(cli, file.verdict.unwrap_or_default())?;
         Ok(Config {
             listen,
             harvest_interval,
@@ -469,8 +530,84 @@ impl Config {
             log,
             otlp,
             http,
+            verdict,
         })
     }
+}
+
+fn verdict_config(cli: &Cli, file: FileVerdict) -> Result<VerdictConfig, ConfigError> {
+    let mut v = VerdictConfig::default();
+    if let Some(s) = cli.verdict_bucket.clone().or(file.bucket) {
+        v.geometry.bucket = parse_duration(&s).map_err(|e| invalid("verdict.bucket", e))?;
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&v.geometry.bucket) {
+        return Err(invalid("verdict.bucket", "must be between 100ms and 10m"));
+    }
+    v.geometry.count = cli
+        .verdict_buckets
+        .or(file.buckets)
+        .unwrap_or(v.geometry.count);
+    if !(1..=360).contains(&v.geometry.count) {
+        return Err(invalid("verdict.buckets", "must be between 1 and 360"));
+    }
+    v.expire_windows = file.expire_windows.unwrap_or(v.expire_windows);
+    v.hysteresis.enter = file.enter_after.unwrap_or(v.hysteresis.enter);
+    v.hysteresis.leave = file.leave_after.unwrap_or(v.hysteresis.leave);
+    for (name, n) in [
+        ("verdict.expire_windows", v.expire_windows),
+        ("verdict.enter_after", v.hysteresis.enter),
+        ("verdict.leave_after", v.hysteresis.leave),
+    ] {
+        if n == 0 {
+            return Err(invalid(name, "must be at least 1"));
+        }
+    }
+    let r = &mut v.rules;
+    r.min_requests = file.min_requests.unwrap_or(r.min_requests);
+    r.min_send_calls = file.min_send_calls.unwrap_or(r.min_send_calls);
+    for (name, given, slot) in [
+        ("verdict.error_ratio", file.error_ratio, &mut r.error_ratio),
+        ("verdict.p95_ms", file.p95_ms, &mut r.p95_ms),
+        ("verdict.p99_ms", file.p99_ms, &mut r.p99_ms),
+        (
+            "verdict.retransmit_ratio",
+            file.retransmit_ratio,
+            &mut r.retransmit_ratio,
+        ),
+        (
+            "verdict.resets_per_second",
+            file.resets_per_second,
+            &mut r.resets_per_second,
+        ),
+        (
+            "verdict.failed_connects_per_second",
+            file.failed_connects_per_second,
+            &mut r.failed_connects_per_second,
+        ),
+    ] {
+        if let Some(t) = given {
+            if !(t.degraded.is_finite() && t.degraded > 0.0 && t.unhealthy >= t.degraded) {
+                return Err(invalid(
+                    name,
+                    "needs 0 < degraded ≤ unhealthy (finite numbers)",
+                ));
+            }
+            *slot = t;
+        }
+    }
+    let fail_on = if cli.readiness_fail_on.is_empty() {
+        file.readiness_fail_on
+    } else {
+        Some(cli.readiness_fail_on.clone())
+    };
+    if let Some(states) = fail_on {
+        v.readiness_fail_on = states
+            .iter()
+            .map(|s| s.parse::<State>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid("readiness_fail_on", e))?;
+    }
+    Ok(v)
 }
 
 /// The metrics-specific variable, else the generic one (OpenTelemetry's rule).
@@ -883,6 +1020,71 @@ mod tests {
         assert!(
             err.to_string().contains("/nonexistent/collector.toml"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn verdict_section_and_options() {
+        let f = file(
+            "[verdict]\nbucket = \"5s\"\nbuckets = 12\nenter_after = 3\nmin_requests = 50\n\
+             error_ratio = { degraded = 0.01, unhealthy = 0.1 }\nreadiness_fail_on = [\"unhealthy\", \"unknown\"]",
+        );
+        let c = Config::merge(&cli(&["--verdict-buckets", "4"]), f, &no_env()).expect("valid");
+        let v = &c.verdict;
+        assert_eq!(v.geometry.bucket, Duration::from_secs(5));
+        assert_eq!(v.geometry.count, 4, "command line wins");
+        assert_eq!(v.hysteresis.enter, 3);
+        assert_eq!(v.hysteresis.leave, 3);
+        assert_eq!(v.rules.min_requests, 50);
+        assert_eq!(v.rules.error_ratio.degraded, 0.01);
+        assert_eq!(v.readiness_fail_on, vec![State::Unhealthy, State::Unknown]);
+        let c = Config::merge(
+            &cli(&["--verdict-bucket", "1s", "--readiness-fail-on", "degraded"]),
+            FileConfig::default(),
+            &no_env(),
+        )
+        .expect("valid");
+        assert_eq!(c.verdict.geometry.bucket, Duration::from_secs(1));
+        assert_eq!(c.verdict.readiness_fail_on, vec![State::Degraded]);
+        // (cli, file, message)
+        let bad: [(&[&str], &str, &str); 6] = [
+            (&["--verdict-bucket", "10ms"], "", "verdict.bucket"),
+            (&["--verdict-buckets", "0"], "", "verdict.buckets"),
+            (&["--readiness-fail-on", "sick"], "", "readiness_fail_on"),
+            (&[], "[verdict]\nleave_after = 0", "verdict.leave_after"),
+            (
+                &[],
+                "[verdict]\np95_ms = { degraded = 900, unhealthy = 100 }",
+                "verdict.p95_ms",
+            ),
+            (
+                &[],
+                "[verdict]\nerror_ratio = { degraded = -1, unhealthy = 1 }",
+                "verdict.error_ratio",
+            ),
+        ];
+        for (args, text, needle) in bad {
+            let err = Config::merge(&cli(args), file(text), &no_env()).expect_err("invalid");
+            assert!(err.to_string().contains(needle), "{args:?} {text}: {err}");
+        }
+        assert!(toml::from_str::<FileConfig>("[verdict]\nbukket = \"1s\"").is_err());
+    }
+
+    #[test]
+    fn status_is_a_subcommand_and_run_the_default() {
+        assert_eq!(cli(&[]).command, None);
+        assert_eq!(cli(&["run"]).command, Some(Command::Run));
+        assert_eq!(
+            cli(&["status"]).command,
+            Some(Command::Status {
+                api: "http://127.0.0.1:9464".into()
+            })
+        );
+        assert_eq!(
+            cli(&["status", "--api", "http://10.0.0.1:1"]).command,
+            Some(Command::Status {
+                api: "http://10.0.0.1:1".into()
+            })
         );
     }
 }

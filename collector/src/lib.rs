@@ -9,3 +9,5 @@ pub mod events;
 pub mod export;
 pub mod identity;
 pub mod probes;
+pub mod status;
+pub mod verdict;

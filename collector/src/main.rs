@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use collector::{app, config};
+use collector::{app, config, status};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -12,6 +12,18 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = config::Cli::parse();
+    if let Some(config::Command::Status { api }) = &cli.command {
+        return match status::fetch(api) {
+            Ok(doc) => {
+                print!("{}", status::table(&doc));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("collector status: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match config::Config::load(&cli, &config::ProcessEnv) {
         Ok(c) => c,
         Err(e) => {

@@ -11,6 +11,7 @@ use collector::{
         http::{OutcomeLabels, RequestLabels},
         otlp::TCP_INSTRUMENTS,
         prometheus::{KernelDropLabels, KindLabels, ReasonLabels, ResultLabels, SignalLabels},
+        verdict::{MismatchLabels, ReasonGaugeLabels, StateLabels, TransitionLabels},
     },
     identity::{Workload, WorkloadKind},
 };
@@ -88,6 +89,29 @@ fn populated() -> Metrics {
         .inc();
     c.otlp_exports
         .get_or_create(&ResultLabels { result: "success" })
+        .inc();
+    let v = &m.verdict;
+    v.state
+        .get_or_create(&StateLabels {
+            workload: labels.clone(),
+            state: "unhealthy",
+        })
+        .set(1);
+    v.reason
+        .get_or_create(&ReasonGaugeLabels {
+            workload: labels.clone(),
+            reason: "error_ratio",
+        })
+        .set(1);
+    v.transitions
+        .get_or_create(&TransitionLabels {
+            workload: labels.clone(),
+            from: "healthy",
+            to: "unhealthy",
+        })
+        .inc();
+    v.probe_mismatch
+        .get_or_create(&MismatchLabels { workload: labels })
         .inc();
     m
 }

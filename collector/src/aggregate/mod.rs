@@ -7,7 +7,7 @@ pub mod harvest;
 pub mod http;
 pub mod tcp;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use collector_common::{
@@ -26,6 +26,7 @@ use crate::{
         prometheus::KernelDropLabels,
     },
     identity::IdentityResolver,
+    verdict::{Engine, SharedVerdicts, VerdictConfig},
 };
 use harvest::Harvester;
 use std::sync::Arc;
@@ -103,6 +104,21 @@ impl StatsSource for KernelMaps {
     }
 }
 
+/// Whether a kernel drop lost (part of) a signal, which makes verdicts unknown. Drops that only
+/// degrade attribution are not: the event is still counted, charged to the task's cgroup,
+/// `unattributed` or the overflow key (`cgroup_read_failed`, `owner_insert_failed`,
+/// `stats_map_full`); they are exported all the same.
+pub fn loses_signal(reason: KernelDrop) -> bool {
+    match reason {
+        KernelDrop::RingReserve
+        | KernelDrop::StatsLost
+        | KernelDrop::StashMiss
+        | KernelDrop::HttpInflightFull
+        | KernelDrop::HttpNoStart => true,
+        KernelDrop::StatsMapFull | KernelDrop::OwnerInsert | KernelDrop::CgroupRead => false,
+    }
+}
+
 pub struct Aggregator<S> {
     source: S,
     metrics: Arc<Metrics>,
@@ -112,6 +128,10 @@ pub struct Aggregator<S> {
     routes: http::RouteTable,
     /// Last per-CPU drop totals, to export deltas.
     drops_seen: Vec<(KernelDrop, Vec<u64>)>,
+    /// Health verdicts: fed with what this task sees, evaluated when a bucket closes.
+    verdict: Engine,
+    /// `Metrics::collector.records_lost` at the last harvest.
+    records_lost_seen: u64,
 }
 
 impl<S: StatsSource> Aggregator<S> {
@@ -129,7 +149,20 @@ impl<S: StatsSource> Aggregator<S> {
             http: Harvester::default(),
             routes,
             drops_seen: Vec::new(),
+            verdict: Engine::new(VerdictConfig::default(), 1, None),
+            records_lost_seen: 0,
         }
+    }
+
+    /// Replaces the verdict engine (configured windows, rules, sampling, metrics).
+    pub fn with_verdicts(mut self, engine: Engine) -> Self {
+        self.verdict = engine;
+        self
+    }
+
+    /// The verdicts as of the last evaluation, for the API.
+    pub fn verdicts(&self) -> SharedVerdicts {
+        self.verdict.shared()
     }
 
     pub fn on_event(&mut self, event: Event, now: Instant) {
@@ -155,6 +188,17 @@ impl<S: StatsSource> Aggregator<S> {
         if c.capped {
             h.routes_capped.get_or_create(&workload).inc();
         }
+        let status = match r.outcome {
+            crate::events::Outcome::Completed { status } => Some(status),
+            _ => None,
+        };
+        self.verdict.on_request(
+            &workload,
+            c.probe,
+            status,
+            Duration::from_nanos(r.duration_ns),
+            now,
+        );
         let (status_code, error_type) = http::outcome_labels(r.outcome);
         let labels = RequestLabels {
             workload,
@@ -177,12 +221,22 @@ impl<S: StatsSource> Aggregator<S> {
             let workload = self.identity.workload_of(key, now);
             let labels = self.metrics.labels_for(&workload);
             self.metrics.tcp.add(&labels, delta);
+            self.verdict.on_tcp(&labels, delta, now);
         }
         for key in &result.delete {
             self.source.remove_tcp(key);
         }
         self.harvest_http(now);
-        self.harvest_drops();
+        let mut lost = self.harvest_drops();
+        let records_lost = self
+            .metrics
+            .collector
+            .records_lost
+            .load(std::sync::atomic::Ordering::Relaxed);
+        lost += records_lost.saturating_sub(self.records_lost_seen);
+        self.records_lost_seen = records_lost;
+        self.verdict.on_lost(lost, now);
+        self.verdict.tick(now, SystemTime::now());
         self.identity.expire(now);
         self.metrics.collector.harvests.inc();
     }
@@ -218,6 +272,13 @@ impl<S: StatsSource> Aggregator<S> {
                         .inc_by(v);
                 }
             }
+            self.verdict.on_http_counts(
+                &workload,
+                d.requests,
+                d.by_class[4],
+                d.panics + d.aborted,
+                now,
+            );
             if d.unrecorded > 0 {
                 h.unrecorded.get_or_create(&workload).inc_by(d.unrecorded);
             }
@@ -227,7 +288,9 @@ impl<S: StatsSource> Aggregator<S> {
         }
     }
 
-    fn harvest_drops(&mut self) {
+    /// Exports kernel drop deltas; returns how many lost a signal (see `loses_signal`).
+    fn harvest_drops(&mut self) -> u64 {
+        let mut total = 0;
         let now = self.source.read_drops();
         for (reason, per_cpu) in &now {
             let prev = self
@@ -238,6 +301,9 @@ impl<S: StatsSource> Aggregator<S> {
             for (cpu, v) in per_cpu.iter().enumerate() {
                 let before = prev.and_then(|p| p.get(cpu)).copied().unwrap_or(0);
                 let d = v.saturating_sub(before);
+                if loses_signal(*reason) {
+                    total += d;
+                }
                 if d > 0 {
                     if *reason == KernelDrop::RingReserve {
                         warn!(cpu, lost = d, "ring buffer full: events lost");
@@ -254,6 +320,7 @@ impl<S: StatsSource> Aggregator<S> {
             }
         }
         self.drops_seen = now;
+        total
     }
 
     /// Owner task loop: events as they come, a harvest every `interval`. Ends when the reader
@@ -301,6 +368,18 @@ mod tests {
         fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)> {
             self.drops.clone()
         }
+    }
+
+    #[test]
+    fn only_drops_that_lose_a_signal_make_verdicts_unknown() {
+        let lossy: Vec<&str> = KernelDrop::ALL
+            .iter()
+            .filter(|d| loses_signal(**d))
+            .map(|d| d.reason())
+            .collect();
+        assert!(lossy.contains(&"ring_reserve_failed"));
+        assert!(!lossy.contains(&"cgroup_read_failed"));
+        assert!(!lossy.contains(&"stats_map_full"));
     }
 
     #[test]

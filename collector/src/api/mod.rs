@@ -1,10 +1,15 @@
-//! The collector's HTTP endpoint: metrics, its own liveness/readiness, and what attached.
+//! The collector's HTTP endpoint: metrics, its own liveness/readiness, what attached, and the
+//! health verdicts per workload and pod (documented in docs/openapi.yaml, checked by
+//! collector/tests/openapi.rs).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -14,6 +19,7 @@ use serde_json::json;
 use crate::{
     export::Metrics,
     probes::{AttachReport, go_http::attach::Instrumented},
+    verdict::{SharedVerdicts, WorkloadHealth, rules::State as Verdict},
 };
 
 /// OpenMetrics 1.0 text, what prometheus-client renders.
@@ -26,6 +32,10 @@ pub struct ApiState {
     pub probes: Arc<Vec<AttachReport>>,
     /// Go executables with net/http uprobes, published by Go discovery.
     pub go_http: Arc<Mutex<Vec<Instrumented>>>,
+    /// Verdicts as of the last evaluation, published by the aggregator.
+    pub verdicts: SharedVerdicts,
+    /// States for which readiness endpoints answer 503.
+    pub readiness_fail_on: Arc<Vec<Verdict>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -37,6 +47,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/v1/probes", get(probes))
         .route("/v1/go-http", get(go_http))
+        .route("/v1/workloads", get(workloads))
+        .route("/v1/workload", get(workload))
+        .route("/v1/workload/ready", get(workload_ready))
+        .route("/v1/pods/{uid}/health", get(pod_health))
+        .route("/v1/pods/{uid}/ready", get(pod_ready))
         .fallback(not_found)
         .with_state(state)
 }
@@ -88,6 +103,202 @@ async fn probes(State(s): State<ApiState>) -> Json<Vec<AttachReport>> {
 
 async fn go_http(State(s): State<ApiState>) -> Json<Vec<Instrumented>> {
     Json(s.go_http.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+/// Every route the router serves (method GET), for the OpenAPI check.
+pub const ROUTES: [&str; 10] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/v1/probes",
+    "/v1/go-http",
+    "/v1/workloads",
+    "/v1/workload",
+    "/v1/workload/ready",
+    "/v1/pods/{uid}/health",
+    "/v1/pods/{uid}/ready",
+];
+
+/// Workload kinds as they appear in labels and the API.
+const KINDS: [&str; 7] = [
+    "pod",
+    "container",
+    "systemd",
+    "cgroup",
+    "process",
+    "unattributed",
+    "overflow",
+];
+
+/// A 4xx answer with a JSON body `{"error": "..."}`.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+/// Query parameters, with unknown ones refused.
+fn params(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad_request(format!(
+            "unknown query parameter {k:?} (expected: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn snapshot(s: &ApiState) -> Vec<WorkloadHealth> {
+    s.verdicts
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .workloads
+        .clone()
+}
+
+/// `GET /v1/workloads[?state=S][&kind=K]`
+async fn workloads(
+    State(s): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = params(&q, &["state", "kind"]) {
+        return r.into_response();
+    }
+    let state = match q.get("state").map(|v| v.parse::<Verdict>()) {
+        Some(Err(e)) => return bad_request(format!("state: {e}")).into_response(),
+        Some(Ok(st)) => Some(st),
+        None => None,
+    };
+    if let Some(k) = q.get("kind")
+        && !KINDS.contains(&k.as_str())
+    {
+        return bad_request(format!("kind: {k:?} is not one of {}", KINDS.join(", ")))
+            .into_response();
+    }
+    let list: Vec<WorkloadHealth> = snapshot(&s)
+        .into_iter()
+        .filter(|w| state.is_none_or(|st| w.state == st))
+        .filter(|w| q.get("kind").is_none_or(|k| w.kind == k))
+        .collect();
+    Json(json!({ "workloads": list })).into_response()
+}
+
+/// The workload named by `?kind=..&name=..` (names may contain '/', hence a query).
+fn find_workload(s: &ApiState, q: &HashMap<String, String>) -> Result<WorkloadHealth, ApiError> {
+    params(q, &["kind", "name"])?;
+    let (Some(kind), Some(name)) = (q.get("kind"), q.get("name")) else {
+        return Err(bad_request("kind and name are required"));
+    };
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(bad_request(format!(
+            "kind: {kind:?} is not one of {}",
+            KINDS.join(", ")
+        )));
+    }
+    if name.is_empty() || name.len() > 4096 {
+        return Err(bad_request("name: must be 1 to 4096 bytes"));
+    }
+    snapshot(s)
+        .into_iter()
+        .find(|w| w.kind == kind && w.name == *name)
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no workload {kind}/{name} in the last evaluation"),
+            )
+        })
+}
+
+async fn workload(State(s): State<ApiState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    match find_workload(&s, &q) {
+        Ok(w) => Json(w).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn readiness(s: &ApiState, state: Verdict) -> Response {
+    let ready = !s.readiness_fail_on.contains(&state);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({ "ready": ready, "state": state, "fail_on": s.readiness_fail_on.as_ref() })),
+    )
+        .into_response()
+}
+
+async fn workload_ready(
+    State(s): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match find_workload(&s, &q) {
+        Ok(w) => readiness(&s, w.state),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// A pod UID as kubelet writes it (36-char UUID) or as cgroup drivers spell it ('_' for '-').
+fn valid_uid(uid: &str) -> bool {
+    (1..=64).contains(&uid.len())
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A pod's state: the worst of its workloads (containers); unknown when none is known.
+fn pod_state(workloads: &[WorkloadHealth]) -> Verdict {
+    for st in [Verdict::Unhealthy, Verdict::Degraded, Verdict::Healthy] {
+        if workloads.iter().any(|w| w.state == st) {
+            return st;
+        }
+    }
+    Verdict::Unknown
+}
+
+fn pod_workloads(s: &ApiState, uid: &str) -> Result<Vec<WorkloadHealth>, ApiError> {
+    if !valid_uid(uid) {
+        return Err(bad_request(format!("{uid:?} is not a pod UID")));
+    }
+    let norm = uid.replace('_', "-");
+    Ok(snapshot(s)
+        .into_iter()
+        .filter(|w| !w.pod_uid.is_empty() && w.pod_uid.replace('_', "-") == norm)
+        .collect())
+}
+
+/// `GET /v1/pods/{uid}/health`: a pod never seen (no traffic) is unknown, not an error.
+async fn pod_health(State(s): State<ApiState>, Path(uid): Path<String>) -> Response {
+    match pod_workloads(&s, &uid) {
+        Ok(list) => Json(json!({ "pod_uid": uid, "state": pod_state(&list), "workloads": list }))
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn pod_ready(State(s): State<ApiState>, Path(uid): Path<String>) -> Response {
+    match pod_workloads(&s, &uid) {
+        Ok(list) => readiness(&s, pod_state(&list)),
+        Err(r) => r.into_response(),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -1,7 +1,7 @@
 //! Reads the ring buffer with `AsyncFd`. The fd is edge-triggered: drain until empty before
 //! waiting again, or records sit unread until the next wake-up.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -76,12 +76,14 @@ fn drain(
                             reason: "channel_full",
                         })
                         .inc();
+                    m.records_lost.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
                 m.events_rejected
                     .get_or_create(&ReasonLabels { reason: e.reason() })
                     .inc();
+                m.records_lost.fetch_add(1, Ordering::Relaxed);
                 debug!(error = %e, "ring-buffer record rejected");
             }
         }

@@ -4,5 +4,6 @@ pub mod http;
 pub mod otlp;
 pub mod prometheus;
 pub mod tcp;
+pub mod verdict;
 
 pub use prometheus::Metrics;

@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{http::HttpMetrics, tcp::TcpMetrics};
+use super::{http::HttpMetrics, tcp::TcpMetrics, verdict::VerdictMetrics};
 use crate::identity::Workload;
 
 /// Labels naming a workload on every per-workload series.
@@ -79,6 +79,9 @@ pub struct SelfMetrics {
     pub go_binaries_instrumented: Gauge,
     pub go_binaries_skipped: Family<ReasonLabels, Counter>,
     pub http_inflight_swept: Counter,
+    /// Records lost in userspace (rejected at decoding, or dropped with the channel full):
+    /// read by the aggregator to mark verdict windows unknown.
+    pub records_lost: AtomicU64,
 }
 
 pub struct Metrics {
@@ -86,6 +89,7 @@ pub struct Metrics {
     pub tcp: TcpMetrics,
     pub http: HttpMetrics,
     pub collector: SelfMetrics,
+    pub verdict: VerdictMetrics,
     max_workloads: usize,
     known: Mutex<std::collections::HashSet<WorkloadLabels>>,
     scrapes: AtomicU64,
@@ -96,6 +100,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry);
+        let verdict = VerdictMetrics::register(&mut registry);
         let collector = SelfMetrics {
             signal_rung: Family::default(),
             kernel_drops: Family::default(),
@@ -109,6 +114,7 @@ impl Metrics {
             go_binaries_instrumented: Gauge::default(),
             go_binaries_skipped: Family::default(),
             http_inflight_swept: Counter::default(),
+            records_lost: AtomicU64::new(0),
         };
         let c = &collector;
         registry.register(
@@ -181,6 +187,7 @@ impl Metrics {
             tcp,
             http,
             collector,
+            verdict,
             max_workloads,
             known: Mutex::new(Default::default()),
             scrapes: AtomicU64::new(0),

@@ -308,10 +308,15 @@ mod tests {
     fn a_cgroup_created_after_the_last_walk_is_named_at_once() {
         let root = std::env::temp_dir().join(format!("ident-new-{}", std::process::id()));
         std::fs::create_dir_all(root.join("old")).expect("mkdir");
-        let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"));
+        let ino = |p: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"))
+        };
         let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/nonexistent-proc"));
         let now = Instant::now();
-        assert_eq!(r.workload_of(&key(ino(&root.join("old")), 0), now).name, "/old");
+        assert_eq!(
+            r.workload_of(&key(ino(&root.join("old")), 0), now).name,
+            "/old"
+        );
         // Created right after that walk, seen within the resolver's rate limit.
         std::fs::create_dir_all(root.join("new")).expect("mkdir");
         let w = r.workload_of(&key(ino(&root.join("new")), 7), now);

@@ -1,0 +1,192 @@
+//! `collector status`: asks a running collector for its verdicts and prints a table.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, ToSocketAddrs},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET {api}/v1/workloads`, parsed.
+pub fn fetch(api: &str) -> anyhow::Result<Value> {
+    let (status, body) = get(api, "/v1/workloads")?;
+    if status != 200 {
+        bail!("{api}/v1/workloads answered {status}: {body}");
+    }
+    serde_json::from_str(&body).context("parsing the API's JSON")
+}
+
+/// `GET {api}{path}` over plain HTTP/1.1 (the API is local and unencrypted): status and body.
+pub fn get(api: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let rest = api
+        .strip_prefix("http://")
+        .with_context(|| format!("{api:?}: only http:// URLs are supported"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        bail!("{api:?}: expected http://HOST:PORT");
+    }
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP status line")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").context("bad chunk")?;
+        let n = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..n).context("short chunk")?);
+        s = rest.get(n + 2..).context("short chunk")?;
+    }
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get("signals")?.get(key)?.as_f64()
+}
+
+/// The table: workload, kind, state, reasons, req/s, error %, p95, retransmit %.
+pub fn table(doc: &Value) -> String {
+    let header = [
+        "WORKLOAD",
+        "KIND",
+        "STATE",
+        "REQ/S",
+        "ERROR %",
+        "P95",
+        "RETRANS %",
+        "REASONS",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(String::from)];
+    let empty = Vec::new();
+    let list = doc
+        .get("workloads")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    for w in list {
+        let s = |k: &str| w.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let pct = |k: &str| num(w, k).map_or("-".into(), |v| format!("{:.1}", v * 100.0));
+        let reasons: Vec<String> = w
+            .get("reasons")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|r| r.get("message").and_then(Value::as_str))
+            .map(String::from)
+            .collect();
+        let mut state = s("state");
+        if w.get("probe_mismatch").and_then(Value::as_bool) == Some(true) {
+            state.push_str(" (probe mismatch)");
+        }
+        rows.push([
+            s("name"),
+            s("kind"),
+            state,
+            num(w, "requests_per_second").map_or("-".into(), |v| format!("{v:.1}")),
+            pct("error_ratio"),
+            num(w, "p95_ms").map_or("-".into(), |v| format!("{v:.0} ms")),
+            pct("retransmit_ratio"),
+            reasons.join("; "),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                let pad = widths[i] - c.chars().count();
+                line.push_str(c);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if list.is_empty() {
+        out.push_str("(no workloads evaluated yet)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_reads_at_a_glance() {
+        let doc = serde_json::json!({ "workloads": [
+            { "name": "b", "kind": "pod", "state": "unhealthy", "probe_mismatch": true,
+              "reasons": [{ "code": "error_ratio", "message": "error ratio 100.0 % ≥ 20.0 % over 5 s" }],
+              "signals": { "requests_per_second": 12.5, "error_ratio": 1.0, "p95_ms": 4.2, "retransmit_ratio": null } },
+            { "name": "a", "kind": "pod", "state": "healthy", "reasons": [],
+              "signals": { "requests_per_second": 3.0, "error_ratio": 0.0, "p95_ms": null, "retransmit_ratio": 0.01 } },
+        ]});
+        let t = table(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "WORKLOAD  KIND  STATE                       REQ/S  ERROR %  P95   RETRANS %  REASONS"
+        );
+        assert_eq!(
+            lines[1],
+            "b         pod   unhealthy (probe mismatch)  12.5   100.0    4 ms  -          error ratio 100.0 % ≥ 20.0 % over 5 s"
+        );
+        assert!(lines[2].starts_with("a         pod   healthy"));
+        assert!(table(&serde_json::json!({"workloads": []})).contains("no workloads"));
+    }
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").ok().as_deref(),
+            Some("abcde")
+        );
+        assert!(dechunk("zz\r\n").is_err());
+        assert!(fetch("https://x").is_err());
+        assert!(fetch("http://a/b").is_err());
+    }
+}

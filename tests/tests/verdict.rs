@@ -1,0 +1,335 @@
+//! Health verdicts end to end: four pods each run the Go test server; the collector runs
+//! in-process with 1 s × 5 buckets; clients in the root namespace drive traffic. Asserted
+//! through the local API: pod B turns unhealthy within two windows of each fault (5xx, then
+//! 30 % egress loss) and healthy again after recovery; pod A never leaves healthy; pod C, whose
+//! /healthz answers 200 while its real route answers 503, is flagged; pod D (no traffic) is
+//! unknown; readiness answers 503 only for the unhealthy pods.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use collector::{
+    app,
+    config::Config,
+    status,
+    verdict::{VerdictConfig, window::Geometry},
+};
+use integration_tests::*;
+use serde_json::Value;
+
+const PORT: u16 = 8080;
+const BUCKET: Duration = Duration::from_secs(1);
+const BUCKETS: usize = 5;
+/// "Within two windows" of a fault.
+const TWO_WINDOWS: Duration = Duration::from_secs(2 * BUCKETS as u64);
+
+fn go_server() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
+    let versions = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/go/versions"))
+        .expect("versions");
+    let newest = versions
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("a Go version")
+        .to_string();
+    let out = Command::new(script)
+        .arg(&newest)
+        .output()
+        .expect("run build-fixtures.sh");
+    assert!(
+        out.status.success(),
+        "building the Go server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_, variant, path) = (it.next()?, it.next()?, it.next()?);
+            (variant == "default").then(|| PathBuf::from(path))
+        })
+        .expect("default variant")
+}
+
+/// One request on its own connection; the status, or None on failure.
+fn request(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Client threads requesting the current path (shared, changeable) until stopped.
+struct Load {
+    path: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, path: &str, threads: usize, pause: Duration) -> Load {
+        let path = Arc::new(Mutex::new(path.to_string()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let p = path.lock().map(|p| p.clone()).unwrap_or_default();
+                        request(addr, &p);
+                        std::thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            path,
+            stop,
+            threads,
+        }
+    }
+
+    fn set(&self, path: &str) {
+        if let Ok(mut p) = self.path.lock() {
+            *p = path.to_string();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pod_health(api: &str, uid: &str) -> Value {
+    let (code, body) = status::get(api, &format!("/v1/pods/{uid}/health")).expect("API");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn pod_state(api: &str, uid: &str) -> String {
+    pod_health(api, uid)["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The collector's loss counters, for failure messages.
+fn losses(api: &str) -> String {
+    let (_, metrics) = status::get(api, "/metrics").unwrap_or_default();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("collector_kernel_drops")
+                || l.starts_with("collector_events_rejected")
+                || l.starts_with("collector_events_dropped")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn ready(api: &str, uid: &str) -> u16 {
+    status::get(api, &format!("/v1/pods/{uid}/ready"))
+        .expect("API")
+        .0
+}
+
+/// Polls until pod `uid` is in `state`, checking on every poll that pod A is healthy once it
+/// became so. Returns how long it took.
+fn wait_state(
+    api: &str,
+    uid: &str,
+    state: &str,
+    within: Duration,
+    a: &str,
+    a_healthy: bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if a_healthy {
+            let s = pod_state(api, a);
+            assert_eq!(
+                s,
+                "healthy",
+                "pod A left healthy: {}\n{}",
+                pod_health(api, a),
+                losses(api)
+            );
+        }
+        if pod_state(api, uid) == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "pod {uid} not {state} within {within:?}: {}",
+            pod_health(api, uid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn verdicts_follow_real_traffic() {
+    require_root();
+    let server = go_server();
+    let prefix = unique_prefix("vd");
+    let uids: Vec<String> = (0..4).map(|i| fake_pod_uid(0x7d00 + i)).collect();
+    let pods: Vec<Pod> = (0..4u8)
+        .map(|i| {
+            Pod::create(
+                &prefix,
+                60 + i,
+                &uids[usize::from(i)],
+                &fake_container_id(0x7d00 + u32::from(i)),
+            )
+            .expect("pod")
+        })
+        .collect();
+    let (a, b, c, d) = (&uids[0], &uids[1], &uids[2], &uids[3]);
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut verdict = VerdictConfig {
+        geometry: Geometry {
+            bucket: BUCKET,
+            count: BUCKETS,
+        },
+        ..VerdictConfig::default()
+    };
+    // Connections under 30 % loss are slow: fewer sends per short window than the default.
+    verdict.rules.min_send_calls = 100;
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        verdict,
+        ..Config::default()
+    };
+    let running = rt.block_on(app::start(config)).expect("collector starts");
+    let api = format!("http://{}", running.addr);
+
+    let listen = format!("0.0.0.0:{PORT}");
+    // Keep the children and drain their stdout: Go exits on SIGPIPE when stdout is closed.
+    let mut children = Vec::new();
+    for p in &pods {
+        let mut child = p.spawn(&server, &["-listen", &listen]).expect("Go server");
+        if let Some(mut out) = child.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
+        children.push(child);
+    }
+    let addrs: Vec<SocketAddr> = pods
+        .iter()
+        .map(|p| SocketAddr::from((p.addr(), PORT)))
+        .collect();
+    for addr in &addrs {
+        wait_until_ok_blocking(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            "server up",
+            || TcpStream::connect(addr).map(drop),
+        );
+    }
+    // Instrumented before traffic starts (discovery attaches per executable).
+    std::thread::sleep(Duration::from_secs(2));
+    let started = Instant::now();
+
+    let _load_a = Load::start(addrs[0], "/ok", 4, Duration::from_millis(20));
+    let load_b = Load::start(addrs[1], "/ok", 32, Duration::from_millis(20));
+    // C: real traffic fails, its probe path answers 200.
+    let _load_c = Load::start(addrs[2], "/err", 2, Duration::from_millis(20));
+    let _probe_c = Load::start(addrs[2], "/healthz", 1, Duration::from_millis(100));
+
+    let t = wait_state(&api, a, "healthy", TWO_WINDOWS, a, false);
+    eprintln!("A healthy after {t:?}");
+    wait_state(&api, b, "healthy", TWO_WINDOWS, a, true);
+
+    // Fault 1: B answers 5xx.
+    load_b.set("/err");
+    let t = wait_state(&api, b, "unhealthy", TWO_WINDOWS, a, true);
+    eprintln!("B unhealthy (5xx) after {t:?}");
+    let hb = pod_health(&api, b);
+    let codes: Vec<&str> = hb["workloads"][0]["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"error_ratio"), "{hb}");
+
+    // C is unhealthy and flagged: /healthz says 200 while real traffic fails.
+    wait_state(&api, c, "unhealthy", TWO_WINDOWS, a, true);
+    let hc = pod_health(&api, c);
+    assert_eq!(hc["workloads"][0]["probe_mismatch"], true, "{hc}");
+    // D never had traffic: unknown.
+    assert_eq!(pod_state(&api, d), "unknown");
+    // Readiness: 503 only for the unhealthy pods.
+    assert_eq!(ready(&api, a), 200);
+    assert_eq!(ready(&api, b), 503);
+    assert_eq!(ready(&api, c), 503);
+    assert_eq!(ready(&api, d), 200);
+    let (_, metrics) = status::get(&api, "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("collector_verdict_probe_mismatch_total{")
+                && l.contains(c.as_str())),
+        "probe mismatch counted"
+    );
+    let table = status::table(&status::fetch(&api).expect("status"));
+    eprintln!("{table}");
+
+    // Recovery from 5xx.
+    load_b.set("/ok");
+    let t = wait_state(&api, b, "healthy", 3 * TWO_WINDOWS, a, true);
+    eprintln!("B healthy again after {t:?}");
+
+    // Fault 2: 30 % loss on B's egress, traffic /ok.
+    pods[1].drop_egress_percent(30).expect("loss");
+    let t = wait_state(&api, b, "unhealthy", TWO_WINDOWS, a, true);
+    eprintln!("B unhealthy (loss) after {t:?}");
+    let hb = pod_health(&api, b);
+    assert!(
+        hb.to_string().contains("retransmit_ratio"),
+        "unhealthy for retransmits: {hb}"
+    );
+    assert_eq!(ready(&api, b), 503);
+
+    // Recovery from loss.
+    pods[1].clear_faults().expect("clear");
+    let t = wait_state(&api, b, "healthy", 3 * TWO_WINDOWS, a, true);
+    eprintln!("B healthy again after {t:?}");
+    assert_eq!(ready(&api, b), 200);
+    assert_eq!(pod_state(&api, a), "healthy");
+    eprintln!("whole scenario: {:?}", started.elapsed());
+
+    drop((load_b, _load_a, _load_c, _probe_c));
+    rt.block_on(running.shutdown());
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
