@@ -31,14 +31,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsStr};
 use std::fmt::Debug;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 use std::{fs, thread};
 
@@ -1152,4 +1153,72 @@ pub fn go_fixtures() -> Vec<(String, String, PathBuf)> {
             ))
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP load (verdict tests, the demo)
+// ---------------------------------------------------------------------------------------------
+
+/// One request on its own connection; the status, or None on failure.
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Client threads requesting the current path (shared, changeable) until stopped.
+pub struct Load {
+    path: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, path: &str, threads: usize, pause: Duration) -> Load {
+        let path = Arc::new(Mutex::new(path.to_string()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let p = path.lock().map(|p| p.clone()).unwrap_or_default();
+                        http_get_status(addr, &p);
+                        std::thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            path,
+            stop,
+            threads,
+        }
+    }
+
+    pub fn set(&self, path: &str) {
+        if let Ok(mut p) = self.path.lock() {
+            *p = path.to_string();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }

@@ -6,15 +6,9 @@
 //! unknown; readiness answers 503 only for the unhealthy pods.
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -60,70 +54,6 @@ fn go_server() -> PathBuf {
             (variant == "default").then(|| PathBuf::from(path))
         })
         .expect("default variant")
-}
-
-/// One request on its own connection; the status, or None on failure.
-fn request(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    String::from_utf8_lossy(&resp)
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Client threads requesting the current path (shared, changeable) until stopped.
-struct Load {
-    path: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, path: &str, threads: usize, pause: Duration) -> Load {
-        let path = Arc::new(Mutex::new(path.to_string()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..threads)
-            .map(|_| {
-                let (path, stop) = (path.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let p = path.lock().map(|p| p.clone()).unwrap_or_default();
-                        request(addr, &p);
-                        std::thread::sleep(pause);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            path,
-            stop,
-            threads,
-        }
-    }
-
-    fn set(&self, path: &str) {
-        if let Ok(mut p) = self.path.lock() {
-            *p = path.to_string();
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 fn pod_health(api: &str, uid: &str) -> Value {

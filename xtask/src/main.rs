@@ -36,6 +36,11 @@ enum Cmd {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Two sample pods, one turning faulty, and the collector's verdicts changing live (root).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Only the root integration tests, optionally filtered (`-- <filter>`).
     IntegrationTest {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -181,6 +186,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::IntegrationTest { args } => integration(&args),
+        Cmd::Demo { args } => {
+            if !is_root() {
+                bail!("the demo loads eBPF and creates network namespaces: run as root");
+            }
+            let mut a = vec![
+                "run",
+                "--release",
+                "-p",
+                "integration-tests",
+                "--bin",
+                "demo",
+                "--",
+            ];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&a)
+        }
         Cmd::VmTest {
             kernel_package,
             timeout,
