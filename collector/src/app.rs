@@ -185,6 +185,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes).with_verdicts(engine);
     let verdicts = aggregator.verdicts();
+    if let Some(otlp) = &otlp {
+        otlp.export_verdicts(verdicts.clone());
+    }
     tasks.push((
         "aggregator",
         tokio::spawn(aggregator.run(rx, config.harvest_interval)),

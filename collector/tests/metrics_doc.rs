@@ -9,7 +9,7 @@ use collector::{
     export::{
         Metrics,
         http::{OutcomeLabels, RequestLabels},
-        otlp::TCP_INSTRUMENTS,
+        otlp::{HTTP_DURATION, TCP_INSTRUMENTS, VERDICT},
         prometheus::{KernelDropLabels, KindLabels, ReasonLabels, ResultLabels, SignalLabels},
         verdict::{MismatchLabels, ReasonGaugeLabels, StateLabels, TransitionLabels},
     },
@@ -245,6 +245,11 @@ fn render_doc() -> String {
             } else {
                 extra.join(", ")
             }
+        ));
+    }
+    for (name, unit, description, attrs) in [HTTP_DURATION, VERDICT] {
+        doc.push_str(&format!(
+            "| `{name}` | `{unit}` | {attrs} | {description} |\n"
         ));
     }
     doc

@@ -14,6 +14,7 @@ use std::{
 use collector::{
     app,
     config::{Config, OtlpConfig, OtlpProtocol},
+    verdict::{VerdictConfig, window::Geometry},
 };
 use integration_tests::*;
 use serde_json::Value;
@@ -100,6 +101,14 @@ async fn start(otlp: Option<OtlpConfig>) -> app::Running {
         listen: "127.0.0.1:0".parse().expect("addr"),
         harvest_interval: Duration::from_millis(200),
         otlp,
+        // Short windows: verdicts are evaluated within the test's time.
+        verdict: VerdictConfig {
+            geometry: Geometry {
+                bucket: Duration::from_secs(1),
+                count: 3,
+            },
+            ..VerdictConfig::default()
+        },
         ..Config::default()
     };
     app::start(config).await.expect("collector starts")
@@ -679,5 +688,50 @@ async fn otlp_carries_http_server_request_duration() {
         .filter_map(Value::as_f64)
         .collect();
     assert_eq!(bounds, collector::export::http::DURATION_BUCKETS.to_vec());
+    // The workload's health verdict rides along as a gauge.
+    let workload = format!(
+        "/{}",
+        cgroup
+            .cgroup_dir()
+            .strip_prefix(cgroup2_mount())
+            .expect("under mount")
+            .display()
+    );
+    let state = wait_until_ok(
+        DEADLINE,
+        POLL,
+        "the verdict gauge at the receiver",
+        || async {
+            for q in r.requests().iter().rev() {
+                for rm in q["request"]["resourceMetrics"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                        for m in sm["metrics"].as_array().into_iter().flatten() {
+                            if m["name"] != "collector.verdict" {
+                                continue;
+                            }
+                            for p in m["gauge"]["dataPoints"].as_array().into_iter().flatten() {
+                                if attr(&p["attributes"], "workload.name").as_deref()
+                                    == Some(workload.as_str())
+                                {
+                                    return attr(&p["attributes"], "health.state")
+                                        .ok_or_else(|| format!("{p}"));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Err("not yet".to_string())
+        },
+    )
+    .await;
+    assert!(
+        ["healthy", "degraded", "unhealthy", "unknown"].contains(&state.as_str()),
+        "{state}"
+    );
     running.shutdown().await;
 }

@@ -86,6 +86,36 @@ impl OtlpExporter {
         Ok(Self { provider })
     }
 
+    /// Exports each workload's health verdict as the gauge `collector.verdict` (1, with the
+    /// state as the `health.state` attribute), read from the verdict engine's latest snapshot.
+    pub fn export_verdicts(&self, verdicts: crate::verdict::SharedVerdicts) {
+        let _ = self
+            .provider
+            .meter("collector")
+            .u64_observable_gauge(VERDICT.0)
+            .with_unit(VERDICT.1)
+            .with_description(VERDICT.2)
+            .with_callback(move |observer| {
+                let snapshot = verdicts.read().unwrap_or_else(|e| e.into_inner()).clone();
+                for w in &snapshot.workloads {
+                    let mut attrs = vec![
+                        KeyValue::new("workload.kind", w.kind),
+                        KeyValue::new("workload.name", w.name.clone()),
+                        KeyValue::new("health.state", w.state.as_str()),
+                        KeyValue::new("health.probe_mismatch", w.probe_mismatch),
+                    ];
+                    if !w.pod_uid.is_empty() {
+                        attrs.push(KeyValue::new("k8s.pod.uid", w.pod_uid.clone()));
+                    }
+                    if !w.container_id.is_empty() {
+                        attrs.push(KeyValue::new("container.id", w.container_id.clone()));
+                    }
+                    observer.observe(1, &attrs);
+                }
+            })
+            .build();
+    }
+
     /// Exports one last time and stops. Blocks: call from a blocking context.
     pub fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
@@ -249,6 +279,21 @@ fn workload_attrs(w: &WorkloadLabels) -> Vec<KeyValue> {
     attrs
 }
 
+/// Instruments beyond the TCP counters: (name, unit, description, attributes besides the
+/// workload's). Registration and docs/metrics.md both read these.
+pub const HTTP_DURATION: (&str, &str, &str, &str) = (
+    "http.server.request.duration",
+    "s",
+    "Duration of HTTP server requests (histogram, semantic-convention buckets; probe paths excluded)",
+    "`http.request.method`, `http.route`, `http.response.status_code`, `error.type`",
+);
+pub const VERDICT: (&str, &str, &str, &str) = (
+    "collector.verdict",
+    "1",
+    "Health verdict per workload (gauge, always 1)",
+    "`health.state` (healthy, degraded, unhealthy or unknown), `health.probe_mismatch`",
+);
+
 /// One OTLP counter: name, unit, description, and which field(s) it reads, each with extra attributes.
 type Reading = fn(&TcpStats) -> Vec<(u64, Option<KeyValue>)>;
 
@@ -349,9 +394,9 @@ fn register_instruments(provider: &SdkMeterProvider, metrics: Arc<Metrics>) {
     let meter = provider.meter("collector");
     // Semantic convention http.server.request.duration, with the convention's boundaries.
     let duration = meter
-        .f64_histogram("http.server.request.duration")
-        .with_unit("s")
-        .with_description("Duration of HTTP server requests")
+        .f64_histogram(HTTP_DURATION.0)
+        .with_unit(HTTP_DURATION.1)
+        .with_description(HTTP_DURATION.2)
         .with_boundaries(super::http::DURATION_BUCKETS.to_vec())
         .build();
     let _ = metrics.http.otel_duration.set(duration);
