@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    aggregate::{Aggregator, KernelMaps, http::RouteTable},
+    aggregate::{Aggregator, KernelMaps, http::RouteTable, sampling::Sampler},
     api,
     config::Config,
     events,
@@ -183,7 +183,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.http.sample_every,
         Some(metrics.verdict.clone()),
     );
-    let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes).with_verdicts(engine);
+    let sampler = Sampler::new(
+        Box::new(sampling),
+        config.http.event_budget,
+        config.http.sample_every,
+        std::time::Instant::now(),
+    );
+    let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes)
+        .with_verdicts(engine)
+        .with_sampler(sampler);
     let verdicts = aggregator.verdicts();
     if let Some(otlp) = &otlp {
         otlp.export_verdicts(verdicts.clone());

@@ -93,6 +93,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub http_sample_every: Option<u32>,
 
+    /// Per-request records per second userspace processes before sampling starts (1 in N, N
+    /// doubling until under budget; request counts stay exact). 0 disables automatic sampling.
+    /// [default: 20000]
+    #[arg(long, value_name = "RECORDS_PER_SECOND")]
+    pub http_event_budget: Option<u64>,
+
     /// Do not instrument Go net/http servers (TCP signals only).
     #[arg(long)]
     pub no_go_http: bool,
@@ -183,6 +189,7 @@ pub struct FileConfig {
     pub probe_paths: Option<Vec<String>>,
     pub max_routes: Option<usize>,
     pub http_sample_every: Option<u32>,
+    pub http_event_budget: Option<u64>,
     pub go_http: Option<bool>,
     pub verdict: Option<FileVerdict>,
 }
@@ -286,7 +293,10 @@ pub struct HttpConfig {
     pub enabled: bool,
     pub probe_paths: Vec<String>,
     pub max_routes: usize,
+    /// The minimum 1-in-N for records (1 = every request).
     pub sample_every: u32,
+    /// Records per second before sampling adapts upwards; 0 = never.
+    pub event_budget: u64,
 }
 
 impl Default for HttpConfig {
@@ -296,12 +306,14 @@ impl Default for HttpConfig {
             probe_paths: DEFAULT_PROBE_PATHS.iter().map(|p| p.to_string()).collect(),
             max_routes: DEFAULT_MAX_ROUTES,
             sample_every: 1,
+            event_budget: DEFAULT_HTTP_EVENT_BUDGET,
         }
     }
 }
 
 pub const DEFAULT_PROBE_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/health"];
 pub const DEFAULT_MAX_ROUTES: usize = 100;
+pub const DEFAULT_HTTP_EVENT_BUDGET: u64 = 20_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -519,6 +531,10 @@ impl Config {
         if !(1..=1000).contains(&http.sample_every) {
             return Err(invalid("http_sample_every", "must be between 1 and 1000"));
         }
+        http.event_budget = cli
+            .http_event_budget
+            .or(file.http_event_budget)
+            .unwrap_or(DEFAULT_HTTP_EVENT_BUDGET);
         let verdict = verdict_config(cli, file.verdict.unwrap_or_default())?;
         Ok(Config {
             listen,

@@ -721,3 +721,113 @@ async fn guest_stripped_and_unstripped_on_this_kernel() {
     }
     running.shutdown().await;
 }
+
+/// Records arriving faster than the event budget: the collector raises 1-in-N on its own,
+/// request counts stay exact, and every request is a record or counted unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_adapts_to_the_event_budget() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+    require_root();
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.26") && f.variant == "stripped")
+        .expect("1.26");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    config.http.event_budget = 100;
+    let running = app::start(config).await.expect("collector starts");
+    let prefix = unique_prefix("ga");
+    let cgroup = HostCgroup::create(&prefix, "budget").expect("cgroup");
+    let workload = format!(
+        "/{}",
+        cgroup
+            .cgroup_dir()
+            .strip_prefix(cgroup2_mount())
+            .expect("under mount")
+            .display()
+    );
+    let server = start_server(&cgroup, &f.path, &[]);
+    let pid = server.child.id();
+    wait_until_ok_blocking(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        "instrumented",
+        || {
+            let (ok, body) = instrumented(running.addr, pid);
+            if ok { Ok(()) } else { Err(body) }
+        },
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut max_every = 0.0f64;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (sent, addr) = (sent.clone(), server.addr);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(4) {
+                    assert_eq!(request(addr, "GET", "/ok").0, Some(200));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while clients.iter().any(|c| !c.is_finished()) {
+        let every = get_metrics(running.addr)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("collector_http_sample_every ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        max_every = max_every.max(every);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for c in clients {
+        c.join().expect("client");
+    }
+    let n = sent.load(Ordering::Relaxed);
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    wait_until_ok_blocking(
+        DEADLINE,
+        POLL,
+        "exact counts under adaptive sampling",
+        || {
+            let text = get_metrics(running.addr);
+            let exact = sample(
+                &text,
+                "collector_http_requests_total",
+                &[w[0], w[1], ("outcome", "2xx")],
+            )
+            .unwrap_or(0.0) as u64;
+            let recorded = sample(&text, "http_server_request_duration_seconds_count", &w)
+                .unwrap_or(0.0) as u64;
+            let unrecorded =
+                sample(&text, "collector_http_requests_unrecorded_total", &w).unwrap_or(0.0) as u64;
+            if exact == n && recorded + unrecorded == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "sent={n} exact={exact} recorded={recorded} unrecorded={unrecorded}"
+                ))
+            }
+        },
+    );
+    eprintln!("{n} requests at a budget of 100 records/s: sampling reached 1 in {max_every}");
+    assert!(
+        n > 400,
+        "the load exceeded the budget ({n} requests in 4 s)"
+    );
+    assert!(
+        max_every >= 2.0,
+        "sampling never adapted (1 in {max_every})"
+    );
+    drop(server);
+    running.shutdown().await;
+}

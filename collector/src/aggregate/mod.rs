@@ -5,6 +5,7 @@
 
 pub mod harvest;
 pub mod http;
+pub mod sampling;
 pub mod tcp;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -130,6 +131,7 @@ pub struct Aggregator<S> {
     drops_seen: Vec<(KernelDrop, Vec<u64>)>,
     /// Health verdicts: fed with what this task sees, evaluated when a bucket closes.
     verdict: Engine,
+    sampler: Option<sampling::Sampler>,
     /// `Metrics::collector.records_lost` at the last harvest.
     records_lost_seen: u64,
 }
@@ -150,8 +152,19 @@ impl<S: StatsSource> Aggregator<S> {
             routes,
             drops_seen: Vec::new(),
             verdict: Engine::new(VerdictConfig::default(), 1, None),
+            sampler: None,
             records_lost_seen: 0,
         }
+    }
+
+    /// Adapts the per-request record sampling to an event budget (see `sampling`).
+    pub fn with_sampler(mut self, sampler: sampling::Sampler) -> Self {
+        self.metrics
+            .collector
+            .http_sample_every
+            .set(i64::from(sampler.current));
+        self.sampler = Some(sampler);
+        self
     }
 
     /// Replaces the verdict engine (configured windows, rules, sampling, metrics).
@@ -175,6 +188,9 @@ impl<S: StatsSource> Aggregator<S> {
     }
 
     fn on_request(&mut self, r: &HttpRequest, now: Instant) {
+        if let Some(s) = self.sampler.as_mut() {
+            s.on_record();
+        }
         let key = OwnerKey {
             cgroup_id: r.cgroup_id,
             tgid: r.tgid,
@@ -212,6 +228,13 @@ impl<S: StatsSource> Aggregator<S> {
 
     /// Reads the kernel maps and exports what changed since the last harvest.
     pub fn harvest(&mut self, now: Instant) {
+        if let Some(next) = self.sampler.as_mut().and_then(|s| s.tick(now)) {
+            self.metrics
+                .collector
+                .http_sample_every
+                .set(i64::from(next));
+            self.verdict.set_sample_every(next);
+        }
         let current = self.source.read_tcp();
         let identity = &self.identity;
         let result = self

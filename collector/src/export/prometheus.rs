@@ -79,6 +79,7 @@ pub struct SelfMetrics {
     pub go_binaries_instrumented: Gauge,
     pub go_binaries_skipped: Family<ReasonLabels, Counter>,
     pub http_inflight_swept: Counter,
+    pub http_sample_every: Gauge,
     /// Records lost in userspace (rejected at decoding, or dropped with the channel full):
     /// read by the aggregator to mark verdict windows unknown.
     pub records_lost: AtomicU64,
@@ -114,6 +115,7 @@ impl Metrics {
             go_binaries_instrumented: Gauge::default(),
             go_binaries_skipped: Family::default(),
             http_inflight_swept: Counter::default(),
+            http_sample_every: Gauge::default(),
             records_lost: AtomicU64::new(0),
         };
         let c = &collector;
@@ -176,6 +178,11 @@ impl Metrics {
             "collector_http_inflight_swept",
             "In-flight requests dropped because their process exited or they never ended",
             c.http_inflight_swept.clone(),
+        );
+        registry.register(
+            "collector_http_sample_every",
+            "Go HTTP request records emitted 1 in N (N adapts to --http-event-budget; counts stay exact)",
+            c.http_sample_every.clone(),
         );
         registry.register(
             "collector_build",

@@ -142,6 +142,11 @@ impl Engine {
     }
 
     /// What the API reads.
+    /// The record sampling now in effect (adaptive sampling changed it).
+    pub fn set_sample_every(&mut self, every: u32) {
+        self.sample_every = every.max(1);
+    }
+
     pub fn shared(&self) -> SharedVerdicts {
         self.shared.clone()
     }
