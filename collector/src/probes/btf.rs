@@ -122,7 +122,7 @@ struct Member {
 /// Parsed BTF. Owns a copy of the string section so it does not borrow the input.
 #[derive(Debug)]
 pub struct Btf {
-    /// Index 0 is a placeholder for `void` so type ids index directly.
+    /// Index 0 stands for `void`, so type ids index directly.
     types: Vec<Type>,
     members: Vec<Member>,
     strings: Vec<u8>,
