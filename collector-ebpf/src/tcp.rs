@@ -92,6 +92,20 @@ fn on_send(sk: u64, ret: i32) {
     });
 }
 
+/// What the entry kprobe stashed for this thread, removed; a miss (maxactive exhausted, a
+/// nested call) is counted.
+#[inline(always)]
+fn take_stash() -> Option<[u64; 2]> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before removal.
+    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
+        count_drop(KernelDrop::StashMiss);
+        return None;
+    };
+    let _ = PROBE_STASH.remove(&id);
+    Some(stash)
+}
+
 #[kprobe]
 pub fn send_kprobe(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
@@ -101,13 +115,9 @@ pub fn send_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn send_kretprobe(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out before removal.
-    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
-        count_drop(KernelDrop::StashMiss);
+    let Some(stash) = take_stash() else {
         return 0;
     };
-    let _ = PROBE_STASH.remove(&id);
     let ret: i64 = ctx.ret();
     on_send(stash[0], ret as i32);
     0
@@ -205,13 +215,9 @@ pub fn retrans_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn retrans_kretprobe(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out before removal.
-    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
-        count_drop(KernelDrop::StashMiss);
+    let Some(stash) = take_stash() else {
         return 0;
     };
-    let _ = PROBE_STASH.remove(&id);
     let ret: i64 = ctx.ret();
     on_retransmit(stash[0], stash[1], ret as i32 as i64);
     0
@@ -293,13 +299,9 @@ pub fn synack_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn synack_kretprobe(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out before removal.
-    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
-        count_drop(KernelDrop::StashMiss);
+    let Some(stash) = take_stash() else {
         return 0;
     };
-    let _ = PROBE_STASH.remove(&id);
     let ret: i64 = ctx.ret();
     on_synack_retransmit(stash[0], ret as i32 as i64);
     0

@@ -177,6 +177,18 @@ async fn start_collector() -> app::Running {
     app::start(config).await.expect("collector starts")
 }
 
+/// Waits until Go discovery lists `pid` as instrumented.
+fn wait_instrumented(addr: SocketAddr, pid: u32, within: Duration, what: impl AsRef<str>) {
+    wait_until_ok_blocking(within, Duration::from_millis(20), what.as_ref(), || {
+        let (found, body) = instrumented(addr, pid);
+        if found {
+            Ok(())
+        } else {
+            Err(format!("pid {pid} not in {body}"))
+        }
+    });
+}
+
 fn instrumented(addr: SocketAddr, pid: u32) -> (bool, String) {
     let mut s = TcpStream::connect(addr).expect("collector");
     write!(s, "GET /v1/go-http HTTP/1.0\r\n\r\n").expect("write");
@@ -219,19 +231,13 @@ async fn every_go_version_and_build_counts_requests_exactly() {
         let spawned = Instant::now();
         let server = start_server(&cgroup, &f.path, &[]);
         let pid = server.child.id();
-        let attach = wait_until_ok_blocking(
+        wait_instrumented(
+            running.addr,
+            pid,
             Duration::from_secs(5),
-            Duration::from_millis(20),
-            &format!("{name} instrumented"),
-            || {
-                let (ok, body) = instrumented(running.addr, pid);
-                if ok {
-                    Ok(spawned.elapsed())
-                } else {
-                    Err(format!("pid {pid} not in {body}"))
-                }
-            },
+            format!("{name} instrumented"),
         );
+        let attach = spawned.elapsed();
         // Requests from one second after exec on must all be counted.
         if let Some(rest) = Duration::from_secs(1).checked_sub(spawned.elapsed()) {
             std::thread::sleep(rest);
@@ -418,14 +424,11 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
         ],
     );
     let pid = server.child.id();
-    wait_until_ok_blocking(
+    wait_instrumented(
+        running.addr,
+        pid,
         Duration::from_secs(5),
-        Duration::from_millis(20),
         "TLS server instrumented",
-        || {
-            let (ok, body) = instrumented(running.addr, pid);
-            if ok { Ok(()) } else { Err(body) }
-        },
     );
     let base = format!("https://{}", server.addr);
     for _ in 0..4 {
@@ -526,14 +529,11 @@ async fn attach_and_detach_under_load_never_hurts_the_server() {
     let pid = server.child.id();
     for cycle in 0..50 {
         let running = start_collector().await;
-        wait_until_ok_blocking(
+        wait_instrumented(
+            running.addr,
+            pid,
             Duration::from_secs(10),
-            Duration::from_millis(20),
-            &format!("cycle {cycle}: instrumented"),
-            || {
-                let (found, body) = instrumented(running.addr, pid);
-                if found { Ok(()) } else { Err(body) }
-            },
+            format!("cycle {cycle}: instrumented"),
         );
         running.shutdown().await;
     }
@@ -581,15 +581,7 @@ async fn sampling_keeps_request_counts_exact() {
     );
     let server = start_server(&cgroup, &f.path, &[]);
     let pid = server.child.id();
-    wait_until_ok_blocking(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        "instrumented",
-        || {
-            let (ok, body) = instrumented(running.addr, pid);
-            if ok { Ok(()) } else { Err(body) }
-        },
-    );
+    wait_instrumented(running.addr, pid, Duration::from_secs(5), "instrumented");
     const N: u64 = 200;
     for _ in 0..N {
         assert_eq!(request(server.addr, "GET", "/ok").0, Some(200));
@@ -656,14 +648,11 @@ async fn guest_stripped_and_unstripped_on_this_kernel() {
         let server = start_server(&cgroup, &f.path, &[]);
         let pid = server.child.id();
         // Generous: software emulation makes everything slower.
-        wait_until_ok_blocking(
+        wait_instrumented(
+            running.addr,
+            pid,
             Duration::from_secs(30),
-            Duration::from_millis(50),
-            &format!("{variant} instrumented"),
-            || {
-                let (ok, body) = instrumented(running.addr, pid);
-                if ok { Ok(()) } else { Err(body) }
-            },
+            format!("{variant} instrumented"),
         );
         for (path, want, n) in [
             ("/ok", Some(200), 3),
@@ -755,15 +744,7 @@ async fn sampling_adapts_to_the_event_budget() {
     );
     let server = start_server(&cgroup, &f.path, &[]);
     let pid = server.child.id();
-    wait_until_ok_blocking(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        "instrumented",
-        || {
-            let (ok, body) = instrumented(running.addr, pid);
-            if ok { Ok(()) } else { Err(body) }
-        },
-    );
+    wait_instrumented(running.addr, pid, Duration::from_secs(5), "instrumented");
     let sent = Arc::new(AtomicU64::new(0));
     let mut max_every = 0.0f64;
     let clients: Vec<_> = (0..4)
