@@ -1,5 +1,6 @@
 //! Build and test orchestration. `./x` runs the bootstrap and then this.
 
+mod bench;
 mod go_offsets;
 mod vm;
 
@@ -58,6 +59,47 @@ enum Cmd {
         timeout: u64,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// What the collector costs the workloads it watches (root): Go HTTP throughput and
+    /// latency, TCP bulk and churn, kernel and collector CPU per request, events before loss,
+    /// RSS and /metrics at 1,000 and 5,000 workloads; rounds interleaved with the collector off
+    /// and in each configuration. JSON in target/bench/, a table on stdout. See BENCHMARKS.md.
+    Bench {
+        /// One round, short phases, few workloads: for development, not for figures.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds; each runs every configuration once, in order.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Configurations to compare (comma-separated; `off` is always added).
+        #[arg(long, value_delimiter = ',')]
+        configs: Vec<String>,
+        /// Measure this collector binary instead of building the workspace's.
+        #[arg(long, value_name = "PATH")]
+        collector: Option<PathBuf>,
+        /// Pin the collector to this CPU (default: unpinned).
+        #[arg(long, value_name = "CPU")]
+        collector_cpu: Option<u32>,
+        /// Open-loop rate in requests/s (default: half of the first saturation without the
+        /// collector).
+        #[arg(long, value_name = "REQ_PER_S")]
+        open_rate: Option<f64>,
+        /// Workload counts of the scale phase (comma-separated; default 1000,5000).
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<usize>,
+        /// Do not try to build the peers (OBI, Beyla).
+        #[arg(long)]
+        no_peers: bool,
+        /// Run the bench and everything it starts at this niceness (e.g. -10 on a machine
+        /// shared with other jobs).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        nice: i32,
+        /// Print the tables as Markdown (for BENCHMARKS.md).
+        #[arg(long)]
+        markdown: bool,
+        /// Print the tables of an earlier run's JSON instead of running.
+        #[arg(long, value_name = "JSON")]
+        report: Option<PathBuf>,
     },
     /// Regenerate the Go `net/http` struct offsets table (go_http/offsets_table.json) by
     /// building tests/go/offsets with every Go release in tests/go/versions.
@@ -207,6 +249,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             args,
         } => vm_test(kernel_package, Duration::from_secs(timeout), args),
+        Cmd::Bench {
+            quick,
+            rounds,
+            configs,
+            collector,
+            collector_cpu,
+            open_rate,
+            workloads,
+            no_peers,
+            nice,
+            markdown,
+            report,
+        } => bench::bench(
+            &root(),
+            &bench::Options {
+                rounds,
+                quick,
+                configs,
+                collector,
+                collector_cpu,
+                open_rate,
+                workloads,
+                peers: !no_peers,
+                nice,
+                markdown,
+                report,
+            },
+        ),
         Cmd::GoOffsets { check, also } => {
             go_offsets::go_offsets(&root(), &go_offsets::Options { check, also })
         }

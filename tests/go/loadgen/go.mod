@@ -1,0 +1,3 @@
+module example.invalid/collector/loadgen
+
+go 1.21
