@@ -17,7 +17,11 @@ use std::{
     sync::OnceLock,
 };
 
-use collector::probes::go_http::{EntryCheck, GoBinaryError, analyze, pclntab::TextStart};
+use collector::probes::go_http::{
+    EntryCheck, GoBinaryError, analyze,
+    elf::{MAX_READ, READ_BUDGET},
+    pclntab::TextStart,
+};
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
 const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
@@ -158,10 +162,20 @@ fn every_toolchain_and_variant() {
 
 fn check_fixture(f: &Fixture) -> Result<(), String> {
     let bin = analyze(&f.path).map_err(|e| format!("{e:?}"))?;
+    let file_len = std::fs::metadata(&f.path).unwrap().len();
     eprintln!(
-        "go{} {}: text start {:?}, {:?}",
-        f.version, f.variant, bin.text_start, bin.cross_check
+        "go{} {}: text start {:?}, {:?}, read {} of {} bytes",
+        f.version,
+        f.variant,
+        bin.text_start,
+        bin.cross_check,
+        bin.bytes_read(),
+        file_len
     );
+    // The budget is sized for binaries far larger than this one.
+    check(bin.bytes_read() < READ_BUDGET / 8, || {
+        format!("analysis read {} bytes", bin.bytes_read())
+    })?;
     let stripped = f.variant == "stripped";
     let pie = f.variant == "pie";
     check(bin.go_version == format!("go{}", f.version), || {
@@ -394,4 +408,332 @@ fn unknown_function_is_an_error() {
         bin.probe_points("main.doesNotExist"),
         Err(GoBinaryError::FunctionNotFound { .. })
     ));
+}
+
+/// Builders for small synthetic ELF files: enough structure for the analysis to reach the
+/// part under test, nothing a real linker would add.
+mod synth {
+    /// One section: name, type, file offset, size, link, entry size.
+    pub struct Sect {
+        pub name: &'static str,
+        pub sh_type: u32,
+        pub offset: u64,
+        pub size: u64,
+        pub link: u32,
+        pub entsize: u64,
+    }
+
+    pub const SHT_PROGBITS: u32 = 1;
+    pub const SHT_SYMTAB: u32 = 2;
+    pub const SHT_STRTAB: u32 = 3;
+
+    /// The Go build info blob of a go1.24.3 binary (inline strings).
+    pub fn buildinfo() -> Vec<u8> {
+        let mut b = b"\xff Go buildinf:".to_vec();
+        b.push(8);
+        b.push(2);
+        b.resize(32, 0);
+        let version = b"go1.24.3";
+        b.push(version.len() as u8);
+        b.extend_from_slice(version);
+        b.push(0);
+        b
+    }
+
+    /// An x86-64 ELF64 `ET_EXEC` whose first 64 KiB hold `blobs` (file offset, bytes), one
+    /// read-execute PT_LOAD over them at vaddr 0x400000 + offset, and `sections` (a null
+    /// section and `.shstrtab` are added). The file is then extended to `len` bytes, sparsely.
+    pub fn elf(blobs: &[(u64, Vec<u8>)], sections: &[Sect], len: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 0x1_0000];
+        b[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        b[16..18].copy_from_slice(&2u16.to_le_bytes());
+        b[18..20].copy_from_slice(&62u16.to_le_bytes());
+        b[20..24].copy_from_slice(&1u32.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[52..54].copy_from_slice(&64u16.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        // PT_LOAD R+X over the first 64 KiB.
+        let ph = 64;
+        b[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes());
+        b[ph + 16..ph + 24].copy_from_slice(&0x40_0000u64.to_le_bytes());
+        b[ph + 24..ph + 32].copy_from_slice(&0x40_0000u64.to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&0x1_0000u64.to_le_bytes());
+        b[ph + 40..ph + 48].copy_from_slice(&0x1_0000u64.to_le_bytes());
+        for (at, bytes) in blobs {
+            let at = *at as usize;
+            b[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        // .shstrtab at 0xe000, section headers at 0xf000.
+        let mut names = vec![0u8];
+        let mut name_offs = Vec::new();
+        for s in sections.iter().map(|s| s.name).chain([".shstrtab"]) {
+            name_offs.push(names.len() as u32);
+            names.extend_from_slice(s.as_bytes());
+            names.push(0);
+        }
+        b[0xe000..0xe000 + names.len()].copy_from_slice(&names);
+        let shoff = 0xf000usize;
+        let count = sections.len() + 2;
+        b[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
+        b[58..60].copy_from_slice(&64u16.to_le_bytes());
+        b[60..62].copy_from_slice(&(count as u16).to_le_bytes());
+        b[62..64].copy_from_slice(&((count - 1) as u16).to_le_bytes());
+        let shstrtab = Sect {
+            name: ".shstrtab",
+            sh_type: SHT_STRTAB,
+            offset: 0xe000,
+            size: names.len() as u64,
+            link: 0,
+            entsize: 0,
+        };
+        for (i, s) in sections.iter().chain([&shstrtab]).enumerate() {
+            let h = shoff + 64 * (i + 1);
+            b[h..h + 4].copy_from_slice(&name_offs[i].to_le_bytes());
+            b[h + 4..h + 8].copy_from_slice(&s.sh_type.to_le_bytes());
+            if s.offset < 0x1_0000 {
+                b[h + 16..h + 24].copy_from_slice(&(0x40_0000 + s.offset).to_le_bytes());
+            }
+            b[h + 24..h + 32].copy_from_slice(&s.offset.to_le_bytes());
+            b[h + 32..h + 40].copy_from_slice(&s.size.to_le_bytes());
+            b[h + 40..h + 44].copy_from_slice(&s.link.to_le_bytes());
+            b[h + 56..h + 64].copy_from_slice(&s.entsize.to_le_bytes());
+        }
+        assert!(len >= b.len() as u64);
+        b
+    }
+}
+
+/// Peak resident set size of this process in KiB, after resetting it (clear_refs 5), so a
+/// measurement sees only what happens after this call.
+fn reset_peak_rss_kib() -> u64 {
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    peak_rss_kib()
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A sparse file whose `.symtab` claims `huge` bytes (the file really is that long, so a check
+/// against the file size alone lets it through).
+fn sparse_with_huge_symtab(name: &str, go: bool, huge: u64) -> PathBuf {
+    use synth::*;
+    let mut blobs = vec![(0xd000, b"\0main.x\0".to_vec())];
+    let mut sections = Vec::new();
+    if go {
+        blobs.push((0x1000, buildinfo()));
+        let mut pcln = 0xffff_fff1u32.to_le_bytes().to_vec();
+        pcln.extend_from_slice(&[0, 0, 1, 8]);
+        pcln.resize(0x100, 0);
+        blobs.push((0x2000, pcln));
+        sections.push(Sect {
+            name: ".go.buildinfo",
+            sh_type: SHT_PROGBITS,
+            offset: 0x1000,
+            size: 0x100,
+            link: 0,
+            entsize: 0,
+        });
+        sections.push(Sect {
+            name: ".gopclntab",
+            sh_type: SHT_PROGBITS,
+            offset: 0x2000,
+            size: 0x100,
+            link: 0,
+            entsize: 0,
+        });
+    }
+    let strtab = sections.len() as u32 + 2;
+    sections.push(Sect {
+        name: ".symtab",
+        sh_type: SHT_SYMTAB,
+        offset: 0x1_0000,
+        size: huge,
+        link: strtab,
+        entsize: 24,
+    });
+    sections.push(Sect {
+        name: ".strtab",
+        sh_type: SHT_STRTAB,
+        offset: 0xd000,
+        size: 8,
+        link: 0,
+        entsize: 0,
+    });
+    let len = 0x1_0000 + huge;
+    let bytes = synth::elf(&blobs, &sections, len);
+    let p = scratch(name, &bytes);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    p
+}
+
+/// Catches: `.symtab`/`.strtab` read in full before any Go check, bounded only by the file size
+/// (the agent allocated and filled gigabytes for a sparse file with a huge section).
+#[test]
+fn huge_sections_in_sparse_files_are_refused_without_reading_them() {
+    for huge in [2u64 << 30, 64 << 30] {
+        for go in [false, true] {
+            let p = sparse_with_huge_symtab(&format!("sparse-{go}-{huge}"), go, huge);
+            let before = reset_peak_rss_kib();
+            let t = std::time::Instant::now();
+            let result = analyze(&p);
+            let took = t.elapsed();
+            let grew_mib = peak_rss_kib().saturating_sub(before) / 1024;
+            std::fs::remove_file(&p).unwrap();
+            eprintln!("huge {huge} go {go}: {took:?}, peak RSS +{grew_mib} MiB: {result:?}");
+            let e = result.unwrap_err();
+            if go {
+                assert!(
+                    matches!(e.kind(), GoBinaryError::OverBudget { .. }),
+                    "Go-looking file with a {huge}-byte .symtab: {e:?}"
+                );
+            } else {
+                assert!(e.is_not_go(), "no Go magic, so not Go: {e:?}");
+            }
+            assert!(grew_mib < 64, "peak RSS grew by {grew_mib} MiB");
+            assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+        }
+    }
+}
+
+/// A Go-looking synthetic binary (build info, `.gopclntab` = `pcln` at file offset 0x2000,
+/// claiming `pcln_size` bytes).
+fn go_with_pclntab(name: &str, pcln: Vec<u8>, pcln_size: u64) -> PathBuf {
+    use synth::*;
+    let sections = [
+        Sect {
+            name: ".go.buildinfo",
+            sh_type: SHT_PROGBITS,
+            offset: 0x1000,
+            size: 0x100,
+            link: 0,
+            entsize: 0,
+        },
+        Sect {
+            name: ".gopclntab",
+            sh_type: SHT_PROGBITS,
+            offset: 0x2000,
+            size: pcln_size,
+            link: 0,
+            entsize: 0,
+        },
+    ];
+    let bytes = synth::elf(
+        &[(0x1000, synth::buildinfo()), (0x2000, pcln)],
+        &sections,
+        0x1_0000,
+    );
+    scratch(name, &bytes)
+}
+
+/// A Go 1.20+ pclntab header: magic, quantum 1, pointer size 8, `nfunc`, text start 0x401000,
+/// name table at `names`, function table at `functab`.
+fn pcln_header(nfunc: u64, names: u64, functab: u64) -> Vec<u8> {
+    let mut h = 0xffff_fff1u32.to_le_bytes().to_vec();
+    h.extend_from_slice(&[0, 0, 1, 8]);
+    h.extend_from_slice(&nfunc.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&0x40_1000u64.to_le_bytes());
+    h.extend_from_slice(&names.to_le_bytes());
+    h.resize(64, 0);
+    h.extend_from_slice(&functab.to_le_bytes());
+    h
+}
+
+/// Catches: a cut-off or lying `.gopclntab` (header, function count, table offsets, records)
+/// read out of bounds, panicking, or allocating what the header claims.
+#[test]
+fn truncated_and_garbage_pclntab_are_clear_errors() {
+    let malformed = |e: &GoBinaryError| matches!(e.kind(), GoBinaryError::Malformed { .. });
+    type Expect<'a> = &'a dyn Fn(&GoBinaryError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, u64, Expect<'_>)> = vec![
+        // Only the magic and the quantum/pointer-size bytes.
+        (
+            "header-cut",
+            pcln_header(1, 72, 80)[..8].to_vec(),
+            8,
+            &malformed,
+        ),
+        // A function count whose table would not fit in memory.
+        ("nfunc-huge", pcln_header(u64::MAX, 72, 80), 72, &malformed),
+        // Tables past the end of the section.
+        (
+            "functab-outside",
+            pcln_header(1, 72, 1 << 40),
+            72,
+            &malformed,
+        ),
+        // Not a pclntab at all.
+        ("bad-magic", vec![0xaa; 72], 72, &malformed),
+        // A pclntab that claims more than the file holds.
+        ("past-eof", pcln_header(1, 72, 80), 1 << 30, &|e| {
+            matches!(e.kind(), GoBinaryError::Truncated { .. })
+        }),
+        // A pclntab larger than one read may take (the file is grown sparsely below).
+        ("over-budget", pcln_header(1, 72, 80), MAX_READ + 1, &|e| {
+            matches!(e.kind(), GoBinaryError::OverBudget { .. })
+        }),
+    ];
+    for (name, pcln, size, expect) in cases {
+        let p = go_with_pclntab(&format!("pcln-{name}"), pcln, size);
+        if name == "over-budget" {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(0x2000 + size)
+                .unwrap();
+        }
+        let e = analyze(&p).unwrap_err();
+        std::fs::remove_file(&p).unwrap();
+        assert!(expect(&e), "{name}: {e:?}");
+    }
+    // A valid header over a function table of garbage: an error, whatever the garbage.
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..200 {
+        let mut pcln = pcln_header(16, 72, 200);
+        pcln.extend((0..400).map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng as u8
+        }));
+        let len = pcln.len() as u64;
+        let p = go_with_pclntab("pcln-garbage", pcln, len);
+        assert!(analyze(&p).is_err(), "round {round}: garbage accepted");
+    }
+}
+
+/// The fuzz target's synthetic seeds (fuzz/seeds/make_go_seeds.py) must reach the last stage of
+/// the analysis, or the fuzzer starts from inputs that stop at the first check. Catches a seed
+/// generator (or an analysis change) that leaves the seeds rejected early.
+#[test]
+fn fuzz_seeds_reach_probe_points() {
+    let seeds = repo().join("fuzz/seeds/go_binary");
+    for (name, stripped) in [("synthetic-go", false), ("synthetic-go-stripped", true)] {
+        let bin = analyze(&seeds.join(name)).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(bin.go_version, "go1.24.3");
+        assert_eq!(bin.stripped, stripped, "{name}");
+        for function in [SERVE_HTTP, WRITE_HEADER] {
+            let p = bin
+                .probe_points(function)
+                .unwrap_or_else(|e| panic!("{name} {function}: {e:?}"));
+            let expected = if stripped {
+                EntryCheck::MorestackJump
+            } else {
+                EntryCheck::Both
+            };
+            assert_eq!(p.entry_check, expected, "{name} {function}");
+            assert_eq!(p.ret_offsets, [6], "{name} {function}");
+        }
+    }
 }

@@ -3,15 +3,23 @@
 //! Discovery: an exec notice from the kernel (`sched_process_exec`) checks the new process at
 //! once, so a server started after the collector has its first request counted; a periodic
 //! /proc scan is the safety net and finds processes that predate us. Uprobes live on inodes:
-//! one attachment per (st_dev, st_ino), through `/proc/<pid>/exe` (works across mount
-//! namespaces), with `AllProcesses` scope so every process of that file is covered. The
-//! attachment is removed when the last process using the file is gone.
+//! one attachment per (st_dev, st_ino), with `AllProcesses` scope so every process of that file
+//! is covered. The attachment is removed when the last process using the file is gone.
+//!
+//! `/proc/<pid>/exe` is opened once (works across mount namespaces) and everything comes from
+//! that descriptor: the (st_dev, st_ino) key, the analysis, and the uprobe target
+//! (`/proc/self/fd/<n>`, see `GoBinary::uprobe_target`), checked against the key right before
+//! attaching. Attaching by the `/proc/<pid>/exe` path instead would put breakpoints at
+//! Go-derived offsets into whatever the process exec'd meanwhile (or a new process that reused
+//! the pid), in every process running that file (`tests/tests/go_attach_race.rs`).
 //!
 //! Each attachment gets a slot in `HTTP_OFFSETS` holding that binary's struct offsets; the slot
 //! is every uprobe's attach cookie. Only addresses `GoBinary::probe_points` verified are used.
 
 use std::{
     collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -32,7 +40,10 @@ use collector_common::{
 };
 use tracing::{debug, info, warn};
 
-use super::{GoBinary, analyze, offsets::offsets_for};
+use super::{
+    GoBinary, analyze_file,
+    offsets::{OffsetsError, offsets_for},
+};
 use crate::export::{Metrics, prometheus::ReasonLabels};
 
 pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
@@ -79,6 +90,15 @@ const PROBES: [(&str, &str, &str, Point, bool); 5] = [
 enum Point {
     Entry,
     Returns,
+}
+
+/// Why a process's file was not instrumented.
+enum Skip {
+    /// Remembered (as `Tracked::Skipped`) for this file.
+    Skipped(String),
+    /// Not remembered: the process's file changed under the analysis; the next exec notice or
+    /// scan looks at it again.
+    Retry(String),
 }
 
 /// In-flight entries older than this belong to requests that will never end (process killed,
@@ -235,8 +255,13 @@ impl GoHttpProbes {
         if pid == self.self_pid {
             return;
         }
+        let exe = self.proc_root.join(pid.to_string()).join("exe");
         // Kernel threads and processes that exited already have no exe.
-        let Some(id) = self.file_id(pid) else { return };
+        let Ok(file) = File::open(&exe) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        // The key is the identity of the descriptor analysed and attached through, not of a
+        // separate stat: the process may exec between the two.
+        let id = (meta.dev(), meta.ino());
         match self.files.get_mut(&id) {
             Some(Tracked::Instrumented { pids, .. }) => {
                 pids.insert(pid);
@@ -248,10 +273,16 @@ impl GoHttpProbes {
             }
             None => {}
         }
-        let exe = self.proc_root.join(pid.to_string()).join("exe");
-        let tracked = match self.instrument(&exe, pid) {
+        let tracked = match self.instrument(&exe, file, id, pid) {
             Ok(t) => t,
-            Err(reason) => Tracked::Skipped {
+            Err(Skip::Retry(reason)) => {
+                debug!(
+                    pid,
+                    reason, "Go binary changed during analysis: looked at again later"
+                );
+                return;
+            }
+            Err(Skip::Skipped(reason)) => Tracked::Skipped {
                 reason,
                 last_seen: now,
             },
@@ -268,27 +299,38 @@ impl GoHttpProbes {
             .inc();
     }
 
-    fn instrument(&mut self, exe: &Path, pid: u32) -> Result<Tracked, String> {
-        let bin = match analyze(exe) {
+    /// Analyses `file` (opened from `exe`, identity `id`) and attaches to it.
+    fn instrument(
+        &mut self,
+        exe: &Path,
+        file: File,
+        id: (u64, u64),
+        pid: u32,
+    ) -> Result<Tracked, Skip> {
+        let bin = match analyze_file(exe, file) {
             Ok(b) => b,
-            Err(e) if e.is_not_go() => return Err("not a Go binary".into()),
+            Err(e) if e.is_not_go() => return Err(Skip::Skipped("not a Go binary".into())),
             Err(e) => {
                 self.skip("unanalyzable");
                 warn!(pid, error = %e, "Go binary not instrumented");
-                return Err(e.to_string());
+                return Err(Skip::Skipped(e.to_string()));
             }
         };
         if bin.function(SERVE_HTTP).is_none() {
             self.skip("no_net_http_server");
             debug!(pid, "Go binary without a net/http server");
-            return Err("no net/http server".into());
+            return Err(Skip::Skipped("no net/http server".into()));
         }
         let (offsets, source) = match offsets_for(&bin) {
             Ok(o) => o,
+            // The DWARF reader re-opens the path and found another file there.
+            Err(e) if matches!(e.kind(), OffsetsError::Replaced) => {
+                return Err(Skip::Retry(e.to_string()));
+            }
             Err(e) => {
                 self.skip("no_offsets");
                 warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented: struct offsets unknown");
-                return Err(e.to_string());
+                return Err(Skip::Skipped(e.to_string()));
             }
         };
         let points = match probe_points(&bin) {
@@ -296,12 +338,27 @@ impl GoHttpProbes {
             Err(e) => {
                 self.skip("unverified_addresses");
                 warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented");
-                return Err(e);
+                return Err(Skip::Skipped(e));
+            }
+        };
+        // The file the offsets were computed from, by a path the kernel resolves to it alone;
+        // and that file must be the one this attachment is keyed (and later detached) by.
+        let target = match bin.uprobe_target() {
+            Ok(t) if (bin.dev, bin.ino) == id => t,
+            Ok(_) => {
+                self.skip("identity_mismatch");
+                warn!(pid, "analysed file is not the one keyed: not attaching");
+                return Err(Skip::Retry("analysed file is not the one keyed".into()));
+            }
+            Err(e) => {
+                self.skip("identity_mismatch");
+                warn!(pid, error = %e, "Go binary not instrumented");
+                return Err(Skip::Retry(e.to_string()));
             }
         };
         let Some(slot) = self.free_slots.pop() else {
             self.skip("slots_exhausted");
-            return Err("all offset slots in use".into());
+            return Err(Skip::Skipped("all offset slots in use".into()));
         };
         let value = GoHttpOffsets {
             request_method: offsets.request_method,
@@ -313,7 +370,7 @@ impl GoHttpProbes {
         };
         if let Err(e) = self.offsets.set(slot, &value, 0) {
             self.free_slots.push(slot);
-            return Err(format!("writing offsets: {e}"));
+            return Err(Skip::Skipped(format!("writing offsets: {e}")));
         }
         let mut links = Vec::new();
         let t = Instant::now();
@@ -329,7 +386,7 @@ impl GoHttpProbes {
             });
             let result = match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
                 Some(Ok(p)) => p
-                    .attach(attach_points, exe, UProbeScope::AllProcesses)
+                    .attach(attach_points, &target, UProbeScope::AllProcesses)
                     .map_err(|e| e.to_string()),
                 _ => Err(format!("{prog} missing")),
             };
@@ -343,7 +400,7 @@ impl GoHttpProbes {
                     self.release(slot);
                     self.skip("attach_failed");
                     warn!(pid, prog, error = %e, "attaching Go net/http uprobes");
-                    return Err(format!("attaching {prog}: {e}"));
+                    return Err(Skip::Skipped(format!("attaching {prog}: {e}")));
                 }
             }
         }
@@ -355,7 +412,8 @@ impl GoHttpProbes {
             links,
             pids: HashSet::from([pid]),
             go_version: bin.go_version.clone(),
-            path: std::fs::read_link(exe).unwrap_or_else(|_| exe.to_path_buf()),
+            // Where the attached file lives (" (deleted)" when unlinked), not what the pid runs now.
+            path: std::fs::read_link(&target).unwrap_or_else(|_| exe.to_path_buf()),
         })
     }
 

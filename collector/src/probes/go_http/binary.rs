@@ -12,8 +12,10 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     fs::File,
-    io::Read as _,
-    os::unix::fs::MetadataExt as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{FileExt as _, MetadataExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -145,13 +147,20 @@ pub fn analyze(path: &Path) -> Result<GoBinary, GoBinaryError> {
         path: path.to_owned(),
         source,
     })?;
-    analyze_file(path, file).map_err(|e| GoBinaryError::InFile {
+    analyze_file(path, file)
+}
+
+/// Analyses an already opened executable; `path` only names it in messages. The returned
+/// [`GoBinary`] keeps `file` open, so [`GoBinary::uprobe_target`] names this very file whatever
+/// happens to `path` afterwards. This is the entry the daemon and the fuzz target use.
+pub fn analyze_file(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
+    analyze_open(path, file).map_err(|e| GoBinaryError::InFile {
         path: path.to_owned(),
         source: Box::new(e),
     })
 }
 
-fn analyze_file(path: &Path, mut file: File) -> Result<GoBinary, GoBinaryError> {
+fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
     let meta = file.metadata().map_err(|source| GoBinaryError::Read {
         what: "file metadata",
         source,
@@ -162,10 +171,13 @@ fn analyze_file(path: &Path, mut file: File) -> Result<GoBinary, GoBinaryError> 
         });
     }
     let mut head = [0u8; 6];
-    let got = file.read(&mut head).map_err(|source| GoBinaryError::Read {
-        what: "ELF header",
-        source,
-    })?;
+    // A positioned read: the caller's file offset is irrelevant (and left alone).
+    let got = file
+        .read_at(&mut head, 0)
+        .map_err(|source| GoBinaryError::Read {
+            what: "ELF header",
+            source,
+        })?;
     match elf::ident(&head[..got]) {
         Ident::NotElf => {
             return Err(GoBinaryError::NotGo {
@@ -191,7 +203,30 @@ fn analyze_file(path: &Path, mut file: File) -> Result<GoBinary, GoBinaryError> 
         return Err(unsupported_elf(format!("ELF type {}", elf.e_type)));
     }
 
-    let build = buildinfo::read(&elf)?;
+    // Go-ness first, from small reads (the build info blob, the 8-byte pclntab header): every
+    // exec on the node comes through here, and only Go binaries may cost a symbol table read.
+    let info = match buildinfo::read(&elf)? {
+        buildinfo::Found::Info(info) => info,
+        buildinfo::Found::PointerFormat => {
+            return Err(GoBinaryError::UnsupportedGo {
+                reason: "build info predates Go 1.18",
+            });
+        }
+        buildinfo::Found::Absent => {
+            return Err(match pclntab::section_magic(&elf)? {
+                Some(m) if pclntab::is_go_magic(m) => GoBinaryError::UnsupportedGo {
+                    reason: "no Go build info, so no Go version",
+                },
+                _ => GoBinaryError::NotGo {
+                    reason: "no Go build info and no .gopclntab",
+                },
+            });
+        }
+    };
+    if let Some(m) = pclntab::section_magic(&elf)? {
+        pclntab::check_magic(m)?;
+    }
+
     let symbols = elf.symbols(|is_function, name| {
         is_function || name == "runtime.pclntab" || name == "runtime.text"
     })?;
@@ -201,30 +236,11 @@ fn analyze_file(path: &Path, mut file: File) -> Result<GoBinary, GoBinaryError> 
             .and_then(|s| s.iter().find(|s| s.name == name))
             .map(|s| s.value)
     };
-    let pcln = pclntab::read(&elf, special("runtime.pclntab"), special("runtime.text"))?;
-
-    let (info, pcln) = match (build, pcln) {
-        (buildinfo::Found::Absent, None) => {
-            return Err(GoBinaryError::NotGo {
-                reason: "no Go build info and no .gopclntab",
-            });
-        }
-        (buildinfo::Found::PointerFormat, _) => {
-            return Err(GoBinaryError::UnsupportedGo {
-                reason: "build info predates Go 1.18",
-            });
-        }
-        (buildinfo::Found::Absent, Some(_)) => {
-            return Err(GoBinaryError::UnsupportedGo {
-                reason: "no Go build info, so no Go version",
-            });
-        }
-        (buildinfo::Found::Info(_), None) => {
-            return Err(GoBinaryError::Malformed {
-                reason: "Go build info but no .gopclntab",
-            });
-        }
-        (buildinfo::Found::Info(info), Some(pcln)) => (info, pcln),
+    let Some(pcln) = pclntab::read(&elf, special("runtime.pclntab"), special("runtime.text"))?
+    else {
+        return Err(GoBinaryError::Malformed {
+            reason: "Go build info but no .gopclntab",
+        });
     };
     let BuildInfo {
         go_version,
@@ -306,6 +322,39 @@ impl GoBinary {
     /// Every function either table names.
     pub fn functions(&self) -> impl Iterator<Item = (&str, &Function)> {
         self.functions.iter().map(|(n, f)| (n.as_str(), f))
+    }
+
+    /// Bytes the analysis has read from the file so far (see [`elf::READ_BUDGET`]).
+    pub fn bytes_read(&self) -> u64 {
+        self.elf.spent()
+    }
+
+    /// The path to hand the kernel for uprobes on exactly the file that was analysed:
+    /// `/proc/self/fd/<n>` of the descriptor this value holds. The kernel resolves it with
+    /// `LOOKUP_FOLLOW` in our own process (perf `uprobe` PMU and `uprobe_multi` links alike), so
+    /// it names this inode even after `path` was replaced, the process exec'd something else
+    /// or its pid was reused; aya passes a path with a `/` through unchanged.
+    ///
+    /// Verified before it is returned: the descriptor and the path both stat to the
+    /// (`st_dev`, `st_ino`) recorded at analysis ([`GoBinaryError::Replaced`] otherwise).
+    pub fn uprobe_target(&self) -> Result<PathBuf, GoBinaryError> {
+        let file = self.elf.file();
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let held = file.metadata().map_err(|source| GoBinaryError::Read {
+            what: "metadata of the analysed file",
+            source,
+        })?;
+        let named = std::fs::metadata(&target).map_err(|source| GoBinaryError::Read {
+            what: "metadata of the uprobe target",
+            source,
+        })?;
+        let expected = (self.dev, self.ino);
+        for found in [(held.dev(), held.ino()), (named.dev(), named.ino())] {
+            if found != expected {
+                return Err(GoBinaryError::Replaced { expected, found });
+            }
+        }
+        Ok(target)
     }
 
     /// Virtual address → absolute file offset, through the PT_LOAD program headers.

@@ -22,7 +22,9 @@ pub mod ret_scan;
 
 use std::{io, path::PathBuf};
 
-pub use binary::{AddrRange, CrossCheck, EntryCheck, Function, GoBinary, ProbePoints, analyze};
+pub use binary::{
+    AddrRange, CrossCheck, EntryCheck, Function, GoBinary, ProbePoints, analyze, analyze_file,
+};
 pub use offsets::{GoOffsets, OffsetsError, OffsetsSource, offsets_for};
 use thiserror::Error;
 
@@ -62,6 +64,22 @@ pub enum GoBinaryError {
         offset: u64,
         len: u64,
         file_len: u64,
+    },
+    #[error(
+        "{what}: reading {len} more bytes would exceed the per-binary read budget ({spent} of {budget} bytes used)"
+    )]
+    OverBudget {
+        what: &'static str,
+        len: u64,
+        spent: u64,
+        budget: u64,
+    },
+    #[error(
+        "the file is no longer the one analysed: (dev, inode) {expected:?} expected, {found:?} found"
+    )]
+    Replaced {
+        expected: (u64, u64),
+        found: (u64, u64),
     },
     #[error("malformed binary: {reason}")]
     Malformed { reason: &'static str },

@@ -32,7 +32,7 @@ use super::{
 
 pub(crate) const MAGIC_118: u32 = 0xffff_fff0;
 pub(crate) const MAGIC_120: u32 = 0xffff_fff1;
-/// Pre-1.18 layouts, recognised only to say so.
+/// Pre-1.18 layouts (1.16–1.17, 1.2–1.15), recognised only to say so.
 const OLD_MAGICS: [u32; 2] = [0xffff_fffa, 0xffff_fffb];
 
 /// A function as pclntab describes it.
@@ -78,13 +78,47 @@ impl TextStart {
     }
 }
 
+/// The sections the table may live in.
+const SECTIONS: [&str; 2] = [".gopclntab", ".data.rel.ro.gopclntab"];
+
+/// The first 4 bytes of the pclntab section, when the file has one: a cheap Go check that
+/// comes before reading anything large.
+pub(crate) fn section_magic(elf: &Elf) -> Result<Option<u32>, GoBinaryError> {
+    let Some(s) = SECTIONS.iter().find_map(|n| elf.section(n)) else {
+        return Ok(None);
+    };
+    if s.size < 4 {
+        return Ok(Some(0));
+    }
+    let head = elf.read(s.offset, 4, ".gopclntab header")?;
+    Ok(Some(le_u32(&head, 0)))
+}
+
+/// Any pclntab magic Go ever wrote (1.2 through 1.20+).
+pub(crate) fn is_go_magic(magic: u32) -> bool {
+    magic == MAGIC_118 || magic == MAGIC_120 || OLD_MAGICS.contains(&magic)
+}
+
+/// The magics we parse; older ones are unsupported, anything else is not a pclntab.
+pub(crate) fn check_magic(magic: u32) -> Result<(), GoBinaryError> {
+    if OLD_MAGICS.contains(&magic) {
+        return Err(GoBinaryError::UnsupportedGo {
+            reason: "pclntab predates Go 1.18",
+        });
+    }
+    if magic != MAGIC_118 && magic != MAGIC_120 {
+        return Err(malformed("pclntab magic is not a Go 1.18+ one"));
+    }
+    Ok(())
+}
+
 /// Where the table is: its section (`.gopclntab`; `.data.rel.ro.gopclntab` in some PIEs), or
 /// the `runtime.pclntab` symbol's address.
 fn locate(
     elf: &Elf,
     runtime_pclntab: Option<u64>,
 ) -> Result<Option<(u64, Vec<u8>)>, GoBinaryError> {
-    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+    for name in SECTIONS {
         if let Some(s) = elf.section(name) {
             return Ok(Some((s.addr, elf.section_data(s, ".gopclntab")?)));
         }
@@ -114,15 +148,7 @@ pub(crate) fn read(
     let Some((vaddr, data)) = locate(elf, runtime_pclntab)? else {
         return Ok(None);
     };
-    let magic = le_u32(&data, 0);
-    if OLD_MAGICS.contains(&magic) {
-        return Err(GoBinaryError::UnsupportedGo {
-            reason: "pclntab predates Go 1.18",
-        });
-    }
-    if magic != MAGIC_118 && magic != MAGIC_120 {
-        return Err(malformed("pclntab magic is not a Go 1.18+ one"));
-    }
+    check_magic(le_u32(&data, 0))?;
     if data.get(4..8) != Some(&[0, 0, 1, 8][..]) {
         return Err(malformed(
             "pclntab header is not amd64 (quantum 1, pointer size 8)",
