@@ -53,6 +53,24 @@ struct Config {
     args: Option<&'static [&'static str]>,
     /// The same configuration for collectors built before `NEW_FLAGS_MARKER` existed.
     legacy_args: Option<&'static [&'static str]>,
+    /// Run when `--configs` is not given; the others are asked for by name.
+    by_default: bool,
+}
+
+/// `[$args..., --ladder <signal>=<rung> for every TCP signal]`.
+macro_rules! concat_args {
+    ([$($a:literal),*], $rung:literal) => {
+        [
+            $($a,)*
+            "--ladder", concat!("tcp_send=", $rung),
+            "--ladder", concat!("tcp_retransmit=", $rung),
+            "--ladder", concat!("tcp_retransmit_synack=", $rung),
+            "--ladder", concat!("tcp_state=", $rung),
+            "--ladder", concat!("tcp_reset_sent=", $rung),
+            "--ladder", concat!("tcp_reset_received=", $rung),
+            "--ladder", concat!("tcp_destroy=", $rung),
+        ]
+    };
 }
 
 /// Every configuration the bench knows, in the order each round runs them. To compare a new
@@ -62,23 +80,48 @@ const CONFIGS: &[Config] = &[
         name: "off",
         args: None,
         legacy_args: None,
+        by_default: true,
     },
     Config {
         name: "default",
         args: Some(&[]),
         legacy_args: Some(&[]),
+        by_default: true,
     },
     // Today's design: Go net/http through uprobes only.
     Config {
         name: "uprobes",
         args: Some(&["--no-http-socket", "--go-http-uprobes", "all"]),
         legacy_args: Some(&[]),
+        by_default: true,
     },
     // TCP signals only, no HTTP instrumentation at all.
     Config {
         name: "tcp-only",
         args: Some(&["--no-http-socket", "--go-http-uprobes", "off"]),
         legacy_args: Some(&["--no-go-http"]),
+        by_default: true,
+    },
+    // Per-rung cost of the TCP signals (`--configs tcp-raw_tp,tcp-tracepoint`): every signal
+    // forced onto one rung, HTTP off; compare with tcp-only (tp_btf on this kernel). kprobe and
+    // fentry do not attach on the build machines.
+    Config {
+        name: "tcp-raw_tp",
+        args: Some(&concat_args!(
+            ["--no-http-socket", "--go-http-uprobes", "off"],
+            "raw_tp"
+        )),
+        legacy_args: Some(&concat_args!(["--no-go-http"], "raw_tp")),
+        by_default: false,
+    },
+    Config {
+        name: "tcp-tracepoint",
+        args: Some(&concat_args!(
+            ["--no-http-socket", "--go-http-uprobes", "off"],
+            "tracepoint"
+        )),
+        legacy_args: Some(&concat_args!(["--no-go-http"], "tracepoint")),
+        by_default: false,
     },
 ];
 
@@ -133,7 +176,7 @@ pub struct Options {
     pub nice: i32,
     pub markdown: bool,
     /// Print the table of this earlier result instead of running.
-    pub report: Option<PathBuf>,
+    pub report: Vec<PathBuf>,
 }
 
 /// Durations and sizes of the phases.
@@ -205,12 +248,23 @@ struct Tools {
 }
 
 pub fn bench(root: &Path, opts: &Options) -> anyhow::Result<()> {
-    if let Some(report) = &opts.report {
-        let text =
-            fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
-        print!("{}", render(&v, opts.markdown));
+    if !opts.report.is_empty() {
+        let mut docs = Vec::new();
+        for report in &opts.report {
+            let text = fs::read_to_string(report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            let mut v: Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", report.display()))?;
+            // Recomputed from the rounds, so that an earlier run reads with today's figures.
+            v["summary"] = summarize(&v);
+            v["budgets"] = budgets(&v);
+            docs.push(v);
+        }
+        if let [one] = docs.as_slice() {
+            print!("{}", render(one, opts.markdown));
+        } else {
+            print!("{}", render_runs(&docs, opts.markdown));
+        }
         return Ok(());
     }
     ensure!(
@@ -278,7 +332,15 @@ pub fn bench(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let mut open_rate = opts.open_rate;
     let mut rows = Vec::new();
     for round in 1..=rounds {
-        for config in &configs {
+        // The baseline first (round 1 measures the half-load rate), then the collector
+        // configurations rotated by one each round, so that none always follows the same one.
+        let (base, others) = configs.split_at(1);
+        let shift = (round - 1) % others.len().max(1);
+        let order = base
+            .iter()
+            .chain(others[shift..].iter())
+            .chain(others[..shift].iter());
+        for config in order {
             eprintln!("bench: round {round}/{rounds}, {}", config.name);
             let row = run_round(&tools, &plan, opts, config, round, open_rate)
                 .with_context(|| format!("round {round}, configuration {}", config.name))?;
@@ -327,7 +389,7 @@ pub fn bench(root: &Path, opts: &Options) -> anyhow::Result<()> {
 
 fn select_configs(names: &[String]) -> anyhow::Result<Vec<&'static Config>> {
     if names.is_empty() {
-        return Ok(CONFIGS.iter().collect());
+        return Ok(CONFIGS.iter().filter(|c| c.by_default).collect());
     }
     let mut out = Vec::new();
     for n in names {
@@ -499,7 +561,7 @@ fn build_peers(go: &Path) -> Vec<Value> {
             Ok((true, _)) => json!({"name": name, "module": module, "status": "built",
                 "reason": "built; running peers side by side is not implemented yet", "binary": bin.join(name).display().to_string()}),
             Ok((false, err)) => {
-                json!({"name": name, "module": module, "status": "not built", "reason": last_lines(&err, 2)})
+                json!({"name": name, "module": module, "status": "not built", "reason": without_hosts(&last_lines(&err, 2))})
             }
             Err(e) => {
                 json!({"name": name, "module": module, "status": "not built", "reason": format!("{e:#}")})
@@ -513,6 +575,21 @@ fn build_peers(go: &Path) -> Vec<Value> {
         out.push(v);
     }
     out
+}
+
+/// The toolchain's message with URLs cut to their path (`https://host/a/b` → `…/a/b`): the
+/// reason is meant to be pasted into BENCHMARKS.md, which names no registry host.
+fn without_hosts(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("https://") {
+        out += &rest[..i];
+        let after = &rest[i + "https://".len()..];
+        let host_end = after.find(['/', ' ']).unwrap_or(after.len());
+        out += "…";
+        rest = &after[host_end..];
+    }
+    out + rest
 }
 
 fn last_lines(s: &str, n: usize) -> String {
@@ -1186,7 +1263,13 @@ fn run_round(
         row["http_open"] = open;
     }
     // The fixed low rate: latency when every design keeps up.
+    // The API is timed there too: with both CPUs saturated (above), its latency is mostly the
+    // wait for a CPU; here the CPUs have idle time.
+    let api = collector.as_ref().map(|c| ApiProbe::start(c.api));
     row["http_low"] = run_loadgen(tools, addr, plan, plan.open, Some(LOW_RATE))?;
+    if let Some(api) = api {
+        row["api_low_load"] = api.finish();
+    }
     drop(_server);
     if let (Some(c), Some(ctr0)) = (&collector, ctr0) {
         thread::sleep(SETTLE);
@@ -1194,8 +1277,16 @@ fn run_round(
     }
 
     // TCP only: bulk transfer, then connection churn.
-    row["tcp_bulk"] = tcp_run(tools, plan.bulk_bytes_per_conn, plan.bulk_conns, 1)?;
-    row["tcp_churn"] = tcp_run(tools, 1, plan.churn_conns, 8)?;
+    for (key, bytes, conns, parallel) in [
+        ("tcp_bulk", plan.bulk_bytes_per_conn, plan.bulk_conns, 1),
+        ("tcp_churn", 1, plan.churn_conns, 8),
+    ] {
+        let cpu0 = collector.as_ref().map(|c| cpu_seconds(c.pid)).transpose()?;
+        row[key] = tcp_run(tools, bytes, conns, parallel)?;
+        if let (Some(c), Some(cpu0)) = (&collector, cpu0) {
+            row[key]["collector_cpu_s"] = json!(cpu_seconds(c.pid)? - cpu0);
+        }
+    }
 
     if let Some(c) = collector {
         row["memory"] = memory_kib(c.pid);
@@ -1561,15 +1652,21 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         key: "api_p50_us",
-        label: "API /v1/workloads p50 under load (µs)",
+        label: "API /v1/workloads p50, HTTP saturated (µs)",
         ratio: false,
         get: |r| r["api_under_load"]["p50_us"].as_f64(),
     },
     Figure {
         key: "api_p99_us",
-        label: "API /v1/workloads p99 under load (µs)",
+        label: "API /v1/workloads p99, HTTP saturated (µs)",
         ratio: false,
         get: |r| r["api_under_load"]["p99_us"].as_f64(),
+    },
+    Figure {
+        key: "api_low_p99_us",
+        label: "API /v1/workloads p99 at 4,000 req/s (µs)",
+        ratio: false,
+        get: |r| r["api_low_load"]["p99_us"].as_f64(),
     },
     Figure {
         key: "rss_mib",
@@ -1722,7 +1819,14 @@ fn budgets(doc: &Value) -> Value {
         );
         let api = m("api_p99_us").map(|u| u / 1e3);
         push(
-            "API p99 < 1 ms while loaded",
+            "API p99 < 1 ms while loaded (HTTP saturated)",
+            api,
+            fmt_opt(api, " ms"),
+            api.map(|v| v < 1.0),
+        );
+        let api = m("api_low_p99_us").map(|u| u / 1e3);
+        push(
+            "API p99 < 1 ms while loaded (4,000 req/s)",
             api,
             fmt_opt(api, " ms"),
             api.map(|v| v < 1.0),
@@ -2015,6 +2119,118 @@ fn render(doc: &Value, markdown: bool) -> String {
     s
 }
 
+/// Several runs side by side: each run's median per figure and configuration, then the
+/// budgets with each run's verdict.
+fn render_runs(docs: &[Value], markdown: bool) -> String {
+    let mut s = String::new();
+    let stamps: Vec<String> = docs
+        .iter()
+        .map(|d| d["started_at"].as_str().unwrap_or("?").to_string())
+        .collect();
+    let names: Vec<String> = docs[0]["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    s += if markdown {
+        "\n#### Runs\n\n"
+    } else {
+        "\n== Runs\n"
+    };
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|d| {
+            vec![
+                d["started_at"].as_str().unwrap_or("?").into(),
+                d["options"]["rounds"].to_string(),
+                d["options"]["nice"].to_string(),
+                fmt_load(&d["loadavg"]["start"]),
+                fmt_load(&d["loadavg"]["end"]),
+                d["open_rate"]
+                    .as_f64()
+                    .map_or_else(|| "-".into(), |r| format!("{r:.0}")),
+                d["collector"]["source"].as_str().unwrap_or("?").into(),
+            ]
+        })
+        .collect();
+    s += &table(
+        &[
+            "run",
+            "rounds",
+            "nice",
+            "load avg start",
+            "load avg end",
+            "half load req/s",
+            "collector",
+        ]
+        .map(String::from),
+        &rows,
+        markdown,
+    );
+    s += if markdown {
+        "\n#### Median of each run (ratio to off of that run)\n\n"
+    } else {
+        "\n== Median of each run (ratio to off of that run)\n"
+    };
+    let mut head = vec!["figure".to_string(), "config".to_string()];
+    head.extend(stamps.iter().cloned());
+    let mut rows = Vec::new();
+    for f in FIGURES {
+        for n in &names {
+            let cells: Vec<String> = docs
+                .iter()
+                .map(|d| {
+                    let e = &d["summary"][n][f.key];
+                    match e["median"].as_f64() {
+                        Some(m) => match e["ratio"].as_f64().filter(|_| n != "off") {
+                            Some(r) => format!("{} ×{r:.2}", fmt_num(m)),
+                            None => fmt_num(m),
+                        },
+                        None => "-".into(),
+                    }
+                })
+                .collect();
+            if cells.iter().any(|c| c != "-") {
+                let mut row = vec![f.label.to_string(), n.clone()];
+                row.extend(cells);
+                rows.push(row);
+            }
+        }
+    }
+    s += &table(&head, &rows, markdown);
+    s += if markdown {
+        "\n#### Budgets per run\n\n"
+    } else {
+        "\n== Budgets per run\n"
+    };
+    let mut head = vec!["config".to_string(), "budget".to_string()];
+    head.extend(stamps.iter().cloned());
+    let mut rows = Vec::new();
+    for (i, b) in docs[0]["budgets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mut row = vec![
+            b["config"].as_str().unwrap_or("").to_string(),
+            b["budget"].as_str().unwrap_or("").to_string(),
+        ];
+        for d in docs {
+            let x = &d["budgets"][i];
+            row.push(format!(
+                "{}: {}",
+                x["verdict"].as_str().unwrap_or("-"),
+                x["shown"].as_str().unwrap_or("-")
+            ));
+        }
+        rows.push(row);
+    }
+    s += &table(&head, &rows, markdown);
+    s
+}
+
 fn fmt_load(v: &Value) -> String {
     v.as_array().map_or_else(
         || "?".into(),
@@ -2056,6 +2272,15 @@ mod tests {
         assert_eq!(spread(vec![3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(spread(vec![4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(spread(vec![]), None);
+    }
+
+    #[test]
+    fn reasons_name_no_host() {
+        assert_eq!(
+            without_hosts("reading https://example.org/a/b/@v/list: 403 Forbidden"),
+            "reading …/a/b/@v/list: 403 Forbidden"
+        );
+        assert_eq!(without_hosts("no url"), "no url");
     }
 
     #[test]

@@ -97,9 +97,10 @@ enum Cmd {
         /// Print the tables as Markdown (for BENCHMARKS.md).
         #[arg(long)]
         markdown: bool,
-        /// Print the tables of an earlier run's JSON instead of running.
-        #[arg(long, value_name = "JSON")]
-        report: Option<PathBuf>,
+        /// Print the tables of earlier runs' JSON instead of running; with several, also the
+        /// spread across runs.
+        #[arg(long, value_name = "JSON", num_args = 1..)]
+        report: Vec<PathBuf>,
     },
     /// Regenerate the Go `net/http` struct offsets table (go_http/offsets_table.json) by
     /// building tests/go/offsets with every Go release in tests/go/versions.
