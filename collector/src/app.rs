@@ -151,7 +151,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(root) => info!(root = %root.display(), "cgroup2 hierarchy"),
         None => warn!("no cgroup2 mount: workloads are named by process only"),
     }
-    let identity = IdentityResolver::new(cgroup_root, "/proc".into());
+    let kubelet_roots =
+        crate::identity::kubelet_roots(&config.kubelet_cgroup_roots, cgroup_root.as_deref())
+            .context("kubelet cgroup roots")?;
+    let identity =
+        IdentityResolver::new(cgroup_root, "/proc".into()).with_kubelet_roots(kubelet_roots);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -207,6 +211,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         verdicts,
         readiness_fail_on: Arc::new(config.verdict.readiness_fail_on.clone()),
     });
+    let server = api::server::Server::prepare(router, &config.api, addr, &metrics)
+        .context("preparing the API server")?;
     let mut http_shutdown = shutdown_rx;
     tasks.push((
         "http",
@@ -214,10 +220,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let stop = async move {
                 let _ = http_shutdown.changed().await;
             };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
+            if let Err(e) = server.run(listener, stop).await {
                 warn!(error = %e, "HTTP server stopped");
             }
         }),

@@ -19,7 +19,9 @@ use crate::{
     },
 };
 
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
+/// Loopback unless configured: the API shows process ids, executable and cgroup paths. A
+/// host-network DaemonSet sets its pod IP (`--listen $(POD_IP):9464`) and a token or TLS.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_HARVEST_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_WORKLOADS: usize = 2_000;
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = collector_common::maps::EVENTS_BYTES;
@@ -41,7 +43,8 @@ pub struct Cli {
 
     /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz, /v1/probes and the
     /// verdict API (/v1/workloads, /v1/workload, /v1/pods/UID/health|ready; docs/openapi.json).
-    /// [default: 0.0.0.0:9464]
+    /// Beyond loopback, set --api-token-file and/or TLS (a warning is logged otherwise).
+    /// [default: 127.0.0.1:9464]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
 
@@ -67,6 +70,32 @@ pub struct Cli {
     /// cgroup2 mount used to map cgroup ids to paths. [default: found in /proc/self/mountinfo]
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<PathBuf>,
+
+    /// A cgroup under which the kubelet creates pods, relative to the cgroup2 mount, e.g.
+    /// "/kubepods.slice" ("*" stands for one path component). A pod cgroup anywhere else (a
+    /// user's delegation, another container) names no pod. Repeatable; replaces the defaults.
+    /// [default: /kubepods.slice, /kubepods, /kubelet.slice/kubelet-kubepods.slice,
+    /// /kubelet/kubepods, /system.slice/containerd.service, and roots detected at start-up]
+    #[arg(long = "kubelet-cgroup-root", value_name = "PATH")]
+    pub kubelet_cgroup_roots: Vec<String>,
+
+    /// File holding a bearer token required on /v1/* (not /metrics, /healthz, /readyz), e.g. a
+    /// mounted Secret. [default: none, no authentication]
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// PEM certificate chain to serve the API over TLS (with --api-tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub api_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --api-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub api_tls_key: Option<PathBuf>,
+
+    /// API connections served at once; past it the longest-idle connection is closed (or the
+    /// new one when all are busy). [default: 256]
+    #[arg(long, value_name = "N")]
+    pub api_max_connections: Option<usize>,
 
     /// Ring buffer size in bytes (a power of two, at least 4096). [default: 1048576]
     #[arg(long, value_name = "BYTES")]
@@ -182,6 +211,8 @@ pub struct FileConfig {
     pub ladder: Option<BTreeMap<String, Vec<String>>>,
     pub require: Option<Vec<String>>,
     pub cgroup_root: Option<PathBuf>,
+    pub kubelet_cgroup_roots: Option<Vec<String>>,
+    pub api: Option<FileApi>,
     pub ring_buffer_bytes: Option<u32>,
     pub max_workloads: Option<usize>,
     pub log: Option<String>,
@@ -212,6 +243,16 @@ pub struct FileVerdict {
     pub resets_per_second: Option<Thresholds>,
     pub failed_connects_per_second: Option<Thresholds>,
     pub readiness_fail_on: Option<Vec<String>>,
+}
+
+/// `[api]` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApi {
+    pub token_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_connections: Option<usize>,
 }
 
 /// `[otlp]` section of the file.
@@ -278,6 +319,10 @@ pub struct Config {
     pub harvest_interval: Duration,
     pub ladder: LadderPlan,
     pub cgroup_root: Option<PathBuf>,
+    /// Where pods are recognised; empty: the defaults plus what is detected at start-up.
+    pub kubelet_cgroup_roots: Vec<String>,
+    /// How the API is served (token, TLS, limits).
+    pub api: crate::api::server::ServerConfig,
     pub ring_buffer_bytes: u32,
     pub max_workloads: usize,
     pub log: String,
@@ -320,10 +365,12 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN
                 .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9464))),
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464))),
             harvest_interval: DEFAULT_HARVEST_INTERVAL,
             ladder: LadderPlan::default(),
             cgroup_root: None,
+            kubelet_cgroup_roots: Vec::new(),
+            api: crate::api::server::ServerConfig::default(),
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             max_workloads: DEFAULT_MAX_WORKLOADS,
             log: "info".into(),
@@ -494,6 +541,15 @@ impl Config {
                 format!("{} is not a directory", root.display()),
             ));
         }
+        let kubelet_cgroup_roots = if cli.kubelet_cgroup_roots.is_empty() {
+            file.kubelet_cgroup_roots.unwrap_or_default()
+        } else {
+            cli.kubelet_cgroup_roots.clone()
+        };
+        if let Err(e) = crate::identity::cgroup::KubeletRoots::new(&kubelet_cgroup_roots) {
+            return Err(invalid("kubelet_cgroup_root", e.to_string()));
+        }
+        let api = api_config(cli, file.api.unwrap_or_default())?;
         let log = cli.log.clone().or(file.log).unwrap_or(d.log);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
@@ -541,6 +597,8 @@ impl Config {
             harvest_interval,
             ladder,
             cgroup_root,
+            kubelet_cgroup_roots,
+            api,
             ring_buffer_bytes,
             max_workloads,
             log,
@@ -549,6 +607,41 @@ impl Config {
             verdict,
         })
     }
+}
+
+fn api_config(cli: &Cli, file: FileApi) -> Result<crate::api::server::ServerConfig, ConfigError> {
+    let mut api = crate::api::server::ServerConfig::default();
+    let file_option = |opt: &'static str, p: Option<PathBuf>| match p {
+        Some(p) if !p.is_file() => Err(invalid(opt, format!("{} is not a file", p.display()))),
+        p => Ok(p),
+    };
+    api.token_file = file_option(
+        "api_token_file",
+        cli.api_token_file.clone().or(file.token_file),
+    )?;
+    let cert = file_option("api_tls_cert", cli.api_tls_cert.clone().or(file.tls_cert))?;
+    let key = file_option("api_tls_key", cli.api_tls_key.clone().or(file.tls_key))?;
+    api.tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "api_tls_cert",
+                "--api-tls-cert and --api-tls-key go together",
+            ));
+        }
+    };
+    api.max_connections = cli
+        .api_max_connections
+        .or(file.max_connections)
+        .unwrap_or(api.max_connections);
+    if !(1..=65_536).contains(&api.max_connections) {
+        return Err(invalid(
+            "api_max_connections",
+            "must be between 1 and 65536",
+        ));
+    }
+    Ok(api)
 }
 
 fn verdict_config(cli: &Cli, file: FileVerdict) -> Result<VerdictConfig, ConfigError> {

@@ -47,7 +47,12 @@ fn help_documents_every_option_and_default() {
     for needle in [
         "--config",
         "--listen",
-        "0.0.0.0:9464",
+        "127.0.0.1:9464",
+        "--kubelet-cgroup-root",
+        "--api-token-file",
+        "--api-tls-cert",
+        "--api-tls-key",
+        "--api-max-connections",
         "--harvest-interval",
         "--ladder",
         "--require",

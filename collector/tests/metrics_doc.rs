@@ -47,7 +47,7 @@ fn populated() -> Metrics {
     m.tcp.add(&labels, &all_ones);
     let request = RequestLabels {
         workload: labels.clone(),
-        method: "GET".into(),
+        method: "GET",
         route: "/ok".into(),
         status_code: "200".into(),
         error_type: "",

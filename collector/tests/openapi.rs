@@ -168,11 +168,22 @@ fn every_documented_response_is_served_and_every_route_documented() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
+    // The same router behind a token, for the documented 401s.
+    let guarded = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    guarded.set_nonblocking(true).expect("nonblocking");
+    let guarded_addr = guarded.local_addr().expect("addr");
+    let guarded_router =
+        api::server::with_auth(api::router(state.clone()), api::server::ApiToken::new("t"));
     rt.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let _ = axum::serve(listener, api::router(state)).await;
     });
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(guarded).expect("listener");
+        let _ = axum::serve(listener, guarded_router).await;
+    });
     let base = format!("http://{addr}");
+    let guarded = format!("http://{guarded_addr}");
 
     let paths = doc["paths"].as_object().expect("paths");
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
@@ -188,11 +199,17 @@ fn every_documented_response_is_served_and_every_route_documented() {
             "{path}: only GET is served"
         );
         let responses = item["get"]["responses"].as_object().expect("responses");
+        assert_eq!(
+            responses.contains_key("401"),
+            api::server::protected(path),
+            "{path}: a 401 is documented exactly where a token is required"
+        );
         for (code, resp) in responses {
             let request = resp["x-test-request"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{path} {code}: no x-test-request"));
-            let (status, body) = status::get(&base, request).expect("request");
+            let server = if code == "401" { &guarded } else { &base };
+            let (status, body) = status::get(server, request).expect("request");
             assert_eq!(status.to_string(), *code, "{request}: {body}");
             let content = resp["content"].as_object().expect("content");
             if let Some(json) = content.get("application/json") {

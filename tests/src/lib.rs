@@ -679,6 +679,10 @@ fn spawn_joined(
 // Pod
 // ---------------------------------------------------------------------------------------------
 
+/// Where [`Pod`] puts its pods (`<run prefix>/kubepods.slice`), as a kubelet cgroup root for
+/// `Config::kubelet_cgroup_roots`: the collector recognises pods only under kubelet roots.
+pub const HARNESS_KUBELET_ROOT: &str = "/*/kubepods.slice";
+
 /// A fake Kubernetes pod with one container: network namespace `<prefix>-p<index>` with `eth0`
 /// = 198.18.`index`.2/24, veth peer `<prefix>h<index>` = 198.18.`index`.1/24 in the root
 /// namespace, and the cgroup2 directory

@@ -100,6 +100,7 @@ async fn start(otlp: Option<OtlpConfig>) -> app::Running {
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         harvest_interval: Duration::from_millis(200),
+        kubelet_cgroup_roots: vec![HARNESS_KUBELET_ROOT.into()],
         otlp,
         // Short windows: verdicts are evaluated within the test's time.
         verdict: VerdictConfig {

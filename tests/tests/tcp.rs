@@ -36,6 +36,7 @@ async fn start_with(
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         harvest_interval: Duration::from_millis(200),
+        kubelet_cgroup_roots: vec![HARNESS_KUBELET_ROOT.into()],
         ..Config::default()
     };
     config.ladder.required = required;

@@ -155,6 +155,7 @@ fn verdicts_follow_real_traffic() {
     let config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         harvest_interval: Duration::from_millis(200),
+        kubelet_cgroup_roots: vec![integration_tests::HARNESS_KUBELET_ROOT.into()],
         verdict,
         ..Config::default()
     };

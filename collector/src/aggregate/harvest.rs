@@ -55,6 +55,16 @@ impl<V: Counters> Harvester<V> {
         current: &[(OwnerKey, V)],
         alive: impl Fn(u32) -> bool,
     ) -> Harvest<V> {
+        self.harvest_keys(current, |k| k.tgid != 0 && !alive(k.tgid))
+    }
+
+    /// [`harvest`](Self::harvest) with the caller deciding which idle keys are gone (e.g.
+    /// `(cgroup, tgid 0)` keys once their cgroup is removed). The overflow key is never deleted.
+    pub fn harvest_keys(
+        &mut self,
+        current: &[(OwnerKey, V)],
+        gone: impl Fn(&OwnerKey) -> bool,
+    ) -> Harvest<V> {
         let mut deltas = Vec::new();
         let mut delete = Vec::new();
         let mut present = HashSet::with_capacity(current.len());
@@ -72,8 +82,7 @@ impl<V: Counters> Harvester<V> {
                 deltas.push((*key, d));
             }
             seen.last = *cur;
-            let special = *key == OwnerKey::OVERFLOW || key.tgid == 0;
-            if !special && seen.idle >= IDLE_HARVESTS_BEFORE_DELETE && !alive(key.tgid) {
+            if *key != OwnerKey::OVERFLOW && seen.idle >= IDLE_HARVESTS_BEFORE_DELETE && gone(key) {
                 delete.push(*key);
             }
         }

@@ -86,6 +86,11 @@ impl RouteTable {
         }
     }
 
+    /// Drops the routes of a forgotten workload (see `Metrics::forget`).
+    pub fn forget(&mut self, workload: &str) {
+        self.routes.remove(workload);
+    }
+
     /// `workload` is the workload's stable name (its label value).
     pub fn classify(&mut self, workload: &str, r: &HttpRequest) -> Classified {
         let route = if r.route_is_pattern {

@@ -218,7 +218,7 @@ impl<S: StatsSource> Aggregator<S> {
         let (status_code, error_type) = http::outcome_labels(r.outcome);
         let labels = RequestLabels {
             workload,
-            method: r.method.clone(),
+            method: crate::export::http::normalize_method(&r.method),
             route: c.route,
             status_code,
             error_type,
@@ -237,9 +237,11 @@ impl<S: StatsSource> Aggregator<S> {
         }
         let current = self.source.read_tcp();
         let identity = &self.identity;
-        let result = self
-            .tcp
-            .harvest(&current, |tgid| identity.process_alive(tgid));
+        // (cgroup, tgid 0) keys have no process to outlive: they go with their cgroup.
+        let result = self.tcp.harvest_keys(&current, |k| match k.tgid {
+            0 => identity.cgroup_gone(k.cgroup_id),
+            tgid => !identity.process_alive(tgid),
+        });
         for (key, delta) in &result.deltas {
             let workload = self.identity.workload_of(key, now);
             let labels = self.metrics.labels_for(&workload);
@@ -248,6 +250,9 @@ impl<S: StatsSource> Aggregator<S> {
         }
         for key in &result.delete {
             self.source.remove_tcp(key);
+            if self.identity.cgroup_gone(key.cgroup_id) {
+                self.identity.forget_cgroup(key.cgroup_id);
+            }
         }
         self.harvest_http(now);
         let mut lost = self.harvest_drops();
@@ -260,6 +265,12 @@ impl<S: StatsSource> Aggregator<S> {
         self.records_lost_seen = records_lost;
         self.verdict.on_lost(lost, now);
         self.verdict.tick(now, SystemTime::now());
+        // Workloads the engine forgot give back their label set, series and routes, so the
+        // known set follows the live workloads (container restarts are new workloads).
+        for w in self.verdict.take_forgotten() {
+            self.routes.forget(&w.workload);
+            self.metrics.forget(&w);
+        }
         self.identity.expire(now);
         self.metrics.collector.harvests.inc();
     }
@@ -442,7 +453,7 @@ mod tests {
         agg.harvest(now);
         let text = metrics.render();
         assert!(
-            text.contains(r#"collector_tcp_sent_bytes_total{workload_kind="process",workload="server",pod_uid="",container_id=""} 1234"#),
+            text.contains(r#"collector_tcp_sent_bytes_total{workload_kind="process_comm",workload="server",pod_uid="",container_id=""} 1234"#),
             "{text}"
         );
         assert!(
@@ -458,6 +469,6 @@ mod tests {
         drop(agg);
         assert_eq!(fake.removed, vec![key]);
         let text = metrics.render();
-        assert!(text.contains("collector_tcp_retransmitted_segments_total{workload_kind=\"process\",workload=\"server\",pod_uid=\"\",container_id=\"\"} 3"), "{text}");
+        assert!(text.contains("collector_tcp_retransmitted_segments_total{workload_kind=\"process_comm\",workload=\"server\",pod_uid=\"\",container_id=\"\"} 3"), "{text}");
     }
 }

@@ -1,6 +1,8 @@
 //! The collector's HTTP endpoint: metrics, its own liveness/readiness, what attached, and the
-//! health verdicts per workload and pod (documented in docs/openapi.yaml, checked by
-//! collector/tests/openapi.rs).
+//! health verdicts per workload and pod (documented in docs/openapi.json, checked by
+//! collector/tests/openapi.rs). How it is served (token, TLS, limits): `server`.
+
+pub mod server;
 
 use std::{
     collections::HashMap,
@@ -125,7 +127,7 @@ const KINDS: [&str; 7] = [
     "container",
     "systemd",
     "cgroup",
-    "process",
+    "process_comm",
     "unattributed",
     "overflow",
 ];

@@ -1,7 +1,10 @@
 //! HTTP server metric families. The duration histogram follows the OpenTelemetry semantic
 //! convention `http.server.request.duration` (seconds, the convention's bucket boundaries).
 
-use std::sync::OnceLock;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, OnceLock},
+};
 
 use opentelemetry::KeyValue;
 use prometheus_client::{
@@ -17,11 +20,29 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// The request methods the OpenTelemetry HTTP semantic conventions call "known"; anything else
+/// is reported as `_OTHER`.
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The method label of a request: the method itself when it is one of [`KNOWN_METHODS`]
+/// (compared exactly: method names are case-sensitive), else `_OTHER`. The method comes from the
+/// client, so taking it raw would let any client mint a series per distinct string.
+pub fn normalize_method(raw: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == raw)
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     #[prometheus(flatten)]
     pub workload: WorkloadLabels,
-    pub method: String,
+    /// Always from [`normalize_method`]: a bounded set, enforced by the type.
+    pub method: &'static str,
     pub route: String,
     /// Empty when no status was sent (panic, aborted, unobserved protocol).
     pub status_code: String,
@@ -37,7 +58,23 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Values of the `outcome` label of `collector_http_requests_total`.
+pub const OUTCOMES: [&str; 8] = [
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "panic",
+    "aborted",
+    "unobserved_protocol",
+];
+
 pub struct HttpMetrics {
+    /// Request label sets created per workload: Family cannot be scanned for a workload's
+    /// series, and a forgotten workload must leave none behind. Bounded like the series (routes
+    /// per workload are capped, methods and statuses are bounded sets).
+    created: Mutex<HashMap<WorkloadLabels, HashSet<RequestLabels>>>,
     /// `http.server.request.duration` for the OTLP push, when enabled.
     pub otel_duration: OnceLock<opentelemetry::metrics::Histogram<f64>>,
     pub duration: Family<RequestLabels, Histogram>,
@@ -50,6 +87,7 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(r: &mut Registry) -> Self {
         let m = Self {
+            created: Mutex::new(HashMap::new()),
             otel_duration: OnceLock::new(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
             probe_requests: Family::default(),
@@ -90,6 +128,20 @@ impl HttpMetrics {
 impl HttpMetrics {
     /// One request: the duration histogram (and its OTLP twin), or the probe counter.
     pub fn record(&self, labels: &RequestLabels, seconds: f64, probe: bool) {
+        {
+            // Lookups first: this runs per request, clones only for a new label set.
+            let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+            match created.get_mut(&labels.workload) {
+                Some(set) => {
+                    if !set.contains(labels) {
+                        set.insert(labels.clone());
+                    }
+                }
+                None => {
+                    created.insert(labels.workload.clone(), HashSet::from([labels.clone()]));
+                }
+            }
+        }
         if probe {
             self.probe_requests.get_or_create(labels).inc();
             return;
@@ -101,11 +153,35 @@ impl HttpMetrics {
     }
 }
 
+impl HttpMetrics {
+    /// Removes every HTTP series of a forgotten workload.
+    pub fn forget(&self, w: &WorkloadLabels) {
+        let created = self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(w)
+            .unwrap_or_default();
+        for labels in &created {
+            self.duration.remove(labels);
+            self.probe_requests.remove(labels);
+        }
+        for outcome in OUTCOMES {
+            self.requests.remove(&OutcomeLabels {
+                workload: w.clone(),
+                outcome,
+            });
+        }
+        self.unrecorded.remove(w);
+        self.routes_capped.remove(w);
+    }
+}
+
 /// OpenTelemetry semantic-convention attributes of a request.
 pub fn otel_attributes(l: &RequestLabels) -> Vec<KeyValue> {
     let w = &l.workload;
     let mut attrs = vec![
-        KeyValue::new("http.request.method", l.method.clone()),
+        KeyValue::new("http.request.method", l.method),
         KeyValue::new("http.route", l.route.clone()),
         KeyValue::new("workload.kind", w.workload_kind),
         KeyValue::new("workload.name", w.workload.clone()),
@@ -123,4 +199,38 @@ pub fn otel_attributes(l: &RequestLabels) -> Vec<KeyValue> {
         attrs.push(KeyValue::new("container.id", w.container_id.clone()));
     }
     attrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches: the `method` label taken raw from the request, so a client sending arbitrary
+    /// methods mints unbounded series.
+    #[test]
+    fn methods_are_normalised_to_the_known_set() {
+        let cases = [
+            ("GET", "GET"),
+            ("HEAD", "HEAD"),
+            ("POST", "POST"),
+            ("PUT", "PUT"),
+            ("DELETE", "DELETE"),
+            ("CONNECT", "CONNECT"),
+            ("OPTIONS", "OPTIONS"),
+            ("TRACE", "TRACE"),
+            ("PATCH", "PATCH"),
+            // Method names are case-sensitive (RFC 9110 §9.1), as the convention says.
+            ("get", "_OTHER"),
+            ("PROPFIND", "_OTHER"),
+            ("", "_OTHER"),
+            ("GET ", "_OTHER"),
+            ("G\u{0}ET", "_OTHER"),
+            ("ÄÖÜ", "_OTHER"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_method(raw), want, "method {raw:?}");
+        }
+        let long = "X".repeat(1 << 16);
+        assert_eq!(normalize_method(&long), "_OTHER");
+    }
 }

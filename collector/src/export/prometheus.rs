@@ -83,6 +83,8 @@ pub struct SelfMetrics {
     /// Records lost in userspace (rejected at decoding, or dropped with the channel full):
     /// read by the aggregator to mark verdict windows unknown.
     pub records_lost: AtomicU64,
+    /// The API server's connections (open, rejected, shed).
+    pub api: crate::api::server::Telemetry,
 }
 
 pub struct Metrics {
@@ -117,6 +119,7 @@ impl Metrics {
             http_inflight_swept: Counter::default(),
             http_sample_every: Gauge::default(),
             records_lost: AtomicU64::new(0),
+            api: Default::default(),
         };
         let c = &collector;
         registry.register(
@@ -185,6 +188,21 @@ impl Metrics {
             c.http_sample_every.clone(),
         );
         registry.register(
+            "collector_api_connections",
+            "Connections to the API server open now",
+            c.api.open.clone(),
+        );
+        registry.register(
+            "collector_api_connections_rejected",
+            "API connections closed at once: a connection limit (total or per client address) was reached with none to shed",
+            c.api.rejected.clone(),
+        );
+        registry.register(
+            "collector_api_connections_shed",
+            "API connections waiting for a complete request the longest, closed to admit a new one at a connection limit",
+            c.api.shed.clone(),
+        );
+        registry.register(
             "collector_build",
             "Collector build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -215,6 +233,29 @@ impl Metrics {
         known.insert(labels.clone());
         self.collector.workloads.set(known.len() as i64);
         labels
+    }
+
+    /// Forgets a workload the verdict engine expired (no data for `expire_windows` windows):
+    /// its label set leaves the known set, so a new workload can take its place under
+    /// `max_workloads`, and its series are removed, so memory follows the live workloads rather
+    /// than every workload ever seen. Workloads that were never admitted (overflow,
+    /// unattributed charged past the cap) are left alone.
+    pub fn forget(&self, labels: &WorkloadLabels) {
+        {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            if !known.remove(labels) {
+                return;
+            }
+            self.collector.workloads.set(known.len() as i64);
+        }
+        self.tcp.forget(labels);
+        self.http.forget(labels);
+        self.verdict.forget(labels);
+    }
+
+    /// Workloads with their own label set now.
+    pub fn known_workloads(&self) -> usize {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Prometheus text format 0.0.4, for scrapers that do not ask for OpenMetrics.
@@ -306,7 +347,7 @@ mod tests {
             !text.contains("# EOF") && !text.contains("# UNIT"),
             "{text}"
         );
-        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"process\",workload=\"nginx\",pod_uid=\"\",container_id=\"\"} 5"));
+        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"process_comm\",workload=\"nginx\",pod_uid=\"\",container_id=\"\"} 5"));
         let om = m.render();
         assert!(
             om.ends_with("# EOF\n") && om.contains("# UNIT collector_tcp_sent_bytes bytes"),
@@ -332,5 +373,63 @@ mod tests {
             "known workloads keep their series"
         );
         assert!(m.render().contains("collector_workloads_capped_total 1"));
+    }
+
+    /// Catches: the known set never shrinking, so after `max_workloads` distinct workloads
+    /// (restarts count) every new one lands in overflow; and series of forgotten workloads kept
+    /// forever.
+    #[test]
+    fn forgotten_workloads_free_their_place_and_leave_no_series() {
+        use crate::export::http::RequestLabels;
+        let m = Metrics::new(1);
+        let w = |n: &str| Workload {
+            kind: WorkloadKind::Pod,
+            name: n.into(),
+            pod_uid: Some(n.into()),
+            container_id: None,
+        };
+        let a = m.labels_for(&w("a"));
+        m.tcp.add(
+            &a,
+            &TcpStats {
+                bytes_sent: 5,
+                connects_refused: 1,
+                active_opens: 1,
+                ..Default::default()
+            },
+        );
+        let req = RequestLabels {
+            workload: a.clone(),
+            method: "GET",
+            route: "/x".into(),
+            status_code: "200".into(),
+            error_type: "",
+        };
+        m.http.record(&req, 0.1, false);
+        m.http.record(&req, 0.1, true);
+        m.verdict
+            .state
+            .get_or_create(&crate::export::verdict::StateLabels {
+                workload: a.clone(),
+                state: "healthy",
+            })
+            .set(1);
+        assert_eq!(m.labels_for(&w("b")).workload_kind, "overflow");
+        assert!(m.render().contains("pod_uid=\"a\""));
+
+        m.forget(&a);
+        assert_eq!(m.known_workloads(), 0);
+        let text = m.render();
+        assert!(!text.contains("pod_uid=\"a\""), "{text}");
+        assert!(text.contains("collector_workloads 0"), "{text}");
+        assert_eq!(
+            m.labels_for(&w("b")).workload,
+            "b",
+            "the freed place is taken"
+        );
+        assert!(m.tcp.snapshot().iter().all(|(l, _)| l.workload != "a"));
+        // Forgetting what was never admitted changes nothing.
+        m.forget(&WorkloadLabels::from(&Workload::overflow()));
+        assert_eq!(m.known_workloads(), 1);
     }
 }

@@ -25,6 +25,11 @@ pub struct DirectionLabels {
     pub direction: &'static str,
 }
 
+/// Label values of the `error` and `direction` labels, in one place so `forget` finds every series.
+const SEND_ERRORS: [&str; 3] = ["epipe", "econnreset", "other"];
+const CONNECT_ERRORS: [&str; 3] = ["econnrefused", "etimedout", "other"];
+const DIRECTIONS: [&str; 2] = ["active", "passive"];
+
 pub struct TcpMetrics {
     /// Cumulative totals per workload, the source of the OTLP export.
     totals: Mutex<HashMap<WorkloadLabels, TcpStats>>,
@@ -116,6 +121,44 @@ impl TcpMetrics {
     }
 
     /// Adds a harvested delta to a workload's counters. Zero fields create no series.
+    /// Removes every series of a forgotten workload (and its OTLP total), so what is kept per
+    /// workload does not outlive it. A workload that comes back starts from zero: a counter
+    /// reset, which Prometheus and OTLP consumers handle.
+    pub fn forget(&self, w: &WorkloadLabels) {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(w);
+        for f in [
+            &self.sent_bytes,
+            &self.send_calls,
+            &self.send_would_block,
+            &self.retransmitted_segments,
+            &self.resets_sent,
+            &self.resets_received,
+            &self.connections_closed,
+        ] {
+            f.remove(w);
+        }
+        for (f, errors) in [
+            (&self.send_errors, SEND_ERRORS.as_slice()),
+            (&self.connects_failed, CONNECT_ERRORS.as_slice()),
+        ] {
+            for error in errors {
+                f.remove(&ErrorLabels {
+                    workload: w.clone(),
+                    error,
+                });
+            }
+        }
+        for direction in DIRECTIONS {
+            self.connections_opened.remove(&DirectionLabels {
+                workload: w.clone(),
+                direction,
+            });
+        }
+    }
+
     pub fn add(&self, w: &WorkloadLabels, d: &TcpStats) {
         self.totals
             .lock()
@@ -161,13 +204,20 @@ impl TcpMetrics {
                 .inc_by(v);
             }
         };
-        errors(&self.send_errors, "epipe", send_err_pipe);
-        errors(&self.send_errors, "econnreset", send_err_reset);
-        errors(&self.send_errors, "other", send_err_other);
-        errors(&self.connects_failed, "econnrefused", connects_refused);
-        errors(&self.connects_failed, "etimedout", connects_timed_out);
-        errors(&self.connects_failed, "other", connects_failed_other);
-        for (direction, v) in [("active", active_opens), ("passive", passive_opens)] {
+        errors(&self.send_errors, SEND_ERRORS[0], send_err_pipe);
+        errors(&self.send_errors, SEND_ERRORS[1], send_err_reset);
+        errors(&self.send_errors, SEND_ERRORS[2], send_err_other);
+        errors(&self.connects_failed, CONNECT_ERRORS[0], connects_refused);
+        errors(&self.connects_failed, CONNECT_ERRORS[1], connects_timed_out);
+        errors(
+            &self.connects_failed,
+            CONNECT_ERRORS[2],
+            connects_failed_other,
+        );
+        for (direction, v) in [
+            (DIRECTIONS[0], active_opens),
+            (DIRECTIONS[1], passive_opens),
+        ] {
             if v > 0 {
                 self.connections_opened
                     .get_or_create(&DirectionLabels {

@@ -7,6 +7,7 @@ use prometheus_client::{
 };
 
 use super::prometheus::WorkloadLabels;
+use crate::verdict::rules::{ReasonCode, State};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -71,5 +72,34 @@ impl VerdictMetrics {
             m.probe_mismatch.clone(),
         );
         m
+    }
+}
+
+impl VerdictMetrics {
+    /// Removes every verdict series of a forgotten workload (states, reasons, transitions,
+    /// mismatch counter): all label values come from fixed sets.
+    pub fn forget(&self, w: &WorkloadLabels) {
+        for st in State::ALL {
+            self.state.remove(&StateLabels {
+                workload: w.clone(),
+                state: st.as_str(),
+            });
+            for to in State::ALL {
+                self.transitions.remove(&TransitionLabels {
+                    workload: w.clone(),
+                    from: st.as_str(),
+                    to: to.as_str(),
+                });
+            }
+        }
+        for code in ReasonCode::ALL {
+            self.reason.remove(&ReasonGaugeLabels {
+                workload: w.clone(),
+                reason: code.as_str(),
+            });
+        }
+        self.probe_mismatch.remove(&MismatchLabels {
+            workload: w.clone(),
+        });
     }
 }

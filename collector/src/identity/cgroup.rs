@@ -113,6 +113,8 @@ pub enum CgroupError {
     },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error("kubelet cgroup root {root:?}: {why}")]
+    BadKubeletRoot { root: String, why: String },
 }
 
 impl CgroupError {
@@ -131,10 +133,18 @@ impl CgroupError {
 /// Classify a cgroup path (as found in `/proc/<pid>/cgroup` or produced by
 /// [`CgroupResolver::resolve`]).
 ///
-/// Matching is anchored on the last matching components so that arbitrary
-/// prefixes (nested runtimes such as kind, private cgroup namespaces showing
-/// `/../..`, run prefixes) do not matter. Never panics.
+/// Pods are recognised under the default kubelet roots only; see
+/// [`parse_cgroup_path_with`]. Never panics.
 pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
+    parse_cgroup_path_with(path, &KubeletRoots::default())
+}
+
+/// Classify a cgroup path, recognising pods only where a kubelet puts them: right under one of
+/// `roots` or under one QoS level of it, never inside a user's delegation, never in a path
+/// relative to a cgroup namespace (`/..`), which cannot be anchored. Containers, units and
+/// plain cgroups are matched on the last matching components, so arbitrary prefixes do not
+/// matter for them. Never panics.
+pub fn parse_cgroup_path_with(path: &str, roots: &KubeletRoots) -> CgroupIdentity {
     let components: Vec<&str> = path.trim().split('/').filter(|c| !c.is_empty()).collect();
     if components.is_empty() {
         return CgroupIdentity::Unnamed;
@@ -157,10 +167,8 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
         return CgroupIdentity::Unnamed;
     }
 
-    if let Some((i, uid, qos)) = (0..parts.len())
-        .rev()
-        .find_map(|i| pod_at(&parts, i).map(|(uid, qos)| (i, uid, qos)))
-    {
+    let relative = components.contains(&"..");
+    if let Some((i, uid, qos)) = (!relative).then(|| anchored_pod(&parts, roots)).flatten() {
         // Only the pod's direct child is the container: anything deeper is a
         // sub-cgroup the container created for itself.
         let (container_id, runtime) = match parts.get(i + 1).and_then(|c| container_leaf(c)) {
@@ -177,8 +185,9 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
     }
 
     // Under a kubepods hierarchy without a valid pod component something is
-    // malformed; guessing a container or unit (e.g. containerd.service on
-    // cgroup v1) would misattribute, so report the path verbatim.
+    // malformed (or someone is naming a cgroup after a pod outside the kubelet's
+    // roots); guessing a container or unit (e.g. containerd.service on cgroup v1)
+    // would misattribute, so report the path verbatim.
     if parts.iter().any(|p| p.contains("kubepods")) {
         return CgroupIdentity::Path { path: normalized };
     }
@@ -359,6 +368,201 @@ fn is_service(c: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// Kubelet cgroup roots
+// ---------------------------------------------------------------------------
+
+/// Where kubelets put pods: systemd driver (`/kubepods.slice`), cgroupfs driver (`/kubepods`),
+/// kubelets started with `--cgroup-root=/kubelet` (kind, some distributions) in both spellings,
+/// and old containerd with the systemd driver on cgroup v1, whose pod slices sit right under
+/// containerd's own (root-owned) service cgroup. Creating any of these needs write access to
+/// the cgroup root or to a root-owned system service: a tenant cannot.
+pub const DEFAULT_KUBELET_ROOTS: [&str; 5] = [
+    "/kubepods.slice",
+    "/kubepods",
+    "/kubelet.slice/kubelet-kubepods.slice",
+    "/kubelet/kubepods",
+    "/system.slice/containerd.service",
+];
+
+/// The cgroups under which a `…pod<uid>…` component names a Kubernetes pod. A pod component
+/// anywhere else is an ordinary cgroup name: whoever may create cgroups there (a user's
+/// delegated systemd manager, a container with a writable cgroupfs) must not be able to charge
+/// traffic to a pod UID of their choosing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletRoots {
+    /// Components of each root; `*` matches any one component.
+    roots: Vec<Vec<String>>,
+}
+
+impl Default for KubeletRoots {
+    fn default() -> Self {
+        Self {
+            roots: DEFAULT_KUBELET_ROOTS
+                .iter()
+                .map(|r| split_components(r))
+                .collect(),
+        }
+    }
+}
+
+fn split_components(root: &str) -> Vec<String> {
+    root.split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl KubeletRoots {
+    /// Roots as given (`/kubepods.slice`, `/docker/*/kubelet.slice/kubelet-kubepods.slice`):
+    /// absolute, relative to the cgroup2 mount, `*` standing for exactly one component.
+    pub fn new<S: AsRef<str>>(roots: &[S]) -> Result<Self, CgroupError> {
+        let mut out = Vec::with_capacity(roots.len());
+        for r in roots {
+            let r = r.as_ref();
+            let bad = |why: &str| CgroupError::BadKubeletRoot {
+                root: r.to_string(),
+                why: why.to_string(),
+            };
+            if !r.starts_with('/') {
+                return Err(bad("must start with /"));
+            }
+            let parts = split_components(r);
+            if parts.is_empty() {
+                return Err(bad("the cgroup root itself cannot be a kubelet root"));
+            }
+            if parts.len() > MAX_WALK_DEPTH {
+                return Err(bad("too deep"));
+            }
+            for p in &parts {
+                if p == "." || p == ".." {
+                    return Err(bad("must not contain . or .."));
+                }
+                if p.contains('*') && p != "*" {
+                    return Err(bad("* must be a whole component"));
+                }
+                if is_user_delegation(p) {
+                    return Err(bad("must not be inside a user's delegated cgroups"));
+                }
+            }
+            out.push(parts);
+        }
+        Ok(Self { roots: out })
+    }
+
+    /// The roots, as `/a/b` strings.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.roots
+            .iter()
+            .map(|r| format!("/{}", r.join("/")))
+            .collect()
+    }
+
+    /// Adds `root` unless already present (detected roots on top of the defaults).
+    pub fn add(&mut self, root: &str) {
+        let parts = split_components(root);
+        if !parts.is_empty() && !self.roots.contains(&parts) {
+            self.roots.push(parts);
+        }
+    }
+
+    /// Lengths of every root `parts` starts with.
+    fn matches<'a>(&'a self, parts: &'a [&str]) -> impl Iterator<Item = usize> + 'a {
+        self.roots.iter().filter_map(move |r| {
+            (r.len() <= parts.len()
+                && r.iter()
+                    .zip(parts)
+                    .all(|(want, got)| want == "*" || want == got))
+            .then_some(r.len())
+        })
+    }
+}
+
+/// `user.slice` and a user's systemd manager (`user@1000.service`): everything below the latter
+/// is delegated to the user, who may create cgroups with any name.
+fn is_user_delegation(c: &str) -> bool {
+    c == "user.slice" || (c.starts_with("user@") && c.ends_with(".service"))
+}
+
+/// QoS levels between a kubelet root and a pod: `burstable`/`besteffort` (cgroupfs) or
+/// `kubepods-burstable.slice`, `kubelet-kubepods-besteffort.slice`… (systemd).
+fn is_qos_level(c: &str) -> bool {
+    matches!(c, "burstable" | "besteffort")
+        || c.strip_suffix(".slice").is_some_and(|stem| {
+            stem.ends_with("kubepods-burstable") || stem.ends_with("kubepods-besteffort")
+        })
+}
+
+/// The pod component of `parts` if it sits where a kubelet puts pods: right under a kubelet
+/// root, or under one QoS level of it, with no user delegation on the way.
+fn anchored_pod(parts: &[&str], roots: &KubeletRoots) -> Option<(usize, String, PodQos)> {
+    let found = roots.matches(parts).find_map(|k| {
+        let at = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|_| pod_at(parts, i))
+                .map(|(uid, qos)| (i, uid, qos))
+        };
+        at(k).or_else(|| {
+            parts
+                .get(k)
+                .filter(|c| is_qos_level(c))
+                .and_then(|_| at(k + 1))
+        })
+    });
+    // Only what lies above the pod: a container may well run its own systemd (and user.slice).
+    found.filter(|(i, _, _)| !parts[..*i].iter().any(|p| is_user_delegation(p)))
+}
+
+/// Which well-known kubelet roots exist on this host, in the cgroup2 hierarchy at `mount` or in
+/// any cgroup v1 hierarchy listed in `mountinfo` (hybrid hosts whose kubelet only manages v1
+/// controllers), plus `<X>.slice/<X>-kubepods.slice` and `<X>/kubepods` for kubelets started
+/// with another `--cgroup-root`. Only directories owned by root on the whole way count: a
+/// delegated cgroup is chowned to its delegatee.
+pub fn detect_kubelet_roots(mount: Option<&Path>, mountinfo: &str) -> Vec<String> {
+    let mut hierarchies: Vec<PathBuf> = mount.map(Path::to_path_buf).into_iter().collect();
+    hierarchies.extend(parse_mountinfo_fs(mountinfo, "cgroup"));
+    let root_owned =
+        |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == 0);
+    let mut found: Vec<String> = Vec::new();
+    let mut push = |r: String| {
+        if !found.contains(&r) {
+            found.push(r);
+        }
+    };
+    for h in &hierarchies {
+        for r in DEFAULT_KUBELET_ROOTS {
+            let parts = split_components(r);
+            let mut dir = h.clone();
+            let mut ok = true;
+            for p in &parts {
+                dir.push(p);
+                ok &= root_owned(&dir);
+            }
+            if ok {
+                push(r.to_string());
+            }
+        }
+        let Ok(top) = std::fs::read_dir(h) else {
+            continue;
+        };
+        for e in top.flatten().take(4096) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_user_delegation(&name) || !root_owned(&e.path()) {
+                continue;
+            }
+            let nested = match name.strip_suffix(".slice") {
+                Some(stem) => format!("{stem}-kubepods.slice"),
+                None => "kubepods".to_string(),
+            };
+            if root_owned(&e.path().join(&nested)) {
+                push(format!("/{name}/{nested}"));
+            }
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------
 // Mount and /proc discovery
 // ---------------------------------------------------------------------------
 
@@ -388,6 +592,11 @@ fn pick_cgroup2_mount(mounts: Vec<PathBuf>) -> Option<PathBuf> {
 
 /// Mount points of all cgroup2 filesystems in a mountinfo text, in file order.
 pub fn parse_mountinfo_cgroup2(mountinfo: &str) -> Vec<PathBuf> {
+    parse_mountinfo_fs(mountinfo, "cgroup2")
+}
+
+/// Mount points of all filesystems of type `fstype` in a mountinfo text, in file order.
+fn parse_mountinfo_fs(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -395,7 +604,7 @@ pub fn parse_mountinfo_cgroup2(mountinfo: &str) -> Vec<PathBuf> {
             // Optional fields (shared:N, master:N) vary in number; the
             // filesystem type is the first field after the lone "-".
             let sep = fields.iter().skip(6).position(|f| *f == "-")? + 6;
-            if *fields.get(sep + 1)? != "cgroup2" {
+            if *fields.get(sep + 1)? != fstype {
                 return None;
             }
             Some(unescape_mountinfo(fields.get(4)?))
@@ -493,6 +702,11 @@ impl CgroupResolver {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the last walk found cgroup `id` (no walk: no).
+    pub fn knows(&self, id: u64) -> bool {
+        self.index.contains_key(&id)
     }
 
     /// Path of cgroup `id` relative to the cgroup2 root, starting with `/`
@@ -718,22 +932,39 @@ mod tests {
                 ),
                 pod(Some(C), Some(R::Containerd), Q::Burstable),
             ),
-            // nested: kind / k3d, with a docker prefix
+            // kubelet with --cgroup-root=/kubelet (kind's inner layout)
+            (
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{C}.scope"
+                ),
+                pod(Some(C), Some(R::Containerd), Q::BestEffort),
+            ),
+            // nested inside a docker container (kind / k3d seen from the host): not a kubelet
+            // root unless configured (see configured_roots_anchor_pods)
             (
                 format!(
                     "/docker/{C}/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{C}.scope"
                 ),
-                pod(Some(C), Some(R::Containerd), Q::BestEffort),
+                path(&format!(
+                    "/docker/{C}/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{C}.scope"
+                )),
             ),
             // older GKE: uid without dashes, uppercase normalised
             (
                 format!("/kubepods/burstable/pod1A2B3C4D0000411182220123456789AB/{C}"),
                 pod(Some(C), Some(R::Unknown), Q::Burstable),
             ),
-            // private cgroupns + run prefix
+            // kubelet with --cgroup-root=/kubelet, cgroupfs driver
+            (
+                format!("/kubelet/kubepods/burstable/pod{UID}/{C}"),
+                pod(Some(C), Some(R::Unknown), Q::Burstable),
+            ),
+            // private cgroupns: relative to a namespace, cannot be anchored to a kubelet root
             (
                 format!("/../../run-prefix/kubepods/burstable/pod{UID}/{C}"),
-                pod(Some(C), Some(R::Unknown), Q::Burstable),
+                path(&format!(
+                    "/../../run-prefix/kubepods/burstable/pod{UID}/{C}"
+                )),
             ),
             // non-k8s
             (
@@ -824,6 +1055,191 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(parse_cgroup_path(&input), expected, "input: {input:?}");
         }
+    }
+
+    /// Catches: a `kubepods…pod<uid>.slice` component accepted at any depth, so anyone who may
+    /// create a cgroup (a user's systemd delegation, a container with a writable cgroupfs, a
+    /// delegated service) can charge traffic to any pod's UID.
+    #[test]
+    fn pod_components_outside_the_kubelet_roots_are_not_pods() {
+        let spoofs = [
+            // Inside a user's delegated systemd manager.
+            format!(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods-pod{UID_}.slice/cri-containerd-{C}.scope"
+            ),
+            format!(
+                "/user.slice/user-1000.slice/user@1000.service/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
+            ),
+            // cgroupfs spelling inside a delegation.
+            format!("/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{C}"),
+            // Inside another container or service.
+            format!("/system.slice/docker-{C}.scope/kubepods.slice/kubepods-pod{UID_}.slice"),
+            format!("/system.slice/nginx.service/kubepods/besteffort/pod{UID}/{C}"),
+            format!("/tenant/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{C}.scope"),
+            // Inside a real pod's container: a pod cannot claim another pod from inside itself.
+            format!(
+                "/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{C}.scope/kubepods.slice/kubepods-pod1a2b3c4d_0000_4111_8222_0123456789ff.slice"
+            ),
+            // A pod slice at the top, outside any kubelet root.
+            format!("/kubepods-pod{UID_}.slice/cri-containerd-{C}.scope"),
+            // Relative to a cgroup namespace: cannot be anchored.
+            format!("/../../kubepods/burstable/pod{UID}/{C}"),
+        ];
+        for p in &spoofs {
+            let got = parse_cgroup_path(p);
+            if p.starts_with("/kubepods.slice/") {
+                // The nested claim: the traffic stays with the real, outer pod.
+                assert_eq!(
+                    got,
+                    pod(
+                        Some(C),
+                        Some(ContainerRuntime::Containerd),
+                        PodQos::Guaranteed
+                    ),
+                    "{p:?}"
+                );
+            } else {
+                assert!(
+                    !matches!(got, CgroupIdentity::Pod { .. }),
+                    "{p:?} must not name a pod: {got:?}"
+                );
+            }
+        }
+    }
+
+    /// Catches: configured roots ignored (pods only at default places), roots matched as a
+    /// substring or at any depth, a wildcard matching more than one component, a user
+    /// delegation above a configured root, QoS levels skipped more than once.
+    #[test]
+    fn configured_roots_anchor_pods() {
+        let kind = format!(
+            "/docker/{C}/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{UID_}.slice/cri-containerd-{C}.scope"
+        );
+        let run = format!(
+            "/run1/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{C}.scope"
+        );
+        let cases: Vec<(Vec<&str>, String, bool)> = vec![
+            (vec!["/run1/kubepods.slice"], run.clone(), true),
+            (vec!["/run1/kubepods.slice/"], run.clone(), true),
+            (vec!["/*/kubepods.slice"], run.clone(), true),
+            (vec!["/run2/kubepods.slice"], run.clone(), false),
+            (vec!["/run/kubepods.slice"], run.clone(), false),
+            (vec!["/run1"], run.clone(), false),
+            // Configured roots replace the defaults.
+            (
+                vec!["/run1/kubepods.slice"],
+                format!("/kubepods.slice/kubepods-pod{UID_}.slice"),
+                false,
+            ),
+            (
+                vec!["/docker/*/kubelet.slice/kubelet-kubepods.slice"],
+                kind.clone(),
+                true,
+            ),
+            // `*` is one component, never two.
+            (vec!["/*/kubelet.slice/kubelet-kubepods.slice"], kind, false),
+            (
+                vec!["/*/kubepods.slice"],
+                format!("/a/b/kubepods.slice/kubepods-pod{UID_}.slice"),
+                false,
+            ),
+            (
+                vec!["/*/kubepods.slice"],
+                format!("/user.slice/kubepods.slice/kubepods-pod{UID_}.slice"),
+                false,
+            ),
+            (
+                vec!["/*/*/*/kubepods.slice"],
+                format!(
+                    "/user.slice/user-1.slice/user@1.service/kubepods.slice/kubepods-pod{UID_}.slice"
+                ),
+                false,
+            ),
+            (
+                vec!["/kubepods.slice"],
+                format!(
+                    "/kubepods.slice/x.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
+                ),
+                false,
+            ),
+            (
+                vec!["/kubepods"],
+                format!("/kubepods/burstable/besteffort/pod{UID}"),
+                false,
+            ),
+            (
+                vec!["/kubepods"],
+                format!("/kubepods/besteffort/pod{UID}/{C}"),
+                true,
+            ),
+        ];
+        for (roots, p, want_pod) in cases {
+            let r = KubeletRoots::new(&roots).expect("valid roots");
+            let got = parse_cgroup_path_with(&p, &r);
+            assert_eq!(
+                matches!(&got, CgroupIdentity::Pod { uid, .. } if uid == UID),
+                want_pod,
+                "roots {roots:?}, path {p:?} → {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_kubelet_roots_are_refused() {
+        for bad in [
+            "",
+            "kubepods",
+            "/",
+            "/a/../b",
+            "/./a",
+            "/a*/b",
+            "/user.slice/k",
+            "/u/user@1.service/k",
+        ] {
+            assert!(
+                matches!(
+                    KubeletRoots::new(&[bad]),
+                    Err(CgroupError::BadKubeletRoot { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+        let r = KubeletRoots::new(&["/kubepods.slice", "/*/kubepods"]).expect("valid");
+        assert_eq!(r.to_strings(), vec!["/kubepods.slice", "/*/kubepods"]);
+        assert_eq!(
+            KubeletRoots::default().to_strings(),
+            DEFAULT_KUBELET_ROOTS.to_vec()
+        );
+    }
+
+    #[test]
+    fn detects_roots_in_v2_and_v1_hierarchies() {
+        let dir = TempDir::new("detect");
+        let owned_by_root = std::fs::metadata(&dir.0).is_ok_and(|m| m.uid() == 0);
+        let v2 = dir.0.join("unified");
+        let v1 = dir.0.join("cpu,cpuacct");
+        std::fs::create_dir_all(v2.join("kubepods.slice")).expect("mkdir");
+        std::fs::create_dir_all(v1.join("kubepods/burstable")).expect("mkdir");
+        std::fs::create_dir_all(v1.join("custom.slice/custom-kubepods.slice")).expect("mkdir");
+        std::fs::create_dir_all(v2.join("user.slice/user-kubepods.slice")).expect("mkdir");
+        let mountinfo = format!(
+            "42 31 0:39 / {} rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n",
+            v1.display()
+        );
+        let found = detect_kubelet_roots(Some(&v2), &mountinfo);
+        if !owned_by_root {
+            println!("skipped: not running as root, nothing is root-owned: {found:?}");
+            return;
+        }
+        assert_eq!(
+            found,
+            vec![
+                "/kubepods.slice",
+                "/kubepods",
+                "/custom.slice/custom-kubepods.slice"
+            ]
+        );
+        assert!(detect_kubelet_roots(None, "").is_empty());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Who a kernel event belongs to: owner key (socket cgroup id, tgid) → workload.
 //!
 //! Standalone (no Kubernetes API): the cgroup path names the workload — a pod (UID and container
-//! id parsed from kubepods paths), a container, a systemd unit or a plain cgroup. Where the
-//! cgroup names nothing (root, user sessions), the process is the workload.
+//! id parsed from paths under the kubelet's cgroup roots only), a container, a systemd unit or a
+//! plain cgroup. Where the cgroup names nothing (root, user sessions), the process is the
+//! workload, named by its `comm`: a name the process picks itself (`prctl(PR_SET_NAME)`), hence
+//! the kind `process_comm`, which says the name is self-reported.
 
 pub mod cgroup;
 
@@ -14,7 +16,30 @@ use std::{
 
 use collector_common::tcp::OwnerKey;
 
-use cgroup::{CgroupIdentity, CgroupResolver};
+use cgroup::{CgroupIdentity, CgroupResolver, KubeletRoots};
+
+/// The kubelet roots to recognise pods under: the configured ones (which replace the defaults),
+/// else the defaults plus those detected on this host (see `cgroup::detect_kubelet_roots`).
+pub fn kubelet_roots(
+    configured: &[String],
+    cgroup2_mount: Option<&std::path::Path>,
+) -> Result<KubeletRoots, cgroup::CgroupError> {
+    let roots = if configured.is_empty() {
+        let mut roots = KubeletRoots::default();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let detected = cgroup::detect_kubelet_roots(cgroup2_mount, &mountinfo);
+        for r in &detected {
+            roots.add(r);
+        }
+        tracing::info!(?detected, roots = ?roots.to_strings(), "kubelet cgroup roots (pods are recognised only under these)");
+        roots
+    } else {
+        let roots = KubeletRoots::new(configured)?;
+        tracing::info!(roots = ?roots.to_strings(), "kubelet cgroup roots (configured)");
+        roots
+    };
+    Ok(roots)
+}
 
 /// What kind of thing a workload is; a bounded label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -24,6 +49,9 @@ pub enum WorkloadKind {
     Container,
     Systemd,
     Cgroup,
+    /// Named by the process's `comm`, which any process can set to anything: self-reported,
+    /// never an identity to trust.
+    #[serde(rename = "process_comm")]
     Process,
     /// No socket cgroup and no owner process known (e.g. sockets that predate the collector
     /// and never sent since, or resets for packets that matched no socket).
@@ -39,7 +67,7 @@ impl WorkloadKind {
             WorkloadKind::Container => "container",
             WorkloadKind::Systemd => "systemd",
             WorkloadKind::Cgroup => "cgroup",
-            WorkloadKind::Process => "process",
+            WorkloadKind::Process => "process_comm",
             WorkloadKind::Unattributed => "unattributed",
             WorkloadKind::Overflow => "overflow",
         }
@@ -120,8 +148,11 @@ pub struct IdentityResolver {
     forced: (Instant, u32),
     /// Cgroup ids are never reused (64-bit kernfs ids), so a resolved identity stays true.
     by_cgroup: HashMap<u64, Option<CgroupIdentity>>,
+    /// Path of each cached cgroup, to tell whether it still exists (`cgroup_gone`).
+    paths: HashMap<u64, String>,
     processes: HashMap<u32, ProcessInfo>,
     proc_root: PathBuf,
+    kubelet_roots: KubeletRoots,
 }
 
 impl IdentityResolver {
@@ -130,9 +161,49 @@ impl IdentityResolver {
             cgroups: cgroup_root.map(|r| CgroupResolver::new(r, Duration::from_secs(1))),
             forced: (Instant::now(), 0),
             by_cgroup: HashMap::new(),
+            paths: HashMap::new(),
             processes: HashMap::new(),
             proc_root,
+            kubelet_roots: KubeletRoots::default(),
         }
+    }
+
+    /// Where pods are recognised (default: `cgroup::DEFAULT_KUBELET_ROOTS`).
+    pub fn with_kubelet_roots(mut self, roots: KubeletRoots) -> Self {
+        self.kubelet_roots = roots;
+        self.by_cgroup.clear();
+        self
+    }
+
+    /// Whether cgroup `id` is known to be gone: its path no longer holds that cgroup, or the
+    /// last walk of the tree did not find it. Unknown (no cgroup2 root) counts as present.
+    /// Cgroup ids are never reused, so a gone cgroup never comes back.
+    pub fn cgroup_gone(&self, id: u64) -> bool {
+        let Some(resolver) = self.cgroups.as_ref() else {
+            return false;
+        };
+        if id <= ROOT_CGROUP_ID {
+            return false;
+        }
+        match self.paths.get(&id) {
+            Some(path) => {
+                let abs = resolver.root().join(path.trim_start_matches('/'));
+                !std::fs::symlink_metadata(abs)
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == id)
+            }
+            None => !resolver.knows(id),
+        }
+    }
+
+    /// Drops what is cached about a cgroup that is gone.
+    pub fn forget_cgroup(&mut self, id: u64) {
+        self.by_cgroup.remove(&id);
+        self.paths.remove(&id);
+    }
+
+    /// Cached cgroup identities (bounded; for tests and self-checks).
+    pub fn cached_cgroups(&self) -> usize {
+        self.by_cgroup.len()
     }
 
     /// A process announced by the kernel (it may be gone from /proc by the time we look).
@@ -191,11 +262,13 @@ impl IdentityResolver {
                 resolver.resolve(id, now)?
             }
         };
-        let identity = cgroup::parse_cgroup_path(&path);
+        let identity = cgroup::parse_cgroup_path_with(&path, &self.kubelet_roots);
         if self.by_cgroup.len() >= MAX_CACHED_CGROUPS {
             self.by_cgroup.clear();
+            self.paths.clear();
         }
         self.by_cgroup.insert(id, Some(identity.clone()));
+        self.paths.insert(id, path);
         Some(identity)
     }
 
@@ -293,15 +366,62 @@ mod tests {
         );
         std::fs::create_dir_all(&leaf).expect("mkdir");
         let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&leaf).expect("stat"));
-        let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/proc"));
-        let w = r.workload_of(&key(ino, 0), Instant::now());
+        // The same pod slice inside a user's delegation.
+        let spoof = root.join(
+            "user.slice/user-1000.slice/user@1000.service/app.slice/kubepods-pod0b7d5a4e_1c3f_4d2e_9a8b_7c6d5e4f3a2b.slice",
+        );
+        std::fs::create_dir_all(&spoof).expect("mkdir");
+        let ino_of = |p: &std::path::Path| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("stat"))
+        };
+        let spoof_ino = ino_of(&spoof);
+        let roots = KubeletRoots::new(&["/run1/kubepods.slice"]).expect("roots");
+        let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/proc"))
+            .with_kubelet_roots(roots);
+        let now = Instant::now();
+        let w = r.workload_of(&key(ino, 0), now);
         assert_eq!(w.kind, WorkloadKind::Pod);
         assert_eq!(
             w.pod_uid.as_deref(),
             Some("0b7d5a4e-1c3f-4d2e-9a8b-7c6d5e4f3a2b")
         );
         assert_eq!(w.container_id.as_deref().map(str::len), Some(64));
+        let w = r.workload_of(&key(spoof_ino, 0), now);
+        assert_eq!(w.kind, WorkloadKind::Cgroup, "{w:?}");
+        assert_eq!(w.pod_uid, None);
+
+        // Default roots: /run1/kubepods.slice is not one of them.
+        let mut r = IdentityResolver::new(Some(root.clone()), PathBuf::from("/proc"));
+        assert_eq!(r.workload_of(&key(ino, 0), now).kind, WorkloadKind::Cgroup);
+
+        // Gone once removed; cached state dropped on request.
+        assert!(!r.cgroup_gone(ino));
+        assert!(!r.cgroup_gone(1), "the root cgroup never goes");
+        std::fs::remove_dir(&spoof).expect("rmdir");
+        assert!(
+            !r.cgroup_gone(spoof_ino),
+            "never resolved: gone only once a walk missed it"
+        );
+        // A miss walks the tree again.
+        let _ = r.workload_of(&key(u64::MAX - 1, 0), now);
+        assert!(r.cgroup_gone(spoof_ino));
         std::fs::remove_dir_all(&root).expect("cleanup");
+        assert!(r.cgroup_gone(ino));
+        r.forget_cgroup(ino);
+        assert_eq!(r.cached_cgroups(), 0);
+        // No cgroup2 root: nothing can be known gone.
+        assert!(!IdentityResolver::new(None, PathBuf::from("/proc")).cgroup_gone(ino));
+    }
+
+    /// Catches: workloads named by the process's own `comm` exported with a kind that reads
+    /// like an identity; the kind must say the name is self-reported.
+    #[test]
+    fn comm_named_workloads_say_so() {
+        assert_eq!(WorkloadKind::Process.as_str(), "process_comm");
+        assert_eq!(
+            serde_json::to_value(WorkloadKind::Process).expect("json"),
+            serde_json::json!("process_comm")
+        );
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct Engine {
     /// Records lost per epoch (kernel drops, rejected or dropped records), any workload.
     lost: VecDeque<(u64, u64)>,
     shared: SharedVerdicts,
+    /// Workloads expired since the last `take_forgotten`: the aggregator forgets their metric
+    /// label sets and kernel keys with them.
+    forgotten: Vec<WorkloadLabels>,
 }
 
 impl Engine {
@@ -138,7 +141,13 @@ impl Engine {
             entries: HashMap::new(),
             lost: VecDeque::new(),
             shared: SharedVerdicts::default(),
+            forgotten: Vec::new(),
         }
+    }
+
+    /// Workloads expired since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<WorkloadLabels> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// What the API reads.
@@ -350,6 +359,7 @@ impl Engine {
                 evaluated_at: rfc3339(wall),
             });
         }
+        self.forgotten.extend(expired.iter().cloned());
         for w in expired {
             if let Some(e) = self.entries.remove(&w)
                 && let Some(m) = &self.metrics

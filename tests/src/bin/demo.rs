@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config {
         listen: listen.parse().context("--listen")?,
         harvest_interval: Duration::from_millis(500),
+        kubelet_cgroup_roots: vec![integration_tests::HARNESS_KUBELET_ROOT.into()],
         verdict,
         ..Config::default()
     };
