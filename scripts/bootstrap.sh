@@ -135,6 +135,16 @@ install_go() {
   done
 }
 
+# cargo-fuzz for `cargo xtask fuzz` (the targets in fuzz/ build with $EBPF_NIGHTLY).
+CARGO_FUZZ_VERSION=0.13.2
+install_cargo_fuzz() {
+  if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $2}')" = "$CARGO_FUZZ_VERSION" ]; then
+    return
+  fi
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  rustup run "$USER_TOOLCHAIN" cargo install --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
 # Python packages the export tests use as independent OTLP receivers (not our code): the
 # official OpenTelemetry protobuf definitions and gRPC.
 PY_TEST_VENV=/opt/collector-test/py-venv
@@ -156,6 +166,7 @@ install_rustup
 install_toolchains
 install_bpf_linker
 check_llvm_match
+install_cargo_fuzz
 install_py_test_deps
 [ "${WITH_GO:-0}" = 1 ] && install_go
 log "ok: $USER_TOOLCHAIN, $EBPF_NIGHTLY (LLVM $(llvm_major_of_nightly)), bpf-linker $BPF_LINKER_VERSION"

@@ -1,6 +1,7 @@
 //! Build and test orchestration. `./x` runs the bootstrap and then this.
 
 mod bench;
+mod fuzz;
 mod go_offsets;
 mod vm;
 
@@ -101,6 +102,18 @@ enum Cmd {
         /// spread across runs.
         #[arg(long, value_name = "JSON", num_args = 1..)]
         report: Vec<PathBuf>,
+    },
+    /// Run the cargo-fuzz targets (fuzz/) one after the other; fails on a crash. Needs
+    /// cargo-fuzz and the pinned nightly (scripts/bootstrap.sh).
+    Fuzz {
+        /// 30 s per target (CI).
+        #[arg(long, conflicts_with = "seconds")]
+        short: bool,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
     },
     /// Regenerate the Go `net/http` struct offsets table (go_http/offsets_table.json) by
     /// building tests/go/offsets with every Go release in tests/go/versions.
@@ -276,6 +289,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 nice,
                 markdown,
                 report,
+            },
+        ),
+        Cmd::Fuzz {
+            short,
+            seconds,
+            targets,
+        } => fuzz::fuzz(
+            &root(),
+            &fuzz::Options {
+                duration: if short {
+                    fuzz::SHORT
+                } else {
+                    Duration::from_secs(seconds)
+                },
+                targets,
+                with_fixtures: !short,
             },
         ),
         Cmd::GoOffsets { check, also } => {
