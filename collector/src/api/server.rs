@@ -45,7 +45,8 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection is closed after this long whatever it does: bounds every other slow path
 /// (slow readers of a response, TLS handshakes that never finish are cut by the header timeout).
 pub const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-/// Request bodies: the API only answers GETs, so anything above this is refused (413).
+/// Request bodies: no handler reads one today (the API only answers GETs, and an unread body is
+/// never buffered); any extractor that would is refused past this (413).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Request line + headers. hyper answers 431 past it.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
