@@ -107,7 +107,7 @@ pub fn fuzz(root: &Path, opts: &Options) -> anyhow::Result<()> {
             // libFuzzer's closing line (coverage, corpus) and final statistics.
             for line in log
                 .lines()
-                .filter(|l| l.contains(" DONE ") || l.starts_with("stat::"))
+                .filter(|l| l.contains("DONE") || l.starts_with("stat::"))
             {
                 eprintln!("fuzz: {target}: {line}");
             }
