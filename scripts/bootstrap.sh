@@ -26,6 +26,7 @@ apt_packages=(
   nftables iproute2 bpftool procps
   prometheus python3-venv openssl
   qemu-system-x86 busybox-static kmod xz-utils cpio
+  valgrind
 )
 
 install_debian() {

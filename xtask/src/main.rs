@@ -1,6 +1,7 @@
 //! Build and test orchestration. `./x` runs the bootstrap and then this.
 
 mod bench;
+mod callgrind;
 mod fuzz;
 mod go_offsets;
 mod vm;
@@ -28,8 +29,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole suite: rustfmt, clippy, unit tests, root integration tests on this kernel,
-    /// then the same tests on Debian's 6.1 kernel under qemu (`vm-test`).
+    /// The whole suite: rustfmt, clippy, unit tests, the callgrind instruction-count gate, root
+    /// integration tests on this kernel, then the same tests on Debian's 6.1 kernel under qemu
+    /// (`vm-test`).
     Test {
         /// Skip the root integration tests (they load eBPF and need root) and the VM run.
         #[arg(long)]
@@ -102,6 +104,17 @@ enum Cmd {
         /// spread across runs.
         #[arg(long, value_name = "JSON", num_args = 1..)]
         report: Vec<PathBuf>,
+    },
+    /// Instruction counts (valgrind/callgrind) of the userspace hot path scenarios
+    /// (collector/benches/hotpath.rs) against collector/benches/callgrind-baseline.json;
+    /// fails when one grows more than 10 %. Part of `test`: the CI's only performance gate.
+    Callgrind {
+        /// Rewrite the baseline with this run's counts instead of checking.
+        #[arg(long)]
+        update: bool,
+        /// Runs per scenario: the median is compared and the spread printed.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Run the cargo-fuzz targets (fuzz/) one after the other; fails on a crash. Needs
     /// cargo-fuzz and the pinned nightly (scripts/bootstrap.sh).
@@ -233,6 +246,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--exclude",
                 "integration-tests",
             ])?;
+            // Performance gate: instruction counts, not wall time (see callgrind.rs).
+            callgrind::callgrind(
+                &root(),
+                &callgrind::Options {
+                    update: false,
+                    repeat: 1,
+                },
+            )?;
             if !unit_only {
                 integration(&[])?;
                 if !no_vm {
@@ -291,6 +312,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report,
             },
         ),
+        Cmd::Callgrind { update, repeat } => {
+            callgrind::callgrind(&root(), &callgrind::Options { update, repeat })
+        }
         Cmd::Fuzz {
             short,
             seconds,
