@@ -56,6 +56,12 @@ pub mod flags {
     pub const HTTP2: u16 = 8;
     /// The path was longer than `ROUTE_MAX` and is cut.
     pub const TRUNCATED: u16 = 16;
+    /// Seen on the wire (`wire` parser): `route` holds raw bytes of the request target (it ends
+    /// at the first space or CR; query included), the method is `method_code`.
+    pub const WIRE: u16 = 32;
+    /// With `WIRE`: `route` holds the start of the start line, method included (the line
+    /// began in an earlier segment, only its first bytes were kept).
+    pub const WIRE_LINE: u16 = 64;
 }
 
 pub const METHOD_MAX: usize = 8;
@@ -75,7 +81,9 @@ pub struct HttpEvent {
     pub duration_ns: u64,
     pub method: [u8; METHOD_MAX],
     pub method_len: u8,
-    pub _pad1: u8,
+    /// Wire records (`flags::WIRE`): the method's code (index in `wire::METHODS`, 0 = any
+    /// other token); `method` is then empty.
+    pub method_code: u8,
     pub route_len: u16,
     pub _pad2: u32,
     pub route: [u8; ROUTE_MAX],
@@ -93,7 +101,7 @@ impl Default for HttpEvent {
             duration_ns: 0,
             method: [0; METHOD_MAX],
             method_len: 0,
-            _pad1: 0,
+            method_code: 0,
             route_len: 0,
             _pad2: 0,
             route: [0; ROUTE_MAX],
@@ -114,8 +122,11 @@ pub struct HttpCounts {
     pub unobserved: u64,
     /// By status class: index 0 = 1xx … 4 = 5xx (status 0 counts as 200).
     pub by_class: [u64; 5],
+    /// Requests or responses this owner may have had that the socket-level parser could not
+    /// follow (a gap in the byte stream it could not skip): loss charged to this owner only.
+    pub lost: u64,
 }
-assert_layout!(HttpCounts, 80);
+assert_layout!(HttpCounts, 88);
 
 impl HttpCounts {
     pub fn accumulate(&mut self, o: &Self) {
@@ -126,18 +137,252 @@ impl HttpCounts {
             aborted,
             unobserved,
             by_class,
+            lost,
         } = o;
         self.requests = self.requests.wrapping_add(*requests);
         self.unrecorded = self.unrecorded.wrapping_add(*unrecorded);
         self.panics = self.panics.wrapping_add(*panics);
         self.aborted = self.aborted.wrapping_add(*aborted);
         self.unobserved = self.unobserved.wrapping_add(*unobserved);
+        self.lost = self.lost.wrapping_add(*lost);
         for (a, b) in self.by_class.iter_mut().zip(by_class) {
             *a = a.wrapping_add(*b);
         }
     }
 }
 
-impl_pod!(GoHttpOffsets, InflightKey, Inflight, HttpEvent, HttpCounts);
+/// The socket-level HTTP/1.x parser (`collector-ebpf/src/http_wire.rs`): per-connection state
+/// kept in `maps::WIRE_CONNS`, keyed by socket cookie.
+pub mod wire {
+    use crate::{assert_layout, tcp::OwnerKey};
+
+    /// Requests a connection may have waiting for their responses (HTTP/1.1 pipelining). A
+    /// power of two: slots are indexed by `count % PIPELINE`.
+    pub const PIPELINE: u32 = 8;
+    /// Bytes of the current line kept across segments: enough for the method and the start
+    /// of the target, a status line, `Content-Length: <16 digits>` and
+    /// `Transfer-Encoding: gzip, deflate, chunked`. A power of two: the kernel side masks
+    /// every index with `LINE_MAX - 1`, which is what the verifier can follow.
+    pub const LINE_MAX: usize = 64;
+    /// Bytes of a segment scanned per window (one tail call each).
+    pub const WINDOW: usize = 256;
+
+    /// Parser states of one direction.
+    pub mod state {
+        /// Between messages: the next byte starts a request (rx) or a response (tx).
+        pub const START: u8 = 0;
+        /// Not known where a message starts (connection predates us, or bytes were lost):
+        /// waiting for a segment that begins with a request line or a status line.
+        pub const UNSYNCED: u8 = 1;
+        /// Reading the head (start line and header lines).
+        pub const HEAD: u8 = 2;
+        /// Body of known length: `remaining` bytes left.
+        pub const BODY_LEN: u8 = 3;
+        /// A chunk-size line of a chunked body.
+        pub const CHUNK_SIZE: u8 = 4;
+        /// Chunk data plus its CRLF: `remaining` bytes left.
+        pub const CHUNK_DATA: u8 = 5;
+        /// Trailer lines after the last chunk, up to an empty line.
+        pub const TRAILER: u8 = 6;
+        /// A response body delimited by the connection's end.
+        pub const BODY_CLOSE: u8 = 7;
+        /// Not (or no longer) HTTP/1.x on this connection: TLS, an upgrade, garbage.
+        pub const OFF: u8 = 8;
+    }
+
+    /// `WireHalf::msg` flags of the message being read.
+    pub mod msg {
+        /// `Transfer-Encoding: …chunked`.
+        pub const CHUNKED: u8 = 1;
+        /// A `Content-Length` header was read.
+        pub const LENGTH: u8 = 2;
+        /// The current line is longer than `LINE_MAX` (only its start is kept).
+        pub const LONG_LINE: u8 = 4;
+        /// rx: the request is sampled; its target waits in `WIRE_TARGETS`.
+        pub const SAMPLED: u8 = 8;
+    }
+
+    /// `WireSlot::flags`.
+    pub mod slot {
+        /// A HEAD request: its response has no body whatever its headers say.
+        pub const HEAD_METHOD: u8 = 1;
+        /// A record is emitted for this request; its target waits in `WIRE_TARGETS`.
+        pub const SAMPLED: u8 = 2;
+        /// The response head was seen and counted; the slot waits for the body's end.
+        pub const ANSWERED: u8 = 4;
+        /// The request line started in an earlier segment: the target is cut.
+        pub const TRUNCATED: u8 = 8;
+    }
+
+    /// `WireConn::flags`.
+    pub mod conn {
+        /// The first bytes from the peer were a TLS handshake: not parsed.
+        pub const TLS: u32 = 1;
+        /// Switched protocols (101, or a 2xx to CONNECT): not parsed any more.
+        pub const UPGRADED: u32 = 2;
+        /// Requests arrived on this connection: the socket is a server's.
+        pub const SERVER: u32 = 4;
+    }
+
+    /// One direction's parser.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct WireHalf {
+        /// Sequence number of the first byte not yet parsed.
+        pub next_seq: u32,
+        /// Body or chunk bytes left in `BODY_LEN` / `CHUNK_DATA`; while a head is read, its
+        /// `Content-Length` (saturating at `u32::MAX`: larger bodies are not framed).
+        pub remaining: u32,
+        /// Sequence number of the current head's first byte.
+        pub head_seq: u32,
+        pub state: u8,
+        /// Length of the current line so far, saturating at 255.
+        pub line_len: u8,
+        /// 1 while reading a head's start line.
+        pub first_line: u8,
+        /// `msg` flags of the current message.
+        pub msg: u8,
+        /// tx: status of the response being read.
+        pub status: u16,
+        /// rx: method code of the request being read (index in `METHODS`).
+        pub method: u8,
+        pub _pad: u8,
+        pub _pad2: u32,
+        /// rx: when the current request's first byte arrived.
+        pub start_ns: u64,
+        /// Start of the current line.
+        pub line: [u8; LINE_MAX],
+    }
+    assert_layout!(WireHalf, 96);
+
+    impl WireHalf {
+        pub const NEW: Self = Self {
+            next_seq: 0,
+            remaining: 0,
+            head_seq: 0,
+            state: state::UNSYNCED,
+            line_len: 0,
+            first_line: 0,
+            msg: 0,
+            status: 0,
+            method: 0,
+            _pad: 0,
+            _pad2: 0,
+            start_ns: 0,
+            line: [0; LINE_MAX],
+        };
+    }
+
+    /// A request waiting for (the end of) its response.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct WireSlot {
+        /// When the request's first byte arrived.
+        pub start_ns: u64,
+        pub method: u8,
+        /// `slot` flags.
+        pub flags: u8,
+        pub _pad: [u8; 6],
+    }
+    assert_layout!(WireSlot, 16);
+
+    /// A connection's state: written by the ingress program (`rx`, `head`) and the egress
+    /// program (`tx`, `tail`) — each field by one side only, so no lock is needed.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct WireConn {
+        /// Requests (ingress on a server socket).
+        pub rx: WireHalf,
+        /// Responses (egress on a server socket).
+        pub tx: WireHalf,
+        /// Requests whose head was read (written by ingress).
+        pub head: u32,
+        /// Requests whose response ended (written by egress). `head - tail` are pending.
+        pub tail: u32,
+        /// Who is charged: the socket's cgroup, and the owning process once known.
+        pub owner: OwnerKey,
+        /// `conn` flags.
+        pub flags: u32,
+        /// Requests counted as answered (response head seen): `answered - tail` responses are
+        /// in their body. Written by egress.
+        pub answered: u32,
+        pub slots: [WireSlot; PIPELINE as usize],
+    }
+    assert_layout!(WireConn, 352);
+
+    /// Key of a sampled request's target while it waits for its response.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct TargetKey {
+        pub cookie: u64,
+        /// The request's number on its connection (`WireConn::head` when it was read).
+        pub index: u32,
+        pub _pad: u32,
+    }
+    assert_layout!(TargetKey, 16);
+
+    /// A sampled request's raw target, waiting for its response.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Target {
+        /// Bytes of `bytes` that are valid.
+        pub len: u16,
+        /// `TARGET_LINE`: `bytes` is the start of the start line (method included), because
+        /// the line began in an earlier segment; else the bytes after "METHOD ".
+        pub flags: u16,
+        pub _pad: u32,
+        /// Raw bytes as sent; the target ends at the first space or CR (found in userspace).
+        pub bytes: [u8; crate::http::ROUTE_MAX],
+    }
+    assert_layout!(Target, 136);
+
+    /// `Target::flags`
+    pub const TARGET_LINE: u16 = 1;
+
+    /// Per-CPU scratch of the parser (`WIRE_SCRATCH`: 0 ingress, 1 egress, 2 targets): the
+    /// window being scanned, and how many invocations the current segment has used.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct WireScratch {
+        /// Socket and segment `calls` belongs to.
+        pub cookie: u64,
+        pub seq: u32,
+        pub calls: u32,
+        /// The parser's cursor between steps, kept in memory on purpose: the verifier does
+        /// not track map memory, so every step starts from the same abstract state and its
+        /// paths are pruned instead of multiplied (see `http_wire::parse`).
+        pub pos: u32,
+        /// Payload offsets [win_start, win_start + win_len) are loaded in `buf`.
+        pub win_start: u32,
+        pub win_len: u32,
+        /// egress: what the scan stopped at, for the action program (`WIRE_PROG_ACTION`),
+        /// which checks `cookie`/`seq` before acting on it.
+        pub stop: u32,
+        /// Running value of a number being parsed (kept in memory for the same reason).
+        pub acc: u64,
+        pub buf: [u8; WINDOW],
+    }
+    assert_layout!(WireScratch, 296);
+
+    /// Method codes: index in `METHODS`; 0 is any other token.
+    pub const METHODS: [&[u8]; 10] = [
+        b"_OTHER", b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
+        b"PATCH",
+    ];
+    pub const METHOD_HEAD: u8 = 2;
+    pub const METHOD_CONNECT: u8 = 6;
+}
+
+impl_pod!(
+    GoHttpOffsets,
+    InflightKey,
+    Inflight,
+    HttpEvent,
+    HttpCounts,
+    wire::WireConn,
+    wire::TargetKey,
+    wire::Target,
+    wire::WireScratch
+);
 
 const _: () = assert!(core::mem::offset_of!(HttpEvent, header) == 0);

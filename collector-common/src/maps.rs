@@ -27,6 +27,31 @@ pub const HTTP_COUNTS_ENTRIES: u32 = 8_192;
 /// Array of one u32: emit a request record for 1 in N requests (1 = every one). Userspace
 /// raises it when the record rate exceeds its budget; counters stay exact either way.
 pub const HTTP_SAMPLING: &str = "HTTP_SAMPLING";
+/// LRU hash socket cookie → `http::wire::WireConn`: the socket-level HTTP/1.x parser's state.
+/// LRU so connections whose teardown we miss cannot fill it; an evicted live connection
+/// resynchronises at its next request and its loss is counted.
+pub const WIRE_CONNS: &str = "WIRE_CONNS";
+pub const WIRE_CONNS_ENTRIES: u32 = 32_768;
+/// LRU hash `http::wire::TargetKey` → `http::wire::Target`: targets of sampled requests waiting
+/// for their responses.
+pub const WIRE_TARGETS: &str = "WIRE_TARGETS";
+pub const WIRE_TARGETS_ENTRIES: u32 = 8_192;
+/// Per-CPU array of `http::wire::WireScratch`: index 0 for ingress, 1 for egress. The parser
+/// also has per-CPU build areas for new entries (`WIRE_NEW_CONN`, `WIRE_NEW_TARGET`).
+pub const WIRE_SCRATCH: &str = "WIRE_SCRATCH";
+/// Program arrays of the parser: it tail-calls itself when a segment needs more steps than
+/// one invocation takes, and the egress scan hands a complete response head or body to a
+/// separate action program — two programs the verifier checks apart instead of one whose
+/// paths multiply. One array per direction: the kernel only lets a program tail-call
+/// programs of its own attach type (the egress program failed to load with EINVAL while it
+/// shared one array with the ingress program).
+pub const WIRE_PROGS_RX: &str = "WIRE_PROGS_RX";
+pub const WIRE_PROGS_TX: &str = "WIRE_PROGS_TX";
+/// Slots: in `WIRE_PROGS_RX`, the ingress program; in `WIRE_PROGS_TX`, the egress program and
+/// the action program.
+pub const WIRE_PROG_INGRESS: u32 = 0;
+pub const WIRE_PROG_EGRESS: u32 = 0;
+pub const WIRE_PROG_ACTION: u32 = 1;
 /// Ring buffer of `event` records.
 pub const EVENTS: &str = "EVENTS";
 /// Default ring size in bytes (power of two, multiple of the page size).
@@ -54,10 +79,16 @@ pub enum KernelDrop {
     HttpInflightFull = 6,
     /// A return or WriteHeader without a tracked start (attached mid-request).
     HttpNoStart = 7,
+    /// The socket-level HTTP parser lost its place in a connection's byte stream (a gap it
+    /// cannot skip, a line it cannot read); also charged per owner as `HttpCounts::lost`.
+    WireDesync = 8,
+    /// A segment needed more windows than the parser may tail-call, or a continuation was
+    /// overwritten by another program on the same CPU.
+    WireWindows = 9,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -67,6 +98,8 @@ impl KernelDrop {
         KernelDrop::CgroupRead,
         KernelDrop::HttpInflightFull,
         KernelDrop::HttpNoStart,
+        KernelDrop::WireDesync,
+        KernelDrop::WireWindows,
     ];
 
     /// Stable label value for metrics.
@@ -80,6 +113,8 @@ impl KernelDrop {
             KernelDrop::CgroupRead => "cgroup_read_failed",
             KernelDrop::HttpInflightFull => "http_inflight_full",
             KernelDrop::HttpNoStart => "http_no_start",
+            KernelDrop::WireDesync => "http_wire_desync",
+            KernelDrop::WireWindows => "http_wire_windows",
         }
     }
 }

@@ -154,17 +154,25 @@ fn go_panic_impl(ctx: ProbeContext) -> u32 {
     0
 }
 
+static ZERO_COUNTS: HttpCounts = HttpCounts {
+    requests: 0,
+    unrecorded: 0,
+    panics: 0,
+    aborted: 0,
+    unobserved: 0,
+    by_class: [0; 5],
+    lost: 0,
+};
+
+/// Applies `f` to this CPU's request counters of `owner`, creating them on first use; the
+/// overflow bucket when the map is full (counted). Shared by the uprobe and wire paths.
 #[inline(always)]
-fn count(k: &InflightKey, f: impl FnOnce(&mut HttpCounts)) {
-    let owner = OwnerKey {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        tgid: k.tgid,
-        _pad: 0,
-    };
-    let mut p = HTTP_COUNTS.get_ptr_mut(&owner);
+pub(crate) fn count(owner: &OwnerKey, f: impl FnOnce(&mut HttpCounts)) {
+    let mut p = HTTP_COUNTS.get_ptr_mut(owner);
     if p.is_none() {
-        let _ = HTTP_COUNTS.insert(&owner, &HttpCounts::default(), 0);
-        p = HTTP_COUNTS.get_ptr_mut(&owner);
+        // From read-only data: a zeroed value built on the stack is a memset call.
+        let _ = HTTP_COUNTS.insert(owner, &ZERO_COUNTS, 0);
+        p = HTTP_COUNTS.get_ptr_mut(owner);
         if p.is_none() {
             count_drop(KernelDrop::StatsMapFull);
             p = HTTP_COUNTS.get_ptr_mut(&OwnerKey::OVERFLOW);
@@ -191,7 +199,13 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         f |= flags::HTTP2;
     }
     let status = entry.status;
-    count(k, |c| {
+    let owner = OwnerKey {
+        // SAFETY: plain helper; a uprobe runs in the serving task (process context).
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: k.tgid,
+        _pad: 0,
+    };
+    count(&owner, |c| {
         c.requests += 1;
         if f & flags::PANICKED != 0 {
             c.panics += 1;
@@ -209,12 +223,12 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     });
     let every = HTTP_SAMPLING.get(0).copied().unwrap_or(1);
     if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
-        count(k, |c| c.unrecorded += 1);
+        count(&owner, |c| c.unrecorded += 1);
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<HttpEvent>(0) else {
         count_drop(KernelDrop::RingReserve);
-        count(k, |c| c.unrecorded += 1);
+        count(&owner, |c| c.unrecorded += 1);
         return;
     };
     let ev = slot.as_mut_ptr();
@@ -234,7 +248,7 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         };
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).duration_ns = now.saturating_sub(entry.start_ns);
-        (*ev)._pad1 = 0;
+        (*ev).method_code = 0;
         (*ev)._pad2 = 0;
         let m_ptr = read_user::<u64>(req + off.request_method as u64).unwrap_or(0);
         let m_len = read_user::<u64>(req + off.request_method as u64 + 8).unwrap_or(0);

@@ -3,13 +3,17 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use collector_common::{
-    http::{GoHttpOffsets, HttpCounts, Inflight, InflightKey},
+    http::{
+        GoHttpOffsets, HttpCounts, Inflight, InflightKey,
+        wire::{Target, TargetKey, WireConn, WireScratch},
+    },
     maps::{
         EVENTS_BYTES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES, HTTP_OFFSETS_SLOTS, KernelDrop,
         PROBE_STASH_ENTRIES, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
+        WIRE_CONNS_ENTRIES, WIRE_TARGETS_ENTRIES,
     },
     tcp::{OwnerKey, SockOwner, TcpStats},
 };
@@ -42,6 +46,32 @@ pub static SEEN_TGIDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SEEN_
 /// kprobe → kretprobe hand-over: (sk, skb) keyed by pid_tgid.
 #[map]
 pub static PROBE_STASH: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(PROBE_STASH_ENTRIES, 0);
+
+#[map]
+pub static WIRE_CONNS: LruHashMap<u64, WireConn> =
+    LruHashMap::with_max_entries(WIRE_CONNS_ENTRIES, 0);
+
+#[map]
+pub static WIRE_TARGETS: LruHashMap<TargetKey, Target> =
+    LruHashMap::with_max_entries(WIRE_TARGETS_ENTRIES, 0);
+
+/// 0: ingress, 1: egress.
+#[map]
+pub static WIRE_SCRATCH: PerCpuArray<WireScratch> = PerCpuArray::with_max_entries(2, 0);
+
+/// Where a new connection's state is built before insertion (too large for the stack).
+#[map]
+pub static WIRE_NEW_CONN: PerCpuArray<WireConn> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a sampled request's target is built before insertion.
+#[map]
+pub static WIRE_NEW_TARGET: PerCpuArray<Target> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static WIRE_PROGS_RX: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[map]
+pub static WIRE_PROGS_TX: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -34,6 +34,7 @@ use crate::{
     probes::{
         AttachReport, ProbeSet, btf,
         go_http::attach::{GoHttpProbes, Instrumented},
+        http_wire,
         offsets::Prepared,
         tracefs,
     },
@@ -88,6 +89,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bail!("this binary was built with AYA_BUILD_SKIP and carries no eBPF object");
     }
     let mut loader = EbpfLoader::new();
+    // The verifier's whole log on a load failure (large): for debugging a node whose kernel
+    // refuses a program.
+    if std::env::var_os("COLLECTOR_VERIFIER_LOG").is_some() {
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
     if let Some(btf) = &aya_btf {
         loader.btf(btf);
     }
@@ -100,6 +106,40 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let probes = ProbeSet::attach(&mut ebpf, aya_btf.as_ref(), &prepared, &config.ladder)?;
     let metrics = Arc::new(Metrics::new(config.max_workloads));
+    let cgroup_root = config
+        .cgroup_root
+        .clone()
+        .or_else(cgroup::find_cgroup2_mount);
+    let wire_rung = match (&cgroup_root, config.http.socket) {
+        (_, false) => None,
+        (None, true) => {
+            warn!("no cgroup2 mount: HTTP requests are not parsed from sockets");
+            Some("unavailable")
+        }
+        (Some(root), true) => match http_wire::attach(&mut ebpf, root) {
+            Ok(()) => {
+                info!(root = %root.display(), "HTTP/1.x parsed from server sockets (cgroup_skb)");
+                Some("cgroup_skb")
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    "HTTP/1.x socket parser unavailable"
+                );
+                Some("unavailable")
+            }
+        },
+    };
+    if let Some(rung) = wire_rung {
+        metrics
+            .collector
+            .signal_rung
+            .get_or_create(&SignalLabels {
+                signal: "http_socket",
+                rung,
+            })
+            .set(1);
+    }
     for r in &probes.reports {
         let rung = r.attached.map_or("unavailable", |r| r.as_str());
         metrics
@@ -132,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let go_offsets = Array::try_from(take(&mut ebpf, HTTP_OFFSETS)?)?;
     let go_inflight = aya::maps::HashMap::try_from(take(&mut ebpf, HTTP_INFLIGHT)?)?;
     let ebpf = Arc::new(Mutex::new(ebpf));
-    let go_http = if config.http.enabled {
+    let go_http = if config.http.uprobes {
         match GoHttpProbes::new(ebpf.clone(), go_offsets, go_inflight, metrics.clone()) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -143,10 +183,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
-    let cgroup_root = config
-        .cgroup_root
-        .clone()
-        .or_else(cgroup::find_cgroup2_mount);
     match &cgroup_root {
         Some(root) => info!(root = %root.display(), "cgroup2 hierarchy"),
         None => warn!("no cgroup2 mount: workloads are named by process only"),

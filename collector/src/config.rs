@@ -128,8 +128,19 @@ pub struct Cli {
     #[arg(long, value_name = "RECORDS_PER_SECOND")]
     pub http_event_budget: Option<u64>,
 
-    /// Do not instrument Go net/http servers (TCP signals only).
+    /// Do not parse HTTP/1.x from server sockets' packets (the default source of request
+    /// metrics: every language, no trap, exact counts).
     #[arg(long)]
+    pub no_http_socket: bool,
+
+    /// Go net/http uprobes: "off", or "all" to instrument every Go server with uprobes (route
+    /// templates, HTTPS; about 3 traps per request, ~45 µs here). "all" needs
+    /// --no-http-socket: both would count the same requests. [default: off]
+    #[arg(long, value_name = "MODE")]
+    pub go_http_uprobes: Option<String>,
+
+    /// Same as --go-http-uprobes off (kept for existing command lines).
+    #[arg(long, hide = true)]
     pub no_go_http: bool,
 
     /// OTLP metrics endpoint, e.g. "http://otel-collector:4317" (gRPC) or
@@ -221,7 +232,10 @@ pub struct FileConfig {
     pub max_routes: Option<usize>,
     pub http_sample_every: Option<u32>,
     pub http_event_budget: Option<u64>,
-    pub go_http: Option<bool>,
+    /// Go net/http uprobes: "off" or "all".
+    pub go_http_uprobes: Option<String>,
+    /// The socket-level HTTP/1.x parser.
+    pub http_socket: Option<bool>,
     pub verdict: Option<FileVerdict>,
 }
 
@@ -332,10 +346,13 @@ pub struct Config {
     pub verdict: VerdictConfig,
 }
 
-/// Go net/http instrumentation settings.
+/// HTTP request metrics: where they come from, and how records are bounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
-    pub enabled: bool,
+    /// Parse HTTP/1.x from server sockets' packets (`probes::http_wire`).
+    pub socket: bool,
+    /// Instrument every Go net/http server with uprobes (`probes::go_http`).
+    pub uprobes: bool,
     pub probe_paths: Vec<String>,
     pub max_routes: usize,
     /// The minimum 1-in-N for records (1 = every request).
@@ -347,7 +364,8 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            socket: true,
+            uprobes: false,
             probe_paths: DEFAULT_PROBE_PATHS.iter().map(|p| p.to_string()).collect(),
             max_routes: DEFAULT_MAX_ROUTES,
             sample_every: 1,
@@ -556,9 +574,30 @@ impl Config {
         }
         let otlp = otlp_config(cli, file.otlp.unwrap_or_default(), env)?;
         let mut http = HttpConfig {
-            enabled: !cli.no_go_http && file.go_http.unwrap_or(true),
+            socket: !cli.no_http_socket && file.http_socket.unwrap_or(true),
+            uprobes: match cli
+                .go_http_uprobes
+                .as_deref()
+                .or(file.go_http_uprobes.as_deref())
+            {
+                _ if cli.no_go_http => false,
+                None | Some("off") => false,
+                Some("all") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "go_http_uprobes",
+                        format!("{other:?} (expected off or all)"),
+                    ));
+                }
+            },
             ..HttpConfig::default()
         };
+        if http.socket && http.uprobes {
+            return Err(invalid(
+                "go_http_uprobes",
+                "\"all\" needs --no-http-socket (http_socket = false): both would count the same requests",
+            ));
+        }
         let probe_paths = if cli.probe_paths.is_empty() {
             file.probe_paths
         } else {

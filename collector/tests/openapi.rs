@@ -116,8 +116,26 @@ fn verdicts() -> Engine {
     e.tick(t0, SystemTime::now());
     for s in 0..4 {
         let now = t0 + Duration::from_secs(s) + Duration::from_millis(10);
-        e.on_http_counts(&pod("pod-a"), 30, 0, 0, now);
-        e.on_http_counts(&pod("pod-b"), 32, 30, 0, now);
+        e.on_http_counts(
+            &pod("pod-a"),
+            collector::verdict::HttpDelta {
+                total: 30,
+                r5xx: 0,
+                failed: 0,
+                lost: 0,
+            },
+            now,
+        );
+        e.on_http_counts(
+            &pod("pod-b"),
+            collector::verdict::HttpDelta {
+                total: 32,
+                r5xx: 30,
+                failed: 0,
+                lost: 0,
+            },
+            now,
+        );
         for _ in 0..30 {
             e.on_request(
                 &pod("pod-a"),

@@ -1163,6 +1163,38 @@ pub fn go_fixtures() -> Vec<(String, String, PathBuf)> {
 // HTTP load (verdict tests, the demo)
 // ---------------------------------------------------------------------------------------------
 
+/// The collector's `/metrics` body (Prometheus text).
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("collector");
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read");
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Sum of the samples of `metric` whose labels include all of `labels`; None when none does.
+pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+    {
+        if labels
+            .iter()
+            .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        {
+            let v: f64 = l
+                .rsplit_once(' ')
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0.0);
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 /// One request on its own connection; the status, or None on failure.
 pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;

@@ -138,42 +138,16 @@ fn expected_route(minor: u32, method: &str, path: &str) -> String {
     }
 }
 
-fn get_metrics(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).expect("collector");
-    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").expect("write");
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).expect("read");
-    buf.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-    {
-        if labels
-            .iter()
-            .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        {
-            let v: f64 = l
-                .rsplit_once(' ')
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0.0);
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
+/// These tests are about the uprobe path: the socket parser (which would count the same
+/// requests) is off, the uprobes on (`--no-http-socket --go-http-uprobes all`).
 async fn start_collector() -> app::Running {
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         harvest_interval: Duration::from_millis(200),
         ..Config::default()
     };
+    config.http.socket = false;
+    config.http.uprobes = true;
     app::start(config).await.expect("collector starts")
 }
 
@@ -268,9 +242,9 @@ async fn every_go_version_and_build_counts_requests_exactly() {
             POLL,
             &format!("{name}: all requests counted"),
             || {
-                let text = get_metrics(running.addr);
+                let text = scrape(running.addr);
                 let total =
-                    sample(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+                    metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
                 let want: u64 = MIX.iter().map(|m| m.3).sum();
                 if total == want {
                     Ok(text)
@@ -294,7 +268,7 @@ async fn every_go_version_and_build_counts_requests_exactly() {
             } else {
                 "http_server_request_duration_seconds_count"
             };
-            let got = sample(&text, metric, &labels).unwrap_or(0.0) as u64;
+            let got = metric_sum(&text, metric, &labels).unwrap_or(0.0) as u64;
             assert_eq!(
                 got, *count,
                 "{name}: {metric} {method} {route} {code} {err}\n{text}"
@@ -302,7 +276,7 @@ async fn every_go_version_and_build_counts_requests_exactly() {
         }
         // Probe paths stay out of the histogram.
         assert_eq!(
-            sample(
+            metric_sum(
                 &text,
                 "http_server_request_duration_seconds_count",
                 &[w[0], w[1], ("route", "/healthz")]
@@ -312,7 +286,7 @@ async fn every_go_version_and_build_counts_requests_exactly() {
         );
         // Exact kernel counters by outcome.
         let outcome = |o: &str| {
-            sample(
+            metric_sum(
                 &text,
                 "collector_http_requests_total",
                 &[w[0], w[1], ("outcome", o)],
@@ -326,7 +300,7 @@ async fn every_go_version_and_build_counts_requests_exactly() {
         // The delayed handler: at least its delay, never longer than the client saw.
         let slow_route = expected_route(minor, "GET", "/slow");
         let slow = [w[0], w[1], ("route", slow_route.as_str())];
-        let sum = sample(&text, "http_server_request_duration_seconds_sum", &slow)
+        let sum = metric_sum(&text, "http_server_request_duration_seconds_sum", &slow)
             .expect("slow request observed");
         assert!(
             sum >= SLOW_MS as f64 / 1000.0,
@@ -442,8 +416,8 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
     }
     let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
     let text = wait_until_ok_blocking(DEADLINE, POLL, "TLS requests counted", || {
-        let text = get_metrics(running.addr);
-        let total = sample(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+        let text = scrape(running.addr);
+        let total = metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
         if total == 9 {
             Ok(text)
         } else {
@@ -451,7 +425,7 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
         }
     });
     let count = |route: &str, code: &str, err: &str| {
-        sample(
+        metric_sum(
             &text,
             "http_server_request_duration_seconds_count",
             &[
@@ -468,7 +442,7 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
     assert_eq!(count("/err", "503", ""), 3, "{text}");
     assert_eq!(count("/ok", "", "unobserved_protocol"), 2, "{text}");
     let outcome = |o: &str| {
-        sample(
+        metric_sum(
             &text,
             "collector_http_requests_total",
             &[w[0], w[1], ("outcome", o)],
@@ -588,17 +562,17 @@ async fn sampling_keeps_request_counts_exact() {
     }
     let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
     let text = wait_until_ok_blocking(DEADLINE, POLL, "exact counts", || {
-        let text = get_metrics(running.addr);
-        let exact = sample(
+        let text = scrape(running.addr);
+        let exact = metric_sum(
             &text,
             "collector_http_requests_total",
             &[w[0], w[1], ("outcome", "2xx")],
         )
         .unwrap_or(0.0) as u64;
-        let recorded =
-            sample(&text, "http_server_request_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+        let recorded = metric_sum(&text, "http_server_request_duration_seconds_count", &w)
+            .unwrap_or(0.0) as u64;
         let unrecorded =
-            sample(&text, "collector_http_requests_unrecorded_total", &w).unwrap_or(0.0) as u64;
+            metric_sum(&text, "collector_http_requests_unrecorded_total", &w).unwrap_or(0.0) as u64;
         if exact == N && recorded + unrecorded == N {
             Ok(text)
         } else {
@@ -608,7 +582,7 @@ async fn sampling_keeps_request_counts_exact() {
         }
     });
     let recorded =
-        sample(&text, "http_server_request_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+        metric_sum(&text, "http_server_request_duration_seconds_count", &w).unwrap_or(0.0) as u64;
     // 1 in 5 on average: far from all and far from none (binomial, p=0.2, n=200: 40 ± 5.7).
     assert!(
         (10..=80).contains(&recorded),
@@ -673,9 +647,9 @@ async fn guest_stripped_and_unstripped_on_this_kernel() {
             POLL,
             &format!("{variant}: counted"),
             || {
-                let text = get_metrics(running.addr);
+                let text = scrape(running.addr);
                 let total =
-                    sample(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+                    metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
                 if total == 6 {
                     Ok(text)
                 } else {
@@ -684,7 +658,7 @@ async fn guest_stripped_and_unstripped_on_this_kernel() {
             },
         );
         let outcome = |o: &str| {
-            sample(
+            metric_sum(
                 &text,
                 "collector_http_requests_total",
                 &[w[0], w[1], ("outcome", o)],
@@ -697,7 +671,7 @@ async fn guest_stripped_and_unstripped_on_this_kernel() {
             "{variant}"
         );
         let count = |code: &str| {
-            sample(
+            metric_sum(
                 &text,
                 "http_server_request_duration_seconds_count",
                 &[w[0], w[1], ("route", "/ok"), ("status_code", code)],
@@ -760,7 +734,7 @@ async fn sampling_adapts_to_the_event_budget() {
         })
         .collect();
     while clients.iter().any(|c| !c.is_finished()) {
-        let every = get_metrics(running.addr)
+        let every = scrape(running.addr)
             .lines()
             .find_map(|l| {
                 l.strip_prefix("collector_http_sample_every ")
@@ -780,17 +754,17 @@ async fn sampling_adapts_to_the_event_budget() {
         POLL,
         "exact counts under adaptive sampling",
         || {
-            let text = get_metrics(running.addr);
-            let exact = sample(
+            let text = scrape(running.addr);
+            let exact = metric_sum(
                 &text,
                 "collector_http_requests_total",
                 &[w[0], w[1], ("outcome", "2xx")],
             )
             .unwrap_or(0.0) as u64;
-            let recorded = sample(&text, "http_server_request_duration_seconds_count", &w)
+            let recorded = metric_sum(&text, "http_server_request_duration_seconds_count", &w)
                 .unwrap_or(0.0) as u64;
-            let unrecorded =
-                sample(&text, "collector_http_requests_unrecorded_total", &w).unwrap_or(0.0) as u64;
+            let unrecorded = metric_sum(&text, "collector_http_requests_unrecorded_total", &w)
+                .unwrap_or(0.0) as u64;
             if exact == n && recorded + unrecorded == n {
                 Ok(())
             } else {

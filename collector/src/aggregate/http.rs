@@ -22,6 +22,7 @@ impl Counters for HttpCounts {
             aborted: d(self.aborted, prev.aborted),
             unobserved: d(self.unobserved, prev.unobserved),
             by_class,
+            lost: d(self.lost, prev.lost),
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::{
         prometheus::KernelDropLabels,
     },
     identity::IdentityResolver,
-    verdict::{Engine, SharedVerdicts, VerdictConfig},
+    verdict::{Engine, HttpDelta, SharedVerdicts, VerdictConfig},
 };
 use harvest::Harvester;
 use std::sync::Arc;
@@ -116,6 +116,9 @@ pub fn loses_signal(reason: KernelDrop) -> bool {
         | KernelDrop::StashMiss
         | KernelDrop::HttpInflightFull
         | KernelDrop::HttpNoStart => true,
+        // Charged to the owner of the connection (`HttpCounts::lost`): only that workload's
+        // verdict is unknown.
+        KernelDrop::WireDesync | KernelDrop::WireWindows => false,
         KernelDrop::StatsMapFull | KernelDrop::OwnerInsert | KernelDrop::CgroupRead => false,
     }
 }
@@ -308,11 +311,17 @@ impl<S: StatsSource> Aggregator<S> {
             }
             self.verdict.on_http_counts(
                 &workload,
-                d.requests,
-                d.by_class[4],
-                d.panics + d.aborted,
+                HttpDelta {
+                    total: d.requests,
+                    r5xx: d.by_class[4],
+                    failed: d.panics + d.aborted,
+                    lost: d.lost,
+                },
                 now,
             );
+            if d.lost > 0 {
+                h.lost.get_or_create(&workload).inc_by(d.lost);
+            }
             if d.unrecorded > 0 {
                 h.unrecorded.get_or_create(&workload).inc_by(d.unrecorded);
             }

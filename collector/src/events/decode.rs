@@ -3,7 +3,7 @@
 
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
-    http::{HttpEvent, METHOD_MAX, ROUTE_MAX, flags},
+    http::{HttpEvent, METHOD_MAX, ROUTE_MAX, flags, wire},
     process::{ExecEvent, ProcessEvent},
 };
 
@@ -88,12 +88,32 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     status: if ev.status == 0 { 200 } else { ev.status },
                 }
             };
+            let raw = String::from_utf8_lossy(&ev.route[..rl]);
+            let (method, route) = if ev.flags & flags::WIRE != 0 {
+                // Raw bytes from the wire: the target ends at the first space or line end;
+                // `WIRE_LINE` records hold the start line itself, method first.
+                let line = raw.split(['\r', '\n']).next().unwrap_or_default();
+                let target = if ev.flags & flags::WIRE_LINE != 0 {
+                    line.split(' ').nth(1).unwrap_or_default()
+                } else {
+                    line.split(' ').next().unwrap_or_default()
+                };
+                let method = wire::METHODS
+                    .get(usize::from(ev.method_code))
+                    .map_or("_OTHER", |m| std::str::from_utf8(m).unwrap_or("_OTHER"));
+                (method.to_string(), target_path(target).to_string())
+            } else {
+                (
+                    String::from_utf8_lossy(&ev.method[..ml]).into_owned(),
+                    raw.into_owned(),
+                )
+            };
             Ok(Event::Http(HttpRequest {
                 tgid: ev.tgid,
                 cgroup_id: ev.cgroup_id,
                 duration_ns: ev.duration_ns,
-                method: String::from_utf8_lossy(&ev.method[..ml]).into_owned(),
-                route: String::from_utf8_lossy(&ev.route[..rl]).into_owned(),
+                method,
+                route,
                 route_is_pattern: ev.flags & flags::PATTERN != 0,
                 outcome,
             }))
@@ -111,6 +131,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 comm: String::from_utf8_lossy(&ev.comm[..len]).into_owned(),
             })
         }
+    }
+}
+
+/// The path of a request target as sent on the wire (RFC 9112 §3.2): origin form
+/// `/p?q` → `/p`; absolute form `http://host/p?q` → `/p`; `*` and authority form (CONNECT)
+/// stay as they are.
+pub fn target_path(target: &str) -> &str {
+    let t = target.split(['?', '#']).next().unwrap_or_default();
+    if t.starts_with('/') {
+        return t;
+    }
+    match t.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => t,
     }
 }
 
@@ -138,6 +172,45 @@ mod tests {
             cgroup_id: 1234,
             comm,
         }
+    }
+
+    #[test]
+    fn wire_targets_become_paths() {
+        for (target, want) in [
+            ("/items/42?x=1", "/items/42"),
+            ("/", "/"),
+            ("http://example.com/a/b?c", "/a/b"),
+            ("http://example.com", "/"),
+            ("*", "*"),
+            ("example.com:443", "example.com:443"),
+            ("/p#frag", "/p"),
+        ] {
+            assert_eq!(target_path(target), want, "{target}");
+        }
+        let mut ev = http_event(200, flags::WIRE, "/ok?verbose=1 HTTP/1.1\r\nHost: x");
+        ev.status = 503;
+        ev.method_code = 3;
+        let Event::Http(r) = decode(&bytes_of(&ev)).expect("valid") else {
+            panic!("not http")
+        };
+        assert_eq!(
+            (r.method.as_str(), r.route.as_str(), r.outcome),
+            ("POST", "/ok", Outcome::Completed { status: 503 })
+        );
+        // A start line that began in an earlier segment: only its kept start, method first.
+        let mut ev = http_event(200, flags::WIRE | flags::WIRE_LINE, "GET /a/b?c HTTP/1.1");
+        ev.method_code = 1;
+        let Event::Http(r) = decode(&bytes_of(&ev)).expect("valid") else {
+            panic!("not http")
+        };
+        assert_eq!((r.method.as_str(), r.route.as_str()), ("GET", "/a/b"));
+        // An unknown method code is _OTHER, never an index out of bounds.
+        let mut ev = http_event(200, flags::WIRE, "/");
+        ev.method_code = 200;
+        let Event::Http(r) = decode(&bytes_of(&ev)).expect("valid") else {
+            panic!("not http")
+        };
+        assert_eq!(r.method, "_OTHER");
     }
 
     #[test]

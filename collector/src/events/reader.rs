@@ -1,5 +1,9 @@
 //! Reads the ring buffer with `AsyncFd`. The fd is edge-triggered: drain until empty before
 //! waiting again, or records sit unread until the next wake-up.
+//!
+//! Per-request records are submitted without a wake-up (`BPF_RB_NO_WAKEUP`: a wake-up per
+//! request cost more than the request, ~12 µs measured) unless the ring is half full, so the
+//! reader also drains on a short timer. Rare records (exec, new process) still wake it.
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -7,6 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
+    time::{Duration, MissedTickBehavior, interval},
 };
 use tracing::{debug, warn};
 
@@ -15,6 +20,11 @@ use crate::export::{
     Metrics,
     prometheus::{KindLabels, ReasonLabels},
 };
+
+/// How often records submitted without a wake-up are collected. At the default budget of
+/// 20,000 records/s that is 2,000 records (370 KB) per tick, well inside the 1 MiB ring, and
+/// the kernel forces a wake-up at half full anyway.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// `exec_tx`: where exec notices go (Go discovery); None when Go instrumentation is off.
 pub async fn run(
@@ -27,6 +37,8 @@ pub async fn run(
     // SAFETY: the RingBuf owns its map fd for its whole life and we move it into the AsyncFd,
     // so the fd stays open and the same until the AsyncFd is dropped.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+    let mut tick = interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -34,6 +46,7 @@ pub async fn run(
                 drain(guard.get_inner_mut(), &tx, exec_tx.as_ref(), &metrics);
                 guard.clear_ready();
             }
+            _ = tick.tick() => drain(fd.get_mut(), &tx, exec_tx.as_ref(), &metrics),
             _ = shutdown.changed() => break,
         }
     }

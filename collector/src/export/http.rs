@@ -81,6 +81,7 @@ pub struct HttpMetrics {
     pub probe_requests: Family<RequestLabels, Counter>,
     pub requests: Family<OutcomeLabels, Counter>,
     pub unrecorded: Family<WorkloadLabels, Counter>,
+    pub lost: Family<WorkloadLabels, Counter>,
     pub routes_capped: Family<WorkloadLabels, Counter>,
 }
 
@@ -93,11 +94,12 @@ impl HttpMetrics {
             probe_requests: Family::default(),
             requests: Family::default(),
             unrecorded: Family::default(),
+            lost: Family::default(),
             routes_capped: Family::default(),
         };
         r.register_with_unit(
             "http_server_request_duration",
-            "Duration of Go net/http server requests (probe paths excluded), by method, route, status code and error type",
+            "Duration of HTTP server requests (probe paths excluded), by method, route, status code and error type",
             Unit::Seconds,
             m.duration.clone(),
         );
@@ -108,13 +110,18 @@ impl HttpMetrics {
         );
         r.register(
             "collector_http_requests",
-            "Go net/http requests counted in the kernel (exact, never sampled), by outcome",
+            "HTTP server requests counted in the kernel (exact, never sampled), by outcome",
             m.requests.clone(),
         );
         r.register(
             "collector_http_requests_unrecorded",
             "Requests counted but without a per-request record (sampled out or ring buffer full)",
             m.unrecorded.clone(),
+        );
+        r.register(
+            "collector_http_requests_lost",
+            "Requests or responses the socket-level parser could not follow on this workload's connections (a gap in the byte stream); its verdict is unknown while they are in the window",
+            m.lost.clone(),
         );
         r.register(
             "collector_http_routes_capped",
@@ -174,6 +181,7 @@ impl HttpMetrics {
         }
         self.unrecorded.remove(w);
         self.routes_capped.remove(w);
+        self.lost.remove(w);
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod go_http;
+pub mod http_wire;
 pub mod kallsyms;
 pub mod ladder;
 pub mod offsets;

@@ -102,6 +102,18 @@ pub struct Snapshot {
 
 pub type SharedVerdicts = Arc<RwLock<Snapshot>>;
 
+/// One harvest's exact HTTP counters of a workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpDelta {
+    /// Every request that ended, probes included.
+    pub total: u64,
+    pub r5xx: u64,
+    /// Panics and aborted requests.
+    pub failed: u64,
+    /// Requests or responses lost to this workload's own stream (`HttpCounts::lost`).
+    pub lost: u64,
+}
+
 struct Entry {
     series: Series,
     tracker: Tracker,
@@ -207,19 +219,14 @@ impl Engine {
         }
     }
 
-    /// Exact request counters of one harvest: all requests, 5xx, panics + aborted.
-    pub fn on_http_counts(
-        &mut self,
-        w: &WorkloadLabels,
-        total: u64,
-        r5xx: u64,
-        failed: u64,
-        now: Instant,
-    ) {
+    /// Exact request counters of one harvest: all requests, 5xx, panics + aborted, and what
+    /// the kernel could not follow for this workload.
+    pub fn on_http_counts(&mut self, w: &WorkloadLabels, c: HttpDelta, now: Instant) {
         let b = self.bucket(w, now);
-        b.http_total += total;
-        b.http_5xx += r5xx;
-        b.http_failed += failed;
+        b.http_total += c.total;
+        b.http_5xx += c.r5xx;
+        b.http_failed += c.failed;
+        b.lost += c.lost;
         if let Some(e) = self.entries.get_mut(w) {
             e.http_seen = true;
         }
@@ -291,7 +298,7 @@ impl Engine {
             let sum = e.series.window(closed, g.count);
             let signals = Signals::from_bucket(&sum, span, self.sample_every);
             let ctx = Context {
-                events_lost: lost,
+                events_lost: lost + sum.lost,
                 http_seen: e.http_seen,
             };
             let a = self.config.rules.assess(&signals, span, ctx);
@@ -455,7 +462,15 @@ mod tests {
     /// One second of traffic per bucket: `errors` of 50 requests are 5xx.
     fn second(e: &mut Engine, w: &WorkloadLabels, t0: Instant, s: u64, errors: u64) {
         let now = t0 + Duration::from_secs(s) + Duration::from_millis(500);
-        e.on_http_counts(w, 50, errors, 0, now);
+        e.on_http_counts(
+            w,
+            HttpDelta {
+                total: 50,
+                r5xx: errors,
+                ..HttpDelta::default()
+            },
+            now,
+        );
         for _ in 0..50 {
             e.on_request(w, false, Some(200), Duration::from_millis(3), now);
         }
@@ -501,6 +516,40 @@ mod tests {
             assert_eq!(state_of(&e, "b"), *want, "b at {s}");
             assert_eq!(state_of(&e, "a"), Some(State::Healthy), "a at {s}");
         }
+    }
+
+    #[test]
+    fn loss_charged_to_one_workload_makes_only_that_one_unknown() {
+        let mut e = Engine::new(config(), 1, None);
+        let (a, b) = (pod("a"), pod("b"));
+        let t0 = Instant::now();
+        e.tick(t0, SystemTime::UNIX_EPOCH);
+        for s in 0..3 {
+            second(&mut e, &a, t0, s, 0);
+            second(&mut e, &b, t0, s, 0);
+        }
+        e.tick(t0 + Duration::from_secs(3), SystemTime::UNIX_EPOCH);
+        let at3 = t0 + Duration::from_secs(3) + Duration::from_millis(100);
+        e.on_http_counts(
+            &b,
+            HttpDelta {
+                lost: 2,
+                ..HttpDelta::default()
+            },
+            at3,
+        );
+        second(&mut e, &a, t0, 3, 0);
+        second(&mut e, &b, t0, 3, 0);
+        e.tick(t0 + Duration::from_secs(4), SystemTime::UNIX_EPOCH);
+        assert_eq!(state_of(&e, "a"), Some(State::Healthy));
+        assert_eq!(state_of(&e, "b"), Some(State::Unknown));
+        let snap = e.shared();
+        let snap = snap.read().unwrap_or_else(|p| p.into_inner());
+        let bh = snap.workloads.iter().find(|w| w.name == "b").expect("b");
+        assert_eq!(
+            bh.reasons.iter().map(|r| r.code).collect::<Vec<_>>(),
+            vec![ReasonCode::EventsLost]
+        );
     }
 
     #[test]
@@ -552,7 +601,15 @@ mod tests {
         for s in 0..4 {
             let now = t0 + Duration::from_secs(s);
             // 40 requests: 30 real 503s, 10 probe 200s.
-            e.on_http_counts(&w, 40, 30, 0, now);
+            e.on_http_counts(
+                &w,
+                HttpDelta {
+                    total: 40,
+                    r5xx: 30,
+                    ..HttpDelta::default()
+                },
+                now,
+            );
             for _ in 0..10 {
                 e.on_request(&w, true, Some(200), Duration::from_millis(1), now);
             }

@@ -92,6 +92,9 @@ pub struct Bucket {
     pub retransmits: u64,
     pub resets: u64,
     pub failed_connects: u64,
+    /// Exact: requests or responses of this workload the socket parser could not follow
+    /// (loss charged to this workload alone; unattributable loss is the engine's `lost`).
+    pub lost: u64,
 }
 
 impl Bucket {
@@ -99,6 +102,7 @@ impl Bucket {
         self.http_total += o.http_total;
         self.http_5xx += o.http_5xx;
         self.http_failed += o.http_failed;
+        self.lost += o.lost;
         self.probe_records += o.probe_records;
         self.probe_bad_records += o.probe_bad_records;
         self.probe_5xx_records += o.probe_5xx_records;

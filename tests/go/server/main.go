@@ -7,6 +7,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -42,6 +43,32 @@ func main() {
 		}
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		fmt.Fprintln(w, "slow", ms)
+	})
+	// Streams n chunks of 1000 bytes, flushing each: a chunked response (no Content-Length).
+	mux.HandleFunc("/chunked", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil || n < 0 || n > 10000 {
+			http.Error(w, "bad n", http.StatusBadRequest)
+			return
+		}
+		chunk := make([]byte, 1000)
+		for i := range chunk {
+			chunk[i] = 'a' + byte(i%26)
+		}
+		for i := 0; i < n; i++ {
+			w.Write(chunk)
+			w.(http.Flusher).Flush()
+		}
+	})
+	// Reads the whole request body (sending "100 Continue" first when the client asked for
+	// it) and answers with its length.
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "read", http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintln(w, len(b))
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "healthy")

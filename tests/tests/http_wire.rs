@@ -1,0 +1,380 @@
+//! HTTP/1.x parsed from server sockets (`cgroup_skb`, no uprobe): exact counts against the
+//! client's own, for the framing cases that break naive parsers — keep-alive, pipelining,
+//! chunked bodies, `100 Continue`, HEAD, request bodies, connections that predate the
+//! collector — on a Go server and on Python's http.server (not Go: no uprobe could see it).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Child,
+    time::Duration,
+};
+
+use collector::{app, config::Config};
+use integration_tests::*;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(200);
+
+/// Kills the child at the end of the test.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One keep-alive client connection that reads responses the way HTTP/1.1 frames them.
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        Client {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        }
+    }
+
+    fn send(&mut self, raw: &str) {
+        self.w.write_all(raw.as_bytes()).expect("write");
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        self.read(false)
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read line");
+        l.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    /// Reads one response (interim 1xx responses are returned too, like any other).
+    fn read(&mut self, head_request: bool) -> Response {
+        let status_line = self.line();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line {status_line:?}"));
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            let h = self.line();
+            if h.is_empty() {
+                break;
+            }
+            let (name, value) = h.split_once(':').expect("header");
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.trim().ends_with("chunked"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+            return Response { status, body };
+        }
+        if chunked {
+            loop {
+                let size = usize::from_str_radix(self.line().split(';').next().unwrap_or(""), 16)
+                    .expect("chunk size");
+                if size == 0 {
+                    while !self.line().is_empty() {}
+                    break;
+                }
+                let mut chunk = vec![0; size + 2];
+                self.r.read_exact(&mut chunk).expect("chunk");
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.r.read_exact(&mut body).expect("body");
+        }
+        Response { status, body }
+    }
+}
+
+fn start_go_server(cgroup: &HostCgroup) -> (Killed, SocketAddr) {
+    let (_, _, bin) = go_fixtures()
+        .into_iter()
+        .rfind(|(_, variant, _)| variant == "default")
+        .expect("a Go fixture");
+    let mut child = cgroup
+        .spawn(&bin, &["-listen", "127.0.0.1:0"])
+        .expect("spawn Go server");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("listening line");
+    // Drain the rest so the server never blocks (or dies) on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening on")
+        .parse()
+        .expect("addr");
+    (Killed(child), addr)
+}
+
+fn workload_of(cgroup: &HostCgroup) -> String {
+    format!(
+        "/{}",
+        cgroup
+            .cgroup_dir()
+            .strip_prefix(cgroup2_mount())
+            .expect("under mount")
+            .display()
+    )
+}
+
+/// Waits until the workload's exact counts by outcome are `want` (and stay so for a few
+/// harvests: a double count would show up after the first match).
+fn expect_counts(
+    collector: SocketAddr,
+    workload: &str,
+    want: &[(&str, u64)],
+    what: &str,
+) -> String {
+    let w = [("workload_kind", "cgroup"), ("workload", workload)];
+    let read = |text: &str| -> Vec<(String, u64)> {
+        ["1xx", "2xx", "3xx", "4xx", "5xx", "aborted"]
+            .iter()
+            .map(|o| {
+                let mut l = w.to_vec();
+                l.push(("outcome", o));
+                let v = metric_sum(text, "collector_http_requests_total", &l).unwrap_or(0.0);
+                (o.to_string(), v as u64)
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect()
+    };
+    let want: Vec<(String, u64)> = want.iter().map(|(o, v)| (o.to_string(), *v)).collect();
+    wait_until_ok_blocking(DEADLINE, POLL, what, || {
+        let text = scrape(collector);
+        let got = read(&text);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?} != {want:?}"))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let text = scrape(collector);
+    assert_eq!(read(&text), want, "{what}: counts changed after settling");
+    text
+}
+
+fn records(text: &str, workload: &str, method: &str, route: &str, status: &str) -> u64 {
+    let labels = [
+        ("workload_kind", "cgroup"),
+        ("workload", workload),
+        ("method", method),
+        ("route", route),
+        ("status_code", status),
+    ];
+    metric_sum(text, "http_server_request_duration_seconds_count", &labels).unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_server_framing_cases_count_exactly() {
+    require_root();
+    let prefix = unique_prefix("hw");
+    let cgroup = HostCgroup::create(&prefix, "go").expect("cgroup");
+    let workload = workload_of(&cgroup);
+    let (_server, addr) = start_go_server(&cgroup);
+
+    // A keep-alive connection that predates the collector: its first requests are never
+    // seen; the ones after the start are, from the first request line on.
+    let mut early = Client::connect(addr);
+    for _ in 0..3 {
+        assert_eq!(early.get("/ok").status, 200);
+    }
+
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let running = app::start(config).await.expect("collector starts");
+    let c = running.addr;
+
+    // 1. The predating connection, now seen: 10 requests.
+    for _ in 0..10 {
+        assert_eq!(early.get("/ok").status, 200);
+    }
+    let text = expect_counts(c, &workload, &[("2xx", 10)], "predating keep-alive");
+    assert_eq!(records(&text, &workload, "GET", "/ok", "200"), 10);
+
+    // 2. Keep-alive: 50 × 200, 10 × 503, 5 HEAD (headers say a length, no body follows).
+    let mut ka = Client::connect(addr);
+    for _ in 0..50 {
+        assert_eq!(ka.get("/ok?x=1").status, 200);
+    }
+    for _ in 0..10 {
+        assert_eq!(ka.get("/err").status, 503);
+    }
+    for _ in 0..5 {
+        ka.send("HEAD /ok HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(ka.read(true).status, 200);
+    }
+    // The HEAD responses must not have swallowed the next response.
+    assert_eq!(ka.get("/items/7").status, 200);
+    let text = expect_counts(c, &workload, &[("2xx", 66), ("5xx", 10)], "keep-alive");
+    assert_eq!(records(&text, &workload, "GET", "/ok", "200"), 60);
+    assert_eq!(records(&text, &workload, "HEAD", "/ok", "200"), 5);
+    assert_eq!(records(&text, &workload, "GET", "/err", "503"), 10);
+    assert_eq!(records(&text, &workload, "GET", "/items/{id}", "200"), 1);
+
+    // 3. Pipelining: eight requests in one write, answered in order.
+    let mut p = Client::connect(addr);
+    let mut batch = String::new();
+    for path in ["/ok", "/err", "/ok", "/ok", "/err", "/ok", "/ok", "/ok"] {
+        batch.push_str(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    p.send(&batch);
+    let statuses: Vec<u16> = (0..8).map(|_| p.read(false).status).collect();
+    assert_eq!(statuses, [200, 503, 200, 200, 503, 200, 200, 200]);
+    let text = expect_counts(c, &workload, &[("2xx", 72), ("5xx", 12)], "pipelined");
+    assert_eq!(records(&text, &workload, "GET", "/err", "503"), 12);
+
+    // 4. Chunked responses (20 chunks of 1000 bytes, one of them empty), then a plain one on
+    // the same connection: the chunk framing must end exactly where the next response starts.
+    for n in [20, 0, 3] {
+        let r = ka.get(&format!("/chunked?n={n}"));
+        assert_eq!((r.status, r.body.len()), (200, n * 1000));
+        assert_eq!(ka.get("/ok").status, 200);
+    }
+    let text = expect_counts(c, &workload, &[("2xx", 78), ("5xx", 12)], "chunked");
+    assert_eq!(records(&text, &workload, "GET", "/chunked", "200"), 3);
+
+    // 5. Request bodies: by length, chunked, and with `Expect: 100-continue` (the interim
+    // 100 response answers nothing; the final one does).
+    ka.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
+    assert_eq!(ka.read(false).body, b"11\n");
+    ka.send(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(ka.read(false).body, b"11\n");
+    ka.send(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(ka.read(false).status, 100);
+    ka.send(&"x".repeat(2000));
+    assert_eq!(ka.read(false).body, b"2000\n");
+    let text = expect_counts(c, &workload, &[("2xx", 81), ("5xx", 12)], "request bodies");
+    assert_eq!(records(&text, &workload, "POST", "/echo", "200"), 3);
+
+    // 6. A status line split across segments is the server's business here; a request head
+    // split across segments is the client's: sent in three writes with pauses.
+    ka.send("GET /ok HT");
+    std::thread::sleep(Duration::from_millis(50));
+    ka.send("TP/1.1\r\nHost:");
+    std::thread::sleep(Duration::from_millis(50));
+    ka.send(" t\r\n\r\n");
+    assert_eq!(ka.read(false).status, 200);
+    let text = expect_counts(
+        c,
+        &workload,
+        &[("2xx", 82), ("5xx", 12)],
+        "split request head",
+    );
+    assert_eq!(records(&text, &workload, "GET", "/ok", "200"), 70);
+
+    // Nothing was lost on the way.
+    let lost = metric_sum(
+        &text,
+        "collector_http_requests_lost_total",
+        &[("workload", workload.as_str())],
+    );
+    assert_eq!(lost, None, "no loss charged");
+    drop((early, ka, p));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_server_counts_exactly() {
+    require_root();
+    let prefix = unique_prefix("hp");
+    let cgroup = HostCgroup::create(&prefix, "py").expect("cgroup");
+    let workload = workload_of(&cgroup);
+    let dir = std::env::temp_dir().join(format!("{prefix}-www"));
+    std::fs::create_dir_all(&dir).expect("www");
+    std::fs::write(dir.join("file.txt"), "x".repeat(5000)).expect("file");
+
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let running = app::start(config).await.expect("collector starts");
+    let mut child = cgroup
+        .spawn(
+            Path::new("/usr/bin/python3"),
+            &[
+                "-u",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                dir.to_str().expect("utf-8"),
+                "0",
+            ],
+        )
+        .expect("python");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("serving line");
+    std::thread::spawn(move || for _ in out.lines() {});
+    let _server = Killed(child);
+    // "Serving HTTP on 127.0.0.1 port 34567 (http://127.0.0.1:34567/) ..."
+    let port: u16 = line
+        .split("port ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("python said {line:?}"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+
+    // http.server speaks HTTP/1.0: one request per connection, the server closes.
+    let (mut ok, mut missing) = (0, 0);
+    for i in 0..30 {
+        let mut cl = Client::connect(addr);
+        let path = if i % 3 == 0 { "/missing" } else { "/file.txt" };
+        let r = cl.get(path);
+        match r.status {
+            200 => {
+                assert_eq!(r.body.len(), 5000);
+                ok += 1;
+            }
+            404 => missing += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    let text = expect_counts(
+        running.addr,
+        &workload,
+        &[("2xx", ok), ("4xx", missing)],
+        "python http.server",
+    );
+    assert_eq!(records(&text, &workload, "GET", "/file.txt", "200"), ok);
+    let _ = std::fs::remove_dir_all(&dir);
+    running.shutdown().await;
+}
