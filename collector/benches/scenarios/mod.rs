@@ -516,7 +516,16 @@ impl Verdicts {
                 } else {
                     self.rng.below(2)
                 };
-                self.engine.on_http_counts(w, total, r5xx, 0, now);
+                self.engine.on_http_counts(
+                    w,
+                    collector::verdict::HttpDelta {
+                        total,
+                        r5xx,
+                        failed: 0,
+                        lost: 0,
+                    },
+                    now,
+                );
                 // Records: a sample of real requests and the kubelet's probe.
                 for _ in 0..20 {
                     let ms = if profile == 8 {
