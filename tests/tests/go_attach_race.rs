@@ -4,23 +4,26 @@
 //! with system-wide scope, so a process that exec'd something else (or a reused pid) in between
 //! got breakpoints at Go-derived offsets in an unrelated binary, in every process running it.
 //!
-//! The swap is made deterministic with a plain path: a Go server runs file A through path P,
-//! P is analysed, then a copy B (another inode, run by a second server) is renamed over P.
-//! The uprobe target the daemon uses (`GoBinary::uprobe_target`) is then attached the two ways
-//! the collector attaches (a perf `uprobe` PMU event per point, as aya does without
-//! `uprobe.multi`, and a `uprobe_multi` link), and each server's memory is read at the probed
-//! instruction: the kernel writes INT3 (0xcc) into every process mapping the probed inode. A
-//! must have it, B must not. Attaching by P, as the old code did, puts it in B only.
+//! The swap is made deterministic with a plain path: file A is mapped executable at path P, P is
+//! analysed, then a byte-identical copy B (another inode, also mapped) is renamed over P. The
+//! uprobe target the daemon uses (`GoBinary::uprobe_target`) is then attached the two ways the
+//! collector attaches (a perf `uprobe` PMU event per point, as aya does without `uprobe.multi`,
+//! and a `uprobe_multi` link), and both mappings are read at the probed instruction: the kernel
+//! writes INT3 (0xcc) into every executable mapping of the probed inode. A must have it, B must
+//! not. Attaching by P, as the old code did, puts it in B only.
+//!
+//! The files are mapped by this test process rather than run: a Go server would be found and
+//! instrumented by any other collector running on the host (its breakpoints would show up here),
+//! while a file mapped by a process whose executable is the test binary is nobody's business.
 
 use std::{
     fs,
     io::Read as _,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::fs::{FileExt as _, MetadataExt as _},
+        unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -31,66 +34,54 @@ const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 /// `PERF_FLAG_FD_CLOEXEC` (linux/perf_event.h; not in the libc crate).
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 
-struct Server(Child);
+/// `path` mapped private, readable and executable, like a loaded program's text.
+struct Mapped {
+    addr: *const u8,
+    len: usize,
+}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Mapped {
+    fn new(path: &Path) -> Mapped {
+        let file = fs::File::open(path).expect("open");
+        let len = usize::try_from(file.metadata().expect("stat").len()).expect("length");
+        // SAFETY: a fresh private mapping of a file we opened; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
+        Mapped {
+            addr: addr.cast(),
+            len,
+        }
+    }
+
+    /// The byte at file offset `offset` as this process sees it in memory.
+    fn byte(&self, offset: u64) -> u8 {
+        let offset = usize::try_from(offset).expect("offset");
+        assert!(offset < self.len);
+        // SAFETY: inside the mapping, which lives as long as self; volatile, since the kernel
+        // changes it behind our back (uprobe breakpoints).
+        unsafe { std::ptr::read_volatile(self.addr.add(offset)) }
     }
 }
 
-fn start(bin: &Path) -> Server {
-    let mut child = Command::new(bin)
-        .args(["-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn Go server");
-    // "listening on ADDR" once it accepts connections: its text is mapped by then. The rest of
-    // stdout is drained so the server never blocks on a full pipe.
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(Ok(l))) if l.starts_with("listening on ") => {}
-        other => panic!("{}: no listening line: {other:?}", bin.display()),
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new().
+        unsafe { libc::munmap(self.addr.cast_mut().cast(), self.len) };
     }
-    Server(child)
 }
 
 fn inode(path: &Path) -> (u64, u64) {
     let m = fs::metadata(path).expect("stat");
     (m.dev(), m.ino())
-}
-
-/// The byte at file offset `offset` of inode `ino` as process `pid` sees it in memory.
-fn byte_in_memory(pid: u32, ino: u64, offset: u64) -> u8 {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let addr = maps
-        .lines()
-        .find_map(|l| {
-            // start-end perms offset dev inode path
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (start, end) = f.first()?.split_once('-')?;
-            let (start, end) = (
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            );
-            let map_off = u64::from_str_radix(f.get(2)?, 16).ok()?;
-            let map_ino: u64 = f.get(4)?.parse().ok()?;
-            (map_ino == ino && offset >= map_off && offset - map_off < end - start)
-                .then_some(start + (offset - map_off))
-        })
-        .unwrap_or_else(|| panic!("pid {pid} does not map inode {ino} at offset {offset:#x}"));
-    let mem = fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
-    let mut b = [0u8];
-    mem.read_exact_at(&mut b, addr).expect("read mem");
-    b[0]
 }
 
 /// A perf `uprobe` PMU event on `path` at `offset`, all processes (what aya's per-point
@@ -191,12 +182,11 @@ fn uprobes_land_on_the_analysed_file_after_its_path_is_replaced() {
     let other = dir.join("other");
     fs::copy(&fixture, &path).expect("copy A");
     fs::copy(&fixture, &other).expect("copy B");
-    let a = start(&path);
-    let b = start(&other);
-    let (a_pid, b_pid) = (a.0.id(), b.0.id());
     let ino_a = inode(&path).1;
     let ino_b = inode(&other).1;
     assert_ne!(ino_a, ino_b);
+    let a = Mapped::new(&path);
+    let b = Mapped::new(&other);
 
     // Analyse through the path, as discovery does through /proc/<pid>/exe ...
     let bin = analyze(&path).expect("analyse A");
@@ -208,15 +198,30 @@ fn uprobes_land_on_the_analysed_file_after_its_path_is_replaced() {
     // ... then the path changes hands before the attach: it now names B.
     fs::rename(&other, &path).expect("swap");
     assert_eq!(inode(&path).1, ino_b);
-    let original = byte_in_memory(a_pid, ino_a, offset);
-    assert_eq!(byte_in_memory(b_pid, ino_b, offset), original);
+    let original = a.byte(offset);
+    assert_eq!(b.byte(offset), original);
     assert_ne!(original, 0xcc, "ServeHTTP does not start with INT3");
 
     let target = bin
         .uprobe_target()
         .expect("uprobe target of the analysed file");
 
-    for how in ["perf uprobe event", "uprobe_multi link"] {
+    // uprobe_multi links exist since Linux 6.6 (the collector falls back to per-point events).
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let multi = (version.next(), version.next()) >= (Some(6), Some(6));
+    let ways: &[&str] = if multi {
+        &["perf uprobe event", "uprobe_multi link"]
+    } else {
+        eprintln!(
+            "kernel {}: no uprobe_multi links, per-point events only",
+            release.trim()
+        );
+        &["perf uprobe event"]
+    };
+    for &how in ways {
         let attached = match how {
             "perf uprobe event" => vec![perf_uprobe(&target, offset)],
             _ => {
@@ -224,8 +229,7 @@ fn uprobes_land_on_the_analysed_file_after_its_path_is_replaced() {
                 vec![link, prog]
             }
         };
-        let in_a = byte_in_memory(a_pid, ino_a, offset);
-        let in_b = byte_in_memory(b_pid, ino_b, offset);
+        let (in_a, in_b) = (a.byte(offset), b.byte(offset));
         drop(attached);
         assert_eq!(
             (in_a, in_b),
@@ -236,7 +240,7 @@ fn uprobes_land_on_the_analysed_file_after_its_path_is_replaced() {
         );
         // Detached: both clean again before the next way is tried.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while byte_in_memory(a_pid, ino_a, offset) != original {
+        while a.byte(offset) != original {
             assert!(std::time::Instant::now() < deadline, "{how}: not detached");
             std::thread::sleep(Duration::from_millis(20));
         }
