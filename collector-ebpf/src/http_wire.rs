@@ -940,17 +940,15 @@ fn steps(
             i += 1;
             let l = get8(&h.line_len) as usize;
             if b == b'\n' {
-                // Header lines that cannot matter for framing (Host, Accept, Date, …: any not
-                // starting with c or t) are dropped here without leaving the loop, so a head
-                // costs two or three line steps, not one per header.
+                // Header lines that cannot matter for framing are dropped here without leaving
+                // the loop, so a head costs two or three line steps, not one per header: only
+                // "content-l…" (byte 8 'l') and "transfer-e…" (byte 9 'e') can be
+                // Content-Length or Transfer-Encoding (Content-Type, Connection, Date… not).
                 let first = lower(at(&h.line, 0));
                 let empty = l == 0 || (l == 1 && at(&h.line, 0) == b'\r');
-                if h.state == state::HEAD
-                    && h.first_line == 0
-                    && !empty
-                    && first != b'c'
-                    && first != b't'
-                {
+                let framing = (first == b'c' && lower(at(&h.line, 8)) == b'l')
+                    || (first == b't' && lower(at(&h.line, 9)) == b'e');
+                if h.state == state::HEAD && h.first_line == 0 && !empty && !framing {
                     set8(&mut h.line_len, 0);
                     h.msg &= !msg::LONG_LINE;
                     continue;

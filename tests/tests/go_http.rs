@@ -541,6 +541,8 @@ async fn sampling_keeps_request_counts_exact() {
         harvest_interval: Duration::from_millis(200),
         ..Config::default()
     };
+    config.http.socket = false;
+    config.http.uprobes = true;
     config.http.sample_every = 5;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("gs");
@@ -704,6 +706,8 @@ async fn sampling_adapts_to_the_event_budget() {
         harvest_interval: Duration::from_millis(200),
         ..Config::default()
     };
+    config.http.socket = false;
+    config.http.uprobes = true;
     config.http.event_budget = 100;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("ga");
