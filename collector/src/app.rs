@@ -337,6 +337,7 @@ impl Running {
                 warn!("Go discovery did not stop within the grace period");
             }
         }
+        http_wire::detach(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()));
         drop(ebpf);
         info!("detached; nothing of ours is left loaded");
     }

@@ -114,3 +114,17 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path) -> Result<(), WireError> {
     }
     Ok(())
 }
+
+/// Empties the program arrays before the programs are unloaded. A program array and the
+/// programs in it reference each other; the kernel breaks that cycle when the last user
+/// reference to the array goes, but test runs showed arrays left behind (empty, no program)
+/// after some shutdowns, so the collector breaks it itself first.
+pub fn detach(ebpf: &mut Ebpf) {
+    for (_, _, array, index) in PROGRAMS {
+        if let Some(map) = ebpf.map_mut(array)
+            && let Ok(mut progs) = ProgramArray::try_from(map)
+        {
+            let _ = progs.clear_index(&index);
+        }
+    }
+}
