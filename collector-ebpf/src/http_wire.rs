@@ -197,16 +197,21 @@ fn owner(ctx: &SkBuffContext) -> OwnerKey {
     key
 }
 
-/// Whether `p` starts like a request line: an upper-case method token of 3–7 letters and a
-/// space. Enough to tell HTTP/1 from TLS, HTTP/2's preface and binary protocols.
+/// Whether the first `n` bytes of a segment can start a request line: an upper-case method
+/// token of 3–7 letters and a space, or (a segment shorter than that, as a client writing
+/// "GET " on its own sends) only upper-case letters so far. Whether it really is HTTP/1.x is
+/// decided at the end of the line (`on_line`: it must end with the version).
 #[inline(always)]
-fn looks_like_request(p: &[u8; 8]) -> bool {
+fn looks_like_request(p: &[u8; 8], n: usize) -> bool {
     // HTTP/2's connection preface ("PRI * HTTP/2.0") looks like one: h2c is not parsed here.
     if *p == *b"PRI * HT" {
         return false;
     }
     let mut i = 0;
     while i < 8 {
+        if i >= n {
+            return i > 0;
+        }
         let b = p[i];
         if b == b' ' {
             return i >= 3;
@@ -219,9 +224,26 @@ fn looks_like_request(p: &[u8; 8]) -> bool {
     false
 }
 
+/// Up to the first 8 bytes of the payload, and how many there are.
 #[inline(always)]
-fn looks_like_response(p: &[u8; 8]) -> bool {
-    p[..7] == *b"HTTP/1."
+fn first_bytes(ctx: &SkBuffContext, seg: &Segment) -> Option<([u8; 8], usize)> {
+    if seg.len == 0 {
+        return None;
+    }
+    let n = if seg.len < 8 { seg.len as usize } else { 8 };
+    let mut buf = [0u8; 8];
+    // In [1, 8] in a form the verifier can follow.
+    let k = (opaque(n - 1) & 7) + 1;
+    // SAFETY: `buf` has 8 bytes; the helper bounds-checks the packet.
+    let rc = unsafe {
+        bpf_skb_load_bytes(ctx.as_ptr() as *const _, seg.off, buf.as_mut_ptr().cast(), k as u32)
+    };
+    (rc == 0).then_some((buf, k))
+}
+
+#[inline(always)]
+fn looks_like_response(p: &[u8; 8], n: usize) -> bool {
+    n == 8 && p[..7] == *b"HTTP/1."
 }
 
 /// Method code (index in `METHODS`) of a start line whose method token is `n` bytes long:
@@ -637,6 +659,8 @@ enum Line {
     MessageDone,
     /// Not HTTP/1.x as we can frame it.
     Bad,
+    /// The connection does not speak HTTP/1.x at all: stop following it, nothing lost.
+    NotHttp,
 }
 
 #[inline(always)]
@@ -691,7 +715,27 @@ fn on_line(h: &mut WireHalf, dir: Dir, acc: &mut u64) -> Line {
                     n += 1;
                 }
                 if n == 0 || n >= 8 || (!long && n >= len) {
-                    return Line::Bad;
+                    return Line::NotHttp;
+                }
+                // It is HTTP/1.x only if the line ends with the version ("SET k v" from a
+                // Redis client, "EHLO x" to an SMTP server start the same way). A line longer
+                // than we keep is given the benefit of the doubt.
+                if !long {
+                    if len < n + 10 {
+                        return Line::NotHttp;
+                    }
+                    let v = len - 8;
+                    let ok = at(&h.line, v) == b'H'
+                        && at(&h.line, v + 1) == b'T'
+                        && at(&h.line, v + 2) == b'T'
+                        && at(&h.line, v + 3) == b'P'
+                        && at(&h.line, v + 4) == b'/'
+                        && at(&h.line, v + 5) == b'1'
+                        && at(&h.line, v + 6) == b'.'
+                        && at(&h.line, v - 1) == b' ';
+                    if !ok {
+                        return Line::NotHttp;
+                    }
                 }
                 h.method = method_code(&h.line, n);
                 Line::RequestLine(n, len)
@@ -986,6 +1030,12 @@ fn steps(
                 Dir::Tx => return Stop::ResponseEnd,
             },
             Line::Bad => return Stop::Bad,
+            Line::NotHttp => {
+                c.rx.state = state::OFF;
+                c.tx.state = state::OFF;
+                set(&mut cur.pos, seg.len);
+                return Stop::Steps;
+            }
         }
     }
     Stop::Steps
@@ -1141,11 +1191,11 @@ fn act(ctx: &SkBuffContext) {
 /// this segment's first byte (a server socket; the others are never tracked).
 #[inline(always)]
 fn new_conn(ctx: &SkBuffContext, dir: Dir, seg: &Segment) -> Option<&'static mut WireConn> {
-    if dir == Dir::Tx || seg.len < 8 {
+    if dir == Dir::Tx {
         return None;
     }
-    let first = load::<8>(ctx, seg.off)?;
-    if !looks_like_request(&first) {
+    let (first, n) = first_bytes(ctx, seg)?;
+    if !looks_like_request(&first, n) {
         return None;
     }
     // Built in per-CPU memory: it does not fit the stack.
@@ -1180,14 +1230,11 @@ fn resume(ctx: &SkBuffContext, c: &mut WireConn, dir: Dir, seg: &Segment) -> Opt
     }
     if st == state::UNSYNCED {
         // A message must begin exactly at this segment's first byte.
-        if seg.len < 8 {
-            return None;
-        }
-        let first = load::<8>(ctx, seg.off)?;
+        let (first, n) = first_bytes(ctx, seg)?;
         let ok = match dir {
-            Dir::Rx => looks_like_request(&first),
+            Dir::Rx => looks_like_request(&first, n),
             // Only a response to a request we queued can be paired.
-            Dir::Tx => looks_like_response(&first) && c.answered != c.head,
+            Dir::Tx => looks_like_response(&first, n) && c.answered != c.head,
         };
         if !ok {
             return None;
