@@ -236,7 +236,12 @@ fn first_bytes(ctx: &SkBuffContext, seg: &Segment) -> Option<([u8; 8], usize)> {
     let k = (opaque(n - 1) & 7) + 1;
     // SAFETY: `buf` has 8 bytes; the helper bounds-checks the packet.
     let rc = unsafe {
-        bpf_skb_load_bytes(ctx.as_ptr() as *const _, seg.off, buf.as_mut_ptr().cast(), k as u32)
+        bpf_skb_load_bytes(
+            ctx.as_ptr() as *const _,
+            seg.off,
+            buf.as_mut_ptr().cast(),
+            k as u32,
+        )
     };
     (rc == 0).then_some((buf, k))
 }
