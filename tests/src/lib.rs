@@ -1033,6 +1033,17 @@ impl HostCgroup {
     }
 
     /// The cgroup directory.
+    /// The workload name the collector gives a plain cgroup: its path under the cgroup2 mount.
+    pub fn workload(&self) -> String {
+        format!(
+            "/{}",
+            self.cgroup_dir()
+                .strip_prefix(cgroup2_mount())
+                .expect("under mount")
+                .display()
+        )
+    }
+
     pub fn cgroup_dir(&self) -> &Path {
         self.chain.leaf()
     }

@@ -690,14 +690,7 @@ async fn otlp_carries_http_server_request_duration() {
         .collect();
     assert_eq!(bounds, collector::export::http::DURATION_BUCKETS.to_vec());
     // The workload's health verdict rides along as a gauge.
-    let workload = format!(
-        "/{}",
-        cgroup
-            .cgroup_dir()
-            .strip_prefix(cgroup2_mount())
-            .expect("under mount")
-            .display()
-    );
+    let workload = cgroup.workload();
     let state = wait_until_ok(
         DEADLINE,
         POLL,

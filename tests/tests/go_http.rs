@@ -193,14 +193,7 @@ async fn every_go_version_and_build_counts_requests_exactly() {
     for (i, f) in fixtures.iter().enumerate() {
         let name = format!("go{}-{}-{i}", f.version, f.variant);
         let cgroup = HostCgroup::create(&prefix, &name).expect("cgroup");
-        let workload = format!(
-            "/{}",
-            cgroup
-                .cgroup_dir()
-                .strip_prefix(cgroup2_mount())
-                .expect("under mount")
-                .display()
-        );
+        let workload = cgroup.workload();
         // Started after the collector: found through the exec hook.
         let spawned = Instant::now();
         let server = start_server(&cgroup, &f.path, &[]);
@@ -379,14 +372,7 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
     let running = start_collector().await;
     let prefix = unique_prefix("gt");
     let cgroup = HostCgroup::create(&prefix, "tls").expect("cgroup");
-    let workload = format!(
-        "/{}",
-        cgroup
-            .cgroup_dir()
-            .strip_prefix(cgroup2_mount())
-            .expect("under mount")
-            .display()
-    );
+    let workload = cgroup.workload();
     let server = start_server(
         &cgroup,
         &f.path,
@@ -547,14 +533,7 @@ async fn sampling_keeps_request_counts_exact() {
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("gs");
     let cgroup = HostCgroup::create(&prefix, "sampled").expect("cgroup");
-    let workload = format!(
-        "/{}",
-        cgroup
-            .cgroup_dir()
-            .strip_prefix(cgroup2_mount())
-            .expect("under mount")
-            .display()
-    );
+    let workload = cgroup.workload();
     let server = start_server(&cgroup, &f.path, &[]);
     let pid = server.child.id();
     wait_instrumented(running.addr, pid, Duration::from_secs(5), "instrumented");
@@ -613,14 +592,7 @@ async fn guest_stripped_and_unstripped_on_this_kernel() {
             .find(|f| f.version == newest && f.variant == variant)
             .expect("fixture");
         let cgroup = HostCgroup::create(&prefix, variant).expect("cgroup");
-        let workload = format!(
-            "/{}",
-            cgroup
-                .cgroup_dir()
-                .strip_prefix(cgroup2_mount())
-                .expect("under mount")
-                .display()
-        );
+        let workload = cgroup.workload();
         let server = start_server(&cgroup, &f.path, &[]);
         let pid = server.child.id();
         // Generous: software emulation makes everything slower.
@@ -712,14 +684,7 @@ async fn sampling_adapts_to_the_event_budget() {
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("ga");
     let cgroup = HostCgroup::create(&prefix, "budget").expect("cgroup");
-    let workload = format!(
-        "/{}",
-        cgroup
-            .cgroup_dir()
-            .strip_prefix(cgroup2_mount())
-            .expect("under mount")
-            .display()
-    );
+    let workload = cgroup.workload();
     let server = start_server(&cgroup, &f.path, &[]);
     let pid = server.child.id();
     wait_instrumented(running.addr, pid, Duration::from_secs(5), "instrumented");

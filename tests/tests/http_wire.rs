@@ -133,17 +133,6 @@ fn start_go_server(cgroup: &HostCgroup) -> (Killed, SocketAddr) {
     (Killed(child), addr)
 }
 
-fn workload_of(cgroup: &HostCgroup) -> String {
-    format!(
-        "/{}",
-        cgroup
-            .cgroup_dir()
-            .strip_prefix(cgroup2_mount())
-            .expect("under mount")
-            .display()
-    )
-}
-
 /// Waits until the workload's exact counts by outcome are `want` (and stay so for a few
 /// harvests: a double count would show up after the first match).
 fn expect_counts(
@@ -197,7 +186,7 @@ async fn go_server_framing_cases_count_exactly() {
     require_root();
     let prefix = unique_prefix("hw");
     let cgroup = HostCgroup::create(&prefix, "go").expect("cgroup");
-    let workload = workload_of(&cgroup);
+    let workload = cgroup.workload();
     let (_server, addr) = start_go_server(&cgroup);
 
     // A keep-alive connection that predates the collector: its first requests are never
@@ -313,7 +302,7 @@ async fn python_http_server_counts_exactly() {
     require_root();
     let prefix = unique_prefix("hp");
     let cgroup = HostCgroup::create(&prefix, "py").expect("cgroup");
-    let workload = workload_of(&cgroup);
+    let workload = cgroup.workload();
     let dir = std::env::temp_dir().join(format!("{prefix}-www"));
     std::fs::create_dir_all(&dir).expect("www");
     std::fs::write(dir.join("file.txt"), "x".repeat(5000)).expect("file");
