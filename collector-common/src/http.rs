@@ -208,16 +208,10 @@ pub mod wire {
         pub const HEAD_METHOD: u8 = 1;
         /// A record is emitted for this request; its target waits in `WIRE_TARGETS`.
         pub const SAMPLED: u8 = 2;
-        /// The response head was seen and counted; the slot waits for the body's end.
-        pub const ANSWERED: u8 = 4;
-        /// The request line started in an earlier segment: the target is cut.
-        pub const TRUNCATED: u8 = 8;
     }
 
     /// `WireConn::flags`.
     pub mod conn {
-        /// The first bytes from the peer were a TLS handshake: not parsed.
-        pub const TLS: u32 = 1;
         /// Switched protocols (101, or a 2xx to CONNECT): not parsed any more.
         pub const UPGRADED: u32 = 2;
         /// Requests arrived on this connection: the socket is a server's.

@@ -349,27 +349,17 @@ fn header_is(line: &[u8; LINE_MAX], len: usize, name: &[u8]) -> bool {
     true
 }
 
+/// Writes map memory so that the compiler never forwards the value to a later read: what the
+/// verifier then reads back is an unknown value, which is the point (see `steps`).
 #[inline(always)]
-fn set8(field: &mut u8, v: u8) {
-    // SAFETY: a plain write to map memory; volatile so it is never forwarded to a read.
+fn store<T: Copy>(field: &mut T, v: T) {
+    // SAFETY: a plain, aligned write through a valid reference.
     unsafe { core::ptr::write_volatile(field, v) }
 }
 
 #[inline(always)]
-fn get8(field: &u8) -> u8 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(field) }
-}
-
-#[inline(always)]
-fn set64(field: &mut u64, v: u64) {
-    // SAFETY: a plain write to map memory; volatile so it is never forwarded to a read.
-    unsafe { core::ptr::write_volatile(field, v) }
-}
-
-#[inline(always)]
-fn get64(field: &u64) -> u64 {
-    // SAFETY: as above.
+fn fetch<T: Copy>(field: &T) -> T {
+    // SAFETY: a plain, aligned read through a valid reference.
     unsafe { core::ptr::read_volatile(field) }
 }
 
@@ -382,7 +372,7 @@ fn decimal(line: &[u8; LINE_MAX], from: usize, len: usize, acc: &mut u64) -> Opt
     while i < len && i < LINE_MAX && matches!(at(line, i), b' ' | b'\t') {
         i += 1;
     }
-    set64(acc, 0);
+    store(acc, 0);
     let start = i;
     while i < len && i < LINE_MAX {
         let b = at(line, i);
@@ -390,7 +380,7 @@ fn decimal(line: &[u8; LINE_MAX], from: usize, len: usize, acc: &mut u64) -> Opt
             if i - start == 15 {
                 return None;
             }
-            set64(acc, get64(acc) * 10 + u64::from(b - b'0'));
+            store(acc, fetch(acc) * 10 + u64::from(b - b'0'));
         } else if b == b' ' || b == b'\t' {
             break;
         } else {
@@ -398,13 +388,13 @@ fn decimal(line: &[u8; LINE_MAX], from: usize, len: usize, acc: &mut u64) -> Opt
         }
         i += 1;
     }
-    (i > start).then(|| get64(acc))
+    (i > start).then(|| fetch(acc))
 }
 
 /// Chunk size (hex, extensions after ';' ignored); None if malformed or over 2^32.
 #[inline(always)]
 fn chunk_size(line: &[u8; LINE_MAX], len: usize, acc: &mut u64) -> Option<u32> {
-    set64(acc, 0);
+    store(acc, 0);
     let mut i = 0;
     while i < len && i < LINE_MAX {
         let b = at(line, i);
@@ -418,10 +408,10 @@ fn chunk_size(line: &[u8; LINE_MAX], len: usize, acc: &mut u64) -> Option<u32> {
         if i == 8 {
             return None;
         }
-        set64(acc, (get64(acc) << 4) | u64::from(d));
+        store(acc, (fetch(acc) << 4) | u64::from(d));
         i += 1;
     }
-    let v = get64(acc);
+    let v = fetch(acc);
     (i > 0 && v < u64::from(u32::MAX) - 2).then_some(v as u32)
 }
 
@@ -919,7 +909,7 @@ fn steps(
     let mut step = 0;
     while step < STEPS {
         step += 1;
-        let pos = get(&cur.pos);
+        let pos = fetch(&cur.pos);
         if pos >= seg.len {
             return Stop::Steps;
         }
@@ -935,7 +925,7 @@ fn steps(
                 avail
             };
             h.remaining -= take;
-            set(&mut cur.pos, pos + take);
+            store(&mut cur.pos, pos + take);
             if h.remaining == 0 {
                 if st == state::CHUNK_DATA {
                     h.state = state::CHUNK_SIZE;
@@ -948,10 +938,10 @@ fn steps(
             continue;
         } else if st != state::HEAD && st != state::CHUNK_SIZE && st != state::TRAILER {
             // BODY_CLOSE, OFF, UNSYNCED: nothing more to read here.
-            set(&mut cur.pos, seg.len);
+            store(&mut cur.pos, seg.len);
             return Stop::Steps;
         }
-        let (mut win_start, mut win_len) = (get(&cur.win_start), get(&cur.win_len));
+        let (mut win_start, mut win_len) = (fetch(&cur.win_start), fetch(&cur.win_len));
         if pos < win_start || pos >= win_start + win_len {
             let avail = seg.len - pos;
             let n = if avail < WINDOW as u32 {
@@ -975,8 +965,8 @@ fn steps(
             }
             win_start = pos;
             win_len = n;
-            set(&mut cur.win_start, pos);
-            set(&mut cur.win_len, n);
+            store(&mut cur.win_start, pos);
+            store(&mut cur.win_len, n);
         }
         // Scan for the line's end; keep its first LINE_MAX bytes. `line_len` is read and
         // written through volatile accesses: kept in a register it would be an exact count the
@@ -987,7 +977,7 @@ fn steps(
         while i < win_len && i < WINDOW as u32 {
             let b = cur.buf[(i as usize) & (WINDOW - 1)];
             i += 1;
-            let l = get8(&h.line_len) as usize;
+            let l = fetch(&h.line_len) as usize;
             if b == b'\n' {
                 // Header lines that cannot matter for framing are dropped here without leaving
                 // the loop, so a head costs two or three line steps, not one per header: only
@@ -998,7 +988,7 @@ fn steps(
                 let framing = (first == b'c' && lower(at(&h.line, 8)) == b'l')
                     || (first == b't' && lower(at(&h.line, 9)) == b'e');
                 if h.state == state::HEAD && h.first_line == 0 && !empty && !framing {
-                    set8(&mut h.line_len, 0);
+                    store(&mut h.line_len, 0);
                     h.msg &= !msg::LONG_LINE;
                     continue;
                 }
@@ -1007,15 +997,15 @@ fn steps(
             }
             if l < LINE_MAX {
                 h.line[opaque(l) & (LINE_MAX - 1)] = b;
-                set8(&mut h.line_len, l as u8 + 1);
+                store(&mut h.line_len, l as u8 + 1);
             } else {
                 h.msg |= msg::LONG_LINE;
                 if l < 255 {
-                    set8(&mut h.line_len, l as u8 + 1);
+                    store(&mut h.line_len, l as u8 + 1);
                 }
             }
         }
-        set(&mut cur.pos, win_start + i);
+        store(&mut cur.pos, win_start + i);
         if !newline {
             continue;
         }
@@ -1038,24 +1028,12 @@ fn steps(
             Line::NotHttp => {
                 c.rx.state = state::OFF;
                 c.tx.state = state::OFF;
-                set(&mut cur.pos, seg.len);
+                store(&mut cur.pos, seg.len);
                 return Stop::Steps;
             }
         }
     }
     Stop::Steps
-}
-
-#[inline(always)]
-fn set(field: &mut u32, v: u32) {
-    // SAFETY: a plain write to map memory; volatile so it is never forwarded to a read.
-    unsafe { core::ptr::write_volatile(field, v) }
-}
-
-#[inline(always)]
-fn get(field: &u32) -> u32 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(field) }
 }
 
 /// Entry point of both scan programs (and of their tail calls: the state says where to
@@ -1089,11 +1067,11 @@ fn wire(ctx: &SkBuffContext, dir: Dir) {
         };
         // SAFETY: this CPU's scratch of this direction, valid for the whole call.
         let cur = unsafe { &mut *cur };
-        set(&mut cur.pos, pos);
-        set(&mut cur.win_start, 0);
-        set(&mut cur.win_len, 0);
+        store(&mut cur.pos, pos);
+        store(&mut cur.win_start, 0);
+        store(&mut cur.win_len, 0);
         let stop = steps(ctx, c, dir, &seg, cur);
-        let pos = get(&cur.pos);
+        let pos = fetch(&cur.pos);
         half(c, dir).next_seq = seg.seq.wrapping_add(pos);
         match stop {
             Stop::Steps => {}
@@ -1131,7 +1109,7 @@ fn hand_over(
         desync(c, KernelDrop::WireWindows);
         return;
     }
-    set(&mut cur.stop, stop as u32);
+    store(&mut cur.stop, stop as u32);
     // SAFETY: tail call with the same context; the callee resumes from `next_seq` and the
     // scratch. On failure (never expected: the array is filled before attaching) execution
     // continues here.
@@ -1165,7 +1143,7 @@ fn act(ctx: &SkBuffContext) {
     }
     let mut pos = seg.len.min(c.tx.next_seq.wrapping_sub(seg.seq));
     let status = c.tx.status;
-    if get(&cur.stop) == Stop::ResponseHead as u32 {
+    if fetch(&cur.stop) == Stop::ResponseHead as u32 {
         let body = response_done(c, seg.cookie);
         if body == u32::MAX {
             desync(c, KernelDrop::WireDesync);
