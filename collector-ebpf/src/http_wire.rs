@@ -62,8 +62,8 @@ use crate::{
 /// Steps per invocation before tail-calling: a step reads one line that matters (the start
 /// line, `Content-Length`, `Transfer-Encoding`, the empty line; other header lines are
 /// skipped inside the scan) or skips body bytes. The verifier explores every step's paths
-/// separately, so this bounds the program's complexity (6 steps went past the 1M-instruction
-/// limit); a typical request head fits in one invocation.
+/// separately, so this bounds the program's complexity (3 or more went past the
+/// 1M-instruction limit): a head costs one invocation per line that matters.
 const STEPS: u32 = 1;
 /// Invocations for one segment: 1 + tail calls (the kernel allows 33).
 const MAX_CALLS: u32 = 32;
