@@ -170,4 +170,7 @@ check_llvm_match
 install_cargo_fuzz
 install_py_test_deps
 [ "${WITH_GO:-0}" = 1 ] && install_go
+# The Kubernetes control plane of tests/tests/kubernetes.rs (kube-apiserver, kubectl, etcd built
+# from their Go modules; ~10 min once, cached under /var/cache/collector-k8s, then a no-op).
+[ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/k8s-control-plane.sh" >/dev/null
 log "ok: $USER_TOOLCHAIN, $EBPF_NIGHTLY (LLVM $(llvm_major_of_nightly)), bpf-linker $BPF_LINKER_VERSION"

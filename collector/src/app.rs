@@ -56,6 +56,9 @@ pub struct Running {
     pub addr: SocketAddr,
     pub probes: Arc<Vec<AttachReport>>,
     pub metrics: Arc<Metrics>,
+    /// The socket parser: `None` when switched off, `Some(Err(why))` when this kernel refused
+    /// it (the verifier's verdict included), so a test or an operator can say why.
+    pub http_socket: Option<Result<(), String>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     otlp: Option<OtlpExporter>,
@@ -110,27 +113,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .cgroup_root
         .clone()
         .or_else(cgroup::find_cgroup2_mount);
-    let wire_rung = match (&cgroup_root, config.http.socket) {
+    let http_socket = match (&cgroup_root, config.http.socket) {
         (_, false) => None,
         (None, true) => {
             warn!("no cgroup2 mount: HTTP requests are not parsed from sockets");
-            Some("unavailable")
+            Some(Err("no cgroup2 mount".to_owned()))
         }
         (Some(root), true) => match http_wire::attach(&mut ebpf, root) {
             Ok(()) => {
                 info!(root = %root.display(), "HTTP/1.x parsed from server sockets (cgroup_skb)");
-                Some("cgroup_skb")
+                Some(Ok(()))
             }
             Err(e) => {
-                warn!(
-                    error = format!("{:#}", anyhow::Error::from(e)),
-                    "HTTP/1.x socket parser unavailable"
-                );
-                Some("unavailable")
+                let error = format!("{:#}", anyhow::Error::from(e));
+                warn!(error, "HTTP/1.x socket parser unavailable");
+                Some(Err(error))
             }
         },
     };
-    if let Some(rung) = wire_rung {
+    if let Some(result) = &http_socket {
+        let rung = if result.is_ok() {
+            "cgroup_skb"
+        } else {
+            "unavailable"
+        };
         metrics
             .collector
             .signal_rung
@@ -266,6 +272,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         probes,
         metrics,
+        http_socket,
         shutdown,
         tasks,
         otlp,
