@@ -42,6 +42,25 @@ install_debian() {
   fi
 }
 
+# Debian's nginx, a non-Go HTTP/1.1 server the socket parser is tested against (the tests start
+# their own instance). Its package would start a system nginx on port 80: a policy-rc.d that
+# refuses service starts is put in place for the install unless the machine already has one.
+install_nginx() {
+  dpkg-query -W -f='${Status}' nginx-core 2>/dev/null | grep -q "install ok installed" && return 0
+  log "installing nginx (services not started)"
+  local own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends nginx-core >/dev/null || {
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx-core >/dev/null; }
+  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  return 0
+}
+
 install_rustup() {
   if ! command -v rustup >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/rustup" ]; then
@@ -163,6 +182,7 @@ install_py_test_deps() {
 
 need_root
 install_debian
+install_nginx
 install_rustup
 install_toolchains
 install_bpf_linker
