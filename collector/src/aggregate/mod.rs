@@ -38,6 +38,19 @@ pub trait StatsSource: Send {
     fn remove_tcp(&mut self, key: &OwnerKey);
     fn read_http(&mut self) -> Vec<(OwnerKey, HttpCounts)>;
     fn remove_http(&mut self, key: &OwnerKey);
+    /// Deletes `key` and returns its value at that moment, in one step, so nothing the kernel
+    /// adds between a harvest's read and the deletion is lost (`harvest::take_per_cpu`).
+    /// `None`: not there. The default removes and returns nothing: for sources whose values
+    /// cannot change between `read_tcp` and the removal (fakes).
+    fn take_tcp(&mut self, key: &OwnerKey) -> Option<TcpStats> {
+        self.remove_tcp(key);
+        None
+    }
+    /// [`take_tcp`](Self::take_tcp) for `HTTP_COUNTS`.
+    fn take_http(&mut self, key: &OwnerKey) -> Option<HttpCounts> {
+        self.remove_http(key);
+        None
+    }
     /// Per-CPU totals of each `KernelDrop` reason.
     fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)>;
 }
@@ -47,6 +60,36 @@ pub struct KernelMaps {
     pub tcp: PerCpuHashMap<MapData, OwnerKey, TcpStats>,
     pub http: PerCpuHashMap<MapData, OwnerKey, HttpCounts>,
     pub drops: PerCpuArray<MapData, u64>,
+}
+
+/// Takes a key with its final value; where the kernel lacks the atomic command (before 5.14),
+/// reads it and deletes it (the old race, logged once).
+fn take_or_remove<V: aya::Pod + Default>(
+    map: &mut PerCpuHashMap<MapData, OwnerKey, V>,
+    key: &OwnerKey,
+    add: impl Fn(&mut V, &V) + Copy,
+) -> Option<V> {
+    match harvest::take_per_cpu(map, key, add) {
+        Ok(v) => v,
+        Err(e) => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                warn!(error = %e, "no atomic lookup-and-delete on this kernel: events that \
+                    arrive while an idle key is deleted can be lost");
+            });
+            let last = map.get(key, 0).ok().map(|per_cpu| {
+                let mut total = V::default();
+                for v in per_cpu.iter() {
+                    add(&mut total, v);
+                }
+                total
+            });
+            if let Err(e) = map.remove(key) {
+                debug!(error = %e, "removing an idle key");
+            }
+            last
+        }
+    }
 }
 
 /// Sums the per-CPU values of every key of a per-CPU hash.
@@ -90,6 +133,14 @@ impl StatsSource for KernelMaps {
         if let Err(e) = self.tcp.remove(key) {
             debug!(error = %e, "removing idle TCP_STATS key");
         }
+    }
+
+    fn take_tcp(&mut self, key: &OwnerKey) -> Option<TcpStats> {
+        take_or_remove(&mut self.tcp, key, TcpStats::accumulate)
+    }
+
+    fn take_http(&mut self, key: &OwnerKey) -> Option<HttpCounts> {
+        take_or_remove(&mut self.http, key, HttpCounts::accumulate)
     }
 
     fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)> {
@@ -241,10 +292,17 @@ impl<S: StatsSource> Aggregator<S> {
         let current = self.source.read_tcp();
         let identity = &self.identity;
         // (cgroup, tgid 0) keys have no process to outlive: they go with their cgroup.
-        let result = self.tcp.harvest_keys(&current, |k| match k.tgid {
+        let mut result = self.tcp.harvest_keys(&current, |k| match k.tgid {
             0 => identity.cgroup_gone(k.cgroup_id),
             tgid => !identity.process_alive(tgid),
         });
+        // Deleted first, with what they counted since the read (see `harvest`).
+        for key in &result.delete {
+            let last = self.source.take_tcp(key);
+            if let Some(d) = self.tcp.retire(key, last) {
+                result.deltas.push((*key, d));
+            }
+        }
         for (key, delta) in &result.deltas {
             let workload = self.identity.workload_of(key, now);
             let labels = self.metrics.labels_for(&workload);
@@ -252,7 +310,6 @@ impl<S: StatsSource> Aggregator<S> {
             self.verdict.on_tcp(&labels, delta, now);
         }
         for key in &result.delete {
-            self.source.remove_tcp(key);
             if self.identity.cgroup_gone(key.cgroup_id) {
                 self.identity.forget_cgroup(key.cgroup_id);
             }
@@ -281,9 +338,15 @@ impl<S: StatsSource> Aggregator<S> {
     fn harvest_http(&mut self, now: Instant) {
         let current = self.source.read_http();
         let identity = &self.identity;
-        let result = self
+        let mut result = self
             .http
             .harvest(&current, |tgid| identity.process_alive(tgid));
+        for key in &result.delete {
+            let last = self.source.take_http(key);
+            if let Some(d) = self.http.retire(key, last) {
+                result.deltas.push((*key, d));
+            }
+        }
         for (key, d) in &result.deltas {
             let workload = self
                 .metrics
@@ -325,9 +388,6 @@ impl<S: StatsSource> Aggregator<S> {
             if d.unrecorded > 0 {
                 h.unrecorded.get_or_create(&workload).inc_by(d.unrecorded);
             }
-        }
-        for key in &result.delete {
-            self.source.remove_http(key);
         }
     }
 
