@@ -31,6 +31,7 @@ use crate::{
     events,
     export::{Metrics, otlp::OtlpExporter, prometheus::SignalLabels},
     identity::{IdentityResolver, cgroup},
+    kubernetes::Kubernetes,
     probes::{
         AttachReport, ProbeSet, btf,
         go_http::attach::{GoHttpProbes, Instrumented},
@@ -196,8 +197,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let kubelet_roots =
         crate::identity::kubelet_roots(&config.kubelet_cgroup_roots, cgroup_root.as_deref())
             .context("kubelet cgroup roots")?;
-    let identity =
+    let mut identity =
         IdentityResolver::new(cgroup_root, "/proc".into()).with_kubelet_roots(kubelet_roots);
+    // Pod names from the API server: a bad kubeconfig fails the start, an unreachable API
+    // server does not (the watches retry; pods are exported by UID meanwhile).
+    let kubernetes = match &config.kubernetes {
+        Some(k) => {
+            let k = Kubernetes::connect(k, metrics.collector.kubernetes.clone())
+                .await
+                .context("Kubernetes")?;
+            identity = identity.with_kubernetes(k.clone());
+            Some(k)
+        }
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -210,6 +223,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let go_state = Arc::new(Mutex::new(Vec::new()));
     let discovery = go_http.map(|probes| spawn_discovery(probes, exec_rx, go_state.clone()));
     let mut tasks = Vec::new();
+    if let Some(k) = &kubernetes {
+        tasks.extend(k.spawn(shutdown_rx.clone()));
+    }
     let reader_metrics = metrics.clone();
     let reader_shutdown = shutdown_rx.clone();
     let exec_tx = discovery.as_ref().map(|_| exec_tx);
@@ -252,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         go_http: go_state,
         verdicts,
         readiness_fail_on: Arc::new(config.verdict.readiness_fail_on.clone()),
+        kubernetes,
     });
     let server = api::server::Server::prepare(router, &config.api, addr, &metrics)
         .context("preparing the API server")?;

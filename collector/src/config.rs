@@ -198,6 +198,15 @@ pub struct Cli {
     /// unhealthy, unknown). [default: unhealthy]
     #[arg(long = "readiness-fail-on", value_name = "STATE")]
     pub readiness_fail_on: Vec<String>,
+
+    /// This node's name: enables pod names, owners and Services from the Kubernetes API (a
+    /// watch of the pods bound to this node). [env: NODE_NAME; default: none, no Kubernetes]
+    #[arg(long, value_name = "NODE")]
+    pub node_name: Option<String>,
+
+    /// kubeconfig for the Kubernetes API. [default: the in-cluster service account]
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// What to do; the default is `run`.
@@ -237,6 +246,15 @@ pub struct FileConfig {
     /// The socket-level HTTP/1.x parser.
     pub http_socket: Option<bool>,
     pub verdict: Option<FileVerdict>,
+    pub kubernetes: Option<FileKubernetes>,
+}
+
+/// `[kubernetes]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKubernetes {
+    pub node_name: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `[verdict]` section of the file.
@@ -344,6 +362,8 @@ pub struct Config {
     pub otlp: Option<OtlpConfig>,
     pub http: HttpConfig,
     pub verdict: VerdictConfig,
+    /// None: no Kubernetes API (pods are known by UID only).
+    pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
 }
 
 /// HTTP request metrics: where they come from, and how records are bounded.
@@ -395,6 +415,7 @@ impl Default for Config {
             otlp: None,
             http: HttpConfig::default(),
             verdict: VerdictConfig::default(),
+            kubernetes: None,
         }
     }
 }
@@ -631,6 +652,7 @@ impl Config {
             .or(file.http_event_budget)
             .unwrap_or(DEFAULT_HTTP_EVENT_BUDGET);
         let verdict = verdict_config(cli, file.verdict.unwrap_or_default())?;
+        let kubernetes = kubernetes_config(cli, file.kubernetes.unwrap_or_default(), env)?;
         Ok(Config {
             listen,
             harvest_interval,
@@ -644,8 +666,57 @@ impl Config {
             otlp,
             http,
             verdict,
+            kubernetes,
         })
     }
+}
+
+/// Kubernetes is on when a node name is given (flag, file, or `NODE_NAME` from the downward
+/// API); the name goes into a field selector, so it must be a node name and nothing more.
+fn kubernetes_config(
+    cli: &Cli,
+    file: FileKubernetes,
+    env: &dyn EnvSource,
+) -> Result<Option<crate::kubernetes::KubernetesConfig>, ConfigError> {
+    let kubeconfig = cli.kubeconfig.clone().or(file.kubeconfig);
+    let Some(node_name) = cli
+        .node_name
+        .clone()
+        .or(file.node_name)
+        .or_else(|| env.var("NODE_NAME").filter(|v| !v.is_empty()))
+    else {
+        if kubeconfig.is_some() {
+            return Err(invalid(
+                "kubeconfig",
+                "needs --node-name (NODE_NAME): the collector watches the pods of one node",
+            ));
+        }
+        return Ok(None);
+    };
+    let valid = (1..=253).contains(&node_name.len())
+        && node_name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !node_name.starts_with(['-', '.'])
+        && !node_name.ends_with(['-', '.']);
+    if !valid {
+        return Err(invalid(
+            "node_name",
+            format!("{node_name:?} is not a Kubernetes node name (lower-case DNS subdomain)"),
+        ));
+    }
+    if let Some(p) = &kubeconfig
+        && !p.is_file()
+    {
+        return Err(invalid(
+            "kubeconfig",
+            format!("{} is not a file", p.display()),
+        ));
+    }
+    Ok(Some(crate::kubernetes::KubernetesConfig {
+        node_name,
+        kubeconfig,
+    }))
 }
 
 fn api_config(cli: &Cli, file: FileApi) -> Result<crate::api::server::ServerConfig, ConfigError> {
@@ -972,6 +1043,56 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// Catches: Kubernetes switched on without a node (or off despite NODE_NAME), and a node
+    /// name that would widen the pod watch's field selector (`a,metadata.namespace!=x`).
+    #[test]
+    fn kubernetes_from_node_name_flag_file_or_downward_api() {
+        let k = |args: &[&str], f: FileConfig, e: &BTreeMap<String, String>| {
+            Config::merge(&cli(args), f, e).map(|c| c.kubernetes)
+        };
+        assert_eq!(k(&[], FileConfig::default(), &no_env()).expect("ok"), None);
+        let from_env = k(&[], FileConfig::default(), &env(&[("NODE_NAME", "node-1")]))
+            .expect("ok")
+            .expect("on");
+        assert_eq!(
+            (from_env.node_name.as_str(), from_env.kubeconfig),
+            ("node-1", None)
+        );
+        let flag = k(
+            &["--node-name", "n2.example"],
+            file("[kubernetes]\nnode_name = \"n3\""),
+            &env(&[("NODE_NAME", "node-1")]),
+        )
+        .expect("ok")
+        .expect("on");
+        assert_eq!(flag.node_name, "n2.example", "flag over file over env");
+        for bad in [
+            "a,metadata.namespace!=x",
+            "Node",
+            "-a",
+            "",
+            &"a".repeat(254),
+        ] {
+            let arg = format!("--node-name={bad}");
+            let e = k(&[&arg], FileConfig::default(), &no_env()).expect_err(bad);
+            assert!(e.to_string().starts_with("node_name: "), "{e}");
+        }
+        let e = k(
+            &["--kubeconfig", "/etc/hostname"],
+            FileConfig::default(),
+            &no_env(),
+        )
+        .expect_err("kubeconfig alone");
+        assert!(e.to_string().starts_with("kubeconfig: "), "{e}");
+        let e = k(
+            &["--node-name", "n", "--kubeconfig", "/nonexistent/kc"],
+            FileConfig::default(),
+            &no_env(),
+        )
+        .expect_err("missing file");
+        assert!(e.to_string().contains("is not a file"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 pub mod export;
 pub mod identity;
+pub mod kubernetes;
 pub mod probes;
 pub mod status;
 pub mod verdict;

@@ -63,6 +63,7 @@ async fn start(config: ServerConfig) -> Running {
         go_http: Arc::new(Mutex::new(Vec::new())),
         verdicts: engine.shared(),
         readiness_fail_on: Arc::new(vec![State::Unhealthy]),
+        kubernetes: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

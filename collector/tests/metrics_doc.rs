@@ -10,10 +10,13 @@ use collector::{
         Metrics,
         http::{OutcomeLabels, RequestLabels},
         otlp::{HTTP_DURATION, TCP_INSTRUMENTS, VERDICT},
-        prometheus::{KernelDropLabels, KindLabels, ReasonLabels, ResultLabels, SignalLabels},
+        prometheus::{
+            KernelDropLabels, KindLabels, NodeLabels, ReasonLabels, ResultLabels, SignalLabels,
+        },
         verdict::{MismatchLabels, ReasonGaugeLabels, StateLabels, TransitionLabels},
     },
-    identity::{Workload, WorkloadKind},
+    identity::{PodNames, Workload, WorkloadKind},
+    kubernetes::ResourceLabels,
 };
 use collector_common::tcp::TcpStats;
 
@@ -25,6 +28,13 @@ fn populated() -> Metrics {
         name: "uid".into(),
         pod_uid: Some("uid".into()),
         container_id: Some("c".into()),
+        kubernetes: Some(PodNames {
+            namespace: "ns".into(),
+            pod: "pod".into(),
+            container: "c".into(),
+            workload: "deployment/d".into(),
+            service: "s".into(),
+        }),
     };
     let all_ones = TcpStats {
         bytes_sent: 1,
@@ -89,6 +99,13 @@ fn populated() -> Metrics {
         .inc();
     c.otlp_exports
         .get_or_create(&ResultLabels { result: "success" })
+        .inc();
+    let node = NodeLabels { node: "n".into() };
+    c.kubernetes.connected.get_or_create(&node).set(1);
+    c.kubernetes.pods.get_or_create(&node).set(1);
+    c.kubernetes
+        .watch_errors
+        .get_or_create(&ResourceLabels { resource: "pods" })
         .inc();
     let v = &m.verdict;
     v.state
@@ -190,7 +207,10 @@ fn render_doc() -> String {
          OpenMetrics 1.0 when the scraper asks for it (`Accept: application/openmetrics-text`, as\n\
          Prometheus does), Prometheus text 0.0.4 otherwise. Counters are cumulative since the\n\
          collector started.\n\n\
-         Cardinality: per-workload series carry `workload_kind`, `workload`, `pod_uid`, `container_id`.\n\
+         Cardinality: per-workload series carry `workload_kind`, `workload`, `pod_uid`, `container_id`;\n\
+         pods the Kubernetes API named (`--node-name`) also carry `namespace`, `pod`, `container` and\n\
+         `service` (each left out when unknown, and on every other series), and their `workload` is\n\
+         the owner (`deployment/web`, `statefulset/db`, `daemonset/x`, `cronjob/x`, `job/x`, `pod/name`).\n\
          At most `--max-workloads` (default 2000) workloads get their own series; observations of\n\
          further workloads are charged to `workload_kind=\"overflow\"` and counted in\n\
          `collector_workloads_capped_total`. `error`, `direction`, `reason`, `signal`, `rung`,\n\

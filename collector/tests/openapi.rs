@@ -8,12 +8,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use collector::kubernetes::{Kubernetes, KubernetesConfig};
 use collector::{
     api::{self, ApiState},
     export::{Metrics, prometheus::WorkloadLabels},
     status,
     verdict::{Engine, VerdictConfig, rules::State, window::Geometry},
 };
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use serde_json::Value;
 
 fn doc() -> Value {
@@ -99,6 +101,7 @@ fn pod(name: &str) -> WorkloadLabels {
         workload: name.into(),
         pod_uid: name.into(),
         container_id: String::new(),
+        kubernetes: Default::default(),
     }
 }
 
@@ -171,18 +174,56 @@ fn verdicts() -> Engine {
     e
 }
 
+/// A Kubernetes handle that knows pods `shop/<name>` with the given UIDs. Its API server is
+/// never contacted (the watches are not started), so the routes by name are served offline.
+async fn kubernetes_with_pods(pods: &[(&str, &str)]) -> Arc<Kubernetes> {
+    let kc = std::env::temp_dir().join(format!("openapi-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\n\
+         contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n\
+         users:\n- name: u\n  user:\n    token: t\n",
+    )
+    .expect("kubeconfig");
+    let k = Kubernetes::connect(
+        &KubernetesConfig {
+            node_name: "node-1".into(),
+            kubeconfig: Some(kc.clone()),
+        },
+        Default::default(),
+    )
+    .await
+    .expect("client");
+    let _ = std::fs::remove_file(&kc);
+    for (name, uid) in pods {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some((*name).into()),
+                namespace: Some("shop".into()),
+                uid: Some((*uid).into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(k.upsert_pod(&pod));
+    }
+    k
+}
+
 #[test]
 fn every_documented_response_is_served_and_every_route_documented() {
     let doc = doc();
     let engine = verdicts();
-    let state = ApiState {
+    let mut state = ApiState {
         metrics: Arc::new(Metrics::new(100)),
         probes: Arc::new(Vec::new()),
         go_http: Arc::new(Mutex::new(Vec::new())),
         verdicts: engine.shared(),
         readiness_fail_on: Arc::new(vec![State::Unhealthy]),
+        kubernetes: None,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    state.kubernetes = Some(rt.block_on(kubernetes_with_pods(&[("a", "pod-a"), ("b", "pod-b")])));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");

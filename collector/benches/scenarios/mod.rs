@@ -281,6 +281,7 @@ fn pod_workload(rng: &mut Rng) -> Workload {
         name: uid.clone(),
         pod_uid: Some(uid),
         container_id: Some(hex(rng, 64)),
+        kubernetes: None,
     }
 }
 

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::{
     export::Metrics,
+    kubernetes::Kubernetes,
     probes::{AttachReport, go_http::attach::Instrumented},
     verdict::{SharedVerdicts, WorkloadHealth, rules::State as Verdict},
 };
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub verdicts: SharedVerdicts,
     /// States for which readiness endpoints answer 503.
     pub readiness_fail_on: Arc<Vec<Verdict>>,
+    /// Pod names from the Kubernetes API; None without `--node-name`.
+    pub kubernetes: Option<Arc<Kubernetes>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -54,6 +57,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/workload/ready", get(workload_ready))
         .route("/v1/pods/{uid}/health", get(pod_health))
         .route("/v1/pods/{uid}/ready", get(pod_ready))
+        .route("/v1/pods/{namespace}/{name}/health", get(named_pod_health))
+        .route("/v1/pods/{namespace}/{name}/ready", get(named_pod_ready))
+        .route("/v1/kubernetes", get(kubernetes_status))
         .fallback(not_found)
         .with_state(state)
 }
@@ -108,7 +114,7 @@ async fn go_http(State(s): State<ApiState>) -> Json<Vec<Instrumented>> {
 }
 
 /// Every route the router serves (method GET), for the OpenAPI check.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 13] = [
     "/metrics",
     "/healthz",
     "/readyz",
@@ -119,6 +125,9 @@ pub const ROUTES: [&str; 10] = [
     "/v1/workload/ready",
     "/v1/pods/{uid}/health",
     "/v1/pods/{uid}/ready",
+    "/v1/pods/{namespace}/{name}/health",
+    "/v1/pods/{namespace}/{name}/ready",
+    "/v1/kubernetes",
 ];
 
 /// Workload kinds as they appear in labels and the API.
@@ -301,6 +310,76 @@ async fn pod_ready(State(s): State<ApiState>, Path(uid): Path<String>) -> Respon
         Ok(list) => readiness(&s, pod_state(&list)),
         Err(r) => r.into_response(),
     }
+}
+
+/// The UID of pod `namespace/name` on this node, from the Kubernetes API's view. 404 when the
+/// API server never told us about it (or this collector has no Kubernetes API).
+fn named_pod_uid(s: &ApiState, namespace: &str, name: &str) -> Result<String, ApiError> {
+    // Names as the API server accepts them (DNS labels and subdomains): anything else cannot
+    // name a pod, and is not echoed into logs or lookups.
+    let valid = |v: &str, max: usize| {
+        (1..=max).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !valid(namespace, 63) || !valid(name, 253) {
+        return Err(bad_request(format!(
+            "{namespace:?}/{name:?} is not a pod's namespace/name"
+        )));
+    }
+    let Some(k) = &s.kubernetes else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "pods are known by name only with --node-name (Kubernetes API)",
+        ));
+    };
+    k.uid_by_name(namespace, name).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no pod {namespace}/{name} on node {}", k.node()),
+        )
+    })
+}
+
+/// `GET /v1/pods/{namespace}/{name}/health`: as the UID form, for a pod named by the API.
+async fn named_pod_health(
+    State(s): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let uid = match named_pod_uid(&s, &namespace, &name) {
+        Ok(uid) => uid,
+        Err(r) => return r.into_response(),
+    };
+    match pod_workloads(&s, &uid) {
+        Ok(list) => Json(json!({
+            "namespace": namespace,
+            "name": name,
+            "pod_uid": uid,
+            "state": pod_state(&list),
+            "workloads": list,
+        }))
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn named_pod_ready(
+    State(s): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    match named_pod_uid(&s, &namespace, &name).and_then(|uid| pod_workloads(&s, &uid)) {
+        Ok(list) => readiness(&s, pod_state(&list)),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `GET /v1/kubernetes`: whether the pod watch is established, and how much it knows.
+async fn kubernetes_status(State(s): State<ApiState>) -> Json<crate::kubernetes::Status> {
+    Json(
+        s.kubernetes
+            .as_ref()
+            .map_or_else(crate::kubernetes::Status::disabled, |k| k.status()),
+    )
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

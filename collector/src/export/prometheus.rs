@@ -9,13 +9,13 @@ use std::sync::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::Registry,
 };
 
 use super::{http::HttpMetrics, tcp::TcpMetrics, verdict::VerdictMetrics};
-use crate::identity::Workload;
+use crate::identity::{PodNames, Workload};
 
 /// Labels naming a workload on every per-workload series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +24,34 @@ pub struct WorkloadLabels {
     pub workload: String,
     pub pod_uid: String,
     pub container_id: String,
+    #[prometheus(flatten)]
+    pub kubernetes: KubernetesLabels,
+}
+
+/// `namespace`, `pod`, `container`, `service` of a pod the Kubernetes API named (Prometheus'
+/// own names for them). Absent, not empty, on other series: a host without Kubernetes exports
+/// exactly the labels it always did. Labels without a value (a container the pod's status does
+/// not list yet, a pod no Service selects) are left out, as Prometheus reads a missing label.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct KubernetesLabels(pub Option<PodNames>);
+
+impl EncodeLabelSet for KubernetesLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(n) = &self.0 else {
+            return Ok(());
+        };
+        for (key, value) in [
+            ("namespace", &n.namespace),
+            ("pod", &n.pod),
+            ("container", &n.container),
+            ("service", &n.service),
+        ] {
+            if !value.is_empty() {
+                EncodeLabel::encode(&(key, value.as_str()), encoder.encode_label())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl From<&Workload> for WorkloadLabels {
@@ -33,8 +61,15 @@ impl From<&Workload> for WorkloadLabels {
             workload: w.name.clone(),
             pod_uid: w.pod_uid.clone().unwrap_or_default(),
             container_id: w.container_id.clone().unwrap_or_default(),
+            kubernetes: KubernetesLabels(w.kubernetes.clone()),
         }
     }
+}
+
+/// The node a Kubernetes self-metric is about.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +120,8 @@ pub struct SelfMetrics {
     pub records_lost: AtomicU64,
     /// The API server's connections (open, rejected, shed).
     pub api: crate::api::server::Telemetry,
+    /// The Kubernetes watches (samples only with `--node-name`).
+    pub kubernetes: crate::kubernetes::KubeMetrics,
 }
 
 pub struct Metrics {
@@ -120,6 +157,7 @@ impl Metrics {
             http_sample_every: Gauge::default(),
             records_lost: AtomicU64::new(0),
             api: Default::default(),
+            kubernetes: Default::default(),
         };
         let c = &collector;
         registry.register(
@@ -201,6 +239,21 @@ impl Metrics {
             "collector_api_connections_shed",
             "API connections waiting for a complete request the longest, closed to admit a new one at a connection limit",
             c.api.shed.clone(),
+        );
+        registry.register(
+            "collector_kubernetes_connected",
+            "1 while the pod and EndpointSlice watches of this node are established, 0 while the Kubernetes API is unreachable (pods then keep the names last seen; new pods are exported by UID)",
+            c.kubernetes.connected.clone(),
+        );
+        registry.register(
+            "collector_kubernetes_pods",
+            "Pods bound to this node known from the Kubernetes API",
+            c.kubernetes.pods.clone(),
+        );
+        registry.register(
+            "collector_kubernetes_watch_errors",
+            "Kubernetes watches lost or refused, per resource (each is retried after a backoff)",
+            c.kubernetes.watch_errors.clone(),
         );
         registry.register(
             "collector_build",
@@ -322,6 +375,7 @@ mod tests {
             name: "nginx".into(),
             pod_uid: None,
             container_id: None,
+            kubernetes: None,
         };
         m.tcp.add(
             &m.labels_for(&w),
@@ -355,6 +409,43 @@ mod tests {
         );
     }
 
+    /// Catches: Kubernetes labels rendered empty on every series (a standalone host's output
+    /// changes), or missing / mis-named on pods the API named; an unknown container or a pod no
+    /// Service selects exported as `container=""` / `service=""` instead of no label.
+    #[test]
+    fn kubernetes_labels_only_where_the_api_named_the_pod() {
+        let m = Metrics::new(10);
+        let plain = Workload {
+            kind: WorkloadKind::Pod,
+            name: "u1".into(),
+            pod_uid: Some("u1".into()),
+            container_id: Some("c1".into()),
+            kubernetes: None,
+        };
+        let named = Workload {
+            kind: WorkloadKind::Pod,
+            name: "deployment/web".into(),
+            pod_uid: Some("u2".into()),
+            container_id: Some("c2".into()),
+            kubernetes: Some(PodNames {
+                namespace: "shop".into(),
+                pod: "web-1".into(),
+                container: String::new(),
+                workload: "deployment/web".into(),
+                service: "web".into(),
+            }),
+        };
+        let stats = TcpStats {
+            bytes_sent: 5,
+            ..Default::default()
+        };
+        m.tcp.add(&m.labels_for(&plain), &stats);
+        m.tcp.add(&m.labels_for(&named), &stats);
+        let text = m.render_text();
+        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"pod\",workload=\"u1\",pod_uid=\"u1\",container_id=\"c1\"} 5\n"), "{text}");
+        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"pod\",workload=\"deployment/web\",pod_uid=\"u2\",container_id=\"c2\",namespace=\"shop\",pod=\"web-1\",service=\"web\"} 5\n"), "{text}");
+    }
+
     #[test]
     fn workloads_past_the_cap_go_to_overflow() {
         let m = Metrics::new(2);
@@ -363,6 +454,7 @@ mod tests {
             name: n.into(),
             pod_uid: None,
             container_id: None,
+            kubernetes: None,
         };
         assert_eq!(m.labels_for(&w("a")).workload, "a");
         assert_eq!(m.labels_for(&w("b")).workload, "b");
@@ -387,6 +479,7 @@ mod tests {
             name: n.into(),
             pod_uid: Some(n.into()),
             container_id: None,
+            kubernetes: None,
         };
         let a = m.labels_for(&w("a"));
         m.tcp.add(

@@ -15,6 +15,9 @@ use std::{
 };
 
 use collector_common::tcp::OwnerKey;
+use std::sync::Arc;
+
+use crate::kubernetes::Kubernetes;
 
 use cgroup::{CgroupIdentity, CgroupResolver, KubeletRoots};
 
@@ -78,10 +81,25 @@ impl WorkloadKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Workload {
     pub kind: WorkloadKind,
-    /// Pod UID, container id (12 chars), unit name, cgroup path or process name.
+    /// Pod UID (or, once the Kubernetes API named the pod, its workload such as
+    /// `deployment/web`), container id (12 chars), unit name, cgroup path or process name.
     pub name: String,
     pub pod_uid: Option<String>,
     pub container_id: Option<String>,
+    /// Names from the Kubernetes API (`kubernetes::PodIndex`), for pods it knows.
+    pub kubernetes: Option<PodNames>,
+}
+
+/// A pod's names as the Kubernetes API gives them; empty strings where unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct PodNames {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// `deployment/web`, `statefulset/db`, `daemonset/agent`, `cronjob/backup`, `pod/name`.
+    pub workload: String,
+    /// The Services with this pod among their endpoints, comma-joined in order.
+    pub service: String,
 }
 
 impl Workload {
@@ -91,6 +109,7 @@ impl Workload {
             name: name.into(),
             pod_uid: None,
             container_id: None,
+            kubernetes: None,
         }
     }
 
@@ -111,12 +130,14 @@ impl Workload {
                 name: uid.clone(),
                 pod_uid: Some(uid.clone()),
                 container_id: container_id.clone(),
+                kubernetes: None,
             },
             CgroupIdentity::Container { id, .. } => Self {
                 kind: WorkloadKind::Container,
                 name: id.chars().take(12).collect(),
                 pod_uid: None,
                 container_id: Some(id.clone()),
+                kubernetes: None,
             },
             CgroupIdentity::SystemdUnit { unit } => {
                 Self::simple(WorkloadKind::Systemd, unit.clone())
@@ -153,6 +174,8 @@ pub struct IdentityResolver {
     processes: HashMap<u32, ProcessInfo>,
     proc_root: PathBuf,
     kubelet_roots: KubeletRoots,
+    /// Pod names from the API server; None on hosts without Kubernetes.
+    kubernetes: Option<Arc<Kubernetes>>,
 }
 
 impl IdentityResolver {
@@ -165,7 +188,14 @@ impl IdentityResolver {
             processes: HashMap::new(),
             proc_root,
             kubelet_roots: KubeletRoots::default(),
+            kubernetes: None,
         }
+    }
+
+    /// Names pods through the Kubernetes API's view of this node.
+    pub fn with_kubernetes(mut self, kubernetes: Arc<Kubernetes>) -> Self {
+        self.kubernetes = Some(kubernetes);
+        self
     }
 
     /// Where pods are recognised (default: `cgroup::DEFAULT_KUBELET_ROOTS`).
@@ -280,7 +310,7 @@ impl IdentityResolver {
             match self.cgroup_identity(key.cgroup_id, now) {
                 Some(identity) => {
                     if let Some(w) = Workload::from_cgroup(&identity) {
-                        return w;
+                        return self.named(w);
                     }
                 }
                 // A cgroup that vanished before we could map it: keep it apart rather than
@@ -299,6 +329,18 @@ impl IdentityResolver {
         }
         let comm = self.comm(key.tgid, now).unwrap_or_else(|| "unknown".into());
         Workload::simple(WorkloadKind::Process, comm)
+    }
+
+    /// A pod workload with its names, when the API server told us about the pod. Looked up
+    /// at every call (not cached with the cgroup): names arrive after the cgroup may have.
+    fn named(&self, mut w: Workload) -> Workload {
+        if let (Some(k), Some(uid)) = (&self.kubernetes, &w.pod_uid)
+            && let Some(names) = k.names(uid, w.container_id.as_deref())
+        {
+            w.name.clone_from(&names.workload);
+            w.kubernetes = Some(names);
+        }
+        w
     }
 
     /// Forgets exited processes not seen for `PROCESS_TTL`.

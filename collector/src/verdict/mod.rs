@@ -427,6 +427,7 @@ mod tests {
             workload: name.into(),
             pod_uid: name.into(),
             container_id: String::new(),
+            kubernetes: Default::default(),
         }
     }
 

@@ -1,0 +1,345 @@
+//! Kubernetes pod metadata: names for the pods the cgroup paths identify by UID.
+//!
+//! Enabled by `--node-name` (env `NODE_NAME`, from the downward API in a DaemonSet). One
+//! `kube::Client` (in-cluster service account, or `--kubeconfig`) watches:
+//!
+//! * the pods bound to this node (`fieldSelector=spec.nodeName=<node>`: the API server sends only
+//!   those, so a node's collector costs the API server one small watch);
+//! * EndpointSlices cluster-wide, keeping only endpoints on this node (the Services of our pods;
+//!   slices carry `nodeName` and the pod's UID, so no selector matching is needed);
+//! * and, once per owner, a metadata-only GET of a pod's ReplicaSet or Job, whose own controller
+//!   is the workload users name (Deployment, CronJob). Chosen over the `pod-template-hash`
+//!   heuristic (strip the hash from the ReplicaSet's name): the ownerReference is the truth,
+//!   also for ReplicaSets of other controllers (Argo Rollouts) and for Jobs, whose names carry no
+//!   hash; it costs `get` on replicasets and jobs and one request per ReplicaSet, not per pod.
+//!
+//! kube's `watcher` lists, then watches from the list's resourceVersion, re-lists on 410 Gone,
+//! uses bookmarks, and backs off exponentially (client-go's 0.8 s … 30 s with jitter) while the
+//! API server is unreachable. Meanwhile the collector keeps collecting: pods already known keep
+//! their names (the index is not cleared on a disconnect), new pods are exported by UID, and the
+//! state is visible at `/v1/kubernetes` and in `collector_kubernetes_connected`.
+//!
+//! The client is kept (`Kubernetes::client`) so the readiness-gate writer can patch
+//! `pods/status` with the same credentials.
+
+pub mod index;
+mod watch;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::{Instant, SystemTime},
+};
+
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use serde::Serialize;
+use tokio::{sync::watch as tokio_watch, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{export::prometheus::NodeLabels, identity::PodNames, verdict::rfc3339};
+use index::PodIndex;
+
+/// `[kubernetes]` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// The node whose pods are watched (`spec.nodeName`).
+    pub node_name: String,
+    /// A kubeconfig file; None: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration (no --kubeconfig given): {0}")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// What the collector watches; a bounded label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Pods,
+    EndpointSlices,
+}
+
+impl Resource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Resource::Pods => "pods",
+            Resource::EndpointSlices => "endpointslices",
+        }
+    }
+}
+
+/// The self-metrics of the Kubernetes side (registered in `export::prometheus`).
+#[derive(Clone, Default)]
+pub struct KubeMetrics {
+    pub connected: Family<NodeLabels, Gauge>,
+    pub pods: Family<NodeLabels, Gauge>,
+    pub watch_errors: Family<ResourceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
+/// `GET /v1/kubernetes`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Status {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Every watch is established (listed, watching).
+    pub connected: bool,
+    /// Pods on this node known by name.
+    pub pods: usize,
+    /// Services with an endpoint on this node.
+    pub services: usize,
+    /// RFC 3339 UTC of the last change of `connected`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The last watch error, while disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Times a watch was lost since start.
+    pub disconnects: u64,
+    /// Objects not kept because a bound was reached.
+    pub refused: index::Refused,
+}
+
+impl Status {
+    /// A collector without `--node-name`.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            node: None,
+            connected: false,
+            pods: 0,
+            services: 0,
+            since: None,
+            last_error: None,
+            disconnects: 0,
+            refused: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Connection {
+    /// Per watch: established (true) or failing (false); none until its first answer.
+    pods: Option<bool>,
+    slices: Option<bool>,
+    since: SystemTime,
+    last_error: Option<String>,
+    disconnects: u64,
+}
+
+impl Connection {
+    fn connected(&self) -> bool {
+        self.pods == Some(true) && self.slices == Some(true)
+    }
+}
+
+/// The shared handle: the index the identity resolver and the API read, the connection state.
+pub struct Kubernetes {
+    node: String,
+    client: kube::Client,
+    index: RwLock<PodIndex>,
+    connection: Mutex<Connection>,
+    metrics: KubeMetrics,
+}
+
+impl Kubernetes {
+    /// Builds the client (a bad kubeconfig or a missing service account is a start-up error;
+    /// an unreachable API server is not: the watches retry).
+    pub async fn connect(
+        config: &KubernetesConfig,
+        metrics: KubeMetrics,
+    ) -> Result<Arc<Self>, KubeError> {
+        // kube's rustls uses the process-wide provider: the one the rest of the collector uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kc = match &config.kubeconfig {
+            Some(path) => {
+                let err = |source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                };
+                let file = kube::config::Kubeconfig::read_from(path).map_err(err)?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(err)?
+            }
+            None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+        };
+        let client = kube::Client::try_from(kc).map_err(KubeError::Client)?;
+        let node = config.node_name.clone();
+        metrics
+            .connected
+            .get_or_create(&NodeLabels { node: node.clone() })
+            .set(0);
+        info!(node, "Kubernetes pod metadata: watching this node's pods");
+        Ok(Arc::new(Self {
+            node,
+            client,
+            index: RwLock::new(PodIndex::new()),
+            connection: Mutex::new(Connection {
+                pods: None,
+                slices: None,
+                since: SystemTime::now(),
+                last_error: None,
+                disconnects: 0,
+            }),
+            metrics,
+        }))
+    }
+
+    /// Starts the watch tasks; they end when `shutdown` turns true.
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: tokio_watch::Receiver<bool>,
+    ) -> Vec<(&'static str, JoinHandle<()>)> {
+        vec![
+            (
+                "kubernetes-pods",
+                tokio::spawn(watch::pods(self.clone(), shutdown.clone())),
+            ),
+            (
+                "kubernetes-endpointslices",
+                tokio::spawn(watch::endpoint_slices(self.clone(), shutdown)),
+            ),
+        ]
+    }
+
+    /// The client, with the collector's credentials (for writers such as readiness gates).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Records a pod as the pod watch does for one whose controller needs no lookup (its
+    /// direct owner names it). For tests and tools that seed the index without an API server.
+    pub fn upsert_pod(&self, pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+        let Some(meta) = index::PodMeta::from_pod(pod) else {
+            return false;
+        };
+        self.write().upsert(meta);
+        self.publish_pod_count();
+        true
+    }
+
+    /// Names of a workload in pod `cgroup_uid`, container `container_id`; None while unknown.
+    pub fn names(&self, cgroup_uid: &str, container_id: Option<&str>) -> Option<PodNames> {
+        self.read().names(cgroup_uid, container_id)
+    }
+
+    /// UID of the pod `namespace/name` on this node.
+    pub fn uid_by_name(&self, namespace: &str, name: &str) -> Option<String> {
+        self.read().uid_by_name(namespace, name).map(str::to_owned)
+    }
+
+    pub fn status(&self) -> Status {
+        let c = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let ix = self.read();
+        Status {
+            enabled: true,
+            node: Some(self.node.clone()),
+            connected: c.connected(),
+            pods: ix.pods(),
+            services: ix.services(),
+            since: Some(rfc3339(c.since)),
+            last_error: if c.connected() {
+                None
+            } else {
+                c.last_error.clone()
+            },
+            disconnects: c.disconnects,
+            refused: ix.refused,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, PodIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A watch answered (an event or a completed list).
+    fn watch_ok(&self, r: Resource) {
+        self.set_watch(r, true, None);
+    }
+
+    /// A watch failed; kube's watcher retries after its backoff.
+    fn watch_failed(&self, r: Resource, error: String) {
+        self.metrics
+            .watch_errors
+            .get_or_create(&ResourceLabels {
+                resource: r.as_str(),
+            })
+            .inc();
+        self.set_watch(r, false, Some(error));
+    }
+
+    fn set_watch(&self, r: Resource, ok: bool, error: Option<String>) {
+        let mut c = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let before = c.connected();
+        let was_ok = match r {
+            Resource::Pods => c.pods.replace(ok),
+            Resource::EndpointSlices => c.slices.replace(ok),
+        };
+        if was_ok == Some(true) && !ok {
+            c.disconnects += 1;
+        }
+        if let Some(e) = error {
+            c.last_error = Some(e);
+        }
+        let after = c.connected();
+        if before != after {
+            c.since = SystemTime::now();
+            let labels = NodeLabels {
+                node: self.node.clone(),
+            };
+            self.metrics
+                .connected
+                .get_or_create(&labels)
+                .set(i64::from(after));
+            if after {
+                info!(node = self.node, "Kubernetes API: watching");
+            } else {
+                warn!(
+                    node = self.node,
+                    error = c.last_error.as_deref().unwrap_or(""),
+                    "Kubernetes API unreachable: pods stay named as last seen, new pods are \
+                     exported by UID until the watch resumes"
+                );
+            }
+        }
+    }
+
+    fn publish_pod_count(&self) {
+        let n = self.read().pods();
+        self.metrics
+            .pods
+            .get_or_create(&NodeLabels {
+                node: self.node.clone(),
+            })
+            .set(n as i64);
+    }
+
+    fn sweep(&self, now: Instant) {
+        self.write().sweep(now);
+        self.publish_pod_count();
+    }
+}
