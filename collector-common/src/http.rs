@@ -14,7 +14,10 @@ pub struct GoHttpOffsets {
     pub request_pattern: u32,
     pub request_proto_major: u32,
     pub url_path: u32,
-    /// 1 once the slot is filled; a uprobe firing on an empty slot does nothing.
+    /// 0: empty slot. Otherwise the slot's generation, new each time userspace fills it, so
+    /// a request that started under one binary's offsets and ends after the slot was
+    /// released (or given to another binary) is recognised (`Inflight::generation`) and
+    /// counted without reading memory at offsets that are not its binary's.
     pub valid: u32,
 }
 assert_layout!(GoHttpOffsets, 24);
@@ -32,18 +35,36 @@ assert_layout!(InflightKey, 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Inflight {
+    /// `bpf_ktime_get_boot_ns` at the start (boot clock, so userspace can tell an entry from
+    /// a process that reused its pid: /proc's start times count from boot too).
     pub start_ns: u64,
     /// `*http.Request`, read again at return (the mux sets `Pattern` during the call).
     pub request: u64,
+    /// The `ResponseWriter`'s data word (`*http.response` on HTTP/1): a status written by
+    /// another goroutine is found through it (`maps::HTTP_STATUS_ASIDE`).
+    pub response: u64,
     /// First status passed to `(*response).WriteHeader`; 0 = none yet.
     pub status: u32,
     /// `flags::PANICKED` once `runtime.gopanic` ran on this goroutine during the request.
     pub flags: u32,
     /// `HTTP_OFFSETS` slot of the binary.
     pub slot: u32,
-    pub _pad: u32,
+    /// The slot's `GoHttpOffsets::valid` at the start (0: the slot was empty then).
+    pub generation: u32,
 }
-assert_layout!(Inflight, 32);
+assert_layout!(Inflight, 40);
+
+/// A status written to a request's response from a goroutine other than the one serving it:
+/// keyed by the response, picked up when the request ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ResponseKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `*http.response` (RAX of `(*response).WriteHeader`).
+    pub response: u64,
+}
+assert_layout!(ResponseKey, 16);
 
 pub mod flags {
     /// The handler panicked (the request ended without a return from ServeHTTP).
@@ -371,6 +392,7 @@ impl_pod!(
     GoHttpOffsets,
     InflightKey,
     Inflight,
+    ResponseKey,
     HttpEvent,
     HttpCounts,
     wire::WireConn,

@@ -21,6 +21,20 @@ pub const HTTP_OFFSETS_SLOTS: u32 = 1024;
 /// mid-request) are swept by userspace and counted.
 pub const HTTP_INFLIGHT: &str = "HTTP_INFLIGHT";
 pub const HTTP_INFLIGHT_ENTRIES: u32 = 65_536;
+/// LRU hash tgid → `i64`: requests each Go server process has in `HTTP_INFLIGHT`. A process
+/// may hold at most `HTTP_INFLIGHT_PER_SERVER`; beyond that its new requests are not tracked,
+/// counted (`KernelDrop::HttpInflightBudget`) and charged to it (`HttpCounts::lost`), so a
+/// client holding many slow requests open blinds that server only, never the others.
+pub const HTTP_INFLIGHT_SERVERS: &str = "HTTP_INFLIGHT_SERVERS";
+pub const HTTP_INFLIGHT_SERVERS_ENTRIES: u32 = 16_384;
+/// 64 servers at their budget fill `HTTP_INFLIGHT`. A server with more requests in flight at
+/// once (long polls, WebSockets held inside the handler) has the excess counted as lost.
+pub const HTTP_INFLIGHT_PER_SERVER: i64 = 1024;
+/// LRU hash `http::ResponseKey` → status (u32): statuses written by a goroutine other than
+/// the request's own, waiting for the request's end. LRU: a write nobody picks up (a request
+/// that began before the probes) is evicted, never fills it.
+pub const HTTP_STATUS_ASIDE: &str = "HTTP_STATUS_ASIDE";
+pub const HTTP_STATUS_ASIDE_ENTRIES: u32 = 4_096;
 /// Per-CPU hash `tcp::OwnerKey` → `http::HttpCounts`.
 pub const HTTP_COUNTS: &str = "HTTP_COUNTS";
 pub const HTTP_COUNTS_ENTRIES: u32 = 8_192;
@@ -75,9 +89,11 @@ pub enum KernelDrop {
     StashMiss = 4,
     /// Reading the socket's cgroup failed (offsets wrong or memory unreadable).
     CgroupRead = 5,
-    /// `HTTP_INFLIGHT` was full: a request could not be tracked.
+    /// `HTTP_INFLIGHT` was full: a request could not be tracked; charged to its server as
+    /// `HttpCounts::lost`.
     HttpInflightFull = 6,
-    /// A return or WriteHeader without a tracked start (attached mid-request).
+    /// A request ended without a tracked start: it began before the probes were attached (or
+    /// its untracked start was already counted as full/over budget). Not a loss.
     HttpNoStart = 7,
     /// The socket-level HTTP parser lost its place in a connection's byte stream (a gap it
     /// cannot skip, a line it cannot read); also charged per owner as `HttpCounts::lost`.
@@ -85,10 +101,16 @@ pub enum KernelDrop {
     /// A segment needed more windows than the parser may tail-call, or a continuation was
     /// overwritten by another program on the same CPU.
     WireWindows = 9,
+    /// A Go server process had `HTTP_INFLIGHT_PER_SERVER` requests in flight: a new one was
+    /// not tracked; charged to that server as `HttpCounts::lost`.
+    HttpInflightBudget = 10,
+    /// A request ended after its binary's offsets slot was emptied or refilled: counted by
+    /// outcome, without its record (`HttpCounts::unrecorded`).
+    HttpNoOffsets = 11,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -100,6 +122,8 @@ impl KernelDrop {
         KernelDrop::HttpNoStart,
         KernelDrop::WireDesync,
         KernelDrop::WireWindows,
+        KernelDrop::HttpInflightBudget,
+        KernelDrop::HttpNoOffsets,
     ];
 
     /// Stable label value for metrics.
@@ -115,6 +139,8 @@ impl KernelDrop {
             KernelDrop::HttpNoStart => "http_no_start",
             KernelDrop::WireDesync => "http_wire_desync",
             KernelDrop::WireWindows => "http_wire_windows",
+            KernelDrop::HttpInflightBudget => "http_inflight_budget",
+            KernelDrop::HttpNoOffsets => "http_no_offsets",
         }
     }
 }

@@ -10,41 +10,167 @@
 //! - Every RET of `net/http.(*conn).serve`: the connection goroutine is done. A request still in
 //!   flight then never returned — the handler panicked (net/http recovered in `serve`) or the
 //!   handler aborted: reported instead of silently lost.
+//! - Every RET of the HTTP/2 handler goroutine's function (`(*http2serverConn).runHandler`,
+//!   `net/http/internal/http2.(*serverConn).runHandler` since Go 1.27): its deferred recover
+//!   makes it return after a handler panic, with the request still in flight — the same
+//!   reporting for HTTP/2, whose handlers do not run on the connection's goroutine.
 //! In-flight state is keyed by (tgid, g). `runtime.morestack` re-runs a function from its entry,
 //! so an entry probe may fire twice for one call: it overwrites, never counts.
+//!
+//! A status may be written by a goroutine the handler started: `WriteHeader` then runs on a
+//! goroutine with no request of its own. The request is found through its response (RCX at
+//! `ServeHTTP` entry, the receiver RAX at `WriteHeader`): the status waits in
+//! `HTTP_STATUS_ASIDE` until the request ends.
+//!
+//! Each server process may keep `HTTP_INFLIGHT_PER_SERVER` requests in `HTTP_INFLIGHT`
+//! (`HTTP_INFLIGHT_SERVERS` counts them, exactly: +1 per new entry, −1 per entry removed), so a
+//! client holding slow requests open on one server cannot take the map from the others.
+//! Requests that cannot be tracked are charged to their server (`HttpCounts::lost`).
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user, generated,
+        bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated,
     },
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint, uprobe},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint, uprobe},
+    maps::LruHashMap,
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
-    http::{HttpCounts, HttpEvent, Inflight, InflightKey, METHOD_MAX, ROUTE_MAX, flags},
-    maps::KernelDrop,
+    http::{
+        GoHttpOffsets, HttpCounts, HttpEvent, Inflight, InflightKey, METHOD_MAX, ROUTE_MAX,
+        ResponseKey, flags,
+    },
+    maps::{
+        HTTP_INFLIGHT_PER_SERVER, HTTP_INFLIGHT_SERVERS_ENTRIES, HTTP_STATUS_ASIDE_ENTRIES,
+        KernelDrop,
+    },
     process::ExecEvent,
     tcp::OwnerKey,
 };
 
 use crate::maps::{EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, count_drop};
 
+/// tgid → its entries in `HTTP_INFLIGHT` (`maps::HTTP_INFLIGHT_SERVERS`).
+#[map]
+static HTTP_INFLIGHT_SERVERS: LruHashMap<u32, i64> =
+    LruHashMap::with_max_entries(HTTP_INFLIGHT_SERVERS_ENTRIES, 0);
+
+/// Statuses written from another goroutine (`maps::HTTP_STATUS_ASIDE`).
+#[map]
+static HTTP_STATUS_ASIDE: LruHashMap<ResponseKey, u32> =
+    LruHashMap::with_max_entries(HTTP_STATUS_ASIDE_ENTRIES, 0);
+
+/// -EEXIST from a map update with `BPF_NOEXIST`.
+const EEXIST: i32 = -17;
+
+/// Go's registers at a probe point.
+struct Regs {
+    /// R14: the goroutine.
+    g: u64,
+    rax: u64,
+    rbx: u64,
+    rcx: u64,
+    rdi: u64,
+}
+
 #[inline(always)]
-fn regs(ctx: &ProbeContext) -> (u64, u64, u64, u64) {
+fn regs(ctx: &ProbeContext) -> Regs {
     // SAFETY: a uprobe's context is the user pt_regs; direct reads are allowed.
     unsafe {
         let r = &*ctx.regs;
-        (r.r14, r.rax, r.rbx, r.rdi)
+        Regs {
+            g: r.r14,
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdi: r.rdi,
+        }
+    }
+}
+
+#[inline(always)]
+fn tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn current_owner() -> OwnerKey {
+    OwnerKey {
+        // SAFETY: plain helper; a uprobe runs in the serving task (process context).
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: tgid(),
+        _pad: 0,
+    }
+}
+
+/// A counter in map memory shared by every CPU. `core::sync::atomic` has no 64-bit RMW
+/// operations on the BPF target, so the kernel's atomic instructions are written out.
+#[derive(Clone, Copy)]
+struct SharedCount(*mut i64);
+
+impl SharedCount {
+    /// Adds `v`; returns the value before.
+    #[inline(always)]
+    fn fetch_add(self, v: i64) -> i64 {
+        let mut v = v;
+        // SAFETY: `self.0` points at a live, 8-byte aligned map value (BPF_ATOMIC | BPF_FETCH,
+        // kernel ≥ 5.12; the uprobes need ≥ 5.15 for attach cookies anyway).
+        unsafe {
+            core::arch::asm!(
+                "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+                v = inout(reg) v,
+                p = in(reg) self.0,
+                options(nostack),
+            )
+        };
+        v
+    }
+
+    #[inline(always)]
+    fn add(self, v: i64) {
+        // SAFETY: as in `fetch_add` (BPF_ATOMIC add without fetch, any kernel).
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {v}",
+                v = in(reg) v,
+                p = in(reg) self.0,
+                options(nostack),
+            )
+        };
+    }
+}
+
+/// This process's count of entries in `HTTP_INFLIGHT`, created at 0 on first use.
+#[inline(always)]
+fn server_entries(tgid: u32) -> Option<SharedCount> {
+    let mut p = HTTP_INFLIGHT_SERVERS.get_ptr_mut(&tgid);
+    if p.is_none() {
+        // Another CPU may create it first: then this insert fails and the lookup finds it.
+        let _ = HTTP_INFLIGHT_SERVERS.insert(&tgid, &0, BPF_NOEXIST as u64);
+        p = HTTP_INFLIGHT_SERVERS.get_ptr_mut(&tgid);
+    }
+    p.map(SharedCount)
+}
+
+/// Removes a finished request's entry; gives its place back to the server's budget.
+#[inline(always)]
+fn untrack(k: &InflightKey) {
+    if HTTP_INFLIGHT.remove(k).is_ok()
+        && let Some(n) = server_entries(k.tgid)
+    {
+        n.add(-1);
     }
 }
 
 #[inline(always)]
 fn key(goroutine: u64) -> InflightKey {
     InflightKey {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid: tgid(),
         _pad: 0,
         goroutine,
     }
@@ -78,76 +204,140 @@ fn read_go_string(ptr: u64, len: u64, dst: *mut u8, max: usize) -> usize {
 fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
     // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it to the binary's slot.
     let slot = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let (g, _, _, request) = regs(&ctx);
+    let r = regs(&ctx);
+    let k = key(r.g);
+    // A status set aside for an earlier request whose response sat at the same address.
+    let _ = HTTP_STATUS_ASIDE.remove(&ResponseKey {
+        tgid: k.tgid,
+        _pad: 0,
+        response: r.rcx,
+    });
     let entry = Inflight {
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        request,
+        // SAFETY: plain helper.
+        start_ns: unsafe { bpf_ktime_get_boot_ns() },
+        request: r.rdi,
+        response: r.rcx,
         status: 0,
         flags: 0,
         slot,
-        _pad: 0,
+        generation: HTTP_OFFSETS.get(slot).map_or(0, |o| o.valid),
     };
-    if HTTP_INFLIGHT.insert(&key(g), &entry, 0).is_err() {
+    let budget = server_entries(k.tgid);
+    if let Some(n) = budget
+        && n.fetch_add(1) >= HTTP_INFLIGHT_PER_SERVER
+    {
+        n.add(-1);
+        count_drop(KernelDrop::HttpInflightBudget);
+        count(&current_owner(), |c| c.lost += 1);
+        return 0;
+    }
+    let full = match HTTP_INFLIGHT.insert(&k, &entry, BPF_NOEXIST as u64) {
+        Ok(()) => false,
+        Err(e) if e == EEXIST => {
+            // Not a new entry (it was counted in the budget when inserted): morestack re-ran
+            // the entry probe for this request, or the goroutine's previous request never
+            // ended (a handler that called runtime.Goexit) and Go reused the goroutine — that
+            // one is reported now, as its connection goroutine would have.
+            if let Some(n) = budget {
+                n.add(-1);
+            }
+            // SAFETY: copied out before it is replaced.
+            if let Some(old) = unsafe { HTTP_INFLIGHT.get(&k) }.copied()
+                && old.request != entry.request
+            {
+                finish(&k, &old, ended_early(&old));
+            }
+            HTTP_INFLIGHT.insert(&k, &entry, BPF_ANY as u64).is_err()
+        }
+        Err(_) => {
+            if let Some(n) = budget {
+                n.add(-1);
+            }
+            true
+        }
+    };
+    if full {
         count_drop(KernelDrop::HttpInflightFull);
+        count(&current_owner(), |c| c.lost += 1);
     }
     0
 }
 
 #[inline(always)]
 fn http_write_header_impl(ctx: ProbeContext) -> u32 {
-    let (g, _, code, _) = regs(&ctx);
-    let code = code as u32;
+    let r = regs(&ctx);
+    let code = r.rbx as u32;
     // 1xx informational headers (except 101) precede the real status.
     if (100..200).contains(&code) && code != 101 {
         return 0;
     }
-    match HTTP_INFLIGHT.get_ptr_mut(&key(g)) {
+    let k = key(r.g);
+    if let Some(p) = HTTP_INFLIGHT.get_ptr_mut(&k) {
         // SAFETY: value of a live element, only touched by this goroutine's probes.
-        Some(p) => unsafe {
-            if (*p).status == 0 {
-                (*p).status = code;
+        unsafe {
+            if (*p).response == r.rax {
+                if (*p).status == 0 {
+                    (*p).status = code;
+                }
+                return 0;
             }
-        },
-        None => count_drop(KernelDrop::HttpNoStart),
+        }
     }
+    // Written by a goroutine other than the request's: kept for the request's end (the first
+    // status wins, as net/http keeps it). A write for a request we do not follow (begun before
+    // the probes, or after its handler returned) is evicted in time: no loss either way.
+    let _ = HTTP_STATUS_ASIDE.insert(
+        &ResponseKey {
+            tgid: k.tgid,
+            _pad: 0,
+            response: r.rax,
+        },
+        &code,
+        BPF_NOEXIST as u64,
+    );
     0
 }
 
 #[inline(always)]
 fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
-    let (g, _, _, _) = regs(&ctx);
-    let k = key(g);
+    let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
     let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() else {
+        // Begun before the probes were attached, or not tracked (already counted as lost).
         count_drop(KernelDrop::HttpNoStart);
         return 0;
     };
-    let _ = HTTP_INFLIGHT.remove(&k);
+    untrack(&k);
     finish(&k, &entry, 0);
     0
 }
 
+/// A goroutine that served requests is done (`(*conn).serve` or an HTTP/2 `runHandler`
+/// returns): a request it still has in flight never returned from ServeHTTP.
 #[inline(always)]
-fn http_conn_serve_return_impl(ctx: ProbeContext) -> u32 {
-    let (g, _, _, _) = regs(&ctx);
-    let k = key(g);
+fn http_goroutine_done_impl(ctx: ProbeContext) -> u32 {
+    let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
     if let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() {
-        let _ = HTTP_INFLIGHT.remove(&k);
-        let f = if entry.flags as u16 & flags::PANICKED != 0 {
-            flags::PANICKED
-        } else {
-            flags::ABORTED
-        };
-        finish(&k, &entry, f);
+        untrack(&k);
+        finish(&k, &entry, ended_early(&entry));
     }
     0
 }
 
+/// The outcome of a request that never returned from ServeHTTP.
+#[inline(always)]
+fn ended_early(entry: &Inflight) -> u16 {
+    if entry.flags as u16 & flags::PANICKED != 0 {
+        flags::PANICKED
+    } else {
+        flags::ABORTED
+    }
+}
+
 #[inline(always)]
 fn go_panic_impl(ctx: ProbeContext) -> u32 {
-    let (g, _, _, _) = regs(&ctx);
-    if let Some(p) = HTTP_INFLIGHT.get_ptr_mut(&key(g)) {
+    if let Some(p) = HTTP_INFLIGHT.get_ptr_mut(&key(regs(&ctx).g)) {
         // SAFETY: as in http_write_header.
         unsafe { (*p).flags |= flags::PANICKED as u32 };
     }
@@ -185,42 +375,66 @@ pub(crate) fn count(owner: &OwnerKey, f: impl FnOnce(&mut HttpCounts)) {
     }
 }
 
+/// Counts the request by outcome (status 0 counts as 200); `unknown_proto`: HTTP/2 could not
+/// be ruled out, so a request without a status is `unobserved`, not a made-up 200.
+#[inline(always)]
+fn count_outcome(c: &mut HttpCounts, f: u16, status: u32, unknown_proto: bool) {
+    c.requests += 1;
+    if f & flags::PANICKED != 0 {
+        c.panics += 1;
+    } else if f & flags::ABORTED != 0 {
+        c.aborted += 1;
+    } else if f & flags::HTTP2 != 0 || (unknown_proto && status == 0) {
+        c.unobserved += 1;
+    } else {
+        let s = if status == 0 { 200 } else { status };
+        let class = (s / 100) as usize;
+        if (1..=5).contains(&class) {
+            c.by_class[class - 1] += 1;
+        }
+    }
+}
+
+/// The binary's offsets, if the slot still holds those the request started with.
+#[inline(always)]
+fn offsets_of(entry: &Inflight) -> Option<&'static GoHttpOffsets> {
+    let off = HTTP_OFFSETS.get(entry.slot)?;
+    (off.valid != 0 && off.valid == entry.generation).then_some(off)
+}
+
 #[inline(always)]
 fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(off) = HTTP_OFFSETS.get(entry.slot) else {
+    // SAFETY: plain helper. The start's clock, for the duration.
+    let end_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let mut status = entry.status;
+    if status == 0 && entry.response != 0 {
+        let rk = ResponseKey {
+            tgid: k.tgid,
+            _pad: 0,
+            response: entry.response,
+        };
+        // SAFETY: copied out before removal.
+        if let Some(s) = unsafe { HTTP_STATUS_ASIDE.get(&rk) }.copied() {
+            status = s;
+            let _ = HTTP_STATUS_ASIDE.remove(&rk);
+        }
+    }
+    let owner = current_owner();
+    let Some(off) = offsets_of(entry) else {
+        // The slot was emptied (binary detached) or given to another binary while the request
+        // ran: its memory cannot be read at these offsets, but its outcome is known.
+        count_drop(KernelDrop::HttpNoOffsets);
+        count(&owner, |c| {
+            count_outcome(c, f, status, true);
+            c.unrecorded += 1;
+        });
         return;
     };
-    if off.valid == 0 {
-        return;
-    }
     let req = entry.request;
     if read_user::<i64>(req + off.request_proto_major as u64) == Some(2) {
         f |= flags::HTTP2;
     }
-    let status = entry.status;
-    let owner = OwnerKey {
-        // SAFETY: plain helper; a uprobe runs in the serving task (process context).
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        tgid: k.tgid,
-        _pad: 0,
-    };
-    count(&owner, |c| {
-        c.requests += 1;
-        if f & flags::PANICKED != 0 {
-            c.panics += 1;
-        } else if f & flags::ABORTED != 0 {
-            c.aborted += 1;
-        } else if f & flags::HTTP2 != 0 {
-            c.unobserved += 1;
-        } else {
-            let s = if status == 0 { 200 } else { status };
-            let class = (s / 100) as usize;
-            if (1..=5).contains(&class) {
-                c.by_class[class - 1] += 1;
-            }
-        }
-    });
+    count(&owner, |c| count_outcome(c, f, status, false));
     let every = HTTP_SAMPLING.get(0).copied().unwrap_or(1);
     if every > 1 && unsafe { bpf_get_prandom_u32() } % every != 0 {
         count(&owner, |c| c.unrecorded += 1);
@@ -238,7 +452,8 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
             kind: EventKind::Http as u16,
             version: EVENT_VERSION,
             _pad: 0,
-            ts_ns: now,
+            // Records are stamped with the clock every record uses.
+            ts_ns: bpf_ktime_get_ns(),
         };
         (*ev).tgid = k.tgid;
         (*ev).status = if f & flags::HTTP2 != 0 {
@@ -246,8 +461,8 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         } else {
             status as u16
         };
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).duration_ns = now.saturating_sub(entry.start_ns);
+        (*ev).cgroup_id = owner.cgroup_id;
+        (*ev).duration_ns = end_ns.saturating_sub(entry.start_ns);
         (*ev).method_code = 0;
         (*ev)._pad2 = 0;
         let m_ptr = read_user::<u64>(req + off.request_method as u64).unwrap_or(0);
@@ -302,7 +517,8 @@ uprobes! {
     http_serve_start, http_serve_start_m => http_serve_start_impl;
     http_write_header, http_write_header_m => http_write_header_impl;
     http_serve_return, http_serve_return_m => http_serve_return_impl;
-    http_conn_serve_return, http_conn_serve_return_m => http_conn_serve_return_impl;
+    http_conn_serve_return, http_conn_serve_return_m => http_goroutine_done_impl;
+    http2_handler_return, http2_handler_return_m => http_goroutine_done_impl;
     go_panic, go_panic_m => go_panic_impl;
 }
 

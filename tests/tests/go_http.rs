@@ -103,8 +103,104 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> (Option<u16>, Duration
     (status, elapsed)
 }
 
+/// Reads one response from a keep-alive connection: (status, body). Bodies are framed by
+/// Content-Length (every route of the test server used here sets it); a HEAD response has none.
+fn read_response(r: &mut BufReader<TcpStream>, method: &str) -> (u16, Vec<u8>) {
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).expect("status line");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            len = value.trim().parse().expect("Content-Length");
+        }
+    }
+    let mut body = vec![0; if method == "HEAD" { 0 } else { len }];
+    r.read_exact(&mut body).expect("body");
+    (status, body)
+}
+
+/// Requests one after the other on one keep-alive connection; returns their statuses.
+fn keep_alive(addr: SocketAddr, requests: &[(&str, &str)]) -> Vec<u16> {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    requests
+        .iter()
+        .map(|(method, path)| {
+            let body = if *method == "POST" { "x=1" } else { "" };
+            write!(
+                w,
+                "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("write");
+            read_response(&mut r, method).0
+        })
+        .collect()
+}
+
+/// Sends one request on a new connection and leaves it waiting (for `/hold`).
+fn send_only(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    s
+}
+
+/// `collector_kernel_drops_total` for `reason`, all CPUs.
+fn drops(text: &str, reason: &str) -> u64 {
+    metric_sum(text, "collector_kernel_drops_total", &[("reason", reason)]).unwrap_or(0.0) as u64
+}
+
+/// Kernel drops that make every workload's verdict unknown
+/// (`collector::aggregate::loses_signal`), by reason.
+fn node_wide_loss(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("collector_kernel_drops_total{") else {
+            continue;
+        };
+        let reason = rest
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("reason label");
+        let v: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        match collector::aggregate::http::drop_reason_loses_signal(reason) {
+            Some(true) if v > 0.0 => *out.entry(reason.to_string()).or_default() += v as u64,
+            Some(_) => {}
+            None => panic!("unknown drop reason {reason}"),
+        }
+    }
+    out
+}
+
 /// The mix each server gets: (method, path, expected status (None = panic), count).
-const MIX: [(&str, &str, Option<u16>, u64); 10] = [
+const MIX: [(&str, &str, Option<u16>, u64); 11] = [
     ("GET", "/ok", Some(200), 5),
     ("GET", "/err", Some(503), 3),
     ("GET", "/missing", Some(404), 2),
@@ -115,7 +211,22 @@ const MIX: [(&str, &str, Option<u16>, u64); 10] = [
     ("GET", "/items/42", Some(200), 2),
     ("GET", "/healthz", Some(200), 3),
     ("GET", "/slow?ms=300", Some(200), 1),
+    // The status is written by a goroutine the handler starts.
+    ("GET", "/status-async?code=504", Some(504), 2),
 ];
+
+/// One keep-alive connection of each server: (method, path, status).
+const KEEP_ALIVE: [(&str, &str, u16); 7] = [
+    ("GET", "/ok", 200),
+    ("GET", "/err", 503),
+    ("POST", "/ok", 200),
+    ("GET", "/items/7", 200),
+    ("GET", "/empty", 200),
+    ("GET", "/status-async?code=202", 202),
+    ("HEAD", "/ok", 200),
+];
+/// Connections with a request each in flight at once (then two more on the same connection).
+const CONCURRENT: u64 = 8;
 
 /// The route the collector must report for a path on a given Go minor: the mux pattern on
 /// Go ≥ 1.23 (Request.Pattern), else the normalised path.
@@ -123,7 +234,7 @@ fn expected_route(minor: u32, method: &str, path: &str) -> String {
     let path = path.split('?').next().unwrap_or(path);
     if minor >= 23 {
         match path {
-            "/items/42" => "GET /items/{id}".into(),
+            p if p.starts_with("/items/") => "GET /items/{id}".into(),
             // No pattern matched (404): the path.
             "/missing" => "/missing".into(),
             p => {
@@ -131,7 +242,7 @@ fn expected_route(minor: u32, method: &str, path: &str) -> String {
                 p.into()
             }
         }
-    } else if path == "/items/42" {
+    } else if path.starts_with("/items/") {
         "/items/{id}".into()
     } else {
         path.into()
@@ -212,14 +323,8 @@ async fn every_go_version_and_build_counts_requests_exactly() {
         let minor = go_minor(&f.version);
         let mut slow_client = Duration::ZERO;
         let mut expected: BTreeMap<(String, String, String, &str), u64> = BTreeMap::new();
-        for (method, path, status, count) in MIX {
-            for _ in 0..count {
-                let (got, took) = request(server.addr, method, path);
-                assert_eq!(got, status, "{name}: {method} {path}");
-                if path.starts_with("/slow") {
-                    slow_client = took;
-                }
-            }
+        let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut expect = |method: &str, path: &str, status: Option<u16>, count: u64| {
             let route = expected_route(minor, method, path);
             let (code, err) = match status {
                 Some(s) => (s.to_string(), ""),
@@ -228,7 +333,60 @@ async fn every_go_version_and_build_counts_requests_exactly() {
             *expected
                 .entry((method.to_string(), route, code, err))
                 .or_default() += count;
+            let outcome = match status.map(|s| s / 100) {
+                Some(2) => "2xx",
+                Some(4) => "4xx",
+                Some(5) => "5xx",
+                Some(_) => panic!("status {status:?}"),
+                None => "panic",
+            };
+            *outcomes.entry(outcome).or_default() += count;
+        };
+        for (method, path, status, count) in MIX {
+            for _ in 0..count {
+                let (got, took) = request(server.addr, method, path);
+                assert_eq!(got, status, "{name}: {method} {path}");
+                if path.starts_with("/slow") {
+                    slow_client = took;
+                }
+            }
+            expect(method, path, status, count);
         }
+        // Keep-alive: every request of one connection counted, each with its own status.
+        let ka: Vec<_> = KEEP_ALIVE.iter().map(|(m, p, _)| (*m, *p)).collect();
+        let got = keep_alive(server.addr, &ka);
+        let want: Vec<u16> = KEEP_ALIVE.iter().map(|k| k.2).collect();
+        assert_eq!(got, want, "{name}: keep-alive statuses");
+        for (method, path, status) in KEEP_ALIVE {
+            expect(method, path, Some(status), 1);
+        }
+        // Concurrent: CONCURRENT requests in flight at once (the server releases them only
+        // when all are waiting), then two more on each of their connections.
+        let key = format!("conc-{i}");
+        let clients: Vec<_> = (0..CONCURRENT)
+            .map(|_| {
+                let (addr, hold) = (server.addr, format!("/hold?key={key}"));
+                std::thread::spawn(move || {
+                    keep_alive(
+                        addr,
+                        &[("GET", hold.as_str()), ("GET", "/ok"), ("GET", "/ok")],
+                    )
+                })
+            })
+            .collect();
+        let release = format!("/release?key={key}&after={CONCURRENT}");
+        assert_eq!(
+            request(server.addr, "GET", &release).0,
+            Some(200),
+            "{name}: concurrent holds released"
+        );
+        for c in clients {
+            assert_eq!(c.join().expect("client"), [200, 200, 200], "{name}");
+        }
+        expect("GET", "/hold", Some(200), CONCURRENT);
+        expect("GET", "/ok", Some(200), 2 * CONCURRENT);
+        expect("GET", "/release", Some(200), 1);
+        let want_total: u64 = outcomes.values().sum();
         let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
         let text = wait_until_ok_blocking(
             DEADLINE,
@@ -238,11 +396,10 @@ async fn every_go_version_and_build_counts_requests_exactly() {
                 let text = scrape(running.addr);
                 let total =
                     metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
-                let want: u64 = MIX.iter().map(|m| m.3).sum();
-                if total == want {
+                if total == want_total {
                     Ok(text)
                 } else {
-                    Err(format!("exact count {total}/{want}"))
+                    Err(format!("exact count {total}/{want_total}"))
                 }
             },
         );
@@ -286,10 +443,20 @@ async fn every_go_version_and_build_counts_requests_exactly() {
             )
             .unwrap_or(0.0) as u64
         };
-        assert_eq!(outcome("5xx"), 3, "{name}");
-        assert_eq!(outcome("4xx"), 2, "{name}");
-        assert_eq!(outcome("panic"), 2, "{name}");
-        assert_eq!(outcome("2xx"), 5 + 2 + 2 + 1 + 2 + 3 + 1, "{name}");
+        for (o, n) in &outcomes {
+            assert_eq!(outcome(o), *n, "{name}: outcome {o}");
+        }
+        assert_eq!(
+            ["1xx", "3xx", "aborted", "unobserved_protocol"].map(outcome),
+            [0; 4],
+            "{name}"
+        );
+        assert_eq!(
+            metric_sum(&text, "collector_http_requests_lost_total", &w),
+            None,
+            "{name}: nothing lost"
+        );
+        assert_eq!(node_wide_loss(&text), BTreeMap::new(), "{name}");
         // The delayed handler: at least its delay, never longer than the client saw.
         let slow_route = expected_route(minor, "GET", "/slow");
         let slow = [w[0], w[1], ("route", slow_route.as_str())];
@@ -400,14 +567,20 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
     for _ in 0..2 {
         assert_eq!(curl(&["--http2", &format!("{base}/ok")]), "200 2");
     }
+    // An HTTP/2 handler that panics: net/http resets the stream, no status reaches curl.
+    for _ in 0..3 {
+        assert_eq!(curl(&["--http2", &format!("{base}/panic")]), "000 0");
+    }
+    // And one over TLS with HTTP/1.1: the connection is closed without a response.
+    assert_eq!(curl(&["--http1.1", &format!("{base}/panic")]), "000 0");
     let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
     let text = wait_until_ok_blocking(DEADLINE, POLL, "TLS requests counted", || {
         let text = scrape(running.addr);
         let total = metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
-        if total == 9 {
+        if total == 13 {
             Ok(text)
         } else {
-            Err(format!("{total}/9"))
+            Err(format!("{total}/13"))
         }
     });
     let count = |route: &str, code: &str, err: &str| {
@@ -439,10 +612,14 @@ async fn https_counts_and_http2_is_unobserved_not_miscounted() {
         (
             outcome("2xx"),
             outcome("5xx"),
-            outcome("unobserved_protocol")
+            outcome("unobserved_protocol"),
+            outcome("panic"),
+            outcome("aborted"),
         ),
-        (4, 3, 2)
+        (4, 3, 2, 4, 0),
+        "{text}"
     );
+    assert_eq!(count("/panic", "", "panic"), 4, "{text}");
     drop(server);
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -752,6 +929,336 @@ async fn sampling_adapts_to_the_event_budget() {
         max_every >= 2.0,
         "sampling never adapted (1 in {max_every})"
     );
+    drop(server);
+    running.shutdown().await;
+}
+
+/// Waits until `workload`'s kernel counters say `want` for each outcome; returns the scrape.
+fn wait_outcomes(addr: SocketAddr, workload: &str, want: &[(&str, u64)], what: &str) -> String {
+    wait_until_ok_blocking(DEADLINE, POLL, what, || {
+        let text = scrape(addr);
+        let got: Vec<(&str, u64)> = want
+            .iter()
+            .map(|(o, _)| {
+                let n = metric_sum(
+                    &text,
+                    "collector_http_requests_total",
+                    &[
+                        ("workload_kind", "cgroup"),
+                        ("workload", workload),
+                        ("outcome", o),
+                    ],
+                )
+                .unwrap_or(0.0) as u64;
+                (*o, n)
+            })
+            .collect();
+        if got == want {
+            Ok(text)
+        } else {
+            Err(format!("{got:?}, want {want:?}"))
+        }
+    })
+}
+
+/// A request already in flight when the probes attach ends without a start the kernel saw:
+/// not counted (its start is unknown), and not a loss either — no verdict becomes unknown,
+/// nothing is charged to the workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_at_attach_are_not_loss() {
+    require_root();
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.22") && f.variant == "pie")
+        .expect("1.22 pie");
+    let prefix = unique_prefix("gi");
+    let cgroup = HostCgroup::create(&prefix, "attach").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.path, &[]);
+    let addr = server.addr;
+    // In flight before the collector exists.
+    let held = std::thread::spawn(move || keep_alive(addr, &[("GET", "/hold?key=attach")]));
+    let running = start_collector().await;
+    wait_instrumented(
+        running.addr,
+        server.child.id(),
+        Duration::from_secs(5),
+        "instrumented",
+    );
+    assert_eq!(
+        request(addr, "GET", "/release?key=attach&after=1").0,
+        Some(200)
+    );
+    assert_eq!(held.join().expect("held"), [200]);
+    for _ in 0..3 {
+        assert_eq!(request(addr, "GET", "/ok").0, Some(200));
+    }
+    // The release and the three: exactly; the held request not at all.
+    let text = wait_outcomes(
+        running.addr,
+        &workload,
+        &[("2xx", 4)],
+        "requests after attach counted",
+    );
+    assert!(
+        drops(&text, "http_no_start") >= 1,
+        "the held request ended without a start\n{text}"
+    );
+    assert_eq!(node_wide_loss(&text), BTreeMap::new(), "{text}");
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    assert_eq!(
+        metric_sum(&text, "collector_http_requests_lost_total", &w),
+        None,
+        "{text}"
+    );
+    drop(server);
+    running.shutdown().await;
+}
+
+/// A client holding many slow requests on one server fills that server's share of
+/// `HTTP_INFLIGHT` only: the excess is counted and charged to that server, and a second
+/// server (same binary, another process) keeps exact counts meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_budget_is_per_server_and_excess_is_charged_to_it() {
+    require_root();
+    const BUDGET: u64 = 1024; // collector_common::maps::HTTP_INFLIGHT_PER_SERVER
+    const HOLDS: u64 = BUDGET + 76;
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.25") && f.variant == "default")
+        .expect("1.25");
+    let running = start_collector().await;
+    let prefix = unique_prefix("gb");
+    let (ca, cb) = (
+        HostCgroup::create(&prefix, "hog").expect("cgroup"),
+        HostCgroup::create(&prefix, "other").expect("cgroup"),
+    );
+    let (wa, wb) = (ca.workload(), cb.workload());
+    let (a, b) = (
+        start_server(&ca, &f.path, &[]),
+        start_server(&cb, &f.path, &[]),
+    );
+    for s in [&a, &b] {
+        wait_instrumented(
+            running.addr,
+            s.child.id(),
+            Duration::from_secs(5),
+            "instrumented",
+        );
+    }
+    let held: Vec<TcpStream> = (0..HOLDS)
+        .map(|_| send_only(a.addr, "/hold?key=budget"))
+        .collect();
+    // Released only once all HOLDS are waiting, so HOLDS + 1 requests were in flight at once
+    // on server a: BUDGET tracked, the rest over budget.
+    let release = std::thread::spawn({
+        let addr = a.addr;
+        move || request(addr, "GET", &format!("/release?key=budget&after={HOLDS}")).0
+    });
+    for _ in 0..5 {
+        assert_eq!(request(b.addr, "GET", "/ok").0, Some(200));
+    }
+    assert_eq!(release.join().expect("release"), Some(200));
+    for mut s in held {
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("held response");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    let over = HOLDS + 1 - BUDGET;
+    let text = wait_outcomes(running.addr, &wa, &[("2xx", BUDGET)], "server a counted");
+    wait_outcomes(running.addr, &wb, &[("2xx", 5)], "server b counted exactly");
+    let lost = |w: &str| {
+        metric_sum(
+            &text,
+            "collector_http_requests_lost_total",
+            &[("workload_kind", "cgroup"), ("workload", w)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    assert_eq!((lost(&wa), lost(&wb)), (over, 0), "{text}");
+    assert_eq!(drops(&text, "http_inflight_budget"), over, "{text}");
+    assert_eq!(node_wide_loss(&text), BTreeMap::new(), "{text}");
+    // The budget is given back as requests end.
+    for _ in 0..3 {
+        assert_eq!(request(a.addr, "GET", "/ok").0, Some(200));
+    }
+    wait_outcomes(running.addr, &wa, &[("2xx", BUDGET + 3)], "server a again");
+    drop((a, b));
+    running.shutdown().await;
+}
+
+/// Ids of the loaded maps named `name`.
+fn map_ids(name: &str) -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"].as_str() == Some(name))
+        .filter_map(|m| m["id"].as_u64())
+        .collect()
+}
+
+/// (slot, value bytes) of the non-empty slots of an `HTTP_OFFSETS` map (`valid`, the last
+/// u32 of a `GoHttpOffsets`, non-zero).
+fn filled_offset_slots(id: u64) -> Vec<(u32, Vec<u8>)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let hex = |x: &serde_json::Value| -> Vec<u8> {
+        x.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect()
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let key = hex(&e["key"]);
+            let value = hex(&e["value"]);
+            let slot = u32::from_le_bytes(key.get(..4)?.try_into().ok()?);
+            (value.len() == 24 && value[20..24] != [0; 4]).then_some((slot, value))
+        })
+        .collect()
+}
+
+/// A request that ends after its binary's offsets slot was emptied (the binary detached and
+/// the slot released, or given to another binary, while the request ran) is still counted by
+/// outcome, without its record, and the drop is counted — never silently gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_ending_on_an_emptied_offsets_slot_is_counted() {
+    require_root();
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.23") && f.variant == "stripped")
+        .expect("1.23 stripped");
+    let before = map_ids("HTTP_OFFSETS");
+    let running = start_collector().await;
+    let prefix = unique_prefix("go");
+    let cgroup = HostCgroup::create(&prefix, "slot").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.path, &[]);
+    wait_instrumented(
+        running.addr,
+        server.child.id(),
+        Duration::from_secs(5),
+        "instrumented",
+    );
+    let addr = server.addr;
+    let held = std::thread::spawn(move || keep_alive(addr, &[("GET", "/hold?key=slot")]));
+    // Our collector's map: created after `before`, with the one slot it filled for the server.
+    let ours: Vec<(u64, Vec<(u32, Vec<u8>)>)> = map_ids("HTTP_OFFSETS")
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .map(|id| (id, filled_offset_slots(id)))
+        .filter(|(_, slots)| !slots.is_empty())
+        .collect();
+    assert_eq!(ours.len(), 1, "one new HTTP_OFFSETS map in use: {ours:?}");
+    let (id, slots) = &ours[0];
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let (slot, mut value) = slots[0].clone();
+    value[20..24].copy_from_slice(&[0; 4]);
+    let arg = |b: &[u8]| b.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let status = Command::new("bpftool")
+        .args(["map", "update", "id", &id.to_string(), "key"])
+        .args(arg(&slot.to_le_bytes()))
+        .arg("value")
+        .args(arg(&value))
+        .status()
+        .expect("bpftool");
+    assert!(status.success(), "emptying slot {slot}");
+    // The held request (started with the slot filled) and the release (started on the
+    // emptied slot) both end on the empty slot.
+    assert_eq!(
+        request(addr, "GET", "/release?key=slot&after=1").0,
+        Some(200)
+    );
+    assert_eq!(held.join().expect("held"), [200]);
+    let text = wait_outcomes(running.addr, &workload, &[("2xx", 2)], "both counted");
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    assert_eq!(
+        metric_sum(&text, "collector_http_requests_unrecorded_total", &w),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(drops(&text, "http_no_offsets"), 2, "{text}");
+    drop(server);
+    running.shutdown().await;
+}
+
+/// The same cases on the default source, the socket parser (no uprobes): a status written by
+/// another goroutine is the one on the wire, and a request in flight when the collector starts
+/// is neither counted nor a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_source_async_status_and_requests_in_flight_at_start() {
+    require_root();
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.27") && f.variant == "default")
+        .expect("1.27");
+    let prefix = unique_prefix("gw");
+    let cgroup = HostCgroup::create(&prefix, "wire").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.path, &[]);
+    let addr = server.addr;
+    let held = std::thread::spawn(move || keep_alive(addr, &[("GET", "/hold?key=wire")]));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    assert!(config.http.socket && !config.http.uprobes);
+    let running = app::start(config).await.expect("collector starts");
+    if let Some(Err(why)) = &running.http_socket {
+        panic!("this kernel refused the socket parser: {why}");
+    }
+    assert_eq!(
+        request(addr, "GET", "/release?key=wire&after=1").0,
+        Some(200)
+    );
+    assert_eq!(held.join().expect("held"), [200]);
+    for _ in 0..2 {
+        assert_eq!(request(addr, "GET", "/status-async?code=504").0, Some(504));
+    }
+    let ka: Vec<_> = KEEP_ALIVE.iter().map(|(m, p, _)| (*m, *p)).collect();
+    assert_eq!(
+        keep_alive(addr, &ka),
+        KEEP_ALIVE.iter().map(|k| k.2).collect::<Vec<_>>()
+    );
+    // The release, then KEEP_ALIVE's 2xx (6) and 5xx (1); the held request not at all.
+    let text = wait_outcomes(
+        running.addr,
+        &workload,
+        &[("2xx", 1 + 6), ("5xx", 2 + 1)],
+        "socket parser counts",
+    );
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    assert_eq!(
+        metric_sum(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &[w[0], w[1], ("status_code", "504")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "collector_http_requests_lost_total", &w),
+        None,
+        "{text}"
+    );
+    assert_eq!(node_wide_loss(&text), BTreeMap::new(), "{text}");
     drop(server);
     running.shutdown().await;
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use collector_common::http::HttpCounts;
+use collector_common::{http::HttpCounts, maps::KernelDrop};
 
 use super::harvest::Counters;
 use crate::events::{HttpRequest, Outcome};
@@ -25,6 +25,15 @@ impl Counters for HttpCounts {
             lost: d(self.lost, prev.lost),
         }
     }
+}
+
+/// Whether kernel drops exported with this `reason` label make every verdict unknown
+/// (`super::loses_signal`); `None` for a label no drop has. For readers of /metrics (tests).
+pub fn drop_reason_loses_signal(reason: &str) -> Option<bool> {
+    KernelDrop::ALL
+        .iter()
+        .find(|d| d.reason() == reason)
+        .map(|d| super::loses_signal(*d))
 }
 
 /// Route when the workload already has `max_routes` routes.

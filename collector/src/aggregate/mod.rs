@@ -164,12 +164,17 @@ pub fn loses_signal(reason: KernelDrop) -> bool {
     match reason {
         KernelDrop::RingReserve
         | KernelDrop::StatsLost
-        | KernelDrop::StashMiss
-        | KernelDrop::HttpInflightFull
-        | KernelDrop::HttpNoStart => true,
+        | KernelDrop::StashMiss => true,
         // Charged to the owner of the connection (`HttpCounts::lost`): only that workload's
         // verdict is unknown.
         KernelDrop::WireDesync | KernelDrop::WireWindows => false,
+        // Go uprobes: untracked requests are charged to their server (`HttpCounts::lost`); a
+        // request that began before the probes is no loss; one whose offsets slot changed is
+        // still counted by outcome.
+        KernelDrop::HttpInflightFull
+        | KernelDrop::HttpInflightBudget
+        | KernelDrop::HttpNoStart
+        | KernelDrop::HttpNoOffsets => false,
         KernelDrop::StatsMapFull | KernelDrop::OwnerInsert | KernelDrop::CgroupRead => false,
     }
 }

@@ -13,8 +13,54 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 )
+
+// Requests parked by /hold, by key.
+type hold struct {
+	released chan struct{}
+	waiting  int
+}
+
+var (
+	holdsMu sync.Mutex
+	holds   = map[string]*hold{}
+)
+
+// holdFor returns the hold of key; holdsMu must be held.
+func holdFor(key string) *hold {
+	h, ok := holds[key]
+	if !ok {
+		h = &hold{released: make(chan struct{})}
+		holds[key] = h
+	}
+	return h
+}
+
+// releaseHold waits until `after` requests wait on key (at most 20 s), then releases them
+// all; false when they did not arrive in time.
+func releaseHold(key string, after int) bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		holdsMu.Lock()
+		h := holdFor(key)
+		if h.waiting >= after {
+			select {
+			case <-h.released:
+			default:
+				close(h.released)
+			}
+			holdsMu.Unlock()
+			return true
+		}
+		holdsMu.Unlock()
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
 
 func main() {
 	addr := flag.String("listen", "127.0.0.1:0", "address to listen on")
@@ -72,6 +118,49 @@ func main() {
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "healthy")
+	})
+	// Writes the status (?code=) from a goroutine of its own, which the handler waits for:
+	// a status the serving goroutine never wrote itself.
+	mux.HandleFunc("/status-async", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.URL.Query().Get("code"))
+		if err != nil || code < 200 || code > 599 {
+			http.Error(w, "bad code", http.StatusBadRequest)
+			return
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.WriteHeader(code)
+			fmt.Fprintln(w, "async", code)
+		}()
+		<-done
+	})
+	// Stays in flight until /release?key= with the same key, or until the client goes away;
+	// then answers 200 ("released") or writes nothing (client gone).
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		holdsMu.Lock()
+		h := holdFor(r.URL.Query().Get("key"))
+		h.waiting++
+		holdsMu.Unlock()
+		select {
+		case <-h.released:
+			fmt.Fprintln(w, "released")
+		case <-r.Context().Done():
+		}
+	})
+	// Releases the holds of ?key= once ?after= of them (default 0) are waiting: a test's
+	// requests are then all in flight at once, whatever the scheduling. 504 if they never
+	// arrive.
+	mux.HandleFunc("/release", func(w http.ResponseWriter, r *http.Request) {
+		after, err := strconv.Atoi(r.URL.Query().Get("after"))
+		if err != nil {
+			after = 0
+		}
+		if !releaseHold(r.URL.Query().Get("key"), after) {
+			http.Error(w, "holders did not arrive", http.StatusGatewayTimeout)
+			return
+		}
+		fmt.Fprintln(w, "released")
 	})
 	registerItems(mux)
 

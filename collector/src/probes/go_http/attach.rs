@@ -36,7 +36,7 @@ use aya::{
 };
 use collector_common::{
     http::{GoHttpOffsets, Inflight, InflightKey},
-    maps::HTTP_OFFSETS_SLOTS,
+    maps::{HTTP_INFLIGHT_SERVERS, HTTP_OFFSETS_SLOTS},
 };
 use tracing::{debug, info, warn};
 
@@ -50,37 +50,53 @@ pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 pub const WRITE_HEADER: &str = "net/http.(*response).WriteHeader";
 pub const CONN_SERVE: &str = "net/http.(*conn).serve";
 pub const GO_PANIC: &str = "runtime.gopanic";
+/// The HTTP/2 handler goroutine's function: in net/http's bundled copy up to Go 1.26, in
+/// net/http/internal/http2 since Go 1.27.
+pub const HTTP2_RUN_HANDLER: [&str; 2] = [
+    "net/http.(*http2serverConn).runHandler",
+    "net/http/internal/http2.(*serverConn).runHandler",
+];
 
-/// (per-point program, uprobe.multi program, function, entry or every RET, required)
-const PROBES: [(&str, &str, &str, Point, bool); 5] = [
+/// (per-point program, uprobe.multi program, function (the first the binary has), entry or
+/// every RET, required)
+const PROBES: [(&str, &str, &[&str], Point, bool); 6] = [
     // Returns and status first, the start last: a start without its end would linger.
     (
         "http_serve_return",
         "http_serve_return_m",
-        SERVE_HTTP,
+        &[SERVE_HTTP],
         Point::Returns,
         true,
     ),
     (
         "http_conn_serve_return",
         "http_conn_serve_return_m",
-        CONN_SERVE,
+        &[CONN_SERVE],
         Point::Returns,
         true,
+    ),
+    // Without it an HTTP/2 handler that panics is never counted; a binary without HTTP/2
+    // (linked out) has no such function.
+    (
+        "http2_handler_return",
+        "http2_handler_return_m",
+        &HTTP2_RUN_HANDLER,
+        Point::Returns,
+        false,
     ),
     (
         "http_write_header",
         "http_write_header_m",
-        WRITE_HEADER,
+        &[WRITE_HEADER],
         Point::Entry,
         true,
     ),
     // Without it a panic is still reported, as "aborted".
-    ("go_panic", "go_panic_m", GO_PANIC, Point::Entry, false),
+    ("go_panic", "go_panic_m", &[GO_PANIC], Point::Entry, false),
     (
         "http_serve_start",
         "http_serve_start_m",
-        SERVE_HTTP,
+        &[SERVE_HTTP],
         Point::Entry,
         true,
     ),
@@ -101,9 +117,6 @@ enum Skip {
     Retry(String),
 }
 
-/// In-flight entries older than this belong to requests that will never end (process killed,
-/// HTTP/2 handler goroutine that panicked): swept and counted.
-const STALE_INFLIGHT: Duration = Duration::from_secs(600);
 /// Forget files we decided not to instrument when no process used them for this long.
 const SKIP_TTL: Duration = Duration::from_secs(600);
 
@@ -116,6 +129,14 @@ pub enum AttachError {
         prog: &'static str,
         #[source]
         source: ProgramError,
+    },
+    #[error("map {map} missing from the object")]
+    MissingMap { map: &'static str },
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
     },
 }
 
@@ -145,7 +166,7 @@ pub struct Instrumented {
 pub struct GoHttpProbes {
     ebpf: Arc<Mutex<Ebpf>>,
     /// Program names in use: the `uprobe.multi` variants where the kernel has them (≥ 6.6).
-    progs: [&'static str; 5],
+    progs: [&'static str; 6],
     /// Detaching a per-point uprobe costs an RCU grace period per point (seconds for a
     /// binary): links are dropped on this thread so discovery never waits for it.
     reaper: Option<(
@@ -154,22 +175,40 @@ pub struct GoHttpProbes {
     )>,
     offsets: Array<MapData, GoHttpOffsets>,
     inflight: BpfHashMap<MapData, InflightKey, Inflight>,
+    /// tgid → its entries in `inflight` (the per-server budget), kept by the kernel.
+    servers: BpfHashMap<MapData, u32, i64>,
+    /// `GoHttpOffsets::valid` of the next slot filled: never 0, never reused soon, so a request
+    /// that outlives its slot's binary is recognised in the kernel.
+    generation: u32,
     files: HashMap<(u64, u64), Tracked>,
     free_slots: Vec<u32>,
     metrics: Arc<Metrics>,
     proc_root: PathBuf,
-    /// Boot-time clock of the kernel's `bpf_ktime_get_ns` at `Instant::now()`, for sweeping.
     self_pid: u32,
+    /// Clock ticks per second of /proc's process start times.
+    clock_ticks: u64,
 }
 
-fn ktime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// Whether an in-flight entry that started at `entry_start_ns` (boot clock) can never end:
+/// its process is gone (`process_start_ns` None), or the pid now belongs to a process started
+/// after the entry. A request of a live process stays, however long it runs (streams, long
+/// polls): its end is counted when it comes, and the per-server budget bounds what one
+/// process can hold.
+pub fn inflight_is_stale(entry_start_ns: u64, process_start_ns: Option<u64>) -> bool {
+    match process_start_ns {
+        None => true,
+        Some(started) => entry_start_ns < started,
+    }
+}
+
+/// When process `pid` started, in ns of the boot clock (field 22 of /proc/<pid>/stat, in
+/// clock ticks; rounded down, so never later than the truth).
+fn process_start_ns(proc_root: &Path, pid: u32, clock_ticks: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(ticks.saturating_mul(1_000_000_000) / clock_ticks.max(1))
 }
 
 impl GoHttpProbes {
@@ -197,6 +236,18 @@ impl GoHttpProbes {
                     .map_err(|source| AttachError::Load { prog, source })?;
             }
         }
+        let servers = {
+            let mut e = ebpf.lock().unwrap_or_else(|p| p.into_inner());
+            let map = e
+                .take_map(HTTP_INFLIGHT_SERVERS)
+                .ok_or(AttachError::MissingMap {
+                    map: HTTP_INFLIGHT_SERVERS,
+                })?;
+            BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+                map: HTTP_INFLIGHT_SERVERS,
+                source,
+            })?
+        };
         info!(multi, "Go net/http uprobes loaded");
         let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
         let reaper = std::thread::spawn(move || {
@@ -210,11 +261,18 @@ impl GoHttpProbes {
             reaper: Some((tx, reaper)),
             offsets,
             inflight,
+            servers,
+            generation: 1,
             files: HashMap::new(),
             free_slots: (0..HTTP_OFFSETS_SLOTS).rev().collect(),
             metrics,
             proc_root: PathBuf::from("/proc"),
             self_pid: std::process::id(),
+            // SAFETY: sysconf has no preconditions.
+            clock_ticks: u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+                .ok()
+                .filter(|t| *t > 0)
+                .unwrap_or(100),
         })
     }
 
@@ -366,8 +424,9 @@ impl GoHttpProbes {
             request_pattern: offsets.request_pattern.unwrap_or(0),
             request_proto_major: offsets.request_proto_major,
             url_path: offsets.url_path,
-            valid: 1,
+            valid: self.generation,
         };
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
         if let Err(e) = self.offsets.set(slot, &value, 0) {
             self.free_slots.push(slot);
             return Err(Skip::Skipped(format!("writing offsets: {e}")));
@@ -480,22 +539,48 @@ impl GoHttpProbes {
         self.update_gauges();
     }
 
-    /// In-flight requests of processes that are gone, or that never ended.
+    /// In-flight requests that can never end (`inflight_is_stale`): removed, given back to
+    /// their server's budget, counted.
     fn sweep_inflight(&mut self, live: &HashMap<(u64, u64), HashSet<u32>>) {
         let alive: HashSet<u32> = live.values().flatten().copied().collect();
-        let now = ktime_ns();
+        let mut started: HashMap<u32, Option<u64>> = HashMap::new();
         let stale: Vec<InflightKey> = self
             .inflight
             .iter()
             .filter_map(Result::ok)
             .filter(|(k, v)| {
-                !alive.contains(&k.tgid)
-                    || now.saturating_sub(v.start_ns) > STALE_INFLIGHT.as_nanos() as u64
+                let process = *started.entry(k.tgid).or_insert_with(|| {
+                    alive
+                        .contains(&k.tgid)
+                        .then(|| process_start_ns(&self.proc_root, k.tgid, self.clock_ticks))
+                        .flatten()
+                });
+                inflight_is_stale(v.start_ns, process)
             })
             .map(|(k, _)| k)
             .collect();
         for k in &stale {
-            let _ = self.inflight.remove(k);
+            if self.inflight.remove(k).is_err() {
+                // Ended meanwhile: the kernel gave its place back.
+                continue;
+            }
+            if started.get(&k.tgid).copied().flatten().is_some() {
+                // The pid's new process keeps its budget, less this entry of the old one.
+                // Not atomic with the kernel's updates: only pid reuse gets here.
+                if let Ok(n) = self.servers.get(&k.tgid, 0) {
+                    let _ = self.servers.insert(&k.tgid, &(n - 1), 0);
+                }
+            }
+        }
+        // Budgets of processes that are gone.
+        let gone: Vec<u32> = self
+            .servers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !alive.contains(t))
+            .collect();
+        for t in gone {
+            let _ = self.servers.remove(&t);
         }
         if !stale.is_empty() {
             self.metrics
@@ -575,15 +660,55 @@ fn take_links(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, UProbeLinkId)>) ->
 fn probe_points(bin: &GoBinary) -> Result<Vec<Vec<u64>>, String> {
     PROBES
         .iter()
-        .map(
-            |(_, _, function, point, required)| match bin.probe_points(function) {
+        .map(|(_, _, functions, point, required)| {
+            // The first name the binary has; an error names the last one tried.
+            let function = functions
+                .iter()
+                .find(|f| bin.function(f).is_some())
+                .or(functions.last())
+                .copied()
+                .unwrap_or_default();
+            match bin.probe_points(function) {
                 Ok(p) => Ok(match point {
                     Point::Entry => vec![p.entry_file_offset],
                     Point::Returns => p.ret_file_offsets.clone(),
                 }),
                 Err(_) if !*required => Ok(Vec::new()),
                 Err(e) => Err(format!("{function}: {e}")),
-            },
-        )
+            }
+        })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000_000_000;
+
+    #[test]
+    fn live_requests_are_never_swept_however_long_they_run() {
+        // A stream that has run for a day in a process started before it.
+        assert!(!inflight_is_stale(10 * MIN, Some(MIN)));
+        assert!(!inflight_is_stale(MIN, Some(MIN)));
+        // The process is gone, or its pid belongs to a process started after the request.
+        assert!(inflight_is_stale(10 * MIN, None));
+        assert!(inflight_is_stale(10 * MIN, Some(11 * MIN)));
+    }
+
+    #[test]
+    fn process_start_reads_field_22_after_the_command_name() {
+        let dir = std::env::temp_dir().join(format!("go-http-stat-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("42")).expect("dir");
+        // A command name with spaces and a ')' of its own; starttime 12345 ticks.
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
+        std::fs::write(dir.join("42/stat"), stat).expect("stat");
+        assert_eq!(
+            process_start_ns(&dir, 42, 100),
+            Some(123_450_000_000),
+            "12345 ticks at 100 Hz"
+        );
+        assert_eq!(process_start_ns(&dir, 43, 100), None, "no such process");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
