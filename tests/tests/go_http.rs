@@ -1104,9 +1104,11 @@ fn map_ids(name: &str) -> Vec<u64> {
         .collect()
 }
 
-/// (slot, value bytes) of the non-empty slots of an `HTTP_OFFSETS` map (`valid`, the last
-/// u32 of a `GoHttpOffsets`, non-zero).
-fn filled_offset_slots(id: u64) -> Vec<(u32, Vec<u8>)> {
+/// A slot of an `HTTP_OFFSETS` map and its value's bytes (a `GoHttpOffsets`).
+type OffsetSlot = (u32, Vec<u8>);
+
+/// The non-empty slots of an `HTTP_OFFSETS` map (`valid`, the value's last u32, non-zero).
+fn filled_offset_slots(id: u64) -> Vec<OffsetSlot> {
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "id", &id.to_string()])
         .output()
@@ -1157,7 +1159,7 @@ async fn a_request_ending_on_an_emptied_offsets_slot_is_counted() {
     let addr = server.addr;
     let held = std::thread::spawn(move || keep_alive(addr, &[("GET", "/hold?key=slot")]));
     // Our collector's map: created after `before`, with the one slot it filled for the server.
-    let ours: Vec<(u64, Vec<(u32, Vec<u8>)>)> = map_ids("HTTP_OFFSETS")
+    let ours: Vec<(u64, Vec<OffsetSlot>)> = map_ids("HTTP_OFFSETS")
         .into_iter()
         .filter(|id| !before.contains(id))
         .map(|id| (id, filled_offset_slots(id)))
