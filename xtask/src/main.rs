@@ -188,6 +188,8 @@ fn integration(extra: &[String]) -> anyhow::Result<()> {
             "the integration tests load eBPF programs and create network namespaces: run as root"
         );
     }
+    // tests/tests/resilience.rs runs (and kill -9s) the collector binary of the same profile.
+    cargo(&["build", "--release", "-p", "collector", "--bin", "collector"])?;
     let mut args = vec![
         "test",
         "--release",
