@@ -16,6 +16,11 @@ pub const KN_ID_OFF: &str = "KN_ID_OFF";
 pub const SK_ERR_OFF: &str = "SK_ERR_OFF";
 /// `sock.sk_protocol` (a u16 since Linux 5.6)
 pub const SK_PROTO_OFF: &str = "SK_PROTO_OFF";
+/// `sock.__sk_common.skc_state` (u8; in `sock_common`, so readable in timewait and request
+/// sockets too)
+pub const SK_STATE_OFF: &str = "SK_STATE_OFF";
+/// `tcp_sock.total_retrans` (u32)
+pub const TCP_TOTAL_RETRANS_OFF: &str = "TCP_TOTAL_RETRANS_OFF";
 /// `sk_buff.cb`
 pub const SKB_CB_OFF: &str = "SKB_CB_OFF";
 /// `tcp_skb_cb.tcp_gso_segs` (u16)
@@ -47,7 +52,7 @@ pub const TP_RESET_RECV_SK: &str = "TP_RESET_RECV_SK";
 pub const TP_DESTROY_SK: &str = "TP_DESTROY_SK";
 
 /// Every global the object must define, in one list for the loader.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 26] = [
     TASK_LEADER_OFF,
     TASK_COMM_OFF,
     SK_CGRP_OFF,
@@ -55,6 +60,8 @@ pub const ALL: [&str; 24] = [
     KN_ID_OFF,
     SK_ERR_OFF,
     SK_PROTO_OFF,
+    SK_STATE_OFF,
+    TCP_TOTAL_RETRANS_OFF,
     SKB_CB_OFF,
     CB_GSO_SEGS_OFF,
     RETRANS_HAS_ERR,

@@ -11,9 +11,17 @@ pub const SOCK_OWNERS_ENTRIES: u32 = 65_536;
 /// LRU hash tgid → last emission time of a `ProcessEvent`.
 pub const SEEN_TGIDS: &str = "SEEN_TGIDS";
 pub const SEEN_TGIDS_ENTRIES: u32 = 16_384;
-/// Stash between a kprobe and its kretprobe, keyed by pid_tgid.
-pub const PROBE_STASH: &str = "PROBE_STASH";
-pub const PROBE_STASH_ENTRIES: u32 = 16_384;
+/// Entry → return hand-over of the TCP kprobes and fentry programs, one LRU hash per hook
+/// group (`tcp_sendmsg`; the retransmit functions; `tcp_rtx_synack`), keyed by the
+/// `task_struct` address, value `tcp::Frames` (a small stack per task). Per hook group, so a
+/// retransmit nested in `tcp_sendmsg` cannot take the send's entry; per task, not per
+/// pid_tgid, so softirqs on idle CPUs (all pid 0) do not share one; LRU, so entries whose
+/// return never ran (counted when found, `KernelDrop::ReturnMissed`) cannot fill it.
+pub const SEND_FRAMES: &str = "SEND_FRAMES";
+pub const RETRANS_FRAMES: &str = "RETRANS_FRAMES";
+pub const SYNACK_FRAMES: &str = "SYNACK_FRAMES";
+/// Tasks inside a hooked call at once (a blocked sender holds its entry while it waits).
+pub const FRAMES_ENTRIES: u32 = 16_384;
 /// Array of `http::GoHttpOffsets`, one slot per instrumented Go executable.
 pub const HTTP_OFFSETS: &str = "HTTP_OFFSETS";
 pub const HTTP_OFFSETS_SLOTS: u32 = 1024;
@@ -85,7 +93,8 @@ pub enum KernelDrop {
     StatsLost = 2,
     /// `SOCK_OWNERS` insert failed.
     OwnerInsert = 3,
-    /// A kretprobe found no stashed entry (maxactive exhausted or nested call).
+    /// A return probe found no entry of its call (the entry program did not run, or its
+    /// entry was discarded as `ReturnMissed`): the call is not counted.
     StashMiss = 4,
     /// Reading the socket's cgroup failed (offsets wrong or memory unreadable).
     CgroupRead = 5,
@@ -107,10 +116,16 @@ pub enum KernelDrop {
     /// A request ended after its binary's offsets slot was emptied or refilled: counted by
     /// outcome, without its record (`HttpCounts::unrecorded`).
     HttpNoOffsets = 11,
+    /// An entry probe found entries of earlier calls whose return probe never ran (kretprobe
+    /// instances exhausted: `maxactive`; a program skipped): each is counted and discarded.
+    ReturnMissed = 12,
+    /// A TCP event came with a socket that is not a full socket (TIME_WAIT, a request socket):
+    /// full-socket fields were not read, the event was charged as unattributed.
+    NotFullSocket = 13,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -124,6 +139,8 @@ impl KernelDrop {
         KernelDrop::WireWindows,
         KernelDrop::HttpInflightBudget,
         KernelDrop::HttpNoOffsets,
+        KernelDrop::ReturnMissed,
+        KernelDrop::NotFullSocket,
     ];
 
     /// Stable label value for metrics.
@@ -141,6 +158,8 @@ impl KernelDrop {
             KernelDrop::WireWindows => "http_wire_windows",
             KernelDrop::HttpInflightBudget => "http_inflight_budget",
             KernelDrop::HttpNoOffsets => "http_no_offsets",
+            KernelDrop::ReturnMissed => "kretprobe_return_missed",
+            KernelDrop::NotFullSocket => "not_full_socket",
         }
     }
 }

@@ -126,14 +126,51 @@ pub struct SockOwner {
 assert_layout!(SockOwner, 16);
 impl_pod!(SockOwner);
 
+/// What an entry probe hands to its return probe: the socket and one value read at entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub sk: u64,
+    /// Per hook: the `tcp_sock.total_retrans` seen at entry (retransmits), else 0.
+    pub arg: u64,
+}
+assert_layout!(Frame, 16);
+
+/// Deepest nesting of one hook group on one task: process context plus one softirq that
+/// interrupted it (retransmits run with bottom halves enabled in process context, e.g. from
+/// the socket backlog, so a softirq on the same task can retransmit on another socket before
+/// the first call returns). Softirqs do not nest, and hard interrupts never run TCP output.
+pub const MAX_NESTING: usize = 2;
+
+/// A task's open calls of one hook group (value of the `*_FRAMES` maps, keyed by the
+/// `task_struct` address): a stack, `depth` entries used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frames {
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [Frame; MAX_NESTING],
+}
+assert_layout!(Frames, 8 + 16 * MAX_NESTING);
+impl_pod!(Frame, Frames);
+
 /// TCP states as the kernel numbers them (include/net/tcp_states.h); stable UAPI values.
 pub mod state {
     pub const ESTABLISHED: i32 = 1;
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
+    /// An `inet_timewait_sock`, not a full socket.
+    pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
     pub const LISTEN: i32 = 10;
+    /// A `request_sock` (a connection being accepted), not a full socket.
     pub const NEW_SYN_RECV: i32 = 12;
+
+    /// What the kernel's `sk_fullsock()` says: only full sockets (`struct sock`) have the
+    /// fields past `sock_common` (`sk_cgrp_data`, `sk_err`, ...).
+    pub const fn is_full(state: i32) -> bool {
+        state != TIME_WAIT && state != NEW_SYN_RECV
+    }
 }
 
 /// errno values the TCP hooks classify (asm-generic/errno*.h; identical on x86-64 and arm64).

@@ -18,6 +18,8 @@ globals!(
     KN_ID_OFF,
     SK_ERR_OFF,
     SK_PROTO_OFF,
+    SK_STATE_OFF,
+    TCP_TOTAL_RETRANS_OFF,
     SKB_CB_OFF,
     CB_GSO_SEGS_OFF,
     RETRANS_HAS_ERR,

@@ -11,11 +11,11 @@ use collector_common::{
         wire::{Target, TargetKey, WireConn, WireScratch},
     },
     maps::{
-        EVENTS_BYTES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES, HTTP_OFFSETS_SLOTS, KernelDrop,
-        PROBE_STASH_ENTRIES, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
+        EVENTS_BYTES, FRAMES_ENTRIES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES,
+        HTTP_OFFSETS_SLOTS, KernelDrop, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
         WIRE_CONNS_ENTRIES, WIRE_TARGETS_ENTRIES,
     },
-    tcp::{OwnerKey, SockOwner, TcpStats},
+    tcp::{Frames, OwnerKey, SockOwner, TcpStats},
 };
 
 #[map]
@@ -43,9 +43,16 @@ pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
 #[map]
 pub static SEEN_TGIDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SEEN_TGIDS_ENTRIES, 0);
 
-/// kprobe → kretprobe hand-over: (sk, skb) keyed by pid_tgid.
+/// Entry → return hand-over per hook group, keyed by the task (see `collector_common::maps`).
 #[map]
-pub static PROBE_STASH: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(PROBE_STASH_ENTRIES, 0);
+pub static SEND_FRAMES: LruHashMap<u64, Frames> = LruHashMap::with_max_entries(FRAMES_ENTRIES, 0);
+
+#[map]
+pub static RETRANS_FRAMES: LruHashMap<u64, Frames> =
+    LruHashMap::with_max_entries(FRAMES_ENTRIES, 0);
+
+#[map]
+pub static SYNACK_FRAMES: LruHashMap<u64, Frames> = LruHashMap::with_max_entries(FRAMES_ENTRIES, 0);
 
 #[map]
 pub static WIRE_CONNS: LruHashMap<u64, WireConn> =
@@ -82,8 +89,14 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelDrop::C
 /// Counts something the kernel side could not record. Per-CPU, so no atomics needed.
 #[inline(always)]
 pub fn count_drop(what: KernelDrop) {
+    count_drops(what, 1);
+}
+
+/// `count_drop`, `n` times at once.
+#[inline(always)]
+pub fn count_drops(what: KernelDrop, n: u64) {
     if let Some(p) = DROPS.get_ptr_mut(what as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }

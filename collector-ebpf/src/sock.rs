@@ -6,11 +6,11 @@ use aya_ebpf::helpers::{
 };
 use collector_common::{
     maps::KernelDrop,
-    tcp::{OwnerKey, SockOwner},
+    tcp::{OwnerKey, SockOwner, state},
 };
 
 use crate::{
-    globals::{CGRP_KN_OFF, KN_ID_OFF, SK_CGRP_OFF},
+    globals::{CGRP_KN_OFF, KN_ID_OFF, SK_CGRP_OFF, SK_STATE_OFF},
     maps::{SOCK_OWNERS, count_drop},
 };
 
@@ -43,9 +43,27 @@ pub fn sk_cgroup_id(sk: u64) -> u64 {
     }
 }
 
-/// The owner key of a socket, in any context.
+/// Whether `sk` is a full `struct sock` (the kernel's `sk_fullsock()`). Hooks may be handed a
+/// timewait or request socket (`tcp:tcp_send_reset` gets the timewait socket that answers a
+/// segment with a reset on ≥ 6.10), which share only `sock_common` with a full socket: fields
+/// past it (`sk_cgrp_data`, `sk_err`) would be read from whatever memory follows. `skc_state`
+/// is in `sock_common`, readable in all three. Unknown offset or unreadable: not full.
+#[inline(always)]
+pub fn is_full_socket(sk: u64) -> bool {
+    match SK_STATE_OFF.load() {
+        0 => false,
+        off => read::<u8>(sk, off).is_some_and(|s| state::is_full(s as i32)),
+    }
+}
+
+/// The owner key of a socket, in any context. A socket that is not a full socket has no
+/// readable owner: charged to `OwnerKey::NO_SOCKET` (exported as unattributed) and counted.
 #[inline(always)]
 pub fn owner_of(sk: u64) -> OwnerKey {
+    if !is_full_socket(sk) {
+        count_drop(KernelDrop::NotFullSocket);
+        return OwnerKey::NO_SOCKET;
+    }
     let mut cgroup_id = sk_cgroup_id(sk);
     let mut tgid = 0;
     // SAFETY: value copied out immediately; LRU entries may be recycled concurrently, which

@@ -7,10 +7,21 @@
 //!   kernels always have and covers every TCP send path through the socket layer;
 //!   `sock:sock_send_length` (≥ 6.3, all socket types, filtered on protocol) is the
 //!   tracepoint equivalent. Process context: the place to record the socket's owner.
-//! - Retransmits: `__tcp_retransmit_skb`, not `tcp_retransmit_skb`: tail-loss probes call the
-//!   former directly. The `tcp:tcp_retransmit_skb` tracepoint sits inside it. Counted in
-//!   segments (`tcp_skb_pcount`), the unit of the kernel's TcpRetransSegs, and only when the
-//!   retransmission succeeded, as the kernel's own counter does.
+//! - Retransmits: the `tcp:tcp_retransmit_skb` tracepoint sits inside `__tcp_retransmit_skb`,
+//!   which the compiler splits on common kernels (Debian's 6.1 has
+//!   `__tcp_retransmit_skb.part.0`: a probe on the symbol sees almost no calls). The kprobe and
+//!   fentry rungs therefore hook its two callers, whole functions: `tcp_retransmit_skb`
+//!   (timeouts, fast retransmit) and `tcp_send_loss_probe` (tail-loss probes), and count
+//!   `tcp_sock.total_retrans` after the call minus before — what `__tcp_retransmit_skb` adds
+//!   to it and to TcpRetransSegs together, in segments. The socket is locked for the call, so
+//!   nothing else retransmits on it meanwhile. The tracepoint rungs count `tcp_skb_pcount`
+//!   of each successful retransmission.
+//!
+//! Entry → return hand-over (kprobe → kretprobe, fentry → fexit): a stack of `Frame`s per task
+//! and hook group (`enter`/`leave`), never a slot shared by hooks or keyed by pid_tgid alone
+//! (softirqs on idle CPUs all run as pid 0; a retransmit can run nested inside `tcp_sendmsg`
+//! and inside another retransmit on the same task). Where the return value is all that is
+//! needed after entry (fexit of `tcp_sendmsg`, `tcp_rtx_synack`), fexit reads both at once.
 //! - Resets, state, teardown: tracepoints only (`tcp:tcp_send_reset`, `tcp:tcp_receive_reset`,
 //!   `sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`); their tp_btf/raw_tp forms avoid
 //!   tracefs and the record-layout drift of the classic form.
@@ -19,26 +30,27 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    helpers::bpf_get_current_task,
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    maps::LruHashMap,
     programs::{
-        BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext, TracePointContext,
     },
 };
 use collector_common::{
     maps::KernelDrop,
-    tcp::{IPPROTO_TCP, OwnerKey, TcpStats, errno, state},
+    tcp::{Frame, Frames, IPPROTO_TCP, MAX_NESTING, OwnerKey, TcpStats, errno, state},
 };
 
 use crate::{
     globals::{
-        CB_GSO_SEGS_OFF, RETRANS_HAS_ERR, SK_ERR_OFF, SK_PROTO_OFF, SKB_CB_OFF, TP_DESTROY_SK,
-        TP_RESET_RECV_SK, TP_RESET_SENT_SK, TP_RETRANS_ERR, TP_RETRANS_SK, TP_RETRANS_SKB,
-        TP_SEND_PROTO, TP_SEND_RET, TP_SEND_SK, TP_STATE_NEW, TP_STATE_OLD, TP_STATE_PROTO,
-        TP_STATE_SK, TP_SYNACK_SK,
+        CB_GSO_SEGS_OFF, RETRANS_HAS_ERR, SK_ERR_OFF, SK_PROTO_OFF, SKB_CB_OFF,
+        TCP_TOTAL_RETRANS_OFF, TP_DESTROY_SK, TP_RESET_RECV_SK, TP_RESET_SENT_SK, TP_RETRANS_ERR,
+        TP_RETRANS_SK, TP_RETRANS_SKB, TP_SEND_PROTO, TP_SEND_RET, TP_SEND_SK, TP_STATE_NEW,
+        TP_STATE_OLD, TP_STATE_PROTO, TP_STATE_SK, TP_SYNACK_SK,
     },
-    maps::{PROBE_STASH, TCP_STATS, count_drop},
+    maps::{RETRANS_FRAMES, SEND_FRAMES, SYNACK_FRAMES, TCP_STATS, count_drop, count_drops},
     sock::{forget, owner_of, read, record_owner},
 };
 
@@ -92,34 +104,81 @@ fn on_send(sk: u64, ret: i32) {
     });
 }
 
-/// What the entry kprobe stashed for this thread, removed; a miss (maxactive exhausted, a
-/// nested call) is counted.
+// ---------------------------------------------------------------------------------------------
+// Entry → return hand-over.
+
+/// Pushes a frame on the current task's stack in `map` (one map per hook group). `limit`: the
+/// deepest this group can really nest on one task (1 for `tcp_sendmsg`, which never runs inside
+/// itself). A stack already at `limit` holds frames whose return never ran (kretprobe instances
+/// exhausted, a skipped program): they are counted and discarded.
 #[inline(always)]
-fn take_stash() -> Option<[u64; 2]> {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: value copied out before removal.
-    let Some(stash) = (unsafe { PROBE_STASH.get(&id) }).copied() else {
+fn enter(map: &LruHashMap<u64, Frames>, limit: u32, frame: Frame) {
+    // SAFETY: returns the address of the current task; only used as a key.
+    let task = unsafe { bpf_get_current_task() };
+    let mut ptr = map.get_ptr_mut(&task);
+    if ptr.is_none() {
+        // Fails only for a racing insert of the same task, which cannot happen: a task runs on
+        // one CPU at a time and nested programs of the same kind are skipped by the kernel.
+        let _ = map.insert(&task, &Frames::default(), BPF_NOEXIST as u64);
+        ptr = map.get_ptr_mut(&task);
+    }
+    let Some(p) = ptr else {
+        count_drop(KernelDrop::StashMiss);
+        return;
+    };
+    // SAFETY: live element of this task; only this task's programs touch it.
+    let frames = unsafe { &mut *p };
+    let mut depth = frames.depth;
+    if depth >= limit || depth as usize >= MAX_NESTING {
+        count_drops(KernelDrop::ReturnMissed, depth as u64);
+        depth = 0;
+    }
+    if let Some(slot) = frames.frames.get_mut(depth as usize) {
+        *slot = frame;
+        frames.depth = depth + 1;
+    }
+}
+
+/// Pops the current task's newest frame from `map`; none (the entry program did not run, or
+/// its frame was discarded) is counted. The task's element is deleted when its stack empties,
+/// so the map holds only calls in progress.
+#[inline(always)]
+fn leave(map: &LruHashMap<u64, Frames>) -> Option<Frame> {
+    // SAFETY: as in `enter`.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(p) = map.get_ptr_mut(&task) else {
         count_drop(KernelDrop::StashMiss);
         return None;
     };
-    let _ = PROBE_STASH.remove(&id);
-    Some(stash)
+    // SAFETY: as in `enter`.
+    let frames = unsafe { &mut *p };
+    let depth = frames.depth;
+    let top = depth.wrapping_sub(1) as usize;
+    let Some(frame) = frames.frames.get(top).copied() else {
+        count_drop(KernelDrop::StashMiss);
+        return None;
+    };
+    frames.depth = top as u32;
+    if top == 0 {
+        let _ = map.remove(&task);
+    }
+    Some(frame)
 }
 
 #[kprobe]
 pub fn send_kprobe(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let _ = PROBE_STASH.insert(&bpf_get_current_pid_tgid(), &[sk, 0], 0);
+    enter(&SEND_FRAMES, 1, Frame { sk, arg: 0 });
     0
 }
 
 #[kretprobe]
 pub fn send_kretprobe(ctx: RetProbeContext) -> u32 {
-    let Some(stash) = take_stash() else {
+    let Some(frame) = leave(&SEND_FRAMES) else {
         return 0;
     };
     let ret: i64 = ctx.ret();
-    on_send(stash[0], ret as i32);
+    on_send(frame.sk, ret as i32);
     0
 }
 
@@ -205,29 +264,95 @@ fn on_retransmit(sk: u64, skb: u64, err: i64) {
     update(&key, |s| s.retransmit_segs += segs);
 }
 
+/// `tcp_sock.total_retrans`: segments `__tcp_retransmit_skb` sent again on this socket (it adds
+/// them here and to TcpRetransSegs at the same point).
+#[inline(always)]
+fn total_retrans(sk: u64) -> u64 {
+    match TCP_TOTAL_RETRANS_OFF.load() {
+        0 => 0,
+        off => read::<u32>(sk, off).unwrap_or(0) as u64,
+    }
+}
+
+/// Entry of `tcp_retransmit_skb` / `tcp_send_loss_probe`: remember the socket's count.
+#[inline(always)]
+fn retrans_enter(sk: u64) {
+    enter(
+        &RETRANS_FRAMES,
+        MAX_NESTING as u32,
+        Frame {
+            sk,
+            arg: total_retrans(sk),
+        },
+    );
+}
+
+/// Return of the same call: what it added. `sk` is known again at fexit; a frame of another
+/// socket there means the stack lost its place (counted, not charged).
+#[inline(always)]
+fn retrans_leave(sk: Option<u64>) {
+    let Some(frame) = leave(&RETRANS_FRAMES) else {
+        return;
+    };
+    if sk.is_some_and(|sk| sk != frame.sk) {
+        count_drop(KernelDrop::StashMiss);
+        return;
+    }
+    if frame.sk == 0 {
+        return;
+    }
+    let segs = (total_retrans(frame.sk) as u32).wrapping_sub(frame.arg as u32) as u64;
+    if segs > 0 {
+        let key = owner_of(frame.sk);
+        update(&key, |s| s.retransmit_segs += segs);
+    }
+}
+
 #[kprobe]
 pub fn retrans_kprobe(ctx: ProbeContext) -> u32 {
-    let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let skb: u64 = ctx.arg(1).unwrap_or(0);
-    let _ = PROBE_STASH.insert(&bpf_get_current_pid_tgid(), &[sk, skb], 0);
+    retrans_enter(ctx.arg(0).unwrap_or(0));
     0
 }
 
 #[kretprobe]
-pub fn retrans_kretprobe(ctx: RetProbeContext) -> u32 {
-    let Some(stash) = take_stash() else {
-        return 0;
-    };
-    let ret: i64 = ctx.ret();
-    on_retransmit(stash[0], stash[1], ret as i32 as i64);
+pub fn retrans_kretprobe(_ctx: RetProbeContext) -> u32 {
+    retrans_leave(None);
     0
 }
 
-/// `__tcp_retransmit_skb(sk, skb, segs)` → return value is arg 3.
+#[kprobe]
+pub fn tlp_kprobe(ctx: ProbeContext) -> u32 {
+    retrans_enter(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+#[kretprobe]
+pub fn tlp_kretprobe(_ctx: RetProbeContext) -> u32 {
+    retrans_leave(None);
+    0
+}
+
+#[fentry]
+pub fn retrans_fentry(ctx: FEntryContext) -> u32 {
+    retrans_enter(ctx.arg(0));
+    0
+}
+
 #[fexit]
 pub fn retrans_fexit(ctx: FExitContext) -> u32 {
-    let (sk, skb, ret): (u64, u64, i64) = (ctx.arg(0), ctx.arg(1), ctx.arg(3));
-    on_retransmit(sk, skb, ret as i32 as i64);
+    retrans_leave(Some(ctx.arg(0)));
+    0
+}
+
+#[fentry]
+pub fn tlp_fentry(ctx: FEntryContext) -> u32 {
+    retrans_enter(ctx.arg(0));
+    0
+}
+
+#[fexit]
+pub fn tlp_fexit(ctx: FExitContext) -> u32 {
+    retrans_leave(Some(ctx.arg(0)));
     0
 }
 
@@ -293,17 +418,17 @@ fn on_synack_retransmit(listener: u64, err: i64) {
 #[kprobe]
 pub fn synack_kprobe(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let _ = PROBE_STASH.insert(&bpf_get_current_pid_tgid(), &[sk, 0], 0);
+    enter(&SYNACK_FRAMES, MAX_NESTING as u32, Frame { sk, arg: 0 });
     0
 }
 
 #[kretprobe]
 pub fn synack_kretprobe(ctx: RetProbeContext) -> u32 {
-    let Some(stash) = take_stash() else {
+    let Some(frame) = leave(&SYNACK_FRAMES) else {
         return 0;
     };
     let ret: i64 = ctx.ret();
-    on_synack_retransmit(stash[0], ret as i32 as i64);
+    on_synack_retransmit(frame.sk, ret as i32 as i64);
     0
 }
 

@@ -28,6 +28,22 @@ pub fn release() -> String {
         .unwrap_or_else(|e| panic!("cannot read the kernel release: {e}"))
 }
 
+/// `(major, minor)` of the running kernel.
+pub fn version() -> (u32, u32) {
+    let release = release();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// `tcp:tcp_send_reset` fires for resets sent without a full socket — for a segment that
+/// matched no socket (`sk == NULL`) or a timewait socket — from Linux 6.10 ("trace: tcp: fully
+/// support trace_tcp_send_reset"); before, only for active resets of full sockets.
+pub fn passive_resets_traced() -> bool {
+    version() >= (6, 10)
+}
+
 /// The kprobe PMU exists (`CONFIG_KPROBES` and perf kprobe support).
 pub fn kprobes_supported() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
@@ -60,6 +76,7 @@ pub fn hook_exists(hook: &Hook) -> bool {
     match *hook {
         Hook::Kprobe { function, .. }
         | Hook::Kretprobe { function, .. }
+        | Hook::Fentry { function, .. }
         | Hook::Fexit { function, .. } => function_exists(function) && !function_cloned(function),
         Hook::TpBtf { tracepoint, .. } | Hook::RawTp { tracepoint, .. } => {
             btf_tracepoint_exists(tracepoint)

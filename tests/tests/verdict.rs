@@ -2,8 +2,10 @@
 //! in-process with 1 s × 5 buckets; clients in the root namespace drive traffic. Asserted
 //! through the local API: pod B turns unhealthy within two windows of each fault (5xx, then
 //! 30 % egress loss) and healthy again after recovery; pod A never leaves healthy; pod C, whose
-//! /healthz answers 200 while its real route answers 503, is flagged; pod D (no traffic) is
-//! unknown; readiness answers 503 only for the unhealthy pods.
+//! /healthz answers 200 while its real route answers 503, is flagged; pod D (a request a
+//! second, below the volume any rule needs) is known and unknown for `no_traffic`, a pod the
+//! collector never saw is unknown with no workloads; readiness answers 503 only for the
+//! unhealthy pods.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -193,6 +195,8 @@ fn verdicts_follow_real_traffic() {
     // C: real traffic fails, its probe path answers 200.
     let _load_c = Load::start(addrs[2], "/err", 2, Duration::from_millis(20));
     let _probe_c = Load::start(addrs[2], "/healthz", 1, Duration::from_millis(100));
+    // D: about 5 requests per window, under `min_requests` (20).
+    let _trickle_d = Load::start(addrs[3], "/ok", 1, Duration::from_millis(1000));
 
     let t = wait_state(&api, a, "healthy", TWO_WINDOWS, a, false);
     eprintln!("A healthy after {t:?}");
@@ -212,8 +216,20 @@ fn verdicts_follow_real_traffic() {
     wait_state(&api, c, "unhealthy", TWO_WINDOWS, a, true);
     let hc = pod_health(&api, c);
     assert_eq!(hc["workloads"][0]["probe_mismatch"], true, "{hc}");
-    // D never had traffic: unknown.
-    assert_eq!(pod_state(&api, d), "unknown");
+    // D is known (its requests are counted) but has too little traffic to judge.
+    let hd = pod_health(&api, d);
+    assert_eq!(hd["state"], "unknown", "{hd}");
+    assert_eq!(
+        hd["workloads"].as_array().map(Vec::len),
+        Some(1),
+        "D is known: {hd}"
+    );
+    assert_eq!(reason_codes(&hd), vec!["no_traffic".to_string()], "{hd}");
+    // A pod the collector never saw: unknown, and absent (no workloads).
+    let never = fake_pod_uid(0x7dff);
+    let hn = pod_health(&api, &never);
+    assert_eq!(hn["state"], "unknown", "{hn}");
+    assert_eq!(hn["workloads"], serde_json::json!([]), "{hn}");
     // Readiness: 503 only for the unhealthy pods.
     assert_eq!(ready(&api, a), 200);
     assert_eq!(ready(&api, b), 503);
@@ -256,7 +272,7 @@ fn verdicts_follow_real_traffic() {
     assert_eq!(pod_state(&api, a), "healthy");
     eprintln!("whole scenario: {:?}", started.elapsed());
 
-    drop((load_b, _load_a, _load_c, _probe_c));
+    drop((load_b, _load_a, _load_c, _probe_c, _trickle_d));
     rt.block_on(running.shutdown());
     for mut child in children {
         let _ = child.kill();

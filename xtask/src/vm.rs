@@ -338,6 +338,8 @@ struct TestBins {
     /// (test target name, executable)
     tests: Vec<(String, PathBuf)>,
     pod_traffic: PathBuf,
+    /// `tcp_faults`: TCP failure cases of tests/tests/tcp.rs, found next to `pod-traffic`.
+    tcp_faults: PathBuf,
 }
 
 /// Builds the integration tests like the host run does and returns their executables.
@@ -363,6 +365,7 @@ fn build_tests(root: &Path) -> anyhow::Result<TestBins> {
     );
     let mut tests = Vec::new();
     let mut pod_traffic = None;
+    let mut tcp_faults = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if !line.contains(r#""reason":"compiler-artifact""#)
             || !line.contains("#integration-tests@")
@@ -381,6 +384,8 @@ fn build_tests(root: &Path) -> anyhow::Result<TestBins> {
             }
         } else if line.contains(r#""kind":["bin"]"#) && name == "pod-traffic" && !test_profile {
             pod_traffic = Some(PathBuf::from(exe));
+        } else if line.contains(r#""kind":["bin"]"#) && name == "tcp_faults" && !test_profile {
+            tcp_faults = Some(PathBuf::from(exe));
         }
     }
     tests.sort();
@@ -392,6 +397,7 @@ fn build_tests(root: &Path) -> anyhow::Result<TestBins> {
     Ok(TestBins {
         tests,
         pod_traffic: pod_traffic.context("cargo reported no pod-traffic executable")?,
+        tcp_faults: tcp_faults.context("cargo reported no tcp_faults executable")?,
     })
 }
 
@@ -452,6 +458,7 @@ fn build_initramfs(
         .collect::<anyhow::Result<_>>()?;
     dynamic.extend(bins.tests.iter().map(|(_, p)| p.clone()));
     dynamic.push(bins.pod_traffic.clone());
+    dynamic.push(bins.tcp_faults.clone());
     // Go test servers, built on the host (static: CGO_ENABLED=0), listed for the guest.
     let mut go_list = String::new();
     for (version, variant, path) in go_fixtures(root)? {

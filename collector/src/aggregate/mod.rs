@@ -176,6 +176,10 @@ pub fn loses_signal(reason: KernelDrop) -> bool {
         | KernelDrop::HttpNoStart
         | KernelDrop::HttpNoOffsets => false,
         KernelDrop::StatsMapFull | KernelDrop::OwnerInsert | KernelDrop::CgroupRead => false,
+        // A call whose return never ran: its bytes or retransmits are lost.
+        KernelDrop::ReturnMissed => true,
+        // Counted all the same, as unattributed.
+        KernelDrop::NotFullSocket => false,
     }
 }
 

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use tracing::{info, warn};
 
@@ -139,6 +139,11 @@ pub enum Hook {
         prog: &'static str,
         function: &'static str,
     },
+    /// Paired with a `Fexit` on the same function when the return needs what the entry saw.
+    Fentry {
+        prog: &'static str,
+        function: &'static str,
+    },
     Fexit {
         prog: &'static str,
         function: &'static str,
@@ -163,6 +168,7 @@ impl Hook {
         match self {
             Hook::Kprobe { prog, .. }
             | Hook::Kretprobe { prog, .. }
+            | Hook::Fentry { prog, .. }
             | Hook::Fexit { prog, .. }
             | Hook::TpBtf { prog, .. }
             | Hook::RawTp { prog, .. }
@@ -373,6 +379,12 @@ fn attach_hook(ebpf: &mut Ebpf, btf: Option<&Btf>, hook: &Hook) -> Result<(), Pr
             p.load().map_err(err)?;
             p.attach(function, 0).map_err(err)?;
         }
+        Hook::Fentry { function, .. } => {
+            let btf = need_btf()?;
+            let p: &mut FEntry = program.try_into().map_err(err)?;
+            p.load(function, btf).map_err(err)?;
+            p.attach().map_err(err)?;
+        }
         Hook::Fexit { function, .. } => {
             let btf = need_btf()?;
             let p: &mut FExit = program.try_into().map_err(err)?;
@@ -428,6 +440,7 @@ fn unload(ebpf: &mut Ebpf, prog: &str) {
     };
     let result = match program {
         Program::KProbe(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
         Program::FExit(p) => p.unload(),
         Program::BtfTracePoint(p) => p.unload(),
         Program::RawTracePoint(p) => p.unload(),

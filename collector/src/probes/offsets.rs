@@ -71,6 +71,7 @@ impl Prepared {
                     let function = match hook {
                         Hook::Kprobe { function, .. }
                         | Hook::Kretprobe { function, .. }
+                        | Hook::Fentry { function, .. }
                         | Hook::Fexit { function, .. } => function,
                         _ => continue,
                     };
@@ -88,7 +89,7 @@ impl Prepared {
     }
 
     fn struct_offsets(&mut self, btf: Option<&Btf>) {
-        let fields: [(&'static str, &str, &str); 9] = [
+        let fields: [(&'static str, &str, &str); 11] = [
             (g::TASK_LEADER_OFF, "task_struct", "group_leader"),
             (g::TASK_COMM_OFF, "task_struct", "comm"),
             (g::SK_CGRP_OFF, "sock", "sk_cgrp_data.cgroup"),
@@ -96,6 +97,8 @@ impl Prepared {
             (g::KN_ID_OFF, "kernfs_node", "id"),
             (g::SK_ERR_OFF, "sock", "sk_err"),
             (g::SK_PROTO_OFF, "sock", "sk_protocol"),
+            (g::SK_STATE_OFF, "sock", "__sk_common.skc_state"),
+            (g::TCP_TOTAL_RETRANS_OFF, "tcp_sock", "total_retrans"),
             (g::SKB_CB_OFF, "sk_buff", "cb"),
             (g::CB_GSO_SEGS_OFF, "tcp_skb_cb", "tcp_gso_segs"),
         ];
@@ -133,6 +136,21 @@ impl Prepared {
                 self.unavailable
                     .insert((s, r), "sock.sk_protocol offset unknown".into());
             }
+        }
+        // The kprobe and fentry retransmit rungs count the difference of this field.
+        if self.global(g::TCP_TOTAL_RETRANS_OFF) == Some(0) {
+            for r in [Rung::Kprobe, Rung::Fentry] {
+                self.unavailable
+                    .entry((Signal::TcpRetransmit, r))
+                    .or_insert_with(|| "tcp_sock.total_retrans offset unknown".into());
+            }
+        }
+        if self.global(g::SK_STATE_OFF) == Some(0) {
+            self.warnings.push(
+                "sock.skc_state offset unknown: every socket is treated as not full, TCP \
+                 signals are charged as unattributed"
+                    .into(),
+            );
         }
         for w in &self.warnings {
             warn!("{w}");
@@ -250,14 +268,24 @@ mod tests {
 
     #[test]
     fn cloned_functions_disable_their_kprobe_and_fentry_rungs_only() {
-        let clones = super::super::kallsyms::clones("1 t __tcp_retransmit_skb.part.0\n");
+        // The retransmit rungs hook the callers of `__tcp_retransmit_skb`, which Debian's 6.1
+        // splits: its clone alone disables nothing.
+        let clones = super::super::kallsyms::clones(
+            "1 t __tcp_retransmit_skb.part.0\n1 t tcp_send_loss_probe.part.0\n",
+        );
         let p = Prepared::compute_with(None, None, &clones);
         for rung in [Rung::Kprobe, Rung::Fentry] {
             let why = p
                 .unavailable(Signal::TcpRetransmit, rung)
                 .expect("unavailable");
-            assert!(why.contains("__tcp_retransmit_skb.part.0"), "{why}");
+            assert!(why.contains("tcp_send_loss_probe.part.0"), "{why}");
         }
+        let only_split = super::super::kallsyms::clones("1 t __tcp_retransmit_skb.part.0\n");
+        let p = Prepared::compute_with(None, None, &only_split);
+        let why = p
+            .unavailable(Signal::TcpRetransmit, Rung::Kprobe)
+            .expect("no BTF: offset unknown");
+        assert!(!why.contains("part.0"), "{why}");
         assert!(p.unavailable(Signal::TcpSend, Rung::Kprobe).is_none());
         assert!(
             p.unavailable(Signal::TcpRetransmitSynack, Rung::Kprobe)
@@ -280,6 +308,8 @@ mod tests {
             g::KN_ID_OFF,
             g::SK_ERR_OFF,
             g::SK_PROTO_OFF,
+            g::SK_STATE_OFF,
+            g::TCP_TOTAL_RETRANS_OFF,
             g::SKB_CB_OFF,
         ] {
             let v = p.global(name).expect("computed");

@@ -1,12 +1,22 @@
 //! The TCP signals' rungs: which program of collector-ebpf/src/tcp.rs attaches where.
 //!
-//! Ladder order (default, configurable): kprobes on `tcp_sendmsg` and `__tcp_retransmit_skb`
+//! Ladder order (default, configurable): kprobes on `tcp_sendmsg` and the retransmit functions
 //! first — the design's primary hooks, present on nearly every production kernel and free of
 //! tracefs and tracepoint-layout drift. fentry/fexit next (BTF trampolines: cheaper than
 //! kprobes, typed arguments). Then tp_btf (typed, no tracefs), raw_tp (untyped, no BTF needed),
 //! and the classic tracepoint last (needs tracefs; record layouts drift and are parsed at start-up).
+//! Retransmits: kprobe and fentry hook `tcp_retransmit_skb` and `tcp_send_loss_probe`, the
+//! callers of `__tcp_retransmit_skb`, which compilers split (`.part.0` on Debian's 6.1: a hook
+//! on it saw 0 of 402 retransmits); they count the growth of `tcp_sock.total_retrans` across
+//! the call (see collector-ebpf/src/tcp.rs). The tracepoint rungs use `tcp:tcp_retransmit_skb`.
 //! SYN-ACK retransmits (`tcp_rtx_synack`) never reach `__tcp_retransmit_skb` but are counted
 //! in TcpRetransSegs, hence a signal of their own with the same ladder.
+//! Kretprobes: `maxactive` (concurrent calls a kretprobe can follow) cannot be set through the
+//! perf kprobe PMU aya attaches with, so it is the kernel's default, max(10, 2 × CPUs). Enough
+//! for the retransmit and SYN-ACK functions (at most two calls per CPU: process context and
+//! one softirq); `tcp_sendmsg` blocks, so more senders than that waiting at once lose returns:
+//! counted (`kretprobe_return_missed`), and the fentry rung, which has no such limit, is the
+//! next rung.
 //! Resets, state changes and teardown only exist as tracepoints, so their ladders start at tp_btf.
 
 use super::ladder::{Hook, Rung, Signal};
@@ -65,20 +75,42 @@ pub fn rungs(signal: Signal) -> &'static [(Rung, &'static [Hook])] {
                 &[
                     Kprobe {
                         prog: "retrans_kprobe",
-                        function: "__tcp_retransmit_skb",
+                        function: "tcp_retransmit_skb",
                     },
                     Kretprobe {
                         prog: "retrans_kretprobe",
-                        function: "__tcp_retransmit_skb",
+                        function: "tcp_retransmit_skb",
+                    },
+                    Kprobe {
+                        prog: "tlp_kprobe",
+                        function: "tcp_send_loss_probe",
+                    },
+                    Kretprobe {
+                        prog: "tlp_kretprobe",
+                        function: "tcp_send_loss_probe",
                     },
                 ],
             ),
             (
                 Rung::Fentry,
-                &[Fexit {
-                    prog: "retrans_fexit",
-                    function: "__tcp_retransmit_skb",
-                }],
+                &[
+                    Fentry {
+                        prog: "retrans_fentry",
+                        function: "tcp_retransmit_skb",
+                    },
+                    Fexit {
+                        prog: "retrans_fexit",
+                        function: "tcp_retransmit_skb",
+                    },
+                    Fentry {
+                        prog: "tlp_fentry",
+                        function: "tcp_send_loss_probe",
+                    },
+                    Fexit {
+                        prog: "tlp_fexit",
+                        function: "tcp_send_loss_probe",
+                    },
+                ],
             ),
             (
                 Rung::TpBtf,
