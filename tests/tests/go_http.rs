@@ -1198,6 +1198,60 @@ async fn a_request_ending_on_an_emptied_offsets_slot_is_counted() {
     running.shutdown().await;
 }
 
+/// A handler that ends its goroutine with runtime.Goexit never returns from ServeHTTP, and no
+/// RET of the connection's goroutine runs either. When Go hands that goroutine to a new
+/// connection, the request left in flight is reported as aborted, not silently replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_goroutine_exited_is_reported_when_the_goroutine_is_reused() {
+    require_root();
+    let fixtures = fixtures();
+    let f = fixtures
+        .iter()
+        .find(|f| f.version.starts_with("1.26") && f.variant == "default")
+        .expect("1.26");
+    let running = start_collector().await;
+    let prefix = unique_prefix("ge");
+    let cgroup = HostCgroup::create(&prefix, "goexit").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.path, &[]);
+    wait_instrumented(
+        running.addr,
+        server.child.id(),
+        Duration::from_secs(5),
+        "instrumented",
+    );
+    assert_eq!(request(server.addr, "GET", "/goexit").0, None);
+    // New connections until one gets the exited goroutine (Go reuses them from a free list).
+    let mut sent = 0u64;
+    let text = wait_until_ok_blocking(DEADLINE, Duration::ZERO, "goroutine reused", || {
+        assert_eq!(request(server.addr, "GET", "/ok").0, Some(200));
+        sent += 1;
+        let text = scrape(running.addr);
+        let outcome = |o: &str| {
+            metric_sum(
+                &text,
+                "collector_http_requests_total",
+                &[
+                    ("workload_kind", "cgroup"),
+                    ("workload", workload.as_str()),
+                    ("outcome", o),
+                ],
+            )
+            .unwrap_or(0.0) as u64
+        };
+        let (ok, aborted) = (outcome("2xx"), outcome("aborted"));
+        if aborted == 1 && ok == sent {
+            Ok(text)
+        } else {
+            Err(format!("aborted {aborted}, 2xx {ok} of {sent}"))
+        }
+    });
+    assert_eq!(node_wide_loss(&text), BTreeMap::new(), "{text}");
+    eprintln!("the exited goroutine was reused within {sent} connections");
+    drop(server);
+    running.shutdown().await;
+}
+
 /// The same cases on the default source, the socket parser (no uprobes): a status written by
 /// another goroutine is the one on the wire, and a request in flight when the collector starts
 /// is neither counted nor a loss.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -161,6 +162,11 @@ func main() {
 			return
 		}
 		fmt.Fprintln(w, "released")
+	})
+	// Ends the serving goroutine with runtime.Goexit: the request never returns from
+	// ServeHTTP, net/http's deferred calls close the connection without a response.
+	mux.HandleFunc("/goexit", func(w http.ResponseWriter, r *http.Request) {
+		runtime.Goexit()
 	})
 	registerItems(mux)
 
