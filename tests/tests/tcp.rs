@@ -761,8 +761,9 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
 /// before 6.3) must then report "unavailable" and count nothing, must refuse to start when
 /// required, and must fall through to a working rung when the ladder goes on. Rung types this
 /// kernel lacks (kprobes compiled out, fentry refused) must be refused as a whole — unless
-/// [`kernel::rungs_that_must_work`] says they work here. Records the verifier's instruction
-/// counts per program in `tests/verifier-insns/<kernel release>.txt`.
+/// [`kernel::rungs_that_must_work`] says they work here. Compares the verifier's instruction
+/// counts per program with `tests/verifier-insns/<kernel release>.txt`, which only
+/// `./x verifier-insns` rewrites.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
     let w = world("rg");
@@ -811,9 +812,11 @@ async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
                         insns.insert((v.prog, rung), v.insns);
                     }
                 }
-                // Rewritten after every rung: the counts are known once the programs loaded,
-                // also when a later comparison fails.
-                write_verifier_insns(&release, &insns);
+                // When recording, written after every rung: the counts are known once the
+                // programs loaded, also when a later comparison fails.
+                if recording_verifier_insns() {
+                    write_verifier_insns(&release, &insns);
+                }
                 for signal in &absent {
                     let r = report(&running, *signal);
                     assert_eq!(
@@ -886,6 +889,7 @@ async fn every_rung_counts_the_same_and_missing_rungs_fall_through() {
         must_work.iter().all(|r| tested.contains(r)),
         "must work: {must_work:?}, tested: {tested:?}"
     );
+    check_verifier_insns(&release, &insns);
 
     // Missing hooks first, then the default ladder: every signal falls through to a working rung.
     if !missing_hooks.is_empty() {
@@ -970,10 +974,22 @@ fn verifier_reports_insns(release: &str) -> bool {
     (major, minor) >= (5, 16)
 }
 
+/// Set (to anything) by `./x verifier-insns`: the one way to rewrite the recorded counts.
+const RECORD_VERIFIER_INSNS: &str = "COLLECTOR_RECORD_VERIFIER_INSNS";
+
+fn recording_verifier_insns() -> bool {
+    std::env::var_os(RECORD_VERIFIER_INSNS).is_some_and(|v| !v.is_empty())
+}
+
+fn verifier_insns_path(release: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("verifier-insns")
+        .join(format!("{release}.txt"))
+}
+
 /// `tests/verifier-insns/<release>.txt`: program, rung, instructions the verifier processed,
 /// sorted; reviewed like code so growth toward the verifier's limits shows up in diffs.
-fn write_verifier_insns(release: &str, insns: &BTreeMap<(&'static str, Rung), u32>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("verifier-insns");
+fn verifier_insns_text(release: &str, insns: &BTreeMap<(&'static str, Rung), u32>) -> String {
     let mut text = format!(
         "# Linux {release}: instructions the verifier processed per program (aya\n\
          # ProgramInfo::verified_instruction_count), for every rung that attached here.\n\
@@ -983,10 +999,49 @@ fn write_verifier_insns(release: &str, insns: &BTreeMap<(&'static str, Rung), u3
     for ((prog, rung), n) in insns {
         text.push_str(&format!("{prog}\t{rung}\t{n}\n"));
     }
-    let path = dir.join(format!("{release}.txt"));
-    std::fs::create_dir_all(&dir)
+    text
+}
+
+fn write_verifier_insns(release: &str, insns: &BTreeMap<(&'static str, Rung), u32>) {
+    let path = verifier_insns_path(release);
+    let text = verifier_insns_text(release, insns);
+    path.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|()| std::fs::write(&path, text))
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// A test run compares; only `./x verifier-insns` (which sets [`RECORD_VERIFIER_INSNS`])
+/// writes. A kernel without a recorded file fails too: its counts must be reviewed once.
+fn check_verifier_insns(release: &str, insns: &BTreeMap<(&'static str, Rung), u32>) {
+    if recording_verifier_insns() {
+        write_verifier_insns(release, insns);
+        return;
+    }
+    let path = verifier_insns_path(release);
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "no recorded verifier counts for {release} ({}: {e}); record them with \
+             `./x verifier-insns` (`--vm` for the 6.1 guest) and commit the file",
+            path.display()
+        )
+    });
+    let got = verifier_insns_text(release, insns);
+    if got != want {
+        let old: BTreeSet<&str> = want.lines().collect();
+        let new: BTreeSet<&str> = got.lines().collect();
+        let diff: Vec<String> = old
+            .difference(&new)
+            .map(|l| format!("- {l}"))
+            .chain(new.difference(&old).map(|l| format!("+ {l}")))
+            .collect();
+        panic!(
+            "verifier instruction counts differ from {}:\n{}\nif the change is intended, \
+             rewrite it with `./x verifier-insns` and commit it with the change",
+            path.display(),
+            diff.join("\n")
+        );
+    }
 }
 
 /// After shutdown nothing of ours is left: programs, links, maps.

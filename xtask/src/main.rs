@@ -63,6 +63,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Rewrites tests/verifier-insns/<release>.txt, the verifier's instruction counts per
+    /// program that the TCP test compares against (root). The only way to change them: a test
+    /// run compares and fails on a difference.
+    VerifierInsns {
+        /// Record Debian's 6.1 under qemu instead of this kernel.
+        #[arg(long)]
+        vm: bool,
+    },
     /// What the collector costs the workloads it watches (root): Go HTTP throughput and
     /// latency, TCP bulk and churn, kernel and collector CPU per request, events before loss,
     /// RSS and /metrics at 1,000 and 5,000 workloads; rounds interleaved with the collector off
@@ -217,8 +225,54 @@ fn vm_test(
             timeout,
             boot_timeout: Duration::from_secs(180),
             test_args,
+            record_verifier_insns: false,
         },
     )
+}
+
+/// The test that compares the verifier counts, told to write them instead
+/// (`COLLECTOR_RECORD_VERIFIER_INSNS`, read by tests/tests/tcp.rs).
+const VERIFIER_INSNS_TEST: &str = "every_rung_counts_the_same_and_missing_rungs_fall_through";
+
+fn verifier_insns(vm: bool) -> anyhow::Result<()> {
+    if vm {
+        return vm::vm_test(
+            &root(),
+            &vm::Options {
+                kernel_package: None,
+                timeout: DEFAULT_VM_TIMEOUT,
+                boot_timeout: Duration::from_secs(180),
+                test_args: vec![VERIFIER_INSNS_TEST.into()],
+                record_verifier_insns: true,
+            },
+        );
+    }
+    if !is_root() {
+        bail!("recording verifier counts loads eBPF programs: run as root");
+    }
+    let args = [
+        "test",
+        "--release",
+        "-p",
+        "integration-tests",
+        "--test",
+        "tcp",
+        "--",
+        "--test-threads=1",
+        "--exact",
+        VERIFIER_INSNS_TEST,
+    ];
+    eprintln!("+ COLLECTOR_RECORD_VERIFIER_INSNS=1 cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .env("COLLECTOR_RECORD_VERIFIER_INSNS", "1")
+        .current_dir(root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("recording the verifier counts failed ({status})");
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -286,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             args,
         } => vm_test(kernel_package, Duration::from_secs(timeout), args),
+        Cmd::VerifierInsns { vm } => verifier_insns(vm),
         Cmd::Bench {
             quick,
             rounds,
