@@ -6,6 +6,8 @@
 //!   (`shutdown_counts_what_is_in_flight`).
 //! - Overload at 3× the HTTP event budget: sampling engages, counts stay exact, verdicts are
 //!   never unhealthy, RSS stays bounded, the API answers (`overload_samples_and_stays_exact`).
+//! - A full ring buffer: failed reservations counted, counts exact, the verdict unknown,
+//!   never unhealthy (`full_ring_is_counted_and_unknown_never_unhealthy`).
 //! - kill -9 under load leaves nothing attached, a restart attaches again, SIGTERM exits 0
 //!   and detaches (`kill_9_then_restart_then_sigterm`).
 //!
@@ -721,4 +723,85 @@ fn kill_9_then_restart_then_sigterm() {
         after_kill.is_empty() && after_term.is_empty(),
         "left behind after kill -9: {after_kill:#?}\nafter SIGTERM: {after_term:#?}"
     );
+}
+
+/// Records beyond what the ring buffer holds (4 KiB, every request sampled): the kernel counts
+/// each failed reservation, every request stays in the exact counts, the records that did not
+/// fit are charged to the workload as unrecorded, and the lost records make the verdict
+/// unknown (`events_lost`), never unhealthy.
+#[test]
+fn full_ring_is_counted_and_unknown_never_unhealthy() {
+    require_root();
+    let prefix = unique_prefix("rf");
+    let cg = HostCgroup::create(&prefix, "server").expect("cgroup");
+    let (mut server, addr) = serve(&cg);
+    let (d, _) = Daemon::start(&[
+        "--ring-buffer-bytes",
+        "4096",
+        "--harvest-interval",
+        "200ms",
+        "--verdict-bucket",
+        "1s",
+        "--verdict-buckets",
+        "5",
+    ]);
+    let w = cg.workload();
+    let load = CountedLoad::start(addr, 4, Duration::ZERO);
+    let started = Instant::now();
+    let mut states = BTreeSet::new();
+    let mut reasons = BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let (code, body) =
+            status::get(&d.api, &format!("/v1/workload?kind=cgroup&name={w}")).unwrap_or_default();
+        if code == 200
+            && let Ok(v) = serde_json::from_str::<Value>(&body)
+        {
+            states.insert(v["state"].as_str().unwrap_or("").to_string());
+            for r in v["reasons"].as_array().into_iter().flatten() {
+                reasons.insert(r["code"].as_str().unwrap_or("").to_string());
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, failed) = load.stop();
+    let counted = wait_until_ok_blocking(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        "every request counted",
+        || {
+            let got = requests_counted(&d.metrics(), &w);
+            if got == ok { Ok(got) } else { Err(got) }
+        },
+    );
+    let m = d.metrics();
+    let records = sample(&m, "http_server_request_duration_seconds_count", &w);
+    let unrecorded = sample(&m, "collector_http_requests_unrecorded_total", &w);
+    let ring_drops = metric_sum(
+        &m,
+        "collector_kernel_drops_total",
+        &[("reason", "ring_reserve_failed")],
+    )
+    .unwrap_or(0.0) as u64;
+    eprintln!(
+        "full ring: {ok} requests ({failed} failed), counted {counted}, records {records}, \
+         unrecorded {unrecorded}, ring reservations failed {ring_drops}; verdicts {states:?}, \
+         reasons {reasons:?}"
+    );
+    assert!(ring_drops > 0, "the 4 KiB ring overflowed:\n{m}");
+    assert_eq!(
+        records + unrecorded,
+        counted,
+        "every request recorded or charged"
+    );
+    assert!(
+        !states.contains("unhealthy"),
+        "never unhealthy for a workload that only answered 200: {states:?}"
+    );
+    assert!(
+        states.contains("unknown") && reasons.contains("events_lost"),
+        "lost records make the verdict unknown: {states:?} {reasons:?}"
+    );
+    drop(d);
+    let _ = server.kill();
+    let _ = server.wait();
 }
