@@ -45,6 +45,7 @@ use std::{fs, thread};
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub mod k8s;
 pub mod kernel;
 
 /// How long cleanup waits for killed processes to disappear before giving up on them.
