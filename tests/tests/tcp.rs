@@ -701,10 +701,19 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
                 (false, true) => kernel_syn,
                 (false, false) => 0,
             };
-            // Exact on every rung: the kernel's TcpRetransSegs over the same interval (the
-            // kprobe and fentry rungs count what the kernel adds to it; the tracepoint rungs
-            // each successful retransmission, and with loss by `fwd` none fails).
-            let retrans_ok = got.3 == expected_retrans;
+            // Exact against the kernel's TcpRetransSegs over the same interval (the fentry rung
+            // counts what the kernel adds to it; the tracepoint rungs each successful
+            // retransmission, and with loss by `fwd` none fails) — except on the kprobe rung:
+            // kprobe programs share one per-CPU recursion guard (`bpf_prog_active`), so a
+            // retransmit in a softirq that interrupted another kprobe program on the same CPU
+            // (a kretprobe runs with interrupts on) is skipped by the kernel, entry and return
+            // alike, uncounted before Linux 6.7 (Debian's 6.1: 283 of 284 once, 399 of 399 the
+            // next run). A small shortfall is allowed there, never an excess.
+            let retrans_ok = if rung == Rung::Kprobe.as_str() {
+                got.3 <= expected_retrans && expected_retrans - got.3 <= 1 + expected_retrans / 100
+            } else {
+                got.3 == expected_retrans
+            };
             let ok = got.0 == expect_bytes
                 && got.4 == expect_bytes_b
                 && got.1 == expect_refused
