@@ -117,11 +117,15 @@ fn wait_line(api: &str, uid: &str, want: &str) {
         Duration::from_millis(200),
         "the pod's series",
         || {
-            let line = sent_line(&metrics(api), uid);
+            let m = metrics(api);
+            let line = sent_line(&m, uid);
             if line.as_deref() == Some(want) {
                 Ok(())
             } else {
-                Err(format!("got {line:?}, want {want:?}"))
+                let all: Vec<&str> = m.lines().filter(|l| l.starts_with(SENT)).collect();
+                Err(format!(
+                    "got {line:?}, want {want:?}; every {SENT}: {all:#?}"
+                ))
             }
         },
     );
