@@ -246,9 +246,23 @@ fn first_bytes(ctx: &SkBuffContext, seg: &Segment) -> Option<([u8; 8], usize)> {
     (rc == 0).then_some((buf, k))
 }
 
+/// Whether the first `n` bytes of a segment can start a status line: "HTTP/1.", or (a server
+/// writing its status line in pieces) a shorter start of it. The whole line is checked when
+/// it ends (`on_line`), where anything else is a desync, counted.
 #[inline(always)]
 fn looks_like_response(p: &[u8; 8], n: usize) -> bool {
-    n == 8 && p[..7] == *b"HTTP/1."
+    let want = b"HTTP/1.";
+    let mut i = 0;
+    while i < 7 {
+        if i >= n {
+            return i > 0;
+        }
+        if p[i] != want[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Method code (index in `METHODS`) of a start line whose method token is `n` bytes long:
@@ -415,26 +429,41 @@ fn chunk_size(line: &[u8; LINE_MAX], len: usize, acc: &mut u64) -> Option<u32> {
     (i > 0 && v < u64::from(u32::MAX) - 2).then_some(v as u32)
 }
 
-/// Whether a `Transfer-Encoding` value (after the colon) ends with `chunked`.
+/// Trailing whitespace a `Transfer-Encoding` value may carry before we give up on it.
+const TRAILING_WS: usize = 4;
+
+/// Whether a `Transfer-Encoding` value (after the colon) ends with `chunked`; None when it ends
+/// in more whitespace than we strip (a framing we cannot tell: the stream resyncs).
+///
+/// Every loop has a constant bound: with `while end > 0 && …` on the line length, Debian's
+/// 6.1 verifier lost the bound of `end` and walked the loop 8,192 times ("The sequence of
+/// 8193 jumps is too complex"), refusing the egress program.
 #[inline(always)]
-fn ends_chunked(line: &[u8; LINE_MAX], len: usize) -> bool {
+fn ends_chunked(line: &[u8; LINE_MAX], len: usize) -> Option<bool> {
     let mut end = if len < LINE_MAX { len } else { LINE_MAX };
-    while end > 0 && matches!(at(line, end - 1), b' ' | b'\t') {
-        end -= 1;
+    let mut k = 0;
+    while k < TRAILING_WS {
+        if end > 0 && matches!(at(line, end - 1), b' ' | b'\t') {
+            end -= 1;
+        }
+        k += 1;
+    }
+    if end > 0 && matches!(at(line, end - 1), b' ' | b'\t') {
+        return None;
     }
     // "transfer-encoding:" is 18 bytes; the value needs at least "chunked".
     if end < 18 + 7 {
-        return false;
+        return Some(false);
     }
     let word = b"chunked";
     let mut i = 0;
     while i < 7 {
         if lower(at(line, end - 7 + i)) != word[i] {
-            return false;
+            return Some(false);
         }
         i += 1;
     }
-    true
+    Some(true)
 }
 
 /// Charges loss to the connection's owner and resynchronises both directions: the queue can
@@ -776,10 +805,10 @@ fn on_line(h: &mut WireHalf, dir: Dir, acc: &mut u64) -> Line {
             if long {
                 return Line::Bad;
             }
-            if ends_chunked(&h.line, len) {
-                h.msg |= msg::CHUNKED;
-            } else {
-                h.msg &= !msg::CHUNKED;
+            match ends_chunked(&h.line, len) {
+                Some(true) => h.msg |= msg::CHUNKED,
+                Some(false) => h.msg &= !msg::CHUNKED,
+                None => return Line::Bad,
             }
         }
         _ => {}
@@ -909,7 +938,7 @@ fn steps(
     let mut step = 0;
     while step < STEPS {
         step += 1;
-        let pos = fetch(&cur.pos);
+        let mut pos = fetch(&cur.pos);
         if pos >= seg.len {
             return Stop::Steps;
         }
@@ -926,16 +955,24 @@ fn steps(
             };
             h.remaining -= take;
             store(&mut cur.pos, pos + take);
-            if h.remaining == 0 {
-                if st == state::CHUNK_DATA {
-                    h.state = state::CHUNK_SIZE;
-                } else if dir == Dir::Rx {
-                    h.state = state::START;
-                } else {
+            if h.remaining != 0 {
+                continue;
+            }
+            if st != state::CHUNK_DATA {
+                if dir == Dir::Tx {
                     return Stop::ResponseEnd;
                 }
+                h.state = state::START;
+                continue;
             }
-            continue;
+            // The end of a chunk's data: its next size line is read in the same step, so a
+            // chunked body costs one invocation per chunk, not two (a segment full of small
+            // chunks would otherwise run out of tail calls).
+            h.state = state::CHUNK_SIZE;
+            pos = fetch(&cur.pos);
+            if pos >= seg.len {
+                return Stop::Steps;
+            }
         } else if st != state::HEAD && st != state::CHUNK_SIZE && st != state::TRAILER {
             // BODY_CLOSE, OFF, UNSYNCED: nothing more to read here.
             store(&mut cur.pos, seg.len);
@@ -972,11 +1009,22 @@ fn steps(
         // written through volatile accesses: kept in a register it would be an exact count the
         // verifier follows separately for every line length at every offset.
         let h = half(c, dir);
-        let mut i = (pos - win_start) & (WINDOW as u32 - 1);
+        let from = (pos - win_start) & (WINDOW as u32 - 1);
         let mut newline = false;
-        while i < win_len && i < WINDOW as u32 {
-            let b = cur.buf[(i as usize) & (WINDOW - 1)];
-            i += 1;
+        // The loop counts `k`, a constant in each iteration the verifier walks, and derives
+        // the index from it: with the index itself as the loop variable, kernels before 6.11
+        // (which do not link a register with its copy plus a constant) never saw the loop end
+        // and gave up after 8,192 jumps. The position reached is stored at once (never left
+        // in a register), so what follows the loop is one path whatever the line's length.
+        let mut k = 0;
+        while k < WINDOW as u32 {
+            let i = from + k;
+            k += 1;
+            if i >= win_len {
+                break;
+            }
+            // The mask is kept (opaque): the compiler knows `i < WINDOW` and would drop it.
+            let b = cur.buf[opaque(i as usize) & (WINDOW - 1)];
             let l = fetch(&h.line_len) as usize;
             if b == b'\n' {
                 // Header lines that cannot matter for framing are dropped here without leaving
@@ -992,21 +1040,23 @@ fn steps(
                     h.msg &= !msg::LONG_LINE;
                     continue;
                 }
+                store(&mut cur.pos, win_start + i + 1);
                 newline = true;
                 break;
             }
-            if l < LINE_MAX {
-                h.line[opaque(l) & (LINE_MAX - 1)] = b;
-                store(&mut h.line_len, l as u8 + 1);
-            } else {
-                h.msg |= msg::LONG_LINE;
-                if l < 255 {
-                    store(&mut h.line_len, l as u8 + 1);
-                }
-            }
+            // Keep the byte if the line has room, without a branch (one pending branch per
+            // byte less for the verifier): past LINE_MAX the last slot is rewritten with its
+            // own value, the length saturates at 255 and the line is marked long.
+            const _: () = assert!(LINE_MAX == 64, "`over` below is l >= 64 for l < 256");
+            let over = ((l >> 6) | (l >> 7)) & 1;
+            let slot = opaque((l & (LINE_MAX - 1)) | (over * (LINE_MAX - 1))) & (LINE_MAX - 1);
+            let keep = 0u8.wrapping_sub(over as u8);
+            h.line[slot] = b ^ ((b ^ h.line[slot]) & keep);
+            store(&mut h.line_len, (l + 1 - ((l + 1) >> 8)) as u8);
+            h.msg |= over as u8 * msg::LONG_LINE;
         }
-        store(&mut cur.pos, win_start + i);
         if !newline {
+            store(&mut cur.pos, win_start + win_len);
             continue;
         }
         match on_line(half(c, dir), dir, &mut cur.acc) {

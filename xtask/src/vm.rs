@@ -43,10 +43,10 @@ const MODULES: &[&str] = &["veth", "nf_tables", "nft_numgen", "nft_fwd_netdev"];
 /// Integration-test targets (`tests/tests/<name>.rs`) that face the kernel and run in the guest.
 /// The others (e.g. `export`: exporters against Prometheus and an OTLP receiver) do not depend
 /// on the kernel and only run on the host.
-const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http"];
+const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http", "http_wire"];
 /// Test-name filter per guest target: the Go uprobe checks that face the kernel (the 21-build
-/// matrix and the load tests run on the host only).
-const GUEST_FILTERS: &[(&str, &str)] = &[("go_http", "guest_")];
+/// matrix and the load tests run on the host only) and the socket parser's framing cases.
+const GUEST_FILTERS: &[(&str, &str)] = &[("go_http", "guest_"), ("http_wire", "guest_")];
 /// Go fixtures the guest uses (one unstripped, one stripped build of the newest Go), and where
 /// their list is written inside the guest.
 const GUEST_GO_VARIANTS: &[&str] = &["default", "stripped"];
