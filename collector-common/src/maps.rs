@@ -122,10 +122,14 @@ pub enum KernelDrop {
     /// A TCP event came with a socket that is not a full socket (TIME_WAIT, a request socket):
     /// full-socket fields were not read, the event was charged as unattributed.
     NotFullSocket = 13,
+    /// An HTTP record could not be reserved in the ring: the request is counted by outcome all
+    /// the same (`HTTP_COUNTS` is exact), only its record is missing (`HttpCounts::unrecorded`
+    /// of its owner, like a request left out by sampling). Not a loss of signal.
+    RecordReserve = 14,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -141,6 +145,7 @@ impl KernelDrop {
         KernelDrop::HttpNoOffsets,
         KernelDrop::ReturnMissed,
         KernelDrop::NotFullSocket,
+        KernelDrop::RecordReserve,
     ];
 
     /// Stable label value for metrics.
@@ -160,6 +165,7 @@ impl KernelDrop {
             KernelDrop::HttpNoOffsets => "http_no_offsets",
             KernelDrop::ReturnMissed => "kretprobe_return_missed",
             KernelDrop::NotFullSocket => "not_full_socket",
+            KernelDrop::RecordReserve => "http_record_reserve_failed",
         }
     }
 }

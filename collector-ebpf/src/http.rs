@@ -441,7 +441,7 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<HttpEvent>(0) else {
-        count_drop(KernelDrop::RingReserve);
+        count_drop(KernelDrop::RecordReserve);
         count(&owner, |c| c.unrecorded += 1);
         return;
     };

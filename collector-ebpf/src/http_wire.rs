@@ -638,7 +638,7 @@ fn finish_response(c: &mut WireConn, cookie: u64, status: u16) {
         return;
     };
     let Some(mut entry) = EVENTS.reserve::<HttpEvent>(0) else {
-        count_drop(KernelDrop::RingReserve);
+        count_drop(KernelDrop::RecordReserve);
         count(&c.owner, |h| h.unrecorded += 1);
         let _ = WIRE_TARGETS.remove(&key);
         return;

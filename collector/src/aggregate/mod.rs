@@ -180,6 +180,8 @@ pub fn loses_signal(reason: KernelDrop) -> bool {
         KernelDrop::ReturnMissed => true,
         // Counted all the same, as unattributed.
         KernelDrop::NotFullSocket => false,
+        // Counted by outcome all the same; the record's absence is the owner's `unrecorded`.
+        KernelDrop::RecordReserve => false,
     }
 }
 
