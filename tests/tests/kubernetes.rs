@@ -296,10 +296,13 @@ fn pods_are_named_by_a_real_api_server() {
             node_name: node.clone(),
             kubeconfig: Some(kc.clone()),
         }),
+        // Verdicts each second (the API by name lists them soon), over a window long enough that
+        // no pod idle between two phases expires (5 windows idle: its series would be removed
+        // and restart from zero).
         verdict: VerdictConfig {
             geometry: Geometry {
                 bucket: Duration::from_secs(1),
-                count: 2,
+                count: 60,
             },
             ..VerdictConfig::default()
         },
