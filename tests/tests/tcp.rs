@@ -593,6 +593,77 @@ async fn resets_closes_timeouts_and_send_errors_are_exact() {
     running.shutdown().await;
 }
 
+/// A kretprobe follows at most `maxactive` calls at once (the kernel's default: at least 10;
+/// aya's perf-based attach cannot raise it): with more senders blocked in `tcp_sendmsg` at
+/// the same time, the returns of the excess calls never reach the program. Each such call is
+/// counted, exactly, when its thread next enters `tcp_sendmsg` and finds the entry still there
+/// (`kretprobe_return_missed`): missed + returns seen = calls made. (A thread's last call, if
+/// its return is missed, is not counted: no later entry finds it; the tool's second sends go
+/// one at a time after every first one returned, so none is missed.) Where kprobes exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_kretprobe_returns_are_counted() {
+    require_root();
+    if !kernel::kprobes_supported() {
+        eprintln!("SKIPPED: no kprobe PMU on {}", kernel::release());
+        return;
+    }
+    const THREADS: u64 = 40;
+    let prefix = unique_prefix("kr");
+    let pod = Pod::create(&prefix, 23, &fake_pod_uid(23), &fake_container_id(23)).expect("pod");
+    let running = start_with(
+        [(Signal::TcpSend, vec![Rung::Kprobe])].into(),
+        vec![Signal::TcpSend],
+    )
+    .await
+    .expect("tcp_send on kprobe");
+    let text0 = http_get(running.addr, "/metrics").await;
+    let out = pod
+        .run(
+            &tcp_faults_bin(),
+            &["blocked-senders", &THREADS.to_string()],
+            FETCH_TIMEOUT,
+        )
+        .expect("blocked-senders");
+    let r = kv(&out);
+    assert_eq!(
+        (r.get("blocked"), r.get("sends")),
+        (Some(&THREADS), Some(&(2 * THREADS))),
+        "{r:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drops = |text: &str, reason: &str| {
+        sample(text, "collector_kernel_drops_total", &[("reason", reason)])
+    };
+    let pa = pod_labels(&pod);
+    let (missed, seen) = wait_until_ok(METRICS_DEADLINE, POLL, "missed + seen = made", || async {
+        let text = http_get(running.addr, "/metrics").await;
+        let missed =
+            drops(&text, "kretprobe_return_missed") - drops(&text0, "kretprobe_return_missed");
+        let seen = sample(&text, "collector_tcp_send_calls_total", &pa);
+        if missed + seen == 2 * THREADS {
+            Ok((missed, seen))
+        } else {
+            Err(format!(
+                "missed={missed} seen={seen}, calls made {}",
+                2 * THREADS
+            ))
+        }
+    })
+    .await;
+    eprintln!("{THREADS} senders blocked at once: returns seen {seen}, missed {missed}");
+    assert!(
+        missed >= 1,
+        "{THREADS} blocked senders exceed any default maxactive on this machine"
+    );
+    let text = http_get(running.addr, "/metrics").await;
+    assert_eq!(
+        drops(&text, "kretprobe_stash_miss"),
+        drops(&text0, "kretprobe_stash_miss"),
+        "a missed return is not a return without entry"
+    );
+    running.shutdown().await;
+}
+
 /// The fixed part of the traffic each rung must count identically.
 const SEND_BYTES: u64 = 123_457;
 const REFUSED: u64 = 3;

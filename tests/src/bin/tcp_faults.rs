@@ -5,6 +5,7 @@
 //! tcp-faults half-close-serve <bind addr:port> <connections>
 //! tcp-faults half-close <addr:port> <connections>
 //! tcp-faults connect-timeout <addr:port> <count>
+//! tcp-faults blocked-senders <threads>
 //! ```
 //!
 //! `half-close` / `half-close-serve` make the client's socket send a reset from TIME_WAIT (a
@@ -39,10 +40,19 @@ const USAGE: &str = "usage:
       prints `closed=<n>`
   tcp-faults connect-timeout <addr:port> <count>
       <count> blocking connects at once with TCP_SYNCNT=1 (give up after ~3 s); prints
-      `timed_out=<n> other=<m>`";
+      `timed_out=<n> other=<m>`
+  tcp-faults blocked-senders <threads>
+      <threads> threads each block in one send (a loopback peer that does not read yet), all
+      at once; then the peers read, and once every first send returned, each thread sends
+      once more, one at a time; prints `blocked=<n> sends=<n>` (send calls made)";
 
 /// How long the server waits for a reset before calling the case failed.
 const RESET_DEADLINE: Duration = Duration::from_secs(20);
+/// How long `blocked-senders` waits for every thread to block.
+const BLOCK_DEADLINE: Duration = Duration::from_secs(120);
+/// What each blocked thread tries to send in its one call (far more than the small buffers
+/// hold, so the call waits for the peer).
+const BLOCKED_SEND: usize = 1 << 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +61,9 @@ fn main() -> ExitCode {
             .parse::<usize>()
             .ok()
             .map(|n| (cmd.as_str(), addr.as_str(), n)),
+        [cmd, n] if cmd == "blocked-senders" => {
+            n.parse::<usize>().ok().map(|n| (cmd.as_str(), "", n))
+        }
         _ => None,
     };
     let Some((cmd, addr, n)) = parsed else {
@@ -61,6 +74,7 @@ fn main() -> ExitCode {
         "half-close-serve" => half_close_serve(addr, n),
         "half-close" => half_close(addr, n),
         "connect-timeout" => connect_timeout(addr, n),
+        "blocked-senders" => blocked_senders(n),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -203,6 +217,96 @@ fn blocking_connect_syncnt1(addr: std::net::SocketAddrV4) -> io::Result<()> {
         {
             return Err(io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Every thread blocks inside one `tcp_sendmsg` at the same time (its peer does not read, the
+/// buffers are small), which is what exhausts a kretprobe's instances (`maxactive`); then the
+/// peers read, the calls return, and each thread sends once more — the entry that finds the
+/// entry of a call whose return was missed.
+fn blocked_senders(n: usize) -> io::Result<bool> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    set_buf(listener.as_raw_fd(), libc::SO_RCVBUF)?;
+    let addr = listener.local_addr()?;
+    let go = Arc::new(Barrier::new(n + 1));
+    // The second sends wait until every first send returned, and go one at a time: a call
+    // then never finds the kretprobe's instances taken, so only first calls lose returns.
+    let first_done = Arc::new(Barrier::new(n));
+    let one_at_a_time = Arc::new(std::sync::Mutex::new(()));
+    let senders: Vec<_> = (0..n)
+        .map(|_| {
+            let (go, first_done, one_at_a_time) =
+                (go.clone(), first_done.clone(), one_at_a_time.clone());
+            thread::spawn(move || -> io::Result<usize> {
+                let mut s = TcpStream::connect(addr)?;
+                set_buf(s.as_raw_fd(), libc::SO_SNDBUF)?;
+                go.wait();
+                s.write_all(&vec![0u8; BLOCKED_SEND])?;
+                first_done.wait();
+                let _turn = one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+                s.write_all(b"!")?;
+                Ok(2)
+            })
+        })
+        .collect();
+    let mut peers = Vec::with_capacity(n);
+    for _ in 0..n {
+        peers.push(listener.accept()?.0);
+    }
+    go.wait();
+    // Blocked: every sender thread sleeps in the socket's wait for memory.
+    let deadline = Instant::now() + BLOCK_DEADLINE;
+    let blocked = loop {
+        let waiting = std::fs::read_dir("/proc/self/task")?
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("wchan"))
+                    .is_ok_and(|w| w == "sk_stream_wait_memory" || w == "wait_woken")
+            })
+            .count();
+        if waiting >= n || Instant::now() > deadline {
+            break waiting;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let readers: Vec<_> = peers
+        .into_iter()
+        .map(|mut p| {
+            thread::spawn(move || {
+                let mut sink = Vec::new();
+                p.read_to_end(&mut sink).map(|_| sink.len())
+            })
+        })
+        .collect();
+    let mut sends = 0;
+    for s in senders {
+        match s.join() {
+            Ok(Ok(calls)) => sends += calls,
+            other => eprintln!("sender: {other:?}"),
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    println!("blocked={blocked} sends={sends}");
+    Ok(blocked >= n && sends == 2 * n)
+}
+
+fn set_buf(fd: std::os::fd::RawFd, opt: libc::c_int) -> io::Result<()> {
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt on a live descriptor with a c_int value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
