@@ -142,9 +142,40 @@ struct Connection {
     disconnects: u64,
 }
 
+/// What one watch answer changed.
+#[derive(Debug, PartialEq, Eq)]
+struct Change {
+    /// The overall state flipped to this.
+    connected: Option<bool>,
+    /// This watch just started failing (first failure, or first after a success).
+    started_failing: bool,
+}
+
 impl Connection {
     fn connected(&self) -> bool {
         self.pods == Some(true) && self.slices == Some(true)
+    }
+
+    fn update(&mut self, r: Resource, ok: bool, error: Option<String>, now: SystemTime) -> Change {
+        let before = self.connected();
+        let was = match r {
+            Resource::Pods => self.pods.replace(ok),
+            Resource::EndpointSlices => self.slices.replace(ok),
+        };
+        if was == Some(true) && !ok {
+            self.disconnects += 1;
+        }
+        if let Some(e) = error {
+            self.last_error = Some(e);
+        }
+        let after = self.connected();
+        if before != after {
+            self.since = now;
+        }
+        Change {
+            connected: (before != after).then_some(after),
+            started_failing: !ok && was != Some(false),
+        }
     }
 }
 
@@ -294,37 +325,29 @@ impl Kubernetes {
 
     fn set_watch(&self, r: Resource, ok: bool, error: Option<String>) {
         let mut c = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let before = c.connected();
-        let was_ok = match r {
-            Resource::Pods => c.pods.replace(ok),
-            Resource::EndpointSlices => c.slices.replace(ok),
-        };
-        if was_ok == Some(true) && !ok {
-            c.disconnects += 1;
-        }
-        if let Some(e) = error {
-            c.last_error = Some(e);
-        }
-        let after = c.connected();
-        if before != after {
-            c.since = SystemTime::now();
+        let change = c.update(r, ok, error, SystemTime::now());
+        if let Some(connected) = change.connected {
             let labels = NodeLabels {
                 node: self.node.clone(),
             };
             self.metrics
                 .connected
                 .get_or_create(&labels)
-                .set(i64::from(after));
-            if after {
+                .set(i64::from(connected));
+            if connected {
                 info!(node = self.node, "Kubernetes API: watching");
-            } else {
-                warn!(
-                    node = self.node,
-                    error = c.last_error.as_deref().unwrap_or(""),
-                    "Kubernetes API unreachable: pods stay named as last seen, new pods are \
-                     exported by UID until the watch resumes"
-                );
             }
+        }
+        // Once per failing spell of each watch (not per retry), also when it never worked
+        // (API server unreachable at start, RBAC refusing one resource).
+        if change.started_failing {
+            warn!(
+                node = self.node,
+                resource = r.as_str(),
+                error = c.last_error.as_deref().unwrap_or(""),
+                "Kubernetes watch failing: pods stay named as last seen, new pods are exported \
+                 by UID until it resumes"
+            );
         }
     }
 
@@ -341,5 +364,77 @@ impl Kubernetes {
     fn sweep(&self, now: Instant) {
         self.write().sweep(now);
         self.publish_pod_count();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches: "connected" while one of the two watches fails (Services silently stale);
+    /// every retry counted as a disconnect; an API server unreachable from the start never
+    /// reported (no transition from connected ever happens).
+    #[test]
+    fn connected_needs_both_watches_and_failures_are_reported_once_per_spell() {
+        let t = SystemTime::UNIX_EPOCH;
+        let mut c = Connection {
+            pods: None,
+            slices: None,
+            since: t,
+            last_error: None,
+            disconnects: 0,
+        };
+        let failing = |connected| Change {
+            connected,
+            started_failing: true,
+        };
+        let quiet = |connected| Change {
+            connected,
+            started_failing: false,
+        };
+        // Unreachable from the start: reported once, retries are quiet.
+        assert_eq!(
+            c.update(Resource::Pods, false, Some("refused".into()), t),
+            failing(None)
+        );
+        assert_eq!(
+            c.update(Resource::Pods, false, Some("refused".into()), t),
+            quiet(None)
+        );
+        assert_eq!(c.disconnects, 0, "never connected: nothing was lost");
+        assert_eq!(c.update(Resource::Pods, true, None, t), quiet(None));
+        assert!(
+            !c.connected(),
+            "the EndpointSlice watch has not answered yet"
+        );
+        let t1 = t + std::time::Duration::from_secs(1);
+        assert_eq!(
+            c.update(Resource::EndpointSlices, true, None, t1),
+            quiet(Some(true))
+        );
+        assert_eq!(c.since, t1);
+        // An outage: both watches fail, one disconnect each, the state flips once.
+        let t2 = t + std::time::Duration::from_secs(2);
+        assert_eq!(
+            c.update(Resource::Pods, false, Some("reset".into()), t2),
+            failing(Some(false))
+        );
+        assert_eq!(
+            c.update(Resource::EndpointSlices, false, None, t2),
+            failing(None)
+        );
+        assert_eq!(
+            c.update(Resource::Pods, false, Some("refused".into()), t2),
+            quiet(None)
+        );
+        assert_eq!(
+            (c.disconnects, c.last_error.as_deref()),
+            (2, Some("refused"))
+        );
+        assert_eq!(c.update(Resource::Pods, true, None, t2), quiet(None));
+        assert_eq!(
+            c.update(Resource::EndpointSlices, true, None, t2),
+            quiet(Some(true))
+        );
     }
 }
