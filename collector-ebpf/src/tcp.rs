@@ -122,8 +122,8 @@ fn enter(map: &LruHashMap<u64, Frames>, limit: u32, frame: Frame) {
         let _ = map.insert(&task, &Frames::default(), BPF_NOEXIST as u64);
         ptr = map.get_ptr_mut(&task);
     }
+    // No element: the return finds none and counts the call (`leave`), once.
     let Some(p) = ptr else {
-        count_drop(KernelDrop::StashMiss);
         return;
     };
     // SAFETY: live element of this task; only this task's programs touch it.
