@@ -162,9 +162,11 @@ impl StatsSource for KernelMaps {
 /// `stats_map_full`); they are exported all the same.
 pub fn loses_signal(reason: KernelDrop) -> bool {
     match reason {
-        KernelDrop::RingReserve
-        | KernelDrop::StatsLost
-        | KernelDrop::StashMiss => true,
+        KernelDrop::StatsLost | KernelDrop::StashMiss => true,
+        // Counts never ride the ring: besides HTTP records (`RecordReserve`) it carries process
+        // announcements (names, re-sent within 30 s) and exec notices (the 2 s rescan finds
+        // what they missed). A full ring made every workload of the node unknown before.
+        KernelDrop::RingReserve => false,
         // Charged to the owner of the connection (`HttpCounts::lost`): only that workload's
         // verdict is unknown.
         KernelDrop::WireDesync | KernelDrop::WireWindows => false,
@@ -491,7 +493,9 @@ mod tests {
             .filter(|d| loses_signal(**d))
             .map(|d| d.reason())
             .collect();
-        assert!(lossy.contains(&"ring_reserve_failed"));
+        assert!(lossy.contains(&"stats_lost"));
+        assert!(!lossy.contains(&"ring_reserve_failed"));
+        assert!(!lossy.contains(&"http_record_reserve_failed"));
         assert!(!lossy.contains(&"cgroup_read_failed"));
         assert!(!lossy.contains(&"stats_map_full"));
     }
