@@ -197,7 +197,14 @@ fn integration(extra: &[String]) -> anyhow::Result<()> {
         );
     }
     // tests/tests/resilience.rs runs (and kill -9s) the collector binary of the same profile.
-    cargo(&["build", "--release", "-p", "collector", "--bin", "collector"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "collector",
+        "--bin",
+        "collector",
+    ])?;
     let mut args = vec![
         "test",
         "--release",
@@ -262,7 +269,10 @@ fn verifier_insns(vm: bool) -> anyhow::Result<()> {
         "--exact",
         VERIFIER_INSNS_TEST,
     ];
-    eprintln!("+ COLLECTOR_RECORD_VERIFIER_INSNS=1 cargo {}", args.join(" "));
+    eprintln!(
+        "+ COLLECTOR_RECORD_VERIFIER_INSNS=1 cargo {}",
+        args.join(" ")
+    );
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
         .env("COLLECTOR_RECORD_VERIFIER_INSNS", "1")
