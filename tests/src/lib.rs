@@ -1270,3 +1270,56 @@ impl Drop for Load {
         }
     }
 }
+
+/// Starts a collector with the HTTP socket parser on (the default) on a loopback port,
+/// harvesting every 200 ms, and fails the test with the verifier's own words when this kernel
+/// refused the parser: a test of the parser must never pass because nothing was parsed.
+pub async fn start_socket_collector(config: collector::config::Config) -> collector::app::Running {
+    let config = collector::config::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..config
+    };
+    assert!(config.http.socket, "the socket parser is switched off");
+    let running = collector::app::start(config)
+        .await
+        .expect("collector starts");
+    if let Some(Err(why)) = &running.http_socket {
+        panic!(
+            "this kernel refused the socket parser:\n{}",
+            verifier_refusal(why)
+        );
+    }
+    running
+}
+
+/// What the verifier said when it refused a program (its whole log is megabytes): its last
+/// words, and which source lines the refused path went through most often since the verifier
+/// last switched paths (where a path explodes, e.g. a loop whose bound it lost).
+pub fn verifier_refusal(why: &str) -> String {
+    let lines: Vec<&str> = why.lines().collect();
+    let last_switch = lines
+        .iter()
+        .rposition(|l| l.starts_with("from "))
+        .unwrap_or(0);
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for l in &lines[last_switch..] {
+        if let Some(src) = l.strip_prefix("; ") {
+            *seen.entry(src).or_default() += 1;
+        }
+    }
+    let mut seen: Vec<_> = seen.into_iter().collect();
+    seen.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let hot: Vec<String> = seen
+        .iter()
+        .take(40)
+        .map(|(src, n)| format!("{n:>6} {src}"))
+        .collect();
+    format!(
+        "{} log lines after the last path switch ({} in all); hottest source lines:\n{}\n...\n{}",
+        lines.len() - last_switch,
+        lines.len(),
+        hot.join("\n"),
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    )
+}

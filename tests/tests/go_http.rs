@@ -1269,16 +1269,8 @@ async fn socket_source_async_status_and_requests_in_flight_at_start() {
     let server = start_server(&cgroup, &f.path, &[]);
     let addr = server.addr;
     let held = std::thread::spawn(move || keep_alive(addr, &[("GET", "/hold?key=wire")]));
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    assert!(config.http.socket && !config.http.uprobes);
-    let running = app::start(config).await.expect("collector starts");
-    if let Some(Err(why)) = &running.http_socket {
-        panic!("this kernel refused the socket parser: {why}");
-    }
+    assert!(!Config::default().http.uprobes);
+    let running = start_socket_collector(Config::default()).await;
     assert_eq!(
         request(addr, "GET", "/release?key=wire&after=1").0,
         Some(200)
@@ -1375,15 +1367,7 @@ async fn socket_source_flood_of_one_workload_does_not_blind_another() {
         HostCgroup::create(&prefix, "victim").expect("cgroup"),
     );
     let victim_w = victim.workload();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
-    if let Some(Err(why)) = &running.http_socket {
-        panic!("this kernel refused the socket parser: {why}");
-    }
+    let running = start_socket_collector(Config::default()).await;
     let hogs: Vec<Server> = (0..HOG_SERVERS)
         .map(|_| start_server(&hog, &f.path, &[]))
         .collect();

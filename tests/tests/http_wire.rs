@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use collector::{app, config::Config};
+use collector::config::Config;
 use integration_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -194,37 +194,6 @@ fn records(text: &str, w: &[(&str, &str)], method: &str, route: &str, status: &s
     metric_sum(text, "http_server_request_duration_seconds_count", &labels).unwrap_or(0.0) as u64
 }
 
-/// What the verifier said when the kernel refused the parser (its whole log is megabytes):
-/// its last words, and which source lines the refused path went through most often since the
-/// verifier last switched paths (where a path explodes).
-fn refusal(why: &str) -> String {
-    let lines: Vec<&str> = why.lines().collect();
-    let last_switch = lines
-        .iter()
-        .rposition(|l| l.starts_with("from "))
-        .unwrap_or(0);
-    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
-    for l in &lines[last_switch..] {
-        if let Some(src) = l.strip_prefix("; ") {
-            *seen.entry(src).or_default() += 1;
-        }
-    }
-    let mut seen: Vec<_> = seen.into_iter().collect();
-    seen.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-    let hot: Vec<String> = seen
-        .iter()
-        .take(40)
-        .map(|(src, n)| format!("{n:>6} {src}"))
-        .collect();
-    format!(
-        "{} log lines after the last path switch ({} in all); hottest source lines:\n{}\n...\n{}",
-        lines.len() - last_switch,
-        lines.len(),
-        hot.join("\n"),
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    )
-}
-
 /// Also run on Debian's 6.1 by `./x vm-test` (the `guest_` prefix).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_go_server_framing_cases_count_exactly() {
@@ -242,15 +211,7 @@ async fn guest_go_server_framing_cases_count_exactly() {
         assert_eq!(early.get("/ok").status, 200);
     }
 
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
-    if let Some(Err(why)) = &running.http_socket {
-        panic!("this kernel refused the socket parser:\n{}", refusal(why));
-    }
+    let running = start_socket_collector(Config::default()).await;
     let c = running.addr;
 
     // 1. The predating connection, now seen: 10 requests.
@@ -352,12 +313,7 @@ async fn python_http_server_counts_exactly() {
     std::fs::create_dir_all(&dir).expect("www");
     std::fs::write(dir.join("file.txt"), "x".repeat(5000)).expect("file");
 
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
+    let running = start_socket_collector(Config::default()).await;
     let mut child = cgroup
         .spawn(
             Path::new("/usr/bin/python3"),
@@ -457,12 +413,7 @@ async fn nginx_counts_exactly() {
     );
     std::fs::write(dir.join("nginx.conf"), conf).expect("conf");
 
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
+    let running = start_socket_collector(Config::default()).await;
     let conf_path = dir.join("nginx.conf");
     let child = cgroup
         .spawn(
@@ -578,12 +529,7 @@ async fn status_line_split_across_segments_counts_once() {
     let cgroup = HostCgroup::create(&prefix, "split").expect("cgroup");
     let workload = cgroup.workload();
     let w = cg(&workload);
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
+    let running = start_socket_collector(Config::default()).await;
     let (_server, addr) = start_line_server(&cgroup, "split");
     let mut ka = Client::connect(addr);
     for _ in 0..6 {
@@ -607,12 +553,7 @@ async fn line_protocol_that_is_not_http_is_ignored() {
     let cgroup = HostCgroup::create(&prefix, "lines").expect("cgroup");
     let workload = cgroup.workload();
     let w = cg(&workload);
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
+    let running = start_socket_collector(Config::default()).await;
     let (_server, addr) = start_line_server(&cgroup, "lines");
     let mut http = 0;
     for round in 0..4 {
@@ -653,13 +594,11 @@ async fn retransmitted_segments_count_once() {
     let uid = fake_pod_uid(0x7e01);
     let pod = Pod::create(&prefix, 90, &uid, &fake_container_id(0x7e01)).expect("pod");
     let w = [("workload_kind", "pod"), ("pod_uid", uid.as_str())];
-    let config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
+    let running = start_socket_collector(Config {
         kubelet_cgroup_roots: vec![HARNESS_KUBELET_ROOT.into()],
         ..Config::default()
-    };
-    let running = app::start(config).await.expect("collector starts");
+    })
+    .await;
     let (_, _, bin) = go_fixtures()
         .into_iter()
         .rfind(|(_, variant, _)| variant == "default")
