@@ -360,6 +360,9 @@ impl<S: StatsSource> Aggregator<S> {
                 result.deltas.push((*key, d));
             }
         }
+        if let Some(s) = self.sampler.as_mut() {
+            s.on_requests(result.deltas.iter().map(|(_, d)| d.requests).sum());
+        }
         for (key, d) in &result.deltas {
             let workload = self
                 .metrics

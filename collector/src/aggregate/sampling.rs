@@ -53,6 +53,9 @@ pub struct Sampler {
     pub current: u32,
     since: Instant,
     records: u64,
+    /// Requests counted exactly in the kernel over the period: records can fall short of
+    /// what they stand for (a full ring drops them), the counts cannot.
+    requests: u64,
 }
 
 impl Sampler {
@@ -64,11 +67,16 @@ impl Sampler {
             current: min.max(1),
             since: now,
             records: 0,
+            requests: 0,
         }
     }
 
     pub fn on_record(&mut self) {
         self.records += 1;
+    }
+
+    pub fn on_requests(&mut self, n: u64) {
+        self.requests += n;
     }
 
     /// Judges the last period; returns the new N when it changed.
@@ -77,9 +85,16 @@ impl Sampler {
         if elapsed < PERIOD {
             return None;
         }
-        let next = next_every(self.current, self.records, elapsed, self.budget, self.min);
+        // What the period's requests would have given as records at 1 in `current`, when more
+        // than the records that arrived: with the ring full, judging by records alone kept
+        // sampling at 1 while records were being dropped.
+        let seen = self
+            .records
+            .max(self.requests.div_ceil(u64::from(self.current.max(1))));
+        let next = next_every(self.current, seen, elapsed, self.budget, self.min);
         self.since = now;
         self.records = 0;
+        self.requests = 0;
         if next == self.current {
             return None;
         }
@@ -123,6 +138,26 @@ mod tests {
                 "{current} {records} {budget} {min}"
             );
         }
+    }
+
+    #[test]
+    fn exact_counts_drive_sampling_when_records_fall_short() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let t0 = Instant::now();
+        let mut s = Sampler::new(Box::new(Spy(writes.clone())), 1000, 1, t0);
+        // 5,000 requests counted, only 300 records through (the ring was full).
+        for _ in 0..300 {
+            s.on_record();
+        }
+        s.on_requests(5000);
+        assert_eq!(s.tick(t0 + S), Some(8));
+        // At 1 in 8, 625 records stand for the same 5,000 requests: no change.
+        for _ in 0..625 {
+            s.on_record();
+        }
+        s.on_requests(5000);
+        assert_eq!(s.tick(t0 + 2 * S), None);
+        assert_eq!(*writes.lock().expect("lock"), vec![8]);
     }
 
     struct Spy(Arc<Mutex<Vec<u32>>>);
