@@ -1323,3 +1323,34 @@ pub fn verifier_refusal(why: &str) -> String {
         lines[lines.len().saturating_sub(40)..].join("\n")
     )
 }
+
+/// The Go test server (tests/go/server) built with the newest Go of tests/go/versions, default
+/// variant: one build instead of the whole matrix `go_fixtures` makes.
+pub fn newest_go_server() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
+    let versions =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/go/versions")).expect("versions");
+    let newest = versions
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
+        .expect("a Go version")
+        .to_string();
+    let out = Command::new(script)
+        .arg(&newest)
+        .output()
+        .expect("run build-fixtures.sh");
+    assert!(
+        out.status.success(),
+        "building the Go server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_, variant, path) = (it.next()?, it.next()?, it.next()?);
+            (variant == "default").then(|| PathBuf::from(path))
+        })
+        .expect("default variant")
+}

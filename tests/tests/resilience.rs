@@ -136,36 +136,6 @@ async fn counts_stay_exact_while_keys_expire() {
 // Helpers: the Go test server, counted load, the collector binary, what is attached
 // ---------------------------------------------------------------------------------------------
 
-/// The newest Go toolchain's build of tests/go/server.
-fn go_server() -> PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
-    let versions =
-        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/go/versions")).expect("versions");
-    let newest = versions
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
-        .expect("a Go version")
-        .to_string();
-    let out = Command::new(script)
-        .arg(&newest)
-        .output()
-        .expect("run build-fixtures.sh");
-    assert!(
-        out.status.success(),
-        "building the Go server: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let (_, variant, path) = (it.next()?, it.next()?, it.next()?);
-            (variant == "default").then(|| PathBuf::from(path))
-        })
-        .expect("default variant")
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -177,7 +147,7 @@ fn free_port() -> u16 {
 fn serve(cgroup: &HostCgroup) -> (Child, SocketAddr) {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut child = cgroup
-        .spawn(&go_server(), &["-listen", &addr.to_string()])
+        .spawn(&newest_go_server(), &["-listen", &addr.to_string()])
         .expect("Go server");
     // Go exits on SIGPIPE when its stdout is closed: drain it.
     if let Some(mut out) = child.stdout.take() {

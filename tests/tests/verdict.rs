@@ -9,8 +9,6 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -28,35 +26,6 @@ const BUCKET: Duration = Duration::from_secs(1);
 const BUCKETS: usize = 5;
 /// "Within two windows" of a fault.
 const TWO_WINDOWS: Duration = Duration::from_secs(2 * BUCKETS as u64);
-
-fn go_server() -> PathBuf {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
-    let versions = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/go/versions"))
-        .expect("versions");
-    let newest = versions
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !l.starts_with('#'))
-        .expect("a Go version")
-        .to_string();
-    let out = Command::new(script)
-        .arg(&newest)
-        .output()
-        .expect("run build-fixtures.sh");
-    assert!(
-        out.status.success(),
-        "building the Go server: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let (_, variant, path) = (it.next()?, it.next()?, it.next()?);
-            (variant == "default").then(|| PathBuf::from(path))
-        })
-        .expect("default variant")
-}
 
 fn pod_health(api: &str, uid: &str) -> Value {
     let (code, body) = status::get(api, &format!("/v1/pods/{uid}/health")).expect("API");
@@ -128,7 +97,7 @@ fn wait_state(
 #[test]
 fn verdicts_follow_real_traffic() {
     require_root();
-    let server = go_server();
+    let server = newest_go_server();
     let prefix = unique_prefix("vd");
     let uids: Vec<String> = (0..4).map(|i| fake_pod_uid(0x7d00 + i)).collect();
     let pods: Vec<Pod> = (0..4u8)
