@@ -1,6 +1,6 @@
 //! collector: start, run until SIGTERM/SIGINT, drain, exit.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser;
 use collector::{app, config, status};
@@ -34,6 +34,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or `kubectl logs` would be full
+        // of escape sequences.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     info!(version = env!("CARGO_PKG_VERSION"), "starting");
 

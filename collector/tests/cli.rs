@@ -1,6 +1,9 @@
 //! The binary's command line: bad input is a clear message and exit code 64, never a panic.
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
 fn collector(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_collector"))
@@ -63,4 +66,25 @@ fn help_documents_every_option_and_default() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
+}
+
+/// Log lines carry no colour codes when stderr is not a terminal (a log file, `kubectl logs`).
+#[test]
+fn logs_have_no_colour_codes_when_not_a_terminal() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run collector");
+    let mut line = String::new();
+    let read = BufReader::new(child.stderr.take().expect("stderr")).read_line(&mut line);
+    let _ = child.kill();
+    let _ = child.wait();
+    read.expect("a log line");
+    assert!(line.contains("starting"), "{line:?}");
+    assert!(
+        !line.contains('\x1b'),
+        "escape sequences in a piped log: {line:?}"
+    );
 }
