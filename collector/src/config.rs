@@ -185,6 +185,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
 
+    /// Log line format: "text" (for a person) or "json" (one object per line, for a log
+    /// pipeline). [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
     /// Length of one verdict window bucket; a verdict is evaluated each time one closes
     /// (100ms–10m). [default: 10s]
     #[arg(long, value_name = "DURATION")]
@@ -207,6 +212,16 @@ pub struct Cli {
     /// kubeconfig for the Kubernetes API. [default: the in-cluster service account]
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// How log lines are written. The JSON field names (`timestamp`, `level`, `target`, `fields`
+/// with `message`, `span`, `spans`) are tracing-subscriber's and stable across its 0.3 releases.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// What to do; the default is `run`.
@@ -236,6 +251,7 @@ pub struct FileConfig {
     pub ring_buffer_bytes: Option<u32>,
     pub max_workloads: Option<usize>,
     pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub otlp: Option<FileOtlp>,
     pub probe_paths: Option<Vec<String>>,
     pub max_routes: Option<usize>,
@@ -358,6 +374,7 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_workloads: usize,
     pub log: String,
+    pub log_format: LogFormat,
     /// None: no OTLP push.
     pub otlp: Option<OtlpConfig>,
     pub http: HttpConfig,
@@ -412,6 +429,7 @@ impl Default for Config {
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             max_workloads: DEFAULT_MAX_WORKLOADS,
             log: "info".into(),
+            log_format: LogFormat::Text,
             otlp: None,
             http: HttpConfig::default(),
             verdict: VerdictConfig::default(),
@@ -593,6 +611,7 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
+        let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
         let otlp = otlp_config(cli, file.otlp.unwrap_or_default(), env)?;
         let mut http = HttpConfig {
             socket: !cli.no_http_socket && file.http_socket.unwrap_or(true),
@@ -663,6 +682,7 @@ impl Config {
             ring_buffer_bytes,
             max_workloads,
             log,
+            log_format,
             otlp,
             http,
             verdict,

@@ -5,7 +5,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser;
 use collector::{app, config, status};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{error, info};
 
 /// sysexits EX_USAGE: bad command line or configuration.
 const EX_USAGE: u8 = 64;
@@ -31,13 +31,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let format = config.log_format;
+    match format {
         // Colour only for a person at a terminal: a log file or `kubectl logs` would be full
         // of escape sequences.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line for log pipelines (Loki, Elasticsearch, Cloud Logging); the
+        // current span is kept so a line still says which probe or watch it came from.
+        config::LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     info!(version = env!("CARGO_PKG_VERSION"), "starting");
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -47,16 +52,25 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("collector: starting the runtime: {e}");
+            fatal(format, &format!("starting the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("collector: {e:#}");
+            fatal(format, &format!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The last words before exiting: a JSON log stream stays JSON to its last line (a pipeline
+/// would otherwise drop or mangle the one line that says why the collector stopped).
+fn fatal(format: config::LogFormat, message: &str) {
+    match format {
+        config::LogFormat::Text => eprintln!("collector: {message}"),
+        config::LogFormat::Json => error!(error = message, "exiting"),
     }
 }
 

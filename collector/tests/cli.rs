@@ -88,3 +88,106 @@ fn logs_have_no_colour_codes_when_not_a_terminal() {
         "escape sequences in a piped log: {line:?}"
     );
 }
+
+/// Runs the collector with `--log-format json` and these options, SIGTERMs it once it runs (as
+/// Kubernetes stops a pod), and returns every stderr line of its life with how it ended.
+fn json_log_lines(args: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["--log-format", "json"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run collector");
+    let mut lines = Vec::new();
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read stderr") == 0 {
+            break;
+        }
+        if line.contains("collector running") {
+            let pid = i32::try_from(child.id()).expect("pid");
+            // SAFETY: kill(2) on our own child, not yet waited for, so the pid is still ours.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        }
+        lines.push(line);
+    }
+    (child.wait().expect("wait"), lines)
+}
+
+/// Every line is one JSON object with tracing-subscriber's field names; returns them parsed.
+fn parse_json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            for key in ["timestamp", "level", "target", "fields"] {
+                assert!(value.get(key).is_some(), "no {key:?} in {line:?}");
+            }
+            assert!(
+                value["fields"]["message"].is_string(),
+                "no fields.message in {line:?}"
+            );
+            value
+        })
+        .collect()
+}
+
+/// `--log-format json`: every line from the first to the last (after SIGTERM and the drain) is
+/// one JSON object, so a log pipeline can parse the whole stream. Needs root (eBPF); without
+/// it the run ends in the start-up error, which the next test covers.
+#[test]
+fn json_logs_are_one_object_per_line_from_start_to_exit() {
+    let (status, lines) = json_log_lines(&["--listen", "127.0.0.1:0"]);
+    let objects = parse_json_lines(&lines);
+    let first = &objects[0];
+    assert_eq!(
+        (
+            &first["level"],
+            &first["target"],
+            &first["fields"]["message"]
+        ),
+        (&"INFO".into(), &"collector".into(), &"starting".into())
+    );
+    assert_eq!(first["fields"]["version"], env!("CARGO_PKG_VERSION"));
+    if status.success() {
+        let messages: Vec<&str> = objects
+            .iter()
+            .filter_map(|o| o["fields"]["message"].as_str())
+            .collect();
+        assert!(messages.contains(&"SIGTERM: draining"), "{messages:?}");
+        assert_eq!(
+            messages.last(),
+            Some(&"detached; nothing of ours is left loaded")
+        );
+    }
+}
+
+/// The error that stops the collector is a JSON line too (its last), not bare text: here the
+/// listen address is taken.
+#[test]
+fn json_logs_end_with_the_fatal_error_as_json() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (status, lines) = json_log_lines(&["--listen", &addr]);
+    assert_eq!(status.code(), Some(1), "{lines:?}");
+    let objects = parse_json_lines(&lines);
+    let last = objects.last().expect("a line");
+    assert_eq!(
+        (&last["level"], &last["fields"]["message"]),
+        (&"ERROR".into(), &"exiting".into())
+    );
+    let error = last["fields"]["error"].as_str().expect("error field");
+    assert!(error.contains(&addr), "{error}");
+}
+
+/// An unknown format is a usage error naming the option, not a silent fall back to text.
+#[test]
+fn unknown_log_format_is_rejected() {
+    let out = collector(&["--log-format", "xml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--log-format"), "{stderr}");
+}
