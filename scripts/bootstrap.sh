@@ -27,6 +27,7 @@ apt_packages=(
   prometheus python3-venv openssl
   qemu-system-x86 busybox-static kmod xz-utils cpio
   valgrind
+  podman buildah runc musl-tools
 )
 
 install_debian() {
@@ -180,11 +181,35 @@ install_py_test_deps() {
   fi
 }
 
+# The container image (`./x image`, tests/tests/image.rs): a static collector for musl. The
+# target's standard library comes with the pinned userspace toolchain.
+MUSL_TARGET=x86_64-unknown-linux-musl
+install_musl_target() {
+  if ! rustup target list --toolchain "$USER_TOOLCHAIN" --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+    log "adding Rust target $MUSL_TARGET to $USER_TOOLCHAIN"
+    rustup target add --toolchain "$USER_TOOLCHAIN" "$MUSL_TARGET"
+  fi
+}
+
+# podman with runc: crun (Debian's default) refuses this machine's hybrid cgroup layout, and
+# the process may not raise RLIMIT_NOFILE/NPROC, so no default ulimits. Only written when the
+# machine has no containers.conf of its own.
+configure_podman() {
+  local conf=/etc/containers/containers.conf
+  if [ ! -e "$conf" ]; then
+    log "writing $conf (runc, no default ulimits)"
+    mkdir -p /etc/containers
+    printf '# written by collector scripts/bootstrap.sh\n[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' > "$conf"
+  fi
+}
+
 need_root
 install_debian
 install_nginx
 install_rustup
 install_toolchains
+install_musl_target
+configure_podman
 install_bpf_linker
 check_llvm_match
 install_cargo_fuzz
@@ -193,4 +218,7 @@ install_py_test_deps
 # The Kubernetes control plane of tests/tests/kubernetes.rs (kube-apiserver, kubectl, etcd built
 # from their Go modules; ~10 min once, cached under /var/cache/collector-k8s, then a no-op).
 [ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/k8s-control-plane.sh" >/dev/null
+# helm for the chart tests (tests/tests/deploy.rs), built from its Go module; cached under
+# /var/cache/collector-helm, then a no-op.
+[ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/helm.sh" >/dev/null
 log "ok: $USER_TOOLCHAIN, $EBPF_NIGHTLY (LLVM $(llvm_major_of_nightly)), bpf-linker $BPF_LINKER_VERSION"
