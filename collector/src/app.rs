@@ -255,6 +255,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_verdicts(engine)
         .with_sampler(sampler);
     let verdicts = aggregator.verdicts();
+    // Readiness gates of opted-in pods, and this node's Lease for the watchdog.
+    if let Some(k) = &kubernetes {
+        tasks.extend(k.spawn_readiness(
+            config.readiness.clone(),
+            verdicts.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     if let Some(otlp) = &otlp {
         otlp.export_verdicts(verdicts.clone());
     }

@@ -212,6 +212,12 @@ pub struct Cli {
     /// kubeconfig for the Kubernetes API. [default: the in-cluster service account]
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Readiness gates of opted-in pods: off (all True), advisory (True, with what enforce
+    /// would do in the reason), enforce (False for an unhealthy verdict, within the caps).
+    /// [default: advisory]
+    #[arg(long, value_name = "MODE")]
+    pub readiness_gates: Option<String>,
 }
 
 /// How log lines are written. The JSON field names (`timestamp`, `level`, `target`, `fields`
@@ -234,6 +240,25 @@ pub enum Command {
         /// Base URL of the collector's API.
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464")]
         api: String,
+    },
+    /// Set the readiness-gate condition True on pods whose node's collector Lease expired
+    /// (one replica per cluster, leader-elected; no eBPF).
+    Watchdog {
+        /// kubeconfig. [default: the in-cluster service account]
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// Namespace of the node Leases and of the leader Lease.
+        #[arg(long, default_value = crate::kubernetes::gate::DEFAULT_LEASE_NAMESPACE)]
+        namespace: String,
+        /// This replica's name in the leader Lease. [env: POD_NAME; default: the host name]
+        #[arg(long)]
+        identity: Option<String>,
+        /// How often the leader checks the Leases and pods.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        interval: String,
+        /// The leader Lease's duration, also assumed for a node that never had a Lease.
+        #[arg(long, value_name = "DURATION", default_value = "40s")]
+        lease_duration: String,
     },
 }
 
@@ -263,6 +288,22 @@ pub struct FileConfig {
     pub http_socket: Option<bool>,
     pub verdict: Option<FileVerdict>,
     pub kubernetes: Option<FileKubernetes>,
+    pub readiness: Option<FileReadiness>,
+}
+
+/// `[readiness]`: readiness gates (docs/kubernetes.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReadiness {
+    pub mode: Option<String>,
+    pub false_on: Option<Vec<String>>,
+    pub service_floor: Option<f64>,
+    pub node_share: Option<f64>,
+    pub flip_window: Option<String>,
+    pub interval: Option<String>,
+    pub lease_namespace: Option<String>,
+    pub lease_renew: Option<String>,
+    pub lease_duration: Option<String>,
 }
 
 /// `[kubernetes]`.
@@ -381,6 +422,8 @@ pub struct Config {
     pub verdict: VerdictConfig,
     /// None: no Kubernetes API (pods are known by UID only).
     pub kubernetes: Option<crate::kubernetes::KubernetesConfig>,
+    /// Readiness gates (used with `kubernetes`).
+    pub readiness: crate::kubernetes::gate::ReadinessConfig,
 }
 
 /// HTTP request metrics: where they come from, and how records are bounded.
@@ -434,6 +477,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             verdict: VerdictConfig::default(),
             kubernetes: None,
+            readiness: Default::default(),
         }
     }
 }
@@ -672,6 +716,7 @@ impl Config {
             .unwrap_or(DEFAULT_HTTP_EVENT_BUDGET);
         let verdict = verdict_config(cli, file.verdict.unwrap_or_default())?;
         let kubernetes = kubernetes_config(cli, file.kubernetes.unwrap_or_default(), env)?;
+        let readiness = readiness_config(cli, file.readiness.unwrap_or_default())?;
         Ok(Config {
             listen,
             harvest_interval,
@@ -687,6 +732,7 @@ impl Config {
             http,
             verdict,
             kubernetes,
+            readiness,
         })
     }
 }
@@ -737,6 +783,87 @@ fn kubernetes_config(
         node_name,
         kubeconfig,
     }))
+}
+
+/// `[readiness]` and `--readiness-gates`.
+fn readiness_config(
+    cli: &Cli,
+    file: FileReadiness,
+) -> Result<crate::kubernetes::gate::ReadinessConfig, ConfigError> {
+    use crate::verdict::rules::State;
+    let mut r = crate::kubernetes::gate::ReadinessConfig::default();
+    if let Some(m) = cli.readiness_gates.as_deref().or(file.mode.as_deref()) {
+        r.mode = m.parse().map_err(|e| invalid("readiness.mode", e))?;
+    }
+    if let Some(states) = file.false_on {
+        r.false_on = states
+            .iter()
+            .map(|s| s.parse::<State>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid("readiness.false_on", e))?;
+        // The gate fails open: no evidence, or good evidence, never takes a pod out.
+        if r.false_on.contains(&State::Unknown) || r.false_on.contains(&State::Healthy) {
+            return Err(invalid(
+                "readiness.false_on",
+                "only degraded and unhealthy may set a pod's condition False",
+            ));
+        }
+    }
+    for (name, given, slot) in [
+        (
+            "readiness.service_floor",
+            file.service_floor,
+            &mut r.service_floor,
+        ),
+        ("readiness.node_share", file.node_share, &mut r.node_share),
+    ] {
+        if let Some(v) = given {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(name, format!("{v} is not between 0 and 1")));
+            }
+            *slot = v;
+        }
+    }
+    for (name, given, slot) in [
+        (
+            "readiness.flip_window",
+            file.flip_window,
+            &mut r.flip_window,
+        ),
+        ("readiness.interval", file.interval, &mut r.interval),
+        (
+            "readiness.lease_renew",
+            file.lease_renew,
+            &mut r.lease_renew,
+        ),
+        (
+            "readiness.lease_duration",
+            file.lease_duration,
+            &mut r.lease_duration,
+        ),
+    ] {
+        if let Some(s) = given {
+            *slot = parse_duration(&s).map_err(|e| invalid(name, e))?;
+        }
+    }
+    if r.interval < Duration::from_millis(100) || r.lease_renew < Duration::from_millis(100) {
+        return Err(invalid(
+            "readiness.interval",
+            "interval and lease_renew must be at least 100ms",
+        ));
+    }
+    // leaseDurationSeconds is whole seconds, and a lease that expires between two renewals
+    // would make the watchdog fight a live collector.
+    if r.lease_duration < Duration::from_secs(1) || r.lease_duration <= r.lease_renew {
+        return Err(invalid(
+            "readiness.lease_duration",
+            "must be at least 1s and longer than lease_renew",
+        ));
+    }
+    if let Some(ns) = file.lease_namespace {
+        r.lease_namespace = ns;
+    }
+    Ok(r)
 }
 
 fn api_config(cli: &Cli, file: FileApi) -> Result<crate::api::server::ServerConfig, ConfigError> {

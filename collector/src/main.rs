@@ -24,6 +24,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(config::Command::Watchdog {
+        kubeconfig,
+        namespace,
+        identity,
+        interval,
+        lease_duration,
+    }) = &cli.command
+    {
+        return watchdog(kubeconfig, namespace, identity, interval, lease_duration);
+    }
     let config = match config::Config::load(&cli, &config::ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -71,6 +81,80 @@ fn fatal(format: config::LogFormat, message: &str) {
     match format {
         config::LogFormat::Text => eprintln!("collector: {message}"),
         config::LogFormat::Json => error!(error = message, "exiting"),
+    }
+}
+
+/// `collector watchdog`: no eBPF, only the Kubernetes API (collector::kubernetes::watchdog).
+fn watchdog(
+    kubeconfig: &Option<std::path::PathBuf>,
+    namespace: &str,
+    identity: &Option<String>,
+    interval: &str,
+    lease_duration: &str,
+) -> ExitCode {
+    let parse = |name: &str, v: &str| {
+        config::parse_duration(v).map_err(|e| eprintln!("collector watchdog: --{name}: {e}"))
+    };
+    let (Ok(interval), Ok(lease_duration)) = (
+        parse("interval", interval),
+        parse("lease-duration", lease_duration),
+    ) else {
+        return ExitCode::from(EX_USAGE);
+    };
+    if lease_duration < std::time::Duration::from_secs(1) || lease_duration <= interval {
+        eprintln!("collector watchdog: --lease-duration must be at least 1s and above --interval");
+        return ExitCode::from(EX_USAGE);
+    }
+    let identity = identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| format!("watchdog-{}", std::process::id()));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = collector::kubernetes::watchdog::WatchdogConfig {
+        kubeconfig: kubeconfig.clone(),
+        namespace: namespace.to_owned(),
+        identity,
+        interval,
+        lease_duration,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("collector watchdog: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = stop.send(true);
+        });
+        collector::kubernetes::watchdog::run(config, stopped).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("collector watchdog: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

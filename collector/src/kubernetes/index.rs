@@ -15,12 +15,14 @@ use k8s_openapi::api::{
     discovery::v1::{Endpoint, EndpointSlice},
 };
 
+use super::gate::{CONDITION_TYPE, GatedPod, ServiceEndpoints};
 use crate::identity::PodNames;
 
 /// More pods than any kubelet runs (`maxPods` is 110 by default, a few hundred at most): past
 /// it new pods are counted and left unnamed rather than growing without bound.
 pub const MAX_PODS: usize = 5_000;
-/// EndpointSlices with an endpoint on this node.
+/// EndpointSlices with an endpoint on this node (kept with their pods), and count-only
+/// summaries of the other slices of any Service (for the readiness gate's Service floor).
 pub const MAX_SLICES: usize = 20_000;
 /// Owners (ReplicaSet → Deployment, Job → CronJob) resolved and cached.
 pub const MAX_OWNERS: usize = 20_000;
@@ -54,8 +56,20 @@ pub struct PodMeta {
     pub controller: Option<OwnerRef>,
     /// `kubernetes.io/config.mirror` of a mirror pod: the UID its cgroup carries.
     pub mirror_of: Option<String>,
+    /// The pod declares our readiness gate (`spec.readinessGates`, `gate::CONDITION_TYPE`).
+    pub gated: bool,
+    /// Our condition as the pod's status last carried it (or as we last wrote it).
+    pub condition: Option<ObservedCondition>,
     /// When the watch said it was deleted (kept `DELETED_GRACE` for late counters).
     deleted_at: Option<Instant>,
+}
+
+/// The readiness-gate condition as a pod's status carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedCondition {
+    /// `"True"`, `"False"` (or `"Unknown"`, never written by us).
+    pub status: String,
+    pub reason: String,
 }
 
 impl PodMeta {
@@ -94,6 +108,20 @@ impl PodMeta {
             .as_ref()
             .and_then(|a| a.get(MIRROR_ANNOTATION))
             .cloned();
+        let gated = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|g| g.iter().any(|g| g.condition_type == CONDITION_TYPE));
+        let condition = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == CONDITION_TYPE))
+            .map(|c| ObservedCondition {
+                status: c.status.clone(),
+                reason: c.reason.clone().unwrap_or_default(),
+            });
         Some(Self {
             uid,
             namespace,
@@ -101,6 +129,8 @@ impl PodMeta {
             containers,
             controller,
             mirror_of,
+            gated,
+            condition,
             deleted_at: None,
         })
     }
@@ -143,8 +173,14 @@ pub enum OwnerLookup {
 struct Slice {
     /// `namespace/name` of the Service.
     service: String,
-    /// UIDs of this node's pods behind it.
+    /// UIDs of this node's pods behind it (empty for a slice only other nodes' pods are in).
     pods: BTreeSet<String>,
+    /// Every endpoint of the slice, any node.
+    total: usize,
+    /// Endpoints whose `conditions.ready` is not false (unset means ready).
+    ready: usize,
+    /// This node's pods among the ready endpoints.
+    ready_local: BTreeSet<String>,
 }
 
 /// Counts of what the index refused (bounded maps full).
@@ -186,6 +222,7 @@ impl PodIndex {
     pub fn services(&self) -> usize {
         self.slices
             .values()
+            .filter(|s| !s.pods.is_empty())
             .map(|s| s.service.as_str())
             .collect::<BTreeSet<_>>()
             .len()
@@ -340,6 +377,48 @@ impl PodIndex {
         })
     }
 
+    /// Live pods on this node that declare our readiness gate, sorted by namespace/name (the
+    /// order caps are applied in, so a decision does not depend on hash order).
+    pub fn gated_pods(&self) -> Vec<GatedPod> {
+        let mut out: Vec<GatedPod> = self
+            .pods
+            .values()
+            .filter(|p| p.gated && p.deleted_at.is_none())
+            .map(|p| GatedPod {
+                uid: p.uid.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                observed: p.condition.clone(),
+                services: self
+                    .services_of(&p.uid)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    /// Every endpoint of Service `namespace/name`, over all its slices and nodes.
+    pub fn service_endpoints(&self, service: &str) -> ServiceEndpoints {
+        let mut e = ServiceEndpoints::default();
+        for s in self.slices.values().filter(|s| s.service == service) {
+            e.total += s.total;
+            e.ready += s.ready;
+            e.ready_local.extend(s.ready_local.iter().cloned());
+        }
+        e
+    }
+
+    /// Records the condition just written, so the next round does not write it again before
+    /// the watch brings the pod back.
+    pub fn set_condition(&mut self, uid: &str, condition: ObservedCondition) {
+        if let Some(p) = self.pods.get_mut(uid) {
+            p.condition = Some(condition);
+        }
+    }
+
     /// An EndpointSlice added or changed: remember which of this node's pods it lists.
     pub fn slice_upsert(&mut self, slice: &EndpointSlice, node: &str) {
         let Some(key) = slice_key(slice) else {
@@ -351,26 +430,51 @@ impl PodIndex {
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
             .map(|s| format!("{}/{s}", key.0));
+        let local = |e: &&Endpoint| on_node(e, node);
+        let pod_uid = |e: &Endpoint| {
+            e.target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.uid.clone())
+        };
+        let ready = |e: &Endpoint| e.conditions.as_ref().and_then(|c| c.ready) != Some(false);
         let pods: BTreeSet<String> = slice
             .endpoints
             .iter()
-            .filter(|e| on_node(e, node))
-            .filter_map(|e| e.target_ref.as_ref())
-            .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .filter_map(|r| r.uid.clone())
+            .filter(local)
+            .filter_map(pod_uid)
             .collect();
+        let ready_local: BTreeSet<String> = slice
+            .endpoints
+            .iter()
+            .filter(local)
+            .filter(|e| ready(e))
+            .filter_map(pod_uid)
+            .collect();
+        let total = slice.endpoints.len();
+        let ready = slice.endpoints.iter().filter(|e| ready(e)).count();
         let target = match &mut self.slices_relisting {
             Some(buffer) => buffer,
             None => &mut self.slices,
         };
         match service {
-            // Only slices with an endpoint here are kept: memory follows this node.
-            Some(service) if !pods.is_empty() => {
+            // Slices of other nodes are kept as counts (the Service floor needs every endpoint
+            // of a Service); only this node's pods are kept by UID.
+            Some(service) if total > 0 => {
                 if !target.contains_key(&key) && target.len() >= MAX_SLICES {
                     self.refused.slices += 1;
                     return;
                 }
-                target.insert(key, Slice { service, pods });
+                target.insert(
+                    key,
+                    Slice {
+                        service,
+                        pods,
+                        total,
+                        ready,
+                        ready_local,
+                    },
+                );
             }
             _ => {
                 target.remove(&key);

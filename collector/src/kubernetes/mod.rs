@@ -22,8 +22,12 @@
 //! The client is kept (`Kubernetes::client`) so the readiness-gate writer can patch
 //! `pods/status` with the same credentials.
 
+pub mod gate;
 pub mod index;
+pub mod lease;
+mod readiness;
 mod watch;
+pub mod watchdog;
 
 use std::{
     path::PathBuf,
@@ -113,6 +117,24 @@ pub struct Status {
     pub disconnects: u64,
     /// Objects not kept because a bound was reached.
     pub refused: index::Refused,
+    /// Readiness gates: the last round (None until the first, or when not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<gate::Summary>,
+    /// This node's Lease (renewed for the watchdog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+}
+
+/// This node's Lease as last renewed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LeaseStatus {
+    pub name: String,
+    /// RFC 3339 UTC of the last successful renewal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewed: Option<String>,
+    /// The last renewal's error, while failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl Status {
@@ -128,6 +150,8 @@ impl Status {
             last_error: None,
             disconnects: 0,
             refused: Default::default(),
+            readiness: None,
+            lease: None,
         }
     }
 }
@@ -186,6 +210,8 @@ pub struct Kubernetes {
     index: RwLock<PodIndex>,
     connection: Mutex<Connection>,
     metrics: KubeMetrics,
+    readiness: Mutex<Option<gate::Summary>>,
+    lease: Mutex<Option<LeaseStatus>>,
 }
 
 impl Kubernetes {
@@ -229,6 +255,8 @@ impl Kubernetes {
                 disconnects: 0,
             }),
             metrics,
+            readiness: Mutex::new(None),
+            lease: Mutex::new(None),
         }))
     }
 
@@ -247,6 +275,46 @@ impl Kubernetes {
                 tokio::spawn(watch::endpoint_slices(self.clone(), shutdown)),
             ),
         ]
+    }
+
+    /// Starts the readiness-gate writer (`readiness`) and this node's Lease renewal.
+    pub fn spawn_readiness(
+        self: &Arc<Self>,
+        config: gate::ReadinessConfig,
+        verdicts: crate::verdict::SharedVerdicts,
+        shutdown: tokio_watch::Receiver<bool>,
+    ) -> Vec<(&'static str, JoinHandle<()>)> {
+        let lease = tokio::spawn(lease::renew_node_lease(
+            self.clone(),
+            config.lease_namespace.clone(),
+            config.lease_renew,
+            config.lease_duration,
+            shutdown.clone(),
+        ));
+        vec![
+            ("kubernetes-lease", lease),
+            (
+                "kubernetes-readiness",
+                tokio::spawn(readiness::run(self.clone(), config, verdicts, shutdown)),
+            ),
+        ]
+    }
+
+    fn set_readiness(&self, summary: gate::Summary) {
+        *self.readiness.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
+    }
+
+    fn set_lease(&self, error: Option<String>) {
+        let mut l = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let renewed = match &error {
+            None => Some(rfc3339(SystemTime::now())),
+            Some(_) => l.as_ref().and_then(|l| l.renewed.clone()),
+        };
+        *l = Some(LeaseStatus {
+            name: lease::node_lease_name(&self.node),
+            renewed,
+            last_error: error,
+        });
     }
 
     /// The client, with the collector's credentials (for writers such as readiness gates).
@@ -296,6 +364,12 @@ impl Kubernetes {
             },
             disconnects: c.disconnects,
             refused: ix.refused,
+            readiness: self
+                .readiness
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            lease: self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
