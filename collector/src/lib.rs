@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod api;
 pub mod app;
+pub mod capabilities;
 pub mod config;
 pub mod events;
 pub mod export;

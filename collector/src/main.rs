@@ -162,6 +162,9 @@ async fn run(config: config::Config) -> anyhow::Result<()> {
     // Kubernetes stops pods with SIGTERM; a terminal sends SIGINT.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // A least-privilege container missing a capability fails here, naming it, instead of with
+    // an EPERM deep in the loader or a source that silently counts nothing.
+    collector::capabilities::check(&config)?;
     let running = app::start(config).await?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),

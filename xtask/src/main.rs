@@ -4,6 +4,7 @@ mod bench;
 mod callgrind;
 mod fuzz;
 mod go_offsets;
+mod image;
 mod vm;
 
 use std::{
@@ -135,6 +136,14 @@ enum Cmd {
         seconds: u64,
         /// Only these targets (default: all).
         targets: Vec<String>,
+    },
+    /// The container image as an OCI archive (no Docker engine: buildah from `scratch`), with
+    /// the static musl collector: target/image/collector-<version>.oci.tar. Load it with
+    /// `podman load -i` and push it to a registry with `podman push`.
+    Image {
+        /// Write the archive here instead.
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
     /// Regenerate the Go `net/http` struct offsets table (go_http/offsets_table.json) by
     /// building tests/go/offsets with every Go release in tests/go/versions.
@@ -398,6 +407,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 with_fixtures: !short,
             },
         ),
+        Cmd::Image { output } => {
+            let built = image::image(&root(), &image::Options { output })?;
+            println!(
+                "{} ({}): {} bytes, collector {} bytes",
+                built.archive.display(),
+                built.reference,
+                built.archive_bytes,
+                built.binary_bytes
+            );
+            Ok(())
+        }
         Cmd::GoOffsets { check, also } => {
             go_offsets::go_offsets(&root(), &go_offsets::Options { check, also })
         }
