@@ -58,9 +58,20 @@ pub const WIRE_CONNS_ENTRIES: u32 = 32_768;
 /// for their responses.
 pub const WIRE_TARGETS: &str = "WIRE_TARGETS";
 pub const WIRE_TARGETS_ENTRIES: u32 = 8_192;
-/// Per-CPU array of `http::wire::WireScratch`: index 0 for ingress, 1 for egress. The parser
-/// also has per-CPU build areas for new entries (`WIRE_NEW_CONN`, `WIRE_NEW_TARGET`).
+/// Per-CPU array of `http::wire::WireScratch`: `WIRE_SLOTS` slots for ingress, then as many
+/// for egress. The parser also has per-CPU build areas for new entries (`WIRE_NEW_CONN`,
+/// `WIRE_NEW_TARGET`, one per ingress slot).
+///
+/// Why slots: one scratch per CPU is not one per parse. An egress parse runs in process
+/// context and can be interrupted (a softirq sending a retransmit or ACK-clocked data of
+/// another socket, or preemption) by another parse on the same CPU; with one scratch, the
+/// nested parse overwrote the window the outer one was scanning (a flaky `lost` request under
+/// 30 % loss). Each parse claims a free slot (`WIRE_BUSY`) and passes it to its tail calls in
+/// the packet's control buffer, which is its own.
 pub const WIRE_SCRATCH: &str = "WIRE_SCRATCH";
+/// Scratch slots per direction and CPU (a power of two): the outer parse, a softirq and a
+/// preempting task, with one to spare.
+pub const WIRE_SLOTS: u32 = 4;
 /// Program arrays of the parser: it tail-calls itself when a segment needs more steps than
 /// one invocation takes, and the egress scan hands a complete response head or body to a
 /// separate action program — two programs the verifier checks apart instead of one whose
@@ -107,8 +118,7 @@ pub enum KernelDrop {
     /// The socket-level HTTP parser lost its place in a connection's byte stream (a gap it
     /// cannot skip, a line it cannot read); also charged per owner as `HttpCounts::lost`.
     WireDesync = 8,
-    /// A segment needed more windows than the parser may tail-call, or a continuation was
-    /// overwritten by another program on the same CPU.
+    /// A segment needed more windows than the parser may tail-call.
     WireWindows = 9,
     /// A Go server process had `HTTP_INFLIGHT_PER_SERVER` requests in flight: a new one was
     /// not tracked; charged to that server as `HttpCounts::lost`.
@@ -126,10 +136,14 @@ pub enum KernelDrop {
     /// the same (`HTTP_COUNTS` is exact), only its record is missing (`HttpCounts::unrecorded`
     /// of its owner, like a request left out by sampling). Not a loss of signal.
     RecordReserve = 14,
+    /// Every per-CPU scratch slot of the socket parser was in use (parsers nested deeper than
+    /// `WIRE_SLOTS` on one CPU: softirqs and preemption interrupting a parse): the segment was
+    /// not parsed and its connection resynchronises; charged per owner as `HttpCounts::lost`.
+    WireBusy = 15,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -146,6 +160,7 @@ impl KernelDrop {
         KernelDrop::ReturnMissed,
         KernelDrop::NotFullSocket,
         KernelDrop::RecordReserve,
+        KernelDrop::WireBusy,
     ];
 
     /// Stable label value for metrics.
@@ -166,6 +181,7 @@ impl KernelDrop {
             KernelDrop::ReturnMissed => "kretprobe_return_missed",
             KernelDrop::NotFullSocket => "not_full_socket",
             KernelDrop::RecordReserve => "http_record_reserve_failed",
+            KernelDrop::WireBusy => "http_wire_busy",
         }
     }
 }

@@ -47,14 +47,16 @@ use collector_common::{
             WireConn, WireHalf, WireScratch, WireSlot, conn, msg, slot, state,
         },
     },
-    maps::{EVENTS_BYTES, KernelDrop, WIRE_PROG_ACTION, WIRE_PROG_EGRESS, WIRE_PROG_INGRESS},
+    maps::{
+        EVENTS_BYTES, KernelDrop, WIRE_PROG_ACTION, WIRE_PROG_EGRESS, WIRE_PROG_INGRESS, WIRE_SLOTS,
+    },
     tcp::OwnerKey,
 };
 
 use crate::{
     http::count,
     maps::{
-        EVENTS, HTTP_SAMPLING, SOCK_OWNERS, WIRE_CONNS, WIRE_NEW_CONN, WIRE_NEW_TARGET,
+        EVENTS, HTTP_SAMPLING, SOCK_OWNERS, WIRE_BUSY, WIRE_CONNS, WIRE_NEW_CONN, WIRE_NEW_TARGET,
         WIRE_PROGS_RX, WIRE_PROGS_TX, WIRE_SCRATCH, WIRE_TARGETS, count_drop,
     },
 };
@@ -105,6 +107,8 @@ struct Segment {
     off: u32,
     len: u32,
     flags: u8,
+    /// This parse's scratch slot (`enter`).
+    slot: u32,
 }
 
 #[inline(always)]
@@ -167,6 +171,7 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
         off,
         len: len - off,
         flags: tcp[13],
+        slot: 0,
     })
 }
 
@@ -521,7 +526,7 @@ fn remember_target(ctx: &SkBuffContext, c: &mut WireConn, seg: &Segment, n: usiz
         return;
     }
     // Built in per-CPU memory: it does not fit the stack beside the rest.
-    let Some(t) = WIRE_NEW_TARGET.get_ptr_mut(0) else {
+    let Some(t) = WIRE_NEW_TARGET.get_ptr_mut(seg.slot) else {
         return;
     };
     // SAFETY: this CPU's slot, only used within this call.
@@ -1119,14 +1124,8 @@ fn steps(
 /// Entry point of both scan programs (and of their tail calls: the state says where to
 /// resume).
 #[inline(always)]
-fn wire(ctx: &SkBuffContext, dir: Dir) {
-    let Some(seg) = segment(ctx) else {
-        return;
-    };
+fn wire(ctx: &SkBuffContext, dir: Dir, seg: Segment) {
     let fin = seg.flags & (TCP_FIN | TCP_RST) != 0;
-    if seg.len == 0 && !fin {
-        return;
-    }
     // SAFETY: the value is a live element of an LRU map, updated in place. Ingress writes only
     // `rx`/`head`, egress only `tx`/`tail`/`answered` (see `WireConn`).
     let c = match WIRE_CONNS.get_ptr_mut(&seg.cookie) {
@@ -1142,10 +1141,10 @@ fn wire(ctx: &SkBuffContext, dir: Dir) {
     if seg.len > 0
         && let Some(pos) = resume(ctx, c, dir, &seg)
     {
-        let Some(cur) = WIRE_SCRATCH.get_ptr_mut(dir as u32) else {
+        let Some(cur) = WIRE_SCRATCH.get_ptr_mut(scratch_index(dir, seg.slot)) else {
             return;
         };
-        // SAFETY: this CPU's scratch of this direction, valid for the whole call.
+        // SAFETY: this parse's scratch on this CPU (`enter`), valid for the whole call.
         let cur = unsafe { &mut *cur };
         store(&mut cur.pos, pos);
         store(&mut cur.win_start, 0);
@@ -1202,21 +1201,22 @@ fn hand_over(
 
 /// The egress action program: what the scan stopped at needs counting or a record.
 #[inline(always)]
-fn act(ctx: &SkBuffContext) {
-    let Some(seg) = segment(ctx) else {
+fn act(ctx: &SkBuffContext, slot: u32) {
+    let Some(mut seg) = segment(ctx) else {
         return;
     };
+    seg.slot = slot;
     let Some(c) = WIRE_CONNS.get_ptr_mut(&seg.cookie) else {
         return;
     };
     // SAFETY: as in `wire`.
     let c = unsafe { &mut *c };
-    let Some(cur) = WIRE_SCRATCH.get_ptr_mut(Dir::Tx as u32) else {
+    let Some(cur) = WIRE_SCRATCH.get_ptr_mut(scratch_index(Dir::Tx, slot)) else {
         return;
     };
     // SAFETY: this CPU's egress scratch.
     let cur = unsafe { &mut *cur };
-    // Another program on this CPU may have used the scratch since the scan handed over.
+    // The slot is this parse's own (`enter`); checked all the same, as it costs nothing.
     if cur.cookie != seg.cookie || cur.seq != seg.seq {
         desync(c, KernelDrop::WireWindows);
         return;
@@ -1262,7 +1262,7 @@ fn new_conn(ctx: &SkBuffContext, dir: Dir, seg: &Segment) -> Option<&'static mut
         return None;
     }
     // Built in per-CPU memory: it does not fit the stack.
-    let fresh = WIRE_NEW_CONN.get_ptr_mut(0)?;
+    let fresh = WIRE_NEW_CONN.get_ptr_mut(seg.slot)?;
     // SAFETY: this CPU's slot, only used within this call.
     let fresh = unsafe { &mut *fresh };
     fresh.rx = WireHalf::NEW;
@@ -1363,22 +1363,150 @@ fn closed(c: &mut WireConn, dir: Dir, seg: &Segment) {
     let _ = WIRE_CONNS.remove(&seg.cookie);
 }
 
+/// `cb[0]` of a packet whose parse holds a scratch slot: the mark in the high bits, the slot
+/// in the low ones. The kernel zeroes the control buffer before the attached program runs
+/// and restores it after the last tail call, so the value is this packet's own for exactly
+/// one parse, whatever else runs on the CPU meanwhile.
+const SLOT_MARK: u32 = 0x5107_0000;
+const SLOT_MASK: u32 = WIRE_SLOTS - 1;
+const _: () = assert!(WIRE_SLOTS.is_power_of_two() && WIRE_SLOTS <= 64);
+
+#[inline(always)]
+fn scratch_index(dir: Dir, slot: u32) -> u32 {
+    (dir as u32) * WIRE_SLOTS + (slot & SLOT_MASK)
+}
+
+/// This parse's scratch slot: the one its first program claimed (a tail call), or a free one
+/// claimed now (marked in `cb[0]`). None when every slot of this CPU is in use.
+#[inline(always)]
+fn enter(ctx: &SkBuffContext, dir: Dir) -> Option<u32> {
+    let skb = skb_ptr(ctx);
+    // SAFETY: the program's own context; `cb` is readable and writable in cgroup_skb programs.
+    let v = unsafe { core::ptr::read_volatile(&(*skb).cb[0]) };
+    if v & !SLOT_MASK == SLOT_MARK {
+        return Some(v & SLOT_MASK);
+    }
+    let busy = WIRE_BUSY.get_ptr_mut(dir as u32)?;
+    let mut slot = 0;
+    while slot < WIRE_SLOTS {
+        let bit = 1u64 << slot;
+        if busy_claim(busy, bit) & bit == 0 {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(&mut (*skb).cb[0], SLOT_MARK | slot) };
+            return Some(slot);
+        }
+        slot += 1;
+    }
+    None
+}
+
+/// Sets `bit`; returns the bits before (BPF_ATOMIC | BPF_FETCH, kernel ≥ 5.12).
+#[inline(always)]
+fn busy_claim(busy: *mut u64, bit: u64) -> u64 {
+    let mut v = bit;
+    // SAFETY: `busy` points at this CPU's 8-byte aligned map value.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_or((u64 *)({p} + 0), {v})",
+            v = inout(reg) v,
+            p = in(reg) busy,
+            options(nostack),
+        )
+    };
+    v
+}
+
+/// Frees this parse's slot: called where a parse ends (a successful tail call never returns,
+/// so the last program of the chain is the one that releases).
+#[inline(always)]
+fn leave(dir: Dir, slot: u32) {
+    let Some(busy) = WIRE_BUSY.get_ptr_mut(dir as u32) else {
+        return;
+    };
+    let keep = !(1u64 << (slot & SLOT_MASK));
+    // SAFETY: as in `busy_claim`.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) &= {v}",
+            v = in(reg) keep,
+            p = in(reg) busy,
+            options(nostack),
+        )
+    };
+}
+
+/// No slot was free: this segment goes unparsed, and what it carried is charged as lost to
+/// the connection's owner — a followed direction loses its place (the usual desync), and a
+/// request that would have started or resynchronised a connection counts one lost request.
+#[inline(always)]
+fn busy(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
+    // A lone FIN or RST carries nothing: the connection's state stays until the LRU evicts it.
+    if seg.len == 0 {
+        count_drop(KernelDrop::WireBusy);
+        return;
+    }
+    let starts_request =
+        || dir == Dir::Rx && first_bytes(ctx, seg).is_some_and(|(b, n)| looks_like_request(&b, n));
+    let Some(c) = WIRE_CONNS.get_ptr_mut(&seg.cookie) else {
+        count_drop(KernelDrop::WireBusy);
+        if starts_request() {
+            count(&owner(ctx), |h| h.lost += 1);
+        }
+        return;
+    };
+    // SAFETY: as in `wire`.
+    let c = unsafe { &mut *c };
+    let st = half(c, dir).state;
+    if st != state::UNSYNCED && st != state::OFF {
+        desync(c, KernelDrop::WireBusy);
+        return;
+    }
+    count_drop(KernelDrop::WireBusy);
+    if st == state::UNSYNCED && starts_request() {
+        count(&c.owner, |h| h.lost += 1);
+    }
+}
+
+/// One program's part of a parse (the first, or a tail call: `enter` tells them apart).
+#[inline(always)]
+fn parse(ctx: &SkBuffContext, dir: Dir) {
+    let Some(mut seg) = segment(ctx) else {
+        return;
+    };
+    // Pure ACKs, the most frequent packets, leave before any slot is claimed.
+    if seg.len == 0 && seg.flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    match enter(ctx, dir) {
+        Some(slot) => {
+            seg.slot = slot;
+            wire(ctx, dir, seg);
+            leave(dir, slot);
+        }
+        None => busy(ctx, &seg, dir),
+    }
+}
+
 #[cgroup_skb(ingress)]
 pub fn http_wire_ingress(ctx: SkBuffContext) -> i32 {
-    wire(&ctx, Dir::Rx);
+    parse(&ctx, Dir::Rx);
     // Always let the packet through: we only observe.
     1
 }
 
 #[cgroup_skb(egress)]
 pub fn http_wire_egress(ctx: SkBuffContext) -> i32 {
-    wire(&ctx, Dir::Tx);
+    parse(&ctx, Dir::Tx);
     1
 }
 
-/// Only reached by tail call from `http_wire_egress` (never attached itself).
+/// Only reached by tail call from `http_wire_egress` (never attached itself), so its slot is
+/// always in `cb[0]`.
 #[cgroup_skb(egress)]
 pub fn http_wire_egress_action(ctx: SkBuffContext) -> i32 {
-    act(&ctx);
+    if let Some(slot) = enter(&ctx, Dir::Tx) {
+        act(&ctx, slot);
+        leave(Dir::Tx, slot);
+    }
     1
 }

@@ -13,7 +13,7 @@ use collector_common::{
     maps::{
         EVENTS_BYTES, FRAMES_ENTRIES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES,
         HTTP_OFFSETS_SLOTS, KernelDrop, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
-        WIRE_CONNS_ENTRIES, WIRE_TARGETS_ENTRIES,
+        WIRE_CONNS_ENTRIES, WIRE_SLOTS, WIRE_TARGETS_ENTRIES,
     },
     tcp::{Frames, OwnerKey, SockOwner, TcpStats},
 };
@@ -62,17 +62,24 @@ pub static WIRE_CONNS: LruHashMap<u64, WireConn> =
 pub static WIRE_TARGETS: LruHashMap<TargetKey, Target> =
     LruHashMap::with_max_entries(WIRE_TARGETS_ENTRIES, 0);
 
-/// 0: ingress, 1: egress.
+/// `WIRE_SLOTS` ingress slots, then as many egress slots (see `maps::WIRE_SCRATCH`).
 #[map]
-pub static WIRE_SCRATCH: PerCpuArray<WireScratch> = PerCpuArray::with_max_entries(2, 0);
+pub static WIRE_SCRATCH: PerCpuArray<WireScratch> =
+    PerCpuArray::with_max_entries(2 * WIRE_SLOTS, 0);
+
+/// Per direction, a bit per scratch slot in use on this CPU (claimed and released with
+/// atomic instructions: the parse that owns a slot may be interrupted by one that claims
+/// the next).
+#[map]
+pub static WIRE_BUSY: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// Where a new connection's state is built before insertion (too large for the stack).
 #[map]
-pub static WIRE_NEW_CONN: PerCpuArray<WireConn> = PerCpuArray::with_max_entries(1, 0);
+pub static WIRE_NEW_CONN: PerCpuArray<WireConn> = PerCpuArray::with_max_entries(WIRE_SLOTS, 0);
 
 /// Where a sampled request's target is built before insertion.
 #[map]
-pub static WIRE_NEW_TARGET: PerCpuArray<Target> = PerCpuArray::with_max_entries(1, 0);
+pub static WIRE_NEW_TARGET: PerCpuArray<Target> = PerCpuArray::with_max_entries(WIRE_SLOTS, 0);
 
 #[map]
 pub static WIRE_PROGS_RX: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -338,6 +338,12 @@ fn spawn_discovery(
 }
 
 impl Running {
+    /// The loaded eBPF object, for tests and tools that inspect kernel-side state (the maps
+    /// the aggregator does not own). Hold the lock briefly: Go discovery attaches through it.
+    pub fn ebpf(&self) -> Arc<Mutex<Ebpf>> {
+        self.ebpf.clone()
+    }
+
     /// Stops readers and the aggregator (which harvests one last time), then detaches and
     /// unloads every program and map by dropping the `Ebpf`.
     pub async fn shutdown(self) {

@@ -49,6 +49,7 @@ fn losses(api: &str) -> String {
             l.starts_with("collector_kernel_drops")
                 || l.starts_with("collector_events_rejected")
                 || l.starts_with("collector_events_dropped")
+                || l.starts_with("collector_http_requests_lost")
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -87,8 +88,9 @@ fn wait_state(
         }
         assert!(
             start.elapsed() < within,
-            "pod {uid} not {state} within {within:?}: {}",
-            pod_health(api, uid)
+            "pod {uid} not {state} within {within:?}: {}\n{}",
+            pod_health(api, uid),
+            losses(api)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -240,6 +242,7 @@ fn verdicts_follow_real_traffic() {
     assert_eq!(ready(&api, b), 200);
     assert_eq!(pod_state(&api, a), "healthy");
     eprintln!("whole scenario: {:?}", started.elapsed());
+    eprintln!("{}", losses(&api));
 
     drop((load_b, _load_a, _load_c, _probe_c, _trickle_d));
     rt.block_on(running.shutdown());
