@@ -352,6 +352,50 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// A kubeconfig with a token bound to pod `namespace/pod` (running as ServiceAccount
+    /// `namespace/name`): what the pod's projected token is. Its claims name the pod's node
+    /// (`authentication.kubernetes.io/node-name`), which admission policies can compare.
+    pub fn pod_token_kubeconfig(&self, namespace: &str, name: &str, pod: &str) -> Result<PathBuf> {
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            namespace,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            pod,
+            "--duration",
+            "1h",
+        ])?;
+        let token = token.trim();
+        ensure!(
+            !token.is_empty(),
+            "empty token for {namespace}/{name} in {pod}"
+        );
+        let path = self
+            .dir
+            .join(format!("{namespace}-{name}-{pod}.kubeconfig"));
+        fs::write(
+            &path,
+            kubeconfig(&self.url, &self.ca(), &format!("    token: {token}\n")),
+        )?;
+        Ok(path)
+    }
+
+    /// The control plane's directory (logs, kubeconfigs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The `kubectl` binary of the same release.
+    pub fn kubectl_bin(&self) -> PathBuf {
+        self.bin.join("kubectl")
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop_apiserver();
