@@ -145,20 +145,20 @@ fn wait_condition(cp: &ControlPlane, name: &str, status: &str, reason: &str, wit
     );
 }
 
-fn pod_state(api: &str, uid: &str) -> String {
+fn pod_health(api: &str, uid: &str) -> Value {
     let (_, body) = status::get(api, &format!("/v1/pods/{uid}/health")).expect("API");
-    let v: Value = serde_json::from_str(&body).expect("JSON");
-    v["state"].as_str().unwrap_or("").to_owned()
+    serde_json::from_str(&body).expect("JSON")
 }
 
+/// Waits for the collector's verdict on pod `uid` (the gate's input).
 fn wait_state(api: &str, uid: &str, state: &str) {
     wait_until_ok_blocking(
         Duration::from_secs(30),
         Duration::from_millis(250),
         &format!("pod {uid} {state}"),
         || {
-            let s = pod_state(api, uid);
-            (s == state).then_some(()).ok_or(s)
+            let h = pod_health(api, uid);
+            (h["state"] == state).then_some(()).ok_or(h)
         },
     );
 }
@@ -450,11 +450,14 @@ fn gates_follow_verdicts_within_caps() {
 
     let load_a = Load::start(addrs[0], "/ok", 8, Duration::from_millis(20));
     let load_b = Load::start(addrs[1], "/ok", 8, Duration::from_millis(20));
+    wait_state(&api, &uids[0], "healthy");
+    wait_state(&api, &uids[1], "healthy");
     wait_condition(&cp, "web-a", "True", "Healthy", Duration::from_secs(30));
     wait_condition(&cp, "web-b", "True", "Healthy", Duration::from_secs(30));
 
     // A answers 5xx: False, with the verdict's words; back to True on recovery.
     load_a.set("/err");
+    wait_state(&api, &uids[0], "unhealthy");
     wait_condition(&cp, "web-a", "False", "Unhealthy", Duration::from_secs(30));
     let (_, _, message) = condition(&cp, "web-a").expect("condition");
     assert!(message.starts_with("unhealthy: "), "{message}");
@@ -510,6 +513,8 @@ fn gates_follow_verdicts_within_caps() {
     // Both recover.
     load_a.set("/ok");
     load_b.set("/ok");
+    wait_state(&api, &uids[0], "healthy");
+    wait_state(&api, &uids[1], "healthy");
     wait_condition(&cp, "web-a", "True", "Healthy", Duration::from_secs(30));
     wait_condition(&cp, "web-b", "True", "Healthy", Duration::from_secs(30));
 
