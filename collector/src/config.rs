@@ -1242,6 +1242,49 @@ mod tests {
         assert!(e.to_string().contains("is not a file"), "{e}");
     }
 
+    /// Catches: `unknown` (no evidence) or `healthy` accepted as a reason to set a pod False;
+    /// a fraction outside 0–1; a Lease that could expire between two renewals (the watchdog
+    /// would fight a live collector); the flag not winning over the file.
+    #[test]
+    fn readiness_section_and_its_limits() {
+        use crate::{kubernetes::gate::Mode, verdict::rules::State};
+        let r = |args: &[&str], text: &str| {
+            Config::merge(&cli(args), file(text), &no_env()).map(|c| c.readiness)
+        };
+        let d = r(&[], "").expect("defaults");
+        assert_eq!(
+            (d.mode, d.false_on, d.service_floor, d.node_share),
+            (Mode::Advisory, vec![State::Unhealthy], 0.5, 0.5)
+        );
+        let c = r(
+            &["--readiness-gates", "enforce"],
+            "[readiness]\nmode = \"off\"\nfalse_on = [\"degraded\", \"unhealthy\"]\n\
+             service_floor = 0.25\nflip_window = \"1m\"\nlease_renew = \"1s\"\n\
+             lease_duration = \"3s\"\nlease_namespace = \"obs\"",
+        )
+        .expect("ok");
+        assert_eq!(c.mode, Mode::Enforce, "flag over file");
+        assert_eq!(c.false_on, vec![State::Degraded, State::Unhealthy]);
+        assert_eq!(
+            (c.service_floor, c.flip_window, c.lease_duration),
+            (0.25, Duration::from_secs(60), Duration::from_secs(3))
+        );
+        assert_eq!(c.lease_namespace, "obs");
+        for (text, option) in [
+            ("false_on = [\"unknown\"]", "readiness.false_on: "),
+            ("false_on = [\"healthy\"]", "readiness.false_on: "),
+            ("false_on = [\"sick\"]", "readiness.false_on: "),
+            ("service_floor = 1.5", "readiness.service_floor: "),
+            ("node_share = -0.1", "readiness.node_share: "),
+            ("lease_duration = \"10s\"", "readiness.lease_duration: "),
+            ("mode = \"on\"", "readiness.mode: "),
+            ("flip_window = \"5\"", "readiness.flip_window: "),
+        ] {
+            let e = r(&[], &format!("[readiness]\n{text}")).expect_err(text);
+            assert!(e.to_string().starts_with(option), "{text}: {e}");
+        }
+    }
+
     #[test]
     fn otlp_off_by_default_and_from_environment() {
         assert_eq!(

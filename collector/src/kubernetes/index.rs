@@ -673,6 +673,34 @@ mod tests {
         );
     }
 
+    /// Catches: the Service floor counting only this node's slices (a Service whose other
+    /// endpoints are all elsewhere would look like it had one endpoint), endpoints marked not
+    /// ready counted as ready, an unset `ready` (which means ready) counted as not ready.
+    #[test]
+    fn service_endpoints_count_every_slice_and_node() {
+        use k8s_openapi::api::discovery::v1::EndpointConditions;
+        let mut ix = PodIndex::new();
+        ix.slice_upsert(&slice("web-1", "web", &[("u1", "n1"), ("u2", "n2")]), "n1");
+        let mut s2 = slice("web-2", "web", &[("u3", "n2"), ("u4", "n3"), ("u5", "n1")]);
+        s2.endpoints[0].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            ..Default::default()
+        });
+        s2.endpoints[2].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            ..Default::default()
+        });
+        ix.slice_upsert(&s2, "n1");
+        ix.slice_upsert(&slice("web-3", "web", &[("u6", "n2")]), "n1");
+        ix.slice_upsert(&slice("db-1", "db", &[("u7", "n2")]), "n1");
+        let e = ix.service_endpoints("shop/web");
+        assert_eq!((e.total, e.ready), (6, 4));
+        assert_eq!(e.ready_local, ["u1".to_string()].into());
+        assert_eq!(ix.services(), 1, "db has no endpoint here");
+        ix.slice_delete(&slice("web-3", "web", &[]));
+        assert_eq!(ix.service_endpoints("shop/web").total, 5);
+    }
+
     /// Catches: unbounded growth when a node reports more pods than any kubelet runs.
     #[test]
     fn pods_past_the_bound_are_counted_not_kept() {
