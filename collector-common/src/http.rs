@@ -370,8 +370,9 @@ pub mod wire {
         /// Payload offsets [win_start, win_start + win_len) are loaded in `buf`.
         pub win_start: u32,
         pub win_len: u32,
-        /// egress: what the scan stopped at, for the action program (`WIRE_PROG_ACTION`),
-        /// which checks `cookie`/`seq` before acting on it.
+        /// What the scan stopped at: the steps' result (written by the `bpf_loop` callback),
+        /// and on egress what the action program (`WIRE_PROG_ACTION`) acts on after checking
+        /// `cookie`/`seq`.
         pub stop: u32,
         /// Running value of a number being parsed (kept in memory for the same reason).
         pub acc: u64,

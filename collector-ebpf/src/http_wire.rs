@@ -27,12 +27,14 @@
 //! arithmetic, never read. Records (method, target, status, duration) are emitted for a sample
 //! of requests without waking the reader; counts are exact in `HTTP_COUNTS`.
 
+use core::{ffi::c_void, ptr::NonNull};
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     },
     macros::cgroup_skb,
     maps::ProgramArray,
@@ -63,10 +65,11 @@ use crate::{
 
 /// Steps per invocation before tail-calling: a step reads one line that matters (the start
 /// line, `Content-Length`, `Transfer-Encoding`, the empty line; other header lines are
-/// skipped inside the scan) or skips body bytes. The verifier explores every step's paths
-/// separately, so this bounds the program's complexity (3 or more went past the
-/// 1M-instruction limit): a head costs one invocation per line that matters.
-const STEPS: u32 = 1;
+/// skipped inside the scan) or skips body bytes. Steps are `bpf_loop` iterations, so the
+/// verifier checks one step's code, not `STEPS` copies of it: written out as a loop in the
+/// program, 2 steps were already past its 1M-instruction limit, and every line that matters
+/// cost an invocation (a tail call, the segment's headers read again).
+const STEPS: u32 = 8;
 /// Invocations for one segment: 1 + tail calls (the kernel allows 33).
 const MAX_CALLS: u32 = 32;
 const ETH_P_IP: u16 = 0x0800;
@@ -943,14 +946,8 @@ enum Stop {
     Bad,
 }
 
-/// Light steps over the segment from the cursor: each reads one line (scanning a window of
-/// `WINDOW` bytes) or skips body bytes. Stops at anything that counts or emits (`Stop`).
-///
-/// The cursor (`pos` and the loaded window) lives in the per-CPU scratch and is read and
-/// written with volatile accesses at every step: a value in a register is tracked exactly by
-/// the verifier, so each line end found at a different offset would start a new path through
-/// the rest of the program (over the 1M-instruction limit at 12 steps); read back from memory
-/// it is one unknown value, and the paths merge.
+/// Up to `STEPS` steps over the segment from the cursor, each a `bpf_loop` iteration (see
+/// `STEPS`). Stops at anything that counts or emits (`Stop`).
 #[inline(always)]
 fn steps(
     ctx: &SkBuffContext,
@@ -959,12 +956,97 @@ fn steps(
     seg: &Segment,
     cur: &mut WireScratch,
 ) -> Stop {
-    let mut step = 0;
-    while step < STEPS {
-        step += 1;
+    let mut args = StepArgs {
+        skb: skb_ptr(ctx),
+        c,
+        cur,
+        cookie: seg.cookie,
+        seq: seg.seq,
+        off: seg.off,
+        len: seg.len,
+        flags: u32::from(seg.flags),
+        slot: seg.slot,
+    };
+    store(&mut cur.stop, Stop::Steps as u32);
+    let callback = match dir {
+        Dir::Rx => step_callback::<false> as *const (),
+        Dir::Tx => step_callback::<true> as *const (),
+    };
+    // SAFETY: the callback has the helper's signature and only reads `args` (on this stack
+    // for the whole call) and what it points to.
+    unsafe { bpf_loop(STEPS, callback as *mut c_void, (&raw mut args).cast(), 0) };
+    match fetch(&cur.stop) {
+        1 => Stop::ResponseHead,
+        2 => Stop::ResponseEnd,
+        3 => Stop::Bad,
+        _ => Stop::Steps,
+    }
+}
+
+/// What one step needs, handed to `bpf_loop`'s callback through the caller's stack.
+#[repr(C)]
+struct StepArgs {
+    skb: *mut __sk_buff,
+    c: *mut WireConn,
+    cur: *mut WireScratch,
+    cookie: u64,
+    seq: u32,
+    off: u32,
+    len: u32,
+    flags: u32,
+    slot: u32,
+}
+
+/// One `bpf_loop` iteration: one step; 1 ends the loop, its `Stop` left in the scratch. The
+/// callback writes nothing on the caller's stack: the verifier checks it again for every
+/// distinct caller state it can return with, and a stop code there made four of them.
+unsafe extern "C" fn step_callback<const TX: bool>(_index: u64, args: *mut c_void) -> i64 {
+    // SAFETY: `args` is the `StepArgs` `steps` passed, whose pointers are live for the call.
+    let a = unsafe { &*args.cast::<StepArgs>() };
+    let Some(skb) = NonNull::new(a.skb) else {
+        return 1;
+    };
+    let ctx = SkBuffContext::new(skb);
+    let seg = Segment {
+        cookie: a.cookie,
+        seq: a.seq,
+        off: a.off,
+        len: a.len,
+        flags: a.flags as u8,
+        slot: a.slot,
+    };
+    let dir = if TX { Dir::Tx } else { Dir::Rx };
+    // SAFETY: map values of this parse (its connection, its scratch slot).
+    let (c, cur) = unsafe { (&mut *a.c, &mut *a.cur) };
+    match step(&ctx, c, dir, &seg, cur) {
+        None => 0,
+        Some(stop) => {
+            store(&mut cur.stop, stop as u32);
+            1
+        }
+    }
+}
+
+/// One step over the segment from the cursor: reads one line (scanning a window of `WINDOW`
+/// bytes) or skips body bytes. None: go on.
+///
+/// The cursor (`pos` and the loaded window) lives in the per-CPU scratch and is read and
+/// written with volatile accesses at every step: a value in a register is tracked exactly by
+/// the verifier, so each line end found at a different offset would start a new path through
+/// the rest of the program (over the 1M-instruction limit at 12 steps); read back from memory
+/// it is one unknown value, and the paths merge.
+#[inline(always)]
+fn step(
+    ctx: &SkBuffContext,
+    c: &mut WireConn,
+    dir: Dir,
+    seg: &Segment,
+    cur: &mut WireScratch,
+) -> Option<Stop> {
+    {
         let mut pos = fetch(&cur.pos);
         if pos >= seg.len {
-            return Stop::Steps;
+            return Some(Stop::Steps);
         }
         let st = half(c, dir).state;
         if st == state::START {
@@ -991,14 +1073,14 @@ fn steps(
             h.remaining -= take;
             store(&mut cur.pos, pos + take);
             if h.remaining != 0 {
-                continue;
+                return None;
             }
             if st != state::CHUNK_DATA {
                 if dir == Dir::Tx {
-                    return Stop::ResponseEnd;
+                    return Some(Stop::ResponseEnd);
                 }
                 h.state = state::START;
-                continue;
+                return None;
             }
             // The end of a chunk's data: its next size line is read in the same step, so a
             // chunked body costs one invocation per chunk, not two (a segment full of small
@@ -1006,12 +1088,12 @@ fn steps(
             h.state = state::CHUNK_SIZE;
             pos = fetch(&cur.pos);
             if pos >= seg.len {
-                return Stop::Steps;
+                return Some(Stop::Steps);
             }
         } else if st != state::HEAD && st != state::CHUNK_SIZE && st != state::TRAILER {
             // BODY_CLOSE, OFF, UNSYNCED: nothing more to read here.
             store(&mut cur.pos, seg.len);
-            return Stop::Steps;
+            return Some(Stop::Steps);
         }
         let (mut win_start, mut win_len) = (fetch(&cur.win_start), fetch(&cur.win_len));
         if pos < win_start || pos >= win_start + win_len {
@@ -1033,7 +1115,7 @@ fn steps(
                 )
             };
             if rc != 0 {
-                return Stop::Bad;
+                return Some(Stop::Bad);
             }
             win_start = pos;
             win_len = n;
@@ -1092,7 +1174,7 @@ fn steps(
         }
         if !newline {
             store(&mut cur.pos, win_start + win_len);
-            continue;
+            return None;
         }
         match on_line(half(c, dir), dir, &mut cur.acc) {
             Line::More => {}
@@ -1100,25 +1182,25 @@ fn steps(
             Line::HeadDone => match dir {
                 Dir::Rx => {
                     if !request_done(c) {
-                        return Stop::Bad;
+                        return Some(Stop::Bad);
                     }
                 }
-                Dir::Tx => return Stop::ResponseHead,
+                Dir::Tx => return Some(Stop::ResponseHead),
             },
             Line::MessageDone => match dir {
                 Dir::Rx => c.rx.state = state::START,
-                Dir::Tx => return Stop::ResponseEnd,
+                Dir::Tx => return Some(Stop::ResponseEnd),
             },
-            Line::Bad => return Stop::Bad,
+            Line::Bad => return Some(Stop::Bad),
             Line::NotHttp => {
                 c.rx.state = state::OFF;
                 c.tx.state = state::OFF;
                 store(&mut cur.pos, seg.len);
-                return Stop::Steps;
+                return Some(Stop::Steps);
             }
         }
     }
-    Stop::Steps
+    None
 }
 
 /// Entry point of both scan programs (and of their tail calls: the state says where to
