@@ -214,6 +214,9 @@ fn integration(extra: &[String]) -> anyhow::Result<()> {
         "--bin",
         "collector",
     ])?;
+    // tests/tests/image.rs runs the container image: built here, since a test cannot run cargo
+    // (the build directory is locked while tests run). A no-op build when nothing changed.
+    image::image(&root(), &image::Options { output: None })?;
     let mut args = vec![
         "test",
         "--release",
