@@ -1,11 +1,12 @@
-//! Per-workload health verdicts: sliding windows of signals (window), rules with hysteresis
-//! (rules), and the engine the aggregator drives: it records what the aggregator sees and, each
+//! Per-workload health verdicts: sliding windows of signals (window), the statistics that
+//! decide when evidence is conclusive (evidence), rules with hysteresis (rules), and the engine the aggregator drives: it records what the aggregator sees and, each
 //! time a bucket closes, evaluates every workload and publishes the verdicts for the API and
 //! Prometheus.
 //!
 //! The engine lives inside the aggregator's task (one owner); time is passed in (`now`, and
 //! `wall` for the time of last change shown to people).
 
+pub mod evidence;
 pub mod rules;
 pub mod window;
 
@@ -22,13 +23,17 @@ use crate::export::{
     prometheus::WorkloadLabels,
     verdict::{MismatchLabels, ReasonGaugeLabels, StateLabels, TransitionLabels, VerdictMetrics},
 };
-use rules::{Context, Hysteresis, Reason, ReasonCode, Rules, State, Tracker};
-use window::{Geometry, Series, Signals};
+use evidence::{Count, RatioEvidence, dispersion};
+use rules::{Assessment, Context, Evidence, Hysteresis, Reason, ReasonCode, Rules, State, Tracker};
+use window::{Bucket, Geometry, Series, Signals};
 
-pub const DEFAULT_BUCKET: Duration = Duration::from_secs(10);
-pub const DEFAULT_BUCKETS: usize = 6;
-/// Windows without any data before a workload is forgotten.
-pub const DEFAULT_EXPIRE_WINDOWS: u32 = 5;
+/// One evaluation a second; a 30 s long window (fast windows 3, 6 and 10 s, recent 5 s).
+/// Why: ARCHITECTURE.md, "Health verdicts".
+pub const DEFAULT_BUCKET: Duration = Duration::from_secs(1);
+pub const DEFAULT_BUCKETS: usize = 30;
+/// Long windows without any data before a workload is forgotten (5 min by default): until
+/// then an idle workload is answered as unknown, with its reason.
+pub const DEFAULT_EXPIRE_WINDOWS: u32 = 10;
 
 /// Verdict settings (`[verdict]` in the configuration file, `--verdict-*` options).
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +67,9 @@ pub struct WindowInfo {
     pub bucket_seconds: f64,
     pub buckets: usize,
     pub seconds: f64,
+    /// Time the window's data actually spans: less than `seconds` while a new workload's
+    /// window fills. Rates are over this.
+    pub covered_seconds: f64,
 }
 
 /// HTTP record sampling in effect.
@@ -124,6 +132,8 @@ struct Entry {
     mismatch: bool,
     /// Epoch the entry was created at (so a new workload is not expired before it had data).
     born: u64,
+    /// Consecutive evaluations in which long-window evidence alone called for a worse state.
+    sustained: u64,
 }
 
 pub struct Engine {
@@ -189,6 +199,7 @@ impl Engine {
             reasons: BTreeSet::new(),
             mismatch: false,
             born: epoch,
+            sustained: 0,
         });
         entry.series.at(epoch)
     }
@@ -202,6 +213,7 @@ impl Engine {
         duration: Duration,
         now: Instant,
     ) {
+        let thresholds = self.config.rules.latency_thresholds_ms();
         let b = self.bucket(w, now);
         if probe {
             b.probe_records += 1;
@@ -212,7 +224,11 @@ impl Engine {
                 b.probe_5xx_records += 1;
             }
         } else {
-            b.latency.observe(duration.as_secs_f64() * 1e3);
+            b.latency.observe(duration);
+            let ms = duration.as_secs_f64() * 1e3;
+            for (slow, t) in b.slow.iter_mut().zip(thresholds) {
+                *slow += u64::from(ms > t);
+            }
         }
         if let Some(e) = self.entries.get_mut(w) {
             e.http_seen = true;
@@ -296,13 +312,34 @@ impl Engine {
                 continue;
             }
             let sum = e.series.window(closed, g.count);
-            let signals = Signals::from_bucket(&sum, span, self.sample_every);
+            // Buckets of data the window spans: since the workload was first seen.
+            let covered = (closed + 1).saturating_sub(e.born).clamp(1, g.count as u64);
+            let covered_time = g.bucket * covered as u32;
+            let every = self.sample_every;
+            let evidence = Evidence {
+                signals: Signals::from_bucket(&sum, covered_time, every),
+                covered_seconds: covered_time.as_secs_f64(),
+                errors: ratio_evidence(&e.series, g, closed, covered, |b| {
+                    let (requests, errors) = b.requests_errors(every);
+                    (errors, requests)
+                }),
+                retransmits: ratio_evidence(&e.series, g, closed, covered, |b| {
+                    (b.retransmits, b.send_calls)
+                }),
+                slow: std::array::from_fn(|i| {
+                    ratio_evidence(&e.series, g, closed, covered, |b| {
+                        (b.slow[i], b.latency.count())
+                    })
+                }),
+            };
             let ctx = Context {
                 events_lost: lost + sum.lost,
                 http_seen: e.http_seen,
             };
-            let a = self.config.rules.assess(&signals, span, ctx);
-            if let Some(from) = e.tracker.step(a.state, self.config.hysteresis) {
+            let mut a = self.config.rules.assess(&evidence, ctx);
+            let signals = evidence.signals;
+            let candidate = sustain(&mut a, e, g.sustain());
+            if let Some(from) = e.tracker.step(candidate, self.config.hysteresis) {
                 e.last_change = Some(wall);
                 if let Some(m) = &self.metrics {
                     m.transitions
@@ -314,8 +351,29 @@ impl Engine {
                         .inc();
                 }
             }
-            // Reasons shown are the candidate's; the state is the hysteresis state.
-            let codes: BTreeSet<ReasonCode> = a.reasons.iter().map(|r| r.code).collect();
+            // Reasons shown are the candidate's; the state is the hysteresis state, and when
+            // hysteresis holds it worse than the candidate, a reason says so.
+            if let Some((to, more)) = e.tracker.recovering(self.config.hysteresis) {
+                a.reasons.insert(
+                    0,
+                    Reason {
+                        code: ReasonCode::Recovering,
+                        state: e.tracker.state,
+                        message: format!(
+                            "recovering to {}, {more} more evaluation{}",
+                            to.as_str(),
+                            if more == 1 { "" } else { "s" },
+                        ),
+                        watching: false,
+                    },
+                );
+            }
+            let codes: BTreeSet<ReasonCode> = a
+                .reasons
+                .iter()
+                .filter(|r| !r.watching)
+                .map(|r| r.code)
+                .collect();
             if let Some(m) = &self.metrics {
                 for st in State::ALL {
                     m.state
@@ -356,6 +414,7 @@ impl Engine {
                     bucket_seconds: g.bucket.as_secs_f64(),
                     buckets: g.count,
                     seconds: span.as_secs_f64(),
+                    covered_seconds: covered_time.as_secs_f64(),
                 },
                 sampling: Sampling {
                     http_sample_every: self.sample_every,
@@ -389,6 +448,73 @@ impl Engine {
             (a.kind, &a.name, &a.container_id).cmp(&(b.kind, &b.name, &b.container_id))
         });
         *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Snapshot { workloads: out };
+    }
+}
+
+/// A worse state that no prompt decision (unhealthy from a fast window) calls for must be
+/// called for in `need` more evaluations than not before it is the candidate (a leaky
+/// count: +1 when called for, −1 when not). A background near a threshold crosses it by
+/// chance now and then, but only briefly; a fault, even one whose thin evidence flickers
+/// over and under the bar, keeps being called for. Until then its reasons are marked as
+/// watching and say how far the count is; the candidate is the state the prompt evidence
+/// calls for (never better than the current one, so a hold is not read as a recovery).
+fn sustain(a: &mut Assessment, e: &mut Entry, need: u64) -> State {
+    let current = e.tracker.state.severity().unwrap_or(0);
+    let worse = a.state.severity().is_some_and(|s| s > current);
+    if !worse || a.prompt_state == a.state {
+        e.sustained = e.sustained.saturating_sub(1);
+        return a.state;
+    }
+    e.sustained += 1;
+    if e.sustained >= need {
+        e.sustained = 0;
+        return a.state;
+    }
+    let held = a.prompt_state.severity().unwrap_or(0).max(current);
+    for r in &mut a.reasons {
+        if !r.watching && r.state.severity().is_some_and(|s| s > held) {
+            r.watching = true;
+            r.message
+                .push_str(&format!(" (sustained {} of {need}, watching)", e.sustained));
+        }
+    }
+    if e.tracker.state == State::Unknown || a.prompt_state.severity() >= e.tracker.state.severity()
+    {
+        a.prompt_state
+    } else {
+        e.tracker.state
+    }
+}
+
+/// One ratio's counts over the fast, long and recent windows ending at `closed`; `f` gives a
+/// bucket's (hits, trials). Window lengths are capped at the `covered` buckets.
+fn ratio_evidence(
+    series: &Series,
+    g: Geometry,
+    closed: u64,
+    covered: u64,
+    f: impl Fn(&Bucket) -> (u64, u64),
+) -> RatioEvidence {
+    let pair = |b: &Bucket| {
+        let (k, n) = f(b);
+        (k.min(n), n)
+    };
+    let count = |n: usize| {
+        let (hits, total) = series
+            .iter_window(closed, n)
+            .map(pair)
+            .fold((0, 0), |(a, b), (k, t)| (a + k, b + t));
+        Count {
+            hits,
+            total,
+            secs: (g.bucket * (n as u64).min(covered) as u32).as_secs_f64(),
+        }
+    };
+    RatioEvidence {
+        fast: g.fast().into_iter().map(count).collect(),
+        long: count(g.count),
+        dispersion: dispersion(series.iter_window(closed, g.count).map(pair)),
+        recent: count(g.recent()),
     }
 }
 
@@ -478,45 +604,133 @@ mod tests {
         e.tick(now, SystemTime::UNIX_EPOCH);
     }
 
+    fn reasons_of(e: &Engine, name: &str) -> Vec<(ReasonCode, bool)> {
+        e.shared()
+            .read()
+            .map(|s| {
+                s.workloads
+                    .iter()
+                    .filter(|w| w.name == name)
+                    .flat_map(|w| w.reasons.iter().map(|r| (r.code, r.watching)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     #[test]
-    fn faults_enter_within_two_evaluations_and_leave_after_three() {
+    fn faults_enter_at_once_and_leave_after_three() {
         let mut e = Engine::new(config(), 1, None);
         let (a, b) = (pod("a"), pod("b"));
         let t0 = Instant::now();
         let wall = SystemTime::UNIX_EPOCH;
         e.tick(t0, wall);
-        // (second, errors of b, expected state of b after the tick at the end of that second);
-        // seconds left out are quiet for b's errors but carry traffic (filled in below).
-        let plan: &[(u64, u64, Option<State>)] = &[
-            (0, 0, Some(State::Healthy)),
-            (1, 0, Some(State::Healthy)),
-            (2, 0, Some(State::Healthy)),
-            // b fails: the window's error ratio crosses 20 % at once; two evaluations to enter.
-            (3, 50, Some(State::Healthy)),
-            (4, 50, Some(State::Unhealthy)),
-            (5, 50, Some(State::Unhealthy)),
-            // The failing seconds stay in the 5 s window until second 9 (50/250 = 20 %)…
-            (6, 0, Some(State::Unhealthy)),
-            (9, 0, Some(State::Unhealthy)),
-            // …then three healthy evaluations to leave.
-            (10, 0, Some(State::Unhealthy)),
-            (11, 0, Some(State::Unhealthy)),
-            (12, 0, Some(State::Healthy)),
+        // (second, errors of b, expected state of b after the tick at the end of that second,
+        // its reasons); 1 s × 5: fast windows 1 and 2 s, recent 1 s.
+        let hold = |n| vec![(ReasonCode::Recovering, false), (ReasonCode::ErrorRatio, n)];
+        type Step = (u64, u64, State, Vec<(ReasonCode, bool)>);
+        let plan: Vec<Step> = vec![
+            (0, 0, State::Healthy, vec![]),
+            (2, 0, State::Healthy, vec![]),
+            // b fails: 50 of 50 in one second is conclusive at once (CI 88–100 %).
+            (
+                3,
+                50,
+                State::Unhealthy,
+                vec![(ReasonCode::ErrorRatio, false)],
+            ),
+            (
+                5,
+                50,
+                State::Unhealthy,
+                vec![(ReasonCode::ErrorRatio, false)],
+            ),
+            // The 2 s fast window still holds second 5.
+            (
+                6,
+                0,
+                State::Unhealthy,
+                vec![(ReasonCode::ErrorRatio, false)],
+            ),
+            // The long window still shows the fault, the recent one does not: watched, and
+            // hysteresis says what holds the state.
+            (7, 0, State::Unhealthy, hold(true)),
+            (8, 0, State::Unhealthy, hold(true)),
+            (9, 0, State::Healthy, vec![(ReasonCode::ErrorRatio, true)]),
+            (10, 0, State::Healthy, vec![]),
         ];
         let mut next = 0;
-        for (s, errors, want) in plan {
-            for quiet in next..*s {
+        for (s, errors, want, reasons) in plan {
+            for quiet in next..s {
                 second(&mut e, &a, t0, quiet, 0);
                 second(&mut e, &b, t0, quiet, 0);
             }
             next = s + 1;
-            second(&mut e, &a, t0, *s, 0);
-            second(&mut e, &b, t0, *s, *errors);
+            second(&mut e, &a, t0, s, 0);
+            second(&mut e, &b, t0, s, errors);
             // The tick at the start of the next second closes this one.
             e.tick(t0 + Duration::from_secs(s + 1), wall);
-            assert_eq!(state_of(&e, "b"), *want, "b at {s}");
+            assert_eq!(state_of(&e, "b"), Some(want), "b at {s}");
+            assert_eq!(reasons_of(&e, "b"), reasons, "b at {s}");
             assert_eq!(state_of(&e, "a"), Some(State::Healthy), "a at {s}");
         }
+        let snap = e.shared();
+        let snap = snap.read().unwrap_or_else(|p| p.into_inner());
+        let bh = snap.workloads.iter().find(|w| w.name == "b").expect("b");
+        assert_eq!(bh.window.covered_seconds, 5.0);
+    }
+
+    #[test]
+    fn recovering_says_how_many_evaluations_remain() {
+        let mut e = Engine::new(config(), 1, None);
+        let b = pod("b");
+        let t0 = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH;
+        e.tick(t0, wall);
+        for s in 0..3 {
+            second(&mut e, &b, t0, s, 50);
+        }
+        for s in 3..6 {
+            second(&mut e, &b, t0, s, 0);
+        }
+        e.tick(t0 + Duration::from_secs(6), wall);
+        let snap = e.shared();
+        let snap = snap.read().unwrap_or_else(|p| p.into_inner());
+        let r = &snap.workloads[0].reasons[0];
+        assert_eq!(
+            (r.code, r.state, r.message.as_str()),
+            (
+                ReasonCode::Recovering,
+                State::Unhealthy,
+                "recovering to healthy, 1 more evaluation"
+            )
+        );
+    }
+
+    #[test]
+    fn rates_are_over_the_time_covered() {
+        // A 30 s window, 19 req/s for 4 s: 19 req/s, not 76 / 30.
+        let mut e = Engine::new(VerdictConfig::default(), 1, None);
+        let w = pod("new");
+        let t0 = Instant::now();
+        e.tick(t0, SystemTime::UNIX_EPOCH);
+        for s in 0..4 {
+            let now = t0 + Duration::from_secs(s) + Duration::from_millis(500);
+            e.on_http_counts(
+                &w,
+                HttpDelta {
+                    total: 19,
+                    ..HttpDelta::default()
+                },
+                now,
+            );
+        }
+        e.tick(t0 + Duration::from_secs(4), SystemTime::UNIX_EPOCH);
+        let snap = e.shared();
+        let snap = snap.read().unwrap_or_else(|p| p.into_inner());
+        let h = &snap.workloads[0];
+        assert_eq!(h.signals.requests, 76);
+        assert_eq!(h.signals.requests_per_second, 19.0);
+        assert_eq!((h.window.seconds, h.window.covered_seconds), (30.0, 4.0));
     }
 
     #[test]
@@ -588,8 +802,12 @@ mod tests {
         // Idle for one window: no traffic → unknown.
         e.tick(t0 + Duration::from_secs(9), SystemTime::UNIX_EPOCH);
         assert_eq!(state_of(&e, "a"), Some(State::Unknown));
+        assert_eq!(reasons_of(&e, "a"), vec![(ReasonCode::NoTraffic, false)]);
+        // Idle for almost expire_windows (10) windows of 5 s: still known, still unknown.
+        e.tick(t0 + Duration::from_secs(50), SystemTime::UNIX_EPOCH);
+        assert_eq!(state_of(&e, "a"), Some(State::Unknown));
         // Idle for expire_windows windows: gone.
-        e.tick(t0 + Duration::from_secs(40), SystemTime::UNIX_EPOCH);
+        e.tick(t0 + Duration::from_secs(60), SystemTime::UNIX_EPOCH);
         assert_eq!(state_of(&e, "a"), None);
     }
 
@@ -633,5 +851,270 @@ mod tests {
             "{:?}",
             h.reasons
         );
+    }
+
+    /// SplitMix64: seeded, so every simulation below is the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn uniform(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// Knuth's method (λ per harvest stays small).
+        fn poisson(&mut self, lambda: f64) -> u64 {
+            let l = (-lambda).exp();
+            let (mut k, mut p) = (0, 1.0);
+            loop {
+                p *= self.uniform();
+                if p <= l {
+                    return k;
+                }
+                k += 1;
+            }
+        }
+
+        fn binomial(&mut self, n: u64, p: f64) -> u64 {
+            (0..n).filter(|_| self.uniform() < p).count() as u64
+        }
+    }
+
+    /// Traffic of one workload for `secs` seconds: requests/s, error probability, send
+    /// calls/s, retransmit probability per send.
+    #[derive(Clone, Copy, Debug)]
+    struct Phase {
+        secs: u64,
+        rps: f64,
+        error: f64,
+        sends: f64,
+        retransmit: f64,
+    }
+
+    /// Noise on top of the phases: per-second error probability spread ±40 %, and bursts of
+    /// 3× the request rate (5 s, about once a minute).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Noise {
+        Poisson,
+        Bursty,
+    }
+
+    /// Drives one workload through `phases` with 200 ms harvests (as the collector does),
+    /// starting 300 ms into a bucket so faults begin mid-bucket. Per request: a record with a
+    /// heavy-tailed duration (Pareto, α 2.5 from 20 ms: p95 ≈ 66 ms, p99.99 ≈ 800 ms).
+    /// Returns (ms since start, state) after each harvest.
+    fn simulate(
+        config: VerdictConfig,
+        phases: &[Phase],
+        seed: u64,
+        noise: Noise,
+    ) -> Vec<(u64, State)> {
+        let mut e = Engine::new(config, 1, None);
+        let w = pod("sim");
+        let mut rng = Rng(seed);
+        let t0 = Instant::now();
+        e.tick(t0, SystemTime::UNIX_EPOCH);
+        let start = t0 + Duration::from_millis(300);
+        let mut out = Vec::new();
+        let (mut ms, mut burst_until, mut second_error) = (0u64, 0u64, 0.0);
+        for ph in phases {
+            for _ in 0..ph.secs * 5 {
+                ms += 200;
+                if ms % 1000 == 200 {
+                    second_error = match noise {
+                        Noise::Poisson => ph.error,
+                        Noise::Bursty => ph.error * (0.6 + 0.8 * rng.uniform()),
+                    };
+                    if noise == Noise::Bursty && rng.uniform() < 1.0 / 60.0 {
+                        burst_until = ms + 5000;
+                    }
+                }
+                let rate = if ms < burst_until {
+                    3.0 * ph.rps
+                } else {
+                    ph.rps
+                };
+                let now = start + Duration::from_millis(ms);
+                let n = rng.poisson(rate * 0.2);
+                let errors = rng.binomial(n, second_error);
+                e.on_http_counts(
+                    &w,
+                    HttpDelta {
+                        total: n,
+                        r5xx: errors,
+                        ..HttpDelta::default()
+                    },
+                    now,
+                );
+                for i in 0..n {
+                    let ms = 20.0 * (1.0 - rng.uniform()).powf(-1.0 / 2.5);
+                    let status = if i < errors { 503 } else { 200 };
+                    e.on_request(
+                        &w,
+                        false,
+                        Some(status),
+                        Duration::from_secs_f64(ms / 1e3),
+                        now,
+                    );
+                }
+                let sends = rng.poisson(ph.sends * 0.2);
+                let stats = TcpStats {
+                    send_calls: sends,
+                    retransmit_segs: rng.binomial(sends, ph.retransmit),
+                    ..TcpStats::default()
+                };
+                e.on_tcp(&w, &stats, now);
+                e.tick(now, SystemTime::UNIX_EPOCH);
+                if let Some(st) = state_of(&e, "sim") {
+                    out.push((ms, st));
+                }
+            }
+        }
+        out
+    }
+
+    /// Seconds from `from` ms until the first state matching `pred`.
+    fn time_to(trace: &[(u64, State)], from: u64, pred: impl Fn(State) -> bool) -> Option<f64> {
+        trace
+            .iter()
+            .find(|(t, st)| *t > from && pred(*st))
+            .map(|(t, _)| (t - from) as f64 / 1e3)
+    }
+
+    /// State changes after `from` ms.
+    fn transitions(trace: &[(u64, State)], from: u64) -> Vec<(u64, State, State)> {
+        trace
+            .windows(2)
+            .filter(|w| w[0].0 >= from && w[0].1 != w[1].1)
+            .map(|w| (w[1].0, w[0].1, w[1].1))
+            .collect()
+    }
+
+    const HEALTHY: Phase = Phase {
+        secs: 60,
+        rps: 20.0,
+        error: 0.01,
+        sends: 20.0,
+        retransmit: 0.002,
+    };
+
+    /// Seeds of the simulations: `VERDICT_SIM_SEEDS` runs more (the figures in
+    /// ARCHITECTURE.md are from 200 fault sequences and 40 half-hour soaks).
+    fn sim_seeds(default: u64) -> u64 {
+        std::env::var("VERDICT_SIM_SEEDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// (median, 95th percentile, max).
+    fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.95), at(1.0))
+    }
+
+    #[test]
+    fn defaults_meet_the_timing_targets_on_simulated_faults() {
+        // 20 req/s, one send per response: 60 s healthy (1 % errors, 0.2 % retransmits),
+        // 30 s of 30 % errors, 60 s healthy, 30 s of 10 % packet loss (10 % of sends
+        // retransmitted), 60 s healthy. Targets: unhealthy within 10 s of the error fault, at
+        // least degraded within 15 s of the loss, healthy within 20 s of each end, no change
+        // while healthy. Errors and retransmits are drawn, so the realised ratio of a seed can
+        // sit well under the fault's (a 30 % fault reads 19–23 % over 6 s in seed 14): the
+        // detection targets are asserted on the 95th percentile, every seed must get there
+        // while the fault lasts, and recovery is asserted on every seed.
+        let phases = [
+            HEALTHY,
+            Phase {
+                secs: 30,
+                error: 0.30,
+                ..HEALTHY
+            },
+            HEALTHY,
+            Phase {
+                secs: 30,
+                retransmit: 0.10,
+                ..HEALTHY
+            },
+            HEALTHY,
+        ];
+        // Seconds to unhealthy, to degraded or worse, to healthy again.
+        let mut times: [Vec<f64>; 3] = Default::default();
+        let seeds = sim_seeds(40);
+        for seed in 1..=seeds {
+            let trace = simulate(VerdictConfig::default(), &phases, seed, Noise::Poisson);
+            let changes = transitions(&trace, 0);
+            assert!(
+                changes
+                    .iter()
+                    .filter(|c| c.0 <= 60_000)
+                    .all(|c| c.1 == State::Unknown),
+                "seed {seed}: changed while healthy: {changes:?}"
+            );
+            let unhealthy_now = |s: State| s == State::Unhealthy;
+            let worse = |s: State| matches!(s, State::Degraded | State::Unhealthy);
+            let healthy = |s: State| s == State::Healthy;
+            type Check<'a> = (u64, &'a dyn Fn(State) -> bool, usize);
+            let checks: [Check<'_>; 4] = [
+                (60_000, &unhealthy_now, 0),
+                (90_000, &healthy, 2),
+                (150_000, &worse, 1),
+                (180_000, &healthy, 2),
+            ];
+            for (from, pred, slot) in checks {
+                let t = time_to(&trace, from, pred);
+                assert!(
+                    t.is_some_and(|t| t <= 30.0),
+                    "seed {seed}: not within 30 s of {from} ms: {changes:?}"
+                );
+                times[slot].push(t.unwrap_or(f64::INFINITY));
+            }
+            assert_eq!(trace.last().map(|(_, s)| *s), Some(State::Healthy));
+        }
+        let [u, d, h] = times.map(|mut v| spread(&mut v));
+        eprintln!(
+            "{seeds} seeds, (median, p95, max) s: unhealthy {u:?}, degraded {d:?}, healthy again {h:?}"
+        );
+        assert!(u.1 <= 10.0, "unhealthy p95 {u:?}");
+        assert!(d.1 <= 15.0, "degraded p95 {d:?}");
+        assert!(h.2 <= 20.0, "healthy again, max {h:?}");
+    }
+
+    #[test]
+    fn no_flaps_on_stationary_noisy_traffic() {
+        // 30 minutes of a 5 % error background (at the degraded threshold), heavy-tailed
+        // latencies, bursts of 3× the rate and per-second error rates spread ±40 %, at 20 and
+        // 100 req/s; 0.5 % retransmits. No change but unknown → healthy at the start.
+        // (Over 40 such half-hours, one had a transition pair: a stretch whose drawn errors
+        // reached 208 of 3,017 requests in 30 s, 4.8 binomial standard errors over 5 %.)
+        let mut bad = Vec::new();
+        for i in 0..sim_seeds(4) {
+            let (seed, rps) = (11 + i, if i % 2 == 0 { 20.0 } else { 100.0 });
+            let phase = Phase {
+                secs: 1800,
+                rps,
+                error: 0.05,
+                sends: rps,
+                retransmit: 0.005,
+            };
+            let trace = simulate(VerdictConfig::default(), &[phase], seed, Noise::Bursty);
+            // The first evaluation may already be healthy (no unknown to leave).
+            let changes: Vec<_> = transitions(&trace, 0)
+                .into_iter()
+                .filter(|c| c.1 != State::Unknown)
+                .collect();
+            if !changes.is_empty() {
+                bad.push((seed, rps, changes));
+            }
+        }
+        assert_eq!(bad, vec![]);
     }
 }

@@ -1,11 +1,12 @@
-//! Rules: a window's signals → a candidate state with reasons; hysteresis turns candidates
-//! into the verdict so it does not flap.
-
-use std::time::Duration;
+//! Rules: a window's evidence → a candidate state with reasons; hysteresis turns candidates
+//! into the verdict. Ratio rules fire on evidence (`evidence`), not on a point estimate.
 
 use serde::{Deserialize, Serialize};
 
-use super::window::Signals;
+use super::{
+    evidence::{Decision, Finding, RatioEvidence},
+    window::Signals,
+};
 
 /// A workload's verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,7 +37,7 @@ impl State {
     }
 
     /// Badness of a known state; Unknown has none.
-    const fn severity(self) -> Option<u8> {
+    pub const fn severity(self) -> Option<u8> {
         match self {
             State::Healthy => Some(0),
             State::Degraded => Some(1),
@@ -70,10 +71,12 @@ pub enum ReasonCode {
     NotInstrumented,
     EventsLost,
     ProbeMismatch,
+    /// Held in a worse state by hysteresis while the evidence says better.
+    Recovering,
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 10] = [
+    pub const ALL: [ReasonCode; 11] = [
         ReasonCode::ErrorRatio,
         ReasonCode::LatencyP95,
         ReasonCode::LatencyP99,
@@ -84,6 +87,7 @@ impl ReasonCode {
         ReasonCode::NotInstrumented,
         ReasonCode::EventsLost,
         ReasonCode::ProbeMismatch,
+        ReasonCode::Recovering,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl ReasonCode {
             ReasonCode::NotInstrumented => "not_instrumented",
             ReasonCode::EventsLost => "events_lost",
             ReasonCode::ProbeMismatch => "probe_mismatch",
+            ReasonCode::Recovering => "recovering",
         }
     }
 }
@@ -106,9 +111,13 @@ impl ReasonCode {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reason {
     pub code: ReasonCode,
-    /// The state this reason calls for.
+    /// The state this reason calls for (for a watching reason: would call for, once
+    /// conclusive).
     pub state: State,
     pub message: String,
+    /// The rule's estimate is over its threshold but the evidence does not exclude the
+    /// threshold yet: it does not decide the state.
+    pub watching: bool,
 }
 
 /// Degraded and unhealthy thresholds of one signal (a value at or above `degraded` is
@@ -123,14 +132,15 @@ pub struct Thresholds {
 /// Rule settings (`[verdict]` in the configuration file).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rules {
-    /// Real requests per window below which HTTP rules do not judge.
+    /// Real requests per window below which HTTP rules do not judge over that window.
     pub min_requests: u64,
-    /// (5xx + panics + aborted) / requests.
+    /// (5xx + panics + aborted) / requests: fires when the evidence excludes the threshold.
     pub error_ratio: Thresholds,
-    /// p95 / p99 request duration, in ms.
+    /// p95 / p99 request duration, in ms: fires when the evidence excludes that more than
+    /// 5 % (1 %) of requests are faster than the threshold.
     pub p95_ms: Thresholds,
     pub p99_ms: Thresholds,
-    /// Send calls per window below which the retransmit rule does not judge.
+    /// Send calls per window below which the retransmit rule does not judge over it.
     pub min_send_calls: u64,
     /// retransmitted segments / send calls.
     pub retransmit_ratio: Thresholds,
@@ -144,9 +154,11 @@ impl Default for Rules {
     fn default() -> Self {
         Self {
             min_requests: 20,
+            // 15 %, not 20 %: "conclusively ≥ 15 %" is what a 30 % fault at 20 req/s can
+            // show within 10 s (ARCHITECTURE.md).
             error_ratio: Thresholds {
                 degraded: 0.05,
-                unhealthy: 0.20,
+                unhealthy: 0.15,
             },
             p95_ms: Thresholds {
                 degraded: 500.0,
@@ -173,29 +185,72 @@ impl Default for Rules {
     }
 }
 
-fn secs(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
+impl Rules {
+    /// Latency thresholds in the order of `window::SlowCounts`.
+    pub fn latency_thresholds_ms(&self) -> [f64; 4] {
+        [
+            self.p95_ms.degraded,
+            self.p95_ms.unhealthy,
+            self.p99_ms.degraded,
+            self.p99_ms.unhealthy,
+        ]
+    }
+}
+
+pub(crate) fn secs(s: f64) -> String {
+    if (s - s.round()).abs() < 1e-6 {
         format!("{s:.0} s")
     } else {
         format!("{s:.1} s")
     }
 }
 
+/// A ratio as people read it: one decimal below 10 %, none above.
 fn pct(v: f64) -> String {
-    format!("{:.1} %", v * 100.0)
+    let p = v * 100.0;
+    if p < 10.0 {
+        format!("{p:.1} %")
+    } else {
+        format!("{p:.0} %")
+    }
+}
+
+/// "38 % (99.9 % CI 31–45 %)".
+fn with_ci(d: &Decision) -> String {
+    let lo = d.low * 100.0;
+    let hi = d.high * 100.0;
+    let (lo, hi) = if hi < 10.0 {
+        (format!("{lo:.1}"), format!("{hi:.1}"))
+    } else {
+        (format!("{lo:.0}"), format!("{hi:.0}"))
+    };
+    let bursty = if d.dispersion > 1.0 {
+        format!(", widened ×{:.1} for bursts", d.dispersion.sqrt())
+    } else {
+        String::new()
+    };
+    format!(
+        "{} ({} CI {lo}–{hi} %{bursty})",
+        d.window.ratio().map_or("-".into(), pct),
+        d.confidence
+    )
 }
 
 /// What the rules say about one window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assessment {
     pub state: State,
+    /// The state the prompt decisions call for: unhealthy from a fast window (strong
+    /// failures at volume). Every other decision must be sustained before it counts
+    /// (the engine's `sustain`).
+    pub prompt_state: State,
+    /// Deciding reasons first, then watching ones.
     pub reasons: Vec<Reason>,
     /// Probe paths disagree with real traffic.
     pub probe_mismatch: bool,
 }
 
-/// Inputs beyond the signals: whether records were lost anywhere during the window, and
+/// Inputs beyond the evidence: whether records were lost anywhere during the window, and
 /// whether the workload was ever seen serving instrumented HTTP.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Context {
@@ -203,13 +258,64 @@ pub struct Context {
     pub http_seen: bool,
 }
 
+/// Everything one evaluation judges: the long window's signals (rates over `covered`), and
+/// the counts of each ratio rule over every window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evidence {
+    pub signals: Signals,
+    /// Time the long window's data actually spans (less than the window while it fills).
+    pub covered_seconds: f64,
+    pub errors: RatioEvidence,
+    pub retransmits: RatioEvidence,
+    /// Records slower than each latency threshold, in `window::SlowCounts` order.
+    pub slow: [RatioEvidence; 4],
+}
+
+/// One ratio rule's outcome: the most severe conclusive level, else what it watches.
+/// `deg`/`unh`: the counts judged for each level (the same for error and retransmit ratios;
+/// for latency, requests slower than the degraded or the unhealthy duration), against the
+/// ratios `d_bar`/`u_bar`. Returns (state, evidence, how it is watched (None: decides),
+/// unhealthy level).
+fn ratio_rule(
+    deg: &RatioEvidence,
+    unh: &RatioEvidence,
+    (d_bar, u_bar): (f64, f64),
+    min: u64,
+) -> Option<(State, Decision, Option<Watch>, bool)> {
+    let unhealthy = unh.judge(u_bar, d_bar, min);
+    if let Finding::Conclusive(d) = unhealthy {
+        return Some((State::Unhealthy, d, None, true));
+    }
+    let watch = |f: Finding| match f {
+        Finding::Conclusive(d) => Some((d, None)),
+        Finding::Watching(d) => Some((d, Some(Watch::Inconclusive))),
+        Finding::Subsiding(d) => Some((d, Some(Watch::Subsiding))),
+        Finding::Clear => None,
+    };
+    if let Some((d, w)) = watch(deg.judge(d_bar, d_bar, min)) {
+        return Some((State::Degraded, d, w, false));
+    }
+    watch(unhealthy).map(|(d, w)| (State::Unhealthy, d, w, true))
+}
+
+/// Why a rule over its threshold does not decide.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Watch {
+    /// The interval still includes the threshold.
+    Inconclusive,
+    /// Conclusive over the long window, but the recent window is under the threshold.
+    Subsiding,
+}
+
 impl Rules {
-    /// The candidate state of one window (before hysteresis).
-    pub fn assess(&self, s: &Signals, span: Duration, ctx: Context) -> Assessment {
-        let over = secs(span);
+    /// The candidate state of one evaluation (before hysteresis).
+    pub fn assess(&self, ev: &Evidence, ctx: Context) -> Assessment {
+        let s = &ev.signals;
+        let over = secs(ev.covered_seconds);
         if ctx.events_lost > 0 {
             return Assessment {
                 state: State::Unknown,
+                prompt_state: State::Unknown,
                 reasons: vec![Reason {
                     code: ReasonCode::EventsLost,
                     state: State::Unknown,
@@ -217,83 +323,151 @@ impl Rules {
                         "{} events lost by the collector over {over}: signals incomplete",
                         ctx.events_lost
                     ),
+                    watching: false,
                 }],
                 probe_mismatch: false,
             };
         }
-        let mut reasons = Vec::new();
-        let mut judged = false;
-        let mut check =
-            |code, value: Option<f64>, t: &Thresholds, msg: &dyn Fn(f64, f64) -> String| {
-                let Some(v) = value else { return };
-                judged = true;
-                let (state, limit) = if v >= t.unhealthy {
-                    (State::Unhealthy, t.unhealthy)
-                } else if v >= t.degraded {
-                    (State::Degraded, t.degraded)
-                } else {
-                    return;
-                };
-                reasons.push(Reason {
-                    code,
-                    state,
-                    message: msg(v, limit),
-                });
-            };
+        let mut reasons: Vec<Reason> = Vec::new();
+        // Codes of prompt deciding reasons: unhealthy from a fast window.
+        let mut prompt = Vec::new();
         let http = s.requests >= self.min_requests;
-        check(
-            ReasonCode::ErrorRatio,
-            s.error_ratio.filter(|_| http),
-            &self.error_ratio,
-            &|v, l| {
-                format!(
-                    "error ratio {} ≥ {} over {over} ({} of {} requests)",
-                    pct(v),
-                    pct(l),
-                    s.errors,
-                    s.requests
-                )
-            },
-        );
-        check(
-            ReasonCode::LatencyP95,
-            s.p95_ms.filter(|_| http),
-            &self.p95_ms,
-            &|v, l| format!("p95 {v:.0} ms ≥ {l:.0} ms over {over}"),
-        );
-        check(
-            ReasonCode::LatencyP99,
-            s.p99_ms.filter(|_| http),
-            &self.p99_ms,
-            &|v, l| format!("p99 {v:.0} ms ≥ {l:.0} ms over {over}"),
-        );
-        check(
-            ReasonCode::RetransmitRatio,
-            s.retransmit_ratio
-                .filter(|_| s.send_calls >= self.min_send_calls),
-            &self.retransmit_ratio,
-            &|v, l| {
-                format!(
-                    "retransmits {} of sends ≥ {} over {over} ({} segments)",
-                    pct(v),
-                    pct(l),
-                    s.retransmits
-                )
-            },
-        );
-        let tcp_active = s.send_calls >= self.min_send_calls || http;
-        check(
-            ReasonCode::ResetRate,
-            tcp_active.then_some(s.resets_per_second),
-            &self.resets_per_second,
-            &|v, l| format!("{v:.1} resets/s ≥ {l} /s over {over}"),
-        );
-        check(
-            ReasonCode::FailedConnectRate,
-            (s.failed_connects > 0).then_some(s.failed_connects_per_second),
-            &self.failed_connects_per_second,
-            &|v, l| format!("{v:.1} failed connects/s ≥ {l} /s over {over}"),
-        );
+        let sends = s.send_calls >= self.min_send_calls;
+        let judged = http || sends || s.failed_connects > 0;
+        let recent = secs(ev.errors.recent.secs.max(ev.retransmits.recent.secs));
+        let verdict = |watch: Option<Watch>, limit: String| match watch {
+            None => limit,
+            Some(Watch::Inconclusive) => format!("not conclusively {limit} (watching)"),
+            Some(Watch::Subsiding) => {
+                format!("{limit}, but not over the last {recent} (watching)")
+            }
+        };
+        if http
+            && let Some((state, d, watch, u)) = ratio_rule(
+                &ev.errors,
+                &ev.errors,
+                (self.error_ratio.degraded, self.error_ratio.unhealthy),
+                self.min_requests,
+            )
+        {
+            let t = if u {
+                self.error_ratio.unhealthy
+            } else {
+                self.error_ratio.degraded
+            };
+            if watch.is_none() && !d.long {
+                prompt.push(ReasonCode::ErrorRatio);
+            }
+            reasons.push(Reason {
+                code: ReasonCode::ErrorRatio,
+                state,
+                message: format!(
+                    "error ratio {} over {}, {} requests: {}",
+                    with_ci(&d),
+                    secs(d.window.secs),
+                    d.window.total,
+                    verdict(watch, format!("≥ {}", pct(t)))
+                ),
+                watching: watch.is_some(),
+            });
+        }
+        let th = self.latency_thresholds_ms();
+        for (code, q, tail, idx, quantile) in [
+            (ReasonCode::LatencyP95, "p95", 0.05, 0, s.p95_ms),
+            (ReasonCode::LatencyP99, "p99", 0.01, 2, s.p99_ms),
+        ] {
+            if !http {
+                continue;
+            }
+            let Some((state, d, watch, u)) = ratio_rule(
+                &ev.slow[idx],
+                &ev.slow[idx + 1],
+                (tail, tail),
+                self.min_requests,
+            ) else {
+                continue;
+            };
+            let limit_ms = th[idx + usize::from(u)];
+            if watch.is_none() && !d.long {
+                prompt.push(code);
+            }
+            reasons.push(Reason {
+                code,
+                state,
+                message: format!(
+                    "{q} {}: {} of {} requests slower than {limit_ms:.0} ms over {}: {}",
+                    quantile.map_or("-".into(), |v| format!("{v:.0} ms")),
+                    with_ci(&d),
+                    d.window.total,
+                    secs(d.window.secs),
+                    verdict(watch, format!("≥ {} of them", pct(tail)))
+                ),
+                watching: watch.is_some(),
+            });
+        }
+        if sends
+            && let Some((state, d, watch, u)) = ratio_rule(
+                &ev.retransmits,
+                &ev.retransmits,
+                (
+                    self.retransmit_ratio.degraded,
+                    self.retransmit_ratio.unhealthy,
+                ),
+                self.min_send_calls,
+            )
+        {
+            let t = if u {
+                self.retransmit_ratio.unhealthy
+            } else {
+                self.retransmit_ratio.degraded
+            };
+            if watch.is_none() && !d.long {
+                prompt.push(ReasonCode::RetransmitRatio);
+            }
+            reasons.push(Reason {
+                code: ReasonCode::RetransmitRatio,
+                state,
+                message: format!(
+                    "retransmit ratio {} over {}, {} sends: {}",
+                    with_ci(&d),
+                    secs(d.window.secs),
+                    d.window.total,
+                    verdict(watch, format!("≥ {}", pct(t)))
+                ),
+                watching: watch.is_some(),
+            });
+        }
+        let mut rate = |code, value: f64, t: &Thresholds, what: &str| {
+            let (state, limit) = if value >= t.unhealthy {
+                (State::Unhealthy, t.unhealthy)
+            } else if value >= t.degraded {
+                (State::Degraded, t.degraded)
+            } else {
+                return;
+            };
+            reasons.push(Reason {
+                code,
+                state,
+                message: format!("{value:.1} {what}/s ≥ {limit} /s over {over}"),
+                watching: false,
+            });
+        };
+        if http || sends {
+            rate(
+                ReasonCode::ResetRate,
+                s.resets_per_second,
+                &self.resets_per_second,
+                "resets",
+            );
+        }
+        if s.failed_connects > 0 {
+            rate(
+                ReasonCode::FailedConnectRate,
+                s.failed_connects_per_second,
+                &self.failed_connects_per_second,
+                "failed connects",
+            );
+        }
         if !judged {
             let (code, message) = if ctx.http_seen || s.requests > 0 || s.probe_requests > 0 {
                 (
@@ -316,19 +490,26 @@ impl Rules {
             };
             return Assessment {
                 state: State::Unknown,
+                prompt_state: State::Unknown,
                 reasons: vec![Reason {
                     code,
                     state: State::Unknown,
                     message,
+                    watching: false,
                 }],
                 probe_mismatch: false,
             };
         }
-        let state = reasons
-            .iter()
-            .map(|r| r.state)
-            .max_by_key(|st| st.severity())
-            .unwrap_or(State::Healthy);
+        let worst = |all: bool| {
+            reasons
+                .iter()
+                .filter(|r| !r.watching && (all || prompt.contains(&r.code)))
+                .map(|r| r.state)
+                .max_by_key(|st| st.severity())
+                .unwrap_or(State::Healthy)
+        };
+        let state = worst(true);
+        let prompt_state = worst(false);
         // "/healthz lies": probes 2xx while real traffic is unhealthy, or probes failing while
         // real traffic (with volume) is healthy.
         let mut probe_mismatch = false;
@@ -342,6 +523,7 @@ impl Rules {
                         "probe paths answered 2xx ({} probes) while real traffic is unhealthy over {over}",
                         s.probe_requests
                     ),
+                    watching: false,
                 });
             } else if state == State::Healthy && http && s.probe_failures * 2 > s.probe_requests {
                 probe_mismatch = true;
@@ -352,11 +534,15 @@ impl Rules {
                         "probe paths failing ({} of {} non-2xx) while real traffic is healthy over {over}",
                         s.probe_failures, s.probe_requests
                     ),
+                    watching: false,
                 });
             }
         }
+        // Deciding reasons first.
+        reasons.sort_by_key(|r| r.watching);
         Assessment {
             state,
+            prompt_state,
             reasons,
             probe_mismatch,
         }
@@ -373,8 +559,11 @@ pub struct Hysteresis {
 }
 
 impl Default for Hysteresis {
+    /// Enter at once: a candidate is already the outcome of a test at 99.9 % (or 99.99 %)
+    /// confidence, a second confirmation would only cost a bucket of detection time. Leave
+    /// after 3: a fault that pauses for a bucket does not read as recovered.
     fn default() -> Self {
-        Self { enter: 2, leave: 3 }
+        Self { enter: 1, leave: 3 }
     }
 }
 
@@ -403,6 +592,17 @@ impl Default for Tracker {
 }
 
 impl Tracker {
+    /// While improving under hysteresis: the state it is heading to and how many more
+    /// consecutive better evaluations it needs.
+    pub fn recovering(&self, h: Hysteresis) -> Option<(State, u32)> {
+        let target = self.target?;
+        let better = match (target.severity(), self.state.severity()) {
+            (Some(t), Some(s)) => t < s,
+            _ => false,
+        };
+        better.then(|| (target, h.leave.max(1).saturating_sub(self.streak)))
+    }
+
     /// Feeds one candidate; returns the previous state when the state changed.
     pub fn step(&mut self, candidate: State, h: Hysteresis) -> Option<State> {
         let prev = self.state;
@@ -456,108 +656,170 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::evidence::Count;
     use State::*;
 
-    fn signals(requests: u64, errors: u64) -> Signals {
-        Signals {
-            requests,
-            errors,
-            error_ratio: (requests > 0).then(|| errors as f64 / requests as f64),
-            ..Signals::default()
+    /// The same ratio over every window of a 30 s long window (steady traffic).
+    fn steady(k: u64, n: u64) -> RatioEvidence {
+        let c = |d: u64, secs: f64| Count {
+            hits: k / d,
+            total: n / d,
+            secs,
+        };
+        RatioEvidence {
+            fast: vec![c(10, 3.0), c(5, 6.0), c(3, 10.0)],
+            long: c(1, 30.0),
+            dispersion: 1.0,
+            recent: c(6, 5.0),
         }
     }
 
-    const SPAN: Duration = Duration::from_secs(60);
+    /// `requests` over 30 s with `errors` of them failing, steadily; no latency records.
+    fn http(requests: u64, errors: u64) -> Evidence {
+        Evidence {
+            signals: Signals {
+                requests,
+                errors,
+                error_ratio: (requests > 0).then(|| errors as f64 / requests as f64),
+                requests_per_second: requests as f64 / 30.0,
+                ..Signals::default()
+            },
+            covered_seconds: 30.0,
+            errors: steady(errors, requests),
+            ..Evidence::default()
+        }
+    }
+
+    fn tcp(sends: u64, retransmits: u64) -> Evidence {
+        Evidence {
+            signals: Signals {
+                send_calls: sends,
+                retransmits,
+                retransmit_ratio: (sends > 0).then(|| retransmits as f64 / sends as f64),
+                ..Signals::default()
+            },
+            covered_seconds: 30.0,
+            retransmits: steady(retransmits, sends),
+            ..Evidence::default()
+        }
+    }
+
+    const SEEN: Context = Context {
+        events_lost: 0,
+        http_seen: true,
+    };
 
     #[test]
     fn rules_table() {
         let r = Rules::default();
-        let http = Context {
-            events_lost: 0,
-            http_seen: true,
+        // 3000 requests, 12 % slower than 500 ms, none slower than 2 s.
+        let slow = Evidence {
+            slow: [
+                steady(360, 3000),
+                steady(0, 3000),
+                steady(360, 3000),
+                steady(0, 3000),
+            ],
+            ..http(3000, 0)
         };
-        let slow = Signals {
-            p95_ms: Some(640.0),
-            p99_ms: Some(900.0),
-            ..signals(100, 0)
+        let resets = Evidence {
+            signals: Signals {
+                resets: 300,
+                resets_per_second: 10.0,
+                ..http(600, 0).signals
+            },
+            ..http(600, 0)
         };
-        let lossy = Signals {
-            send_calls: 1000,
-            retransmits: 150,
-            retransmit_ratio: Some(0.15),
-            ..Signals::default()
-        };
-        let few_sends = Signals {
-            send_calls: 100,
-            retransmits: 50,
-            retransmit_ratio: Some(0.5),
-            ..Signals::default()
-        };
-        let resets = Signals {
-            resets: 600,
-            resets_per_second: 10.0,
-            ..signals(100, 0)
-        };
-        let connects = Signals {
-            failed_connects: 900,
-            failed_connects_per_second: 15.0,
-            ..Signals::default()
+        let connects = Evidence {
+            signals: Signals {
+                failed_connects: 450,
+                failed_connects_per_second: 15.0,
+                ..Signals::default()
+            },
+            covered_seconds: 30.0,
+            ..Evidence::default()
         };
         let lost = Context {
             events_lost: 3,
             http_seen: true,
         };
-        // (name, signals, context, state, reason codes)
-        let cases: Vec<(&str, Signals, Context, State, Vec<ReasonCode>)> = vec![
-            ("healthy", signals(100, 1), http, Healthy, vec![]),
+        // (name, evidence, context, state, reason codes, watching flags)
+        type Case = (
+            &'static str,
+            Evidence,
+            Context,
+            State,
+            Vec<ReasonCode>,
+            Vec<bool>,
+        );
+        let cases: Vec<Case> = vec![
+            ("healthy", http(3000, 30), SEEN, Healthy, vec![], vec![]),
+            // 8 % sustained over 3000 requests: conclusive over the long window.
             (
-                "errors 5 % degraded",
-                signals(100, 5),
-                http,
+                "errors 8 % degraded",
+                http(3000, 240),
+                SEEN,
                 Degraded,
                 vec![ReasonCode::ErrorRatio],
+                vec![false],
+            ),
+            // 5 % at the threshold: watched, not decided.
+            (
+                "errors at the threshold",
+                http(3000, 150),
+                SEEN,
+                Healthy,
+                vec![ReasonCode::ErrorRatio],
+                vec![true],
             ),
             (
-                "errors 20 % unhealthy",
-                signals(100, 20),
-                http,
+                "errors 30 % unhealthy",
+                http(600, 180),
+                SEEN,
                 Unhealthy,
                 vec![ReasonCode::ErrorRatio],
+                vec![false],
             ),
+            // 6 of 19 (32 %) is under the volume floor: nothing judged.
             (
                 "below min volume",
-                signals(19, 19),
-                http,
+                http(19, 6),
+                SEEN,
                 Unknown,
                 vec![ReasonCode::NoTraffic],
+                vec![false],
             ),
             (
-                "slow p95",
-                slow.clone(),
-                http,
+                "slow p95 and p99",
+                slow,
+                SEEN,
                 Degraded,
-                vec![ReasonCode::LatencyP95],
+                vec![ReasonCode::LatencyP95, ReasonCode::LatencyP99],
+                vec![false, false],
             ),
             (
-                "retransmits",
-                lossy,
+                "retransmits 15 %",
+                tcp(6000, 900),
                 Context::default(),
                 Unhealthy,
                 vec![ReasonCode::RetransmitRatio],
+                vec![false],
             ),
             (
                 "few sends",
-                few_sends,
+                tcp(100, 50),
                 Context::default(),
                 Unknown,
                 vec![ReasonCode::NotInstrumented],
+                vec![false],
             ),
             (
                 "resets",
                 resets,
-                http,
+                SEEN,
                 Degraded,
                 vec![ReasonCode::ResetRate],
+                vec![false],
             ),
             (
                 "failed connects",
@@ -565,66 +827,92 @@ mod tests {
                 Context::default(),
                 Unhealthy,
                 vec![ReasonCode::FailedConnectRate],
+                vec![false],
             ),
             (
-                "nothing",
-                Signals::default(),
-                Context::default(),
-                Unknown,
-                vec![ReasonCode::NoTraffic],
-            ),
-            (
-                "events lost",
-                signals(100, 100),
+                "lost events",
+                http(3000, 0),
                 lost,
                 Unknown,
                 vec![ReasonCode::EventsLost],
+                vec![false],
             ),
         ];
-        for (name, s, ctx, state, codes) in cases {
-            let a = r.assess(&s, SPAN, ctx);
+        for (name, ev, ctx, state, codes, watching) in cases {
+            let a = r.assess(&ev, ctx);
             assert_eq!(a.state, state, "{name}: {a:?}");
             let got: Vec<_> = a.reasons.iter().map(|r| r.code).collect();
             assert_eq!(got, codes, "{name}");
+            let got: Vec<_> = a.reasons.iter().map(|r| r.watching).collect();
+            assert_eq!(got, watching, "{name}");
         }
-        let a = r.assess(&slow, SPAN, http);
-        assert_eq!(a.reasons[0].message, "p95 640 ms ≥ 500 ms over 60 s");
+    }
+
+    #[test]
+    fn reasons_say_what_evidence_decided() {
+        let r = Rules::default();
+        // 3 s fast window: 20 of 60 (33 %), 99 % CI 20–50 %.
+        let ev = Evidence {
+            errors: RatioEvidence {
+                fast: vec![Count {
+                    hits: 20,
+                    total: 60,
+                    secs: 3.0,
+                }],
+                long: Count {
+                    hits: 20,
+                    total: 600,
+                    secs: 30.0,
+                },
+                dispersion: 1.0,
+                recent: Count {
+                    hits: 20,
+                    total: 100,
+                    secs: 5.0,
+                },
+            },
+            ..http(600, 20)
+        };
+        let a = r.assess(&ev, SEEN);
+        assert_eq!(a.state, Unhealthy);
+        assert_eq!(
+            a.reasons[0].message,
+            "error ratio 33 % (99 % CI 20–50 %) over 3 s, 60 requests: ≥ 15 %"
+        );
+        let a = r.assess(&http(3000, 150), SEEN);
+        assert_eq!(
+            a.reasons[0].message,
+            "error ratio 5.0 % (99.999 % CI 3.5–7.1 %) over 30 s, 3000 requests: \
+             not conclusively ≥ 5.0 % (watching)"
+        );
     }
 
     #[test]
     fn probe_mismatch_both_ways() {
         let r = Rules::default();
-        let ctx = Context {
-            events_lost: 0,
-            http_seen: true,
+        let with_probes = |ev: Evidence, failures: u64| Evidence {
+            signals: Signals {
+                probe_requests: 10,
+                probe_failures: failures,
+                ..ev.signals
+            },
+            ..ev
         };
-        let lying = Signals {
-            probe_requests: 10,
-            probe_failures: 0,
-            ..signals(100, 100)
-        };
-        let a = r.assess(&lying, SPAN, ctx);
+        let a = r.assess(&with_probes(http(600, 600), 0), SEEN);
         assert!(a.probe_mismatch);
         assert_eq!(a.state, Unhealthy);
-        let failing_probe = Signals {
-            probe_requests: 10,
-            probe_failures: 10,
-            ..signals(100, 0)
-        };
-        let a = r.assess(&failing_probe, SPAN, ctx);
+        let a = r.assess(&with_probes(http(600, 0), 10), SEEN);
         assert!(a.probe_mismatch);
         assert_eq!(a.state, Healthy);
-        let honest = Signals {
-            probe_requests: 10,
-            probe_failures: 10,
-            ..signals(100, 100)
-        };
-        assert!(!r.assess(&honest, SPAN, ctx).probe_mismatch);
+        assert!(
+            !r.assess(&with_probes(http(600, 600), 10), SEEN)
+                .probe_mismatch
+        );
     }
 
     #[test]
     fn hysteresis_table() {
-        let h = Hysteresis::default();
+        let h = Hysteresis { enter: 2, leave: 3 };
         // (candidates fed in order, expected state after each)
         let cases: &[(&[State], &[State])] = &[
             (&[Healthy, Healthy], &[Healthy, Healthy]),
@@ -672,5 +960,29 @@ mod tests {
         let mut t = Tracker::default();
         assert_eq!(t.step(Healthy, h), Some(Unknown));
         assert_eq!(t.step(Healthy, h), None);
+    }
+
+    #[test]
+    fn default_hysteresis_enters_at_once_and_counts_down_its_recovery() {
+        let h = Hysteresis::default();
+        let mut t = Tracker::default();
+        t.step(Healthy, h);
+        assert_eq!(t.step(Unhealthy, h), Some(Healthy));
+        assert_eq!(t.recovering(h), None);
+        // (candidate, state after, recovering after)
+        let steps = [
+            (Healthy, Unhealthy, Some((Healthy, 2))),
+            (Healthy, Unhealthy, Some((Healthy, 1))),
+            (Healthy, Healthy, None),
+        ];
+        for (c, state, rec) in steps {
+            t.step(c, h);
+            assert_eq!((t.state, t.recovering(h)), (state, rec), "{c:?}");
+        }
+        // A relapse resets the count.
+        t.step(Degraded, h);
+        t.step(Healthy, h);
+        t.step(Degraded, h);
+        assert_eq!((t.state, t.recovering(h)), (Degraded, None));
     }
 }

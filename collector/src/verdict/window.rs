@@ -1,76 +1,98 @@
-//! Sliding windows: a ring of fixed-length buckets per workload, a fixed-bucket latency
-//! histogram, and the signal values a window adds up to.
+//! Sliding windows: a ring of fixed-length buckets per workload, a log-linear latency
+//! histogram, exact counts of slow requests, and the signal values a window adds up to.
 //!
-//! Bucket `e` covers `[origin + e·len, origin + (e+1)·len)`. A window is the last `count` closed
-//! buckets. Nothing here reads a clock: epochs are computed from instants passed in.
+//! Bucket `e` covers `[origin + e·len, origin + (e+1)·len)`. The long window is the last
+//! `count` closed buckets; shorter windows (`Geometry::fast`, `Geometry::recent`) end at the
+//! same bucket. Nothing here reads a clock: epochs are computed from instants passed in.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
 use serde::Serialize;
 
-/// Upper bounds (ms) of the latency histogram buckets; the last bucket is open-ended.
-pub const LATENCY_BOUNDS_MS: [f64; 15] = [
-    5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
-    10000.0, 30000.0,
-];
-const LATENCY_SLOTS: usize = LATENCY_BOUNDS_MS.len() + 1;
+/// Linear sub-buckets per power of two of the latency histogram. A value is reported as the
+/// middle of its sub-bucket, whose width is at most 1/16 of its lower bound: the reported
+/// value is within 1/32 (3.2 %) of every value the sub-bucket holds.
+const SUB_BUCKETS: u32 = 16;
+/// Durations are kept in microseconds; below 16 µs each microsecond is its own slot.
+const LINEAR_BELOW: u64 = SUB_BUCKETS as u64;
 
-/// Request durations counted per fixed bucket.
+/// Relative error bound of a reported quantile from the histogram's resolution alone.
+pub const LATENCY_RELATIVE_ERROR: f64 = 1.0 / (2.0 * SUB_BUCKETS as f64);
+
+/// Request durations in log-linear slots (16 per power of two, from 1 µs), sparse: a
+/// workload whose requests take similar times uses a handful of slots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Latency {
-    counts: [u64; LATENCY_SLOTS],
+    counts: BTreeMap<u16, u64>,
+}
+
+/// Slot of a duration in µs: exact below 16 µs, then 16 slots per power of two.
+fn slot_of(us: u64) -> u16 {
+    if us < LINEAR_BELOW {
+        return us as u16;
+    }
+    let exp = 63 - us.leading_zeros(); // ≥ 4
+    let sub = (us >> (exp - 4)) & u64::from(SUB_BUCKETS - 1);
+    ((exp - 3) * SUB_BUCKETS + sub as u32) as u16
+}
+
+/// `[low, high)` of a slot, in µs.
+fn slot_bounds(slot: u16) -> (f64, f64) {
+    let s = u32::from(slot);
+    if s < SUB_BUCKETS {
+        return (f64::from(s), f64::from(s + 1));
+    }
+    let exp = s / SUB_BUCKETS + 3;
+    let sub = s % SUB_BUCKETS;
+    let width = 2f64.powi(exp as i32 - 4);
+    let low = 2f64.powi(exp as i32) + f64::from(sub) * width;
+    (low, low + width)
 }
 
 impl Latency {
-    pub fn observe(&mut self, ms: f64) {
-        let slot = LATENCY_BOUNDS_MS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(LATENCY_BOUNDS_MS.len());
-        self.counts[slot] += 1;
+    pub fn observe(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        *self.counts.entry(slot_of(us)).or_default() += 1;
     }
 
     pub fn add(&mut self, other: &Latency) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
+        for (s, c) in &other.counts {
+            *self.counts.entry(*s).or_default() += c;
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.values().sum()
     }
 
-    /// The `q` quantile (0 < q ≤ 1) by linear interpolation inside the bucket holding it.
-    /// Error: at most that bucket's width (the true value lies in the same bucket). Values in
-    /// the open-ended last bucket are reported as its lower bound (30 s). None when empty.
+    /// The `q` quantile (0 < q ≤ 1) in ms: the middle of the slot holding the rank-⌈q·n⌉
+    /// value, so within `LATENCY_RELATIVE_ERROR` of it (for durations ≥ 16 µs; ±0.5 µs below).
+    /// The sample's own error (records are a sample under `--http-sample-every`) comes on top.
+    /// None when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.count();
         if total == 0 {
             return None;
         }
-        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut below = 0u64;
-        for (i, &c) in self.counts.iter().enumerate() {
-            if c == 0 {
-                continue;
-            }
-            if (below + c) as f64 >= rank {
-                let lo = if i == 0 {
-                    0.0
-                } else {
-                    LATENCY_BOUNDS_MS[i - 1]
-                };
-                let Some(&hi) = LATENCY_BOUNDS_MS.get(i) else {
-                    return Some(lo);
-                };
-                let frac = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
-                return Some(lo + (hi - lo) * frac);
-            }
+        for (slot, c) in &self.counts {
             below += c;
+            if below >= rank {
+                let (lo, hi) = slot_bounds(*slot);
+                return Some((lo + hi) / 2.0 / 1e3);
+            }
         }
-        LATENCY_BOUNDS_MS.last().copied()
+        None
     }
 }
+
+/// Latency thresholds counted exactly per request (the latency rules' evidence): index
+/// `[p95 degraded, p95 unhealthy, p99 degraded, p99 unhealthy]`.
+pub type SlowCounts = [u64; 4];
 
 /// What one workload did in one bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,6 +109,8 @@ pub struct Bucket {
     pub probe_5xx_records: u64,
     /// From per-request records: durations of real (non-probe) requests.
     pub latency: Latency,
+    /// From per-request records: real requests slower than each latency threshold.
+    pub slow: SlowCounts,
     /// Exact: successful `sendmsg` calls (proxy for segments sent).
     pub send_calls: u64,
     pub retransmits: u64,
@@ -99,26 +123,56 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn add(&mut self, o: &Bucket) {
-        self.http_total += o.http_total;
-        self.http_5xx += o.http_5xx;
-        self.http_failed += o.http_failed;
-        self.lost += o.lost;
-        self.probe_records += o.probe_records;
-        self.probe_bad_records += o.probe_bad_records;
-        self.probe_5xx_records += o.probe_5xx_records;
-        self.latency.add(&o.latency);
-        self.send_calls += o.send_calls;
-        self.retransmits += o.retransmits;
-        self.resets += o.resets;
-        self.failed_connects += o.failed_connects;
+        let Bucket {
+            http_total,
+            http_5xx,
+            http_failed,
+            probe_records,
+            probe_bad_records,
+            probe_5xx_records,
+            latency,
+            slow,
+            send_calls,
+            retransmits,
+            resets,
+            failed_connects,
+            lost,
+        } = o;
+        self.http_total += http_total;
+        self.http_5xx += http_5xx;
+        self.http_failed += http_failed;
+        self.lost += lost;
+        self.probe_records += probe_records;
+        self.probe_bad_records += probe_bad_records;
+        self.probe_5xx_records += probe_5xx_records;
+        self.latency.add(latency);
+        for (a, b) in self.slow.iter_mut().zip(slow) {
+            *a += b;
+        }
+        self.send_calls += send_calls;
+        self.retransmits += retransmits;
+        self.resets += resets;
+        self.failed_connects += failed_connects;
     }
 
     pub fn is_empty(&self) -> bool {
         *self == Bucket::default()
     }
+
+    /// Real requests and their errors (exact counts less the probes, estimated from records
+    /// × `sample_every`).
+    pub fn requests_errors(&self, sample_every: u32) -> (u64, u64) {
+        let n = u64::from(sample_every.max(1));
+        let probes = (self.probe_records * n).min(self.http_total);
+        let requests = self.http_total - probes;
+        let probe_errors = (self.probe_5xx_records * n).min(self.http_5xx);
+        let errors = (self.http_5xx - probe_errors + self.http_failed).min(requests);
+        (requests, errors)
+    }
 }
 
-/// Window geometry.
+/// Window geometry: `count` buckets of `bucket` make the long window; the fast and recent
+/// windows are fixed fractions of it (see `fast` and `recent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
     pub bucket: Duration,
@@ -133,6 +187,30 @@ impl Geometry {
     /// Bucket number of an instant `since` the origin.
     pub fn epoch(&self, since: Duration) -> u64 {
         (since.as_nanos() / self.bucket.as_nanos().max(1)) as u64
+    }
+
+    /// Fast windows (in buckets): a tenth, a fifth and a third of the long window (3, 6 and
+    /// 10 s of the default 30 s), so a strong fault is judged on as much of its own data as
+    /// has arrived, without waiting for it to fill the long window.
+    pub fn fast(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = [10, 5, 3]
+            .iter()
+            .map(|d| self.count.div_ceil(*d).max(1))
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// Evaluations a decision other than a prompt one must be sustained for (see
+    /// `verdict::sustain`): half the recent window, 3 s of 30 s.
+    pub fn sustain(&self) -> u64 {
+        self.recent().div_ceil(2) as u64
+    }
+
+    /// The recent window (a sixth of the long one, 5 s of 30 s): evidence from the long
+    /// window only counts while the recent window's estimate is still over the threshold.
+    pub fn recent(&self) -> usize {
+        self.count.div_ceil(6).max(1)
     }
 }
 
@@ -152,14 +230,28 @@ impl Series {
         &mut self.buckets[last].1
     }
 
-    /// Sum of the buckets in `(closed - count, closed]`; older ones are dropped.
-    pub fn window(&mut self, closed: u64, count: usize) -> Bucket {
+    /// Drops buckets older than the window of `count` ending at `closed`.
+    pub fn trim(&mut self, closed: u64, count: usize) {
         let first = (closed + 1).saturating_sub(count as u64);
         while self.buckets.front().is_some_and(|(e, _)| *e < first) {
             self.buckets.pop_front();
         }
+    }
+
+    /// Closed buckets in `(closed - count, closed]`, oldest first (empty buckets absent).
+    pub fn iter_window(&self, closed: u64, count: usize) -> impl Iterator<Item = &Bucket> + '_ {
+        let first = (closed + 1).saturating_sub(count as u64);
+        self.buckets
+            .iter()
+            .filter(move |(e, _)| *e >= first && *e <= closed)
+            .map(|(_, b)| b)
+    }
+
+    /// Sum of the buckets in `(closed - count, closed]`; older ones are dropped.
+    pub fn window(&mut self, closed: u64, count: usize) -> Bucket {
+        self.trim(closed, count);
         let mut sum = Bucket::default();
-        for (_, b) in self.buckets.iter().filter(|(e, _)| *e <= closed) {
+        for b in self.iter_window(closed, count) {
             sum.add(b);
         }
         sum
@@ -175,7 +267,8 @@ impl Series {
     }
 }
 
-/// Values one window adds up to, as served by the API.
+/// Values one window adds up to, as served by the API. Rates are over the time the window
+/// actually covers (a workload seen 4 s ago has 4 s of data, not a 30 s window's).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Signals {
     /// Real (non-probe) requests: exact total minus probe requests (records × sampling).
@@ -198,14 +291,13 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// `sample_every`: 1 in N requests has a record, so record counts are scaled by N.
-    pub fn from_bucket(b: &Bucket, span: Duration, sample_every: u32) -> Self {
+    /// `covered`: the time the window's data spans. `sample_every`: 1 in N requests has a
+    /// record, so record counts are scaled by N.
+    pub fn from_bucket(b: &Bucket, covered: Duration, sample_every: u32) -> Self {
         let n = u64::from(sample_every.max(1));
-        let secs = span.as_secs_f64().max(f64::MIN_POSITIVE);
+        let secs = covered.as_secs_f64().max(f64::MIN_POSITIVE);
         let probes = (b.probe_records * n).min(b.http_total);
-        let requests = b.http_total - probes;
-        let probe_errors = (b.probe_5xx_records * n).min(b.http_5xx);
-        let errors = (b.http_5xx - probe_errors + b.http_failed).min(requests);
+        let (requests, errors) = b.requests_errors(sample_every);
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
         Signals {
             requests,
@@ -232,47 +324,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_interpolate_within_their_bucket() {
-        // (observations, q, expected, tolerance)
-        let cases: &[(&[f64], f64, Option<f64>)] = &[
-            (&[], 0.95, None),
-            // 100 values in (500, 750]: p95 interpolates at 95 % of that bucket.
-            (&[600.0; 100], 0.95, Some(500.0 + 250.0 * 0.95)),
-            // 90 fast, 10 slow: p95 lies in the slow bucket, halfway.
-            (
-                &[[1.0; 90].as_slice(), [2000.0; 10].as_slice()].concat(),
-                0.95,
-                Some(1000.0 + 1500.0 * 0.5),
-            ),
-            (&[1.0; 10], 0.5, Some(2.5)),
-            (&[60_000.0; 3], 0.99, Some(30_000.0)),
+    fn slots_are_log_linear_and_contiguous() {
+        // (µs, slot, bounds)
+        let cases: &[(u64, u16, (f64, f64))] = &[
+            (0, 0, (0.0, 1.0)),
+            (15, 15, (15.0, 16.0)),
+            (16, 16, (16.0, 17.0)),
+            (31, 31, (31.0, 32.0)),
+            (32, 32, (32.0, 34.0)),
+            (1000, 111, (992.0, 1024.0)),
+            (252_000, 238, (245_760.0, 253_952.0)),
         ];
-        for (obs, q, want) in cases {
-            let mut h = Latency::default();
-            for o in *obs {
-                h.observe(*o);
-            }
-            let got = h.quantile(*q);
-            match (got, want) {
-                (None, None) => {}
-                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{obs:?} q{q}: {g} ≠ {w}"),
-                _ => panic!("{obs:?} q{q}: {got:?} ≠ {want:?}"),
-            }
+        for &(us, slot, bounds) in cases {
+            assert_eq!(slot_of(us), slot, "{us} µs");
+            assert_eq!(slot_bounds(slot), bounds, "slot {slot}");
+        }
+        // Every value lies in its slot; slots tile the line.
+        for us in (0..200_000u64).step_by(7).chain([1 << 40, 3_600_000_000]) {
+            let (lo, hi) = slot_bounds(slot_of(us));
+            assert!(lo <= us as f64 && (us as f64) < hi, "{us}: [{lo}, {hi})");
+        }
+        for s in 0..900u16 {
+            assert_eq!(slot_bounds(s).1, slot_bounds(s + 1).0, "slot {s}");
         }
     }
 
     #[test]
-    fn quantile_error_is_within_the_bucket_width() {
-        let mut h = Latency::default();
-        let values: Vec<f64> = (1..=1000).map(|i| f64::from(i) * 1.7).collect();
-        for v in &values {
-            h.observe(*v);
+    fn quantiles_are_within_the_stated_relative_error() {
+        // (durations in µs, q, exact quantile in µs): the issue's case (true p95 252 ms,
+        // read 364–391 ms with the old 250–500 ms bucket), a spread, and small values.
+        let spread: Vec<u64> = (1..=1000).map(|i| i * 1_700).collect();
+        let issue: Vec<u64> = (0..1000)
+            .map(|i| {
+                if i < 950 {
+                    20_000 + i * 200
+                } else {
+                    252_000 + i
+                }
+            })
+            .collect();
+        let cases: Vec<(Vec<u64>, f64, u64)> = vec![
+            (issue.clone(), 0.95, issue[949]),
+            (issue.clone(), 0.99, issue[989]),
+            (spread.clone(), 0.95, spread[949]),
+            (spread.clone(), 0.99, spread[989]),
+            (vec![3_000; 10], 0.5, 3_000),
+            (vec![12; 5], 0.95, 12),
+        ];
+        for (values, q, exact) in cases {
+            let mut h = Latency::default();
+            for v in &values {
+                h.observe(Duration::from_micros(*v));
+            }
+            let got = h.quantile(q).expect("non-empty") * 1e3;
+            let err = (got - exact as f64).abs() / exact as f64;
+            assert!(
+                err <= LATENCY_RELATIVE_ERROR.max(0.5 / exact as f64),
+                "q{q}: {got} µs vs {exact} µs ({:.2} %)",
+                err * 100.0
+            );
         }
-        let exact = values[949];
-        let est = h.quantile(0.95).unwrap_or_default();
-        // exact 1615 ms lies in (1000, 2500]: width 1500.
-        assert!((est - exact).abs() <= 1500.0, "{est} vs {exact}");
-        assert!(est > 1000.0 && est <= 2500.0);
+        assert_eq!(Latency::default().quantile(0.95), None);
+        assert_eq!(LATENCY_RELATIVE_ERROR, 1.0 / 32.0);
     }
 
     #[test]
@@ -294,13 +407,37 @@ mod tests {
         s.at(10).http_total += 100;
         assert_eq!(s.window(9, 6).http_total, (5..=10).sum::<u64>());
         assert_eq!(s.last_active(), Some(10));
+        // Shorter windows end at the same bucket.
+        let recent: u64 = s.iter_window(9, 2).map(|b| b.http_total).sum();
+        assert_eq!(recent, 9 + 10);
         // Much later: everything old falls out.
         assert_eq!(s.window(30, 6).http_total, 0);
         assert_eq!(s.last_active(), None);
     }
 
     #[test]
-    fn signals_take_probes_out_of_exact_counts() {
+    fn fast_and_recent_windows_are_fractions_of_the_long_one() {
+        // (long buckets, fast, recent, sustain)
+        let cases: &[(usize, &[usize], usize, u64)] = &[
+            (30, &[3, 6, 10], 5, 3),
+            (5, &[1, 2], 1, 1),
+            (6, &[1, 2], 1, 1),
+            (1, &[1], 1, 1),
+            (60, &[6, 12, 20], 10, 5),
+        ];
+        for &(count, fast, recent, sustain) in cases {
+            let g = Geometry {
+                bucket: Duration::from_secs(1),
+                count,
+            };
+            assert_eq!(g.fast(), fast, "{count}");
+            assert_eq!(g.recent(), recent, "{count}");
+            assert_eq!(g.sustain(), sustain, "{count}");
+        }
+    }
+
+    #[test]
+    fn signals_take_probes_out_of_exact_counts_and_rates_use_the_covered_time() {
         let b = Bucket {
             http_total: 100,
             http_5xx: 30,
@@ -312,12 +449,12 @@ mod tests {
             retransmits: 50,
             ..Bucket::default()
         };
-        // Every record: 5 probes.
-        let s = Signals::from_bucket(&b, Duration::from_secs(10), 1);
+        // Every record: 5 probes. 5 s covered (a 30 s window that is filling).
+        let s = Signals::from_bucket(&b, Duration::from_secs(5), 1);
         assert_eq!((s.requests, s.errors, s.probe_requests), (95, 32, 5));
         assert_eq!(s.error_ratio, Some(32.0 / 95.0));
         assert_eq!(s.retransmit_ratio, Some(0.05));
-        assert!((s.requests_per_second - 9.5).abs() < 1e-9);
+        assert_eq!(s.requests_per_second, 19.0);
         // 1 in 4 sampled: 5 probe records stand for 20 probes.
         let s = Signals::from_bucket(&b, Duration::from_secs(10), 4);
         assert_eq!((s.requests, s.probe_requests), (80, 20));
