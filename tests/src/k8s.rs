@@ -211,6 +211,9 @@ impl ControlPlane {
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--enable-admission-plugins=NodeRestriction,PodSecurity,ValidatingAdmissionPolicy"
                 .into(),
+            // As every real cluster (kubeadm's default): the collector's DaemonSet in its
+            // privileged mode is refused otherwise (tests/tests/deploy.rs).
+            "--allow-privileged=true".into(),
         ];
         cp.url = format!("https://127.0.0.1:{secure}");
         fs::write(
@@ -286,6 +289,11 @@ impl ControlPlane {
     /// The CA the API server's certificate chains to.
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
+    }
+
+    /// The admin's kubeconfig (for `kubectl_as` when stderr matters, e.g. warnings).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.admin.clone()
     }
 
     /// `kubectl` as the admin, whatever its exit status.

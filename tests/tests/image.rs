@@ -267,6 +267,28 @@ fn collects_exactly(prefix: &str, image: &str, go: &GoServer, security: &[String
             (http_get_status(addr, "/readyz") == Some(200)).then_some(())
         },
     );
+    if args == GO_UPROBE_ARGS {
+        // Readiness does not wait for Go discovery (it attaches in the background): requests
+        // sent before the server is instrumented are, rightly, not counted by uprobes.
+        let pid: u32 = go.container.inspect("{{.State.Pid}}").parse().expect("pid");
+        wait_until_blocking(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "the Go server instrumented (/v1/go-http)",
+            || {
+                let list: serde_json::Value =
+                    serde_json::from_str(&get(addr, "/v1/go-http")).ok()?;
+                list.as_array()?
+                    .iter()
+                    .any(|i| {
+                        i["pids"]
+                            .as_array()
+                            .is_some_and(|p| p.contains(&pid.into()))
+                    })
+                    .then_some(())
+            },
+        );
+    }
     let id = go.id();
     let labels = [
         ("workload_kind", "container"),
@@ -298,6 +320,20 @@ fn collects_exactly(prefix: &str, image: &str, go: &GoServer, security: &[String
             .join("\n"),
         collector.logs()
     );
+}
+
+/// The body of GET `path` on the collector's API.
+fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 /// Runs the collector without `missing` of `caps` and returns its exit code and output.

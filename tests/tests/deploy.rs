@@ -1,0 +1,513 @@
+//! The Helm chart (deploy/helm/collector), proven by running the real tools: helm (built from
+//! its Go module by scripts/helm.sh) lints and renders it over every values file of its ci/
+//! folder; values.schema.json refuses wrong values, naming them; every rendered object is
+//! accepted by the real kube-apiserver of tests/src/k8s.rs (server-side dry run, PodSecurity
+//! admission on); the chart's RBAC and admission policy are the very rules of deploy/*.yaml;
+//! and the collector's command line and collector.toml the chart renders are accepted by the
+//! collector's own configuration parser.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use clap::Parser as _;
+use integration_tests::{cgroup2_mount, k8s::ControlPlane, unique_prefix};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
+
+fn chart() -> PathBuf {
+    repo().join("deploy/helm/collector")
+}
+
+/// helm from its Go module (a no-op when the cache is warm).
+fn helm_bin() -> PathBuf {
+    let out = Command::new(repo().join("scripts/helm.sh"))
+        .output()
+        .expect("run scripts/helm.sh");
+    assert!(
+        out.status.success(),
+        "scripts/helm.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn helm(args: &[&str]) -> Output {
+    Command::new(helm_bin())
+        .args(args)
+        .output()
+        .expect("run helm")
+}
+
+fn values_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .expect("ci/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    files
+}
+
+/// `helm template` as release `collector` in namespace `collector` (the names deploy/*.yaml use).
+fn render(values: &Path) -> String {
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "collector",
+        chart.to_str().expect("utf-8"),
+        "--namespace",
+        "collector",
+        "-f",
+        values.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "helm template -f {}: {}",
+        values.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn chart_lints_strictly_with_every_values_file() {
+    let chart = chart();
+    for values in values_files() {
+        let out = helm(&[
+            "lint",
+            "--strict",
+            chart.to_str().expect("utf-8"),
+            "-f",
+            values.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "helm lint -f {}: {}{}",
+            values.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Each wrong value fails `helm template` (and so `helm install`) with the path of the value.
+#[test]
+fn schema_rejects_wrong_values_naming_them() {
+    let chart = chart();
+    for (set, expected) in [
+        (
+            "mode=root",
+            "at '/mode': value must be one of 'privileged', 'least-privilege'",
+        ),
+        (
+            "logFormat=xml",
+            "at '/logFormat': value must be one of 'json', 'text'",
+        ),
+        ("port=0", "at '/port': minimum: got 0, want 1"),
+        ("port=70000", "at '/port': maximum"),
+        (
+            "config.max_workloads=ten",
+            "at '/config/max_workloads': got string, want integer",
+        ),
+        (
+            "config.verdict.buckets=1000",
+            "at '/config/verdict/buckets': maximum",
+        ),
+        (
+            "config.go_http_uprobes=some",
+            "at '/config/go_http_uprobes'",
+        ),
+        (
+            "config.harvest_interval=soon",
+            "at '/config/harvest_interval'",
+        ),
+        (
+            "config.unknown_key=1",
+            "additional properties 'unknown_key' not allowed",
+        ),
+        ("otlp.endpoint=otel:4317", "at '/otlp/endpoint'"),
+        ("otlp.protocol=udp", "at '/otlp/protocol'"),
+        (
+            "resources.limits.memory=lots",
+            "at '/resources/limits/memory'",
+        ),
+        ("hostCgroup2Path=sys/fs/cgroup", "at '/hostCgroup2Path'"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        (
+            "updateStrategy.maxUnavailable=0",
+            "at '/updateStrategy/maxUnavailable'",
+        ),
+        ("typo=1", "additional properties 'typo' not allowed"),
+    ] {
+        let out = helm(&[
+            "template",
+            "t",
+            chart.to_str().expect("utf-8"),
+            "--set",
+            set,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(
+            stderr.contains("values don't meet the specifications of the schema")
+                && stderr.contains(expected),
+            "--set {set}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    // Not expressible in the schema: a template refuses it with a reason.
+    let out = helm(&[
+        "template",
+        "t",
+        chart.to_str().expect("utf-8"),
+        "--set",
+        "serviceMonitor.enabled=true,podMonitor.enabled=true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("choose one"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Objects of a `kubectl apply --dry-run=server -o json` answer (a List or one object).
+fn items(json: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(json).expect("kubectl json");
+    match v["kind"].as_str() {
+        Some("List") => v["items"].as_array().expect("items").clone(),
+        _ => vec![v],
+    }
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The prometheus-operator kinds the chart can render, as CRDs the API server then knows. These
+/// are stand-ins (any spec accepted): the server checks that the kinds, names and metadata are
+/// valid, not the operator's own schema.
+const MONITORING_CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: podmonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PodMonitor, listKind: PodMonitorList, plural: podmonitors, singular: podmonitor}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+fn dry_run(cp: &ControlPlane, manifest: &str) -> (Vec<Value>, String) {
+    let out = cp.kubectl_as_admin_stdin(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        manifest,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "server dry run refused:\n{stderr}");
+    (items(&String::from_utf8_lossy(&out.stdout)), stderr)
+}
+
+trait AdminStdin {
+    fn kubectl_as_admin_stdin(&self, args: &[&str], stdin: &str) -> Output;
+}
+
+impl AdminStdin for ControlPlane {
+    fn kubectl_as_admin_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let admin = self.admin_kubeconfig();
+        self.kubectl_as(&admin, args, Some(stdin)).expect("kubectl")
+    }
+}
+
+/// The DaemonSet's collector container.
+fn collector_container(objects: &[Value]) -> &Value {
+    &find(objects, "DaemonSet", "collector")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// What every values file must give, checked on the objects as the API server stored them.
+fn check_daemonset(file: &str, objects: &[Value], values: &str) {
+    let ds = find(objects, "DaemonSet", "collector");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = collector_container(objects);
+    assert_eq!(pod["hostPID"], true, "{file}");
+    assert_eq!(pod["priorityClassName"], "system-node-critical", "{file}");
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}]),
+        "{file}"
+    );
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["type"], "RollingUpdate",
+        "{file}"
+    );
+    assert!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].is_number()
+            || ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].is_string()
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{file}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{file}");
+    assert_eq!(
+        c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_u64()
+            .map(|s| s > 0),
+        Some(true),
+        "{file}"
+    );
+    let node_name = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME");
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert!(c["resources"]["requests"]["memory"].is_string(), "{file}");
+    assert!(c["resources"]["limits"]["memory"].is_string(), "{file}");
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter(|v| v.get("hostPath").is_some())
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(host_paths, ["cgroup", "btf", "tracefs"], "{file}");
+    for m in c["volumeMounts"].as_array().expect("mounts") {
+        assert_eq!(m["readOnly"], true, "{file}: {m}");
+    }
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{file}");
+    if values.contains("mode: least-privilege") {
+        assert_eq!(sc["privileged"], false, "{file}");
+        assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{file}");
+        assert_eq!(
+            strings(&sc["capabilities"]["add"]),
+            ["BPF", "PERFMON", "NET_ADMIN"],
+            "{file}: the default configuration (socket parser) needs exactly these"
+        );
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
+    } else {
+        assert_eq!(sc["privileged"], true, "{file}");
+        assert!(sc.get("capabilities").is_none(), "{file}");
+    }
+}
+
+/// The chart's args and collector.toml, as the DaemonSet would run them, through the collector's
+/// own parser (`Cli` then `Config::load`). Paths that exist only in the pod are mapped to real
+/// files here: the config file, the cgroup2 mount, the token and CA files.
+fn check_collector_accepts_its_configuration(file: &str, objects: &[Value], ca: &Path) {
+    let dir = std::env::temp_dir().join(format!("{}-chartcfg", unique_prefix("dply")));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let toml = find(objects, "ConfigMap", "collector")["data"]["collector.toml"]
+        .as_str()
+        .expect("collector.toml")
+        .to_string();
+    let config_path = dir.join("collector.toml");
+    std::fs::write(&config_path, &toml).expect("write toml");
+    let token = dir.join("token");
+    std::fs::write(&token, "secret-token\n").expect("write token");
+    let c = collector_container(objects);
+    let mut args = vec!["collector".to_string()];
+    for a in strings(&c["args"]) {
+        let a = a
+            .replace(
+                "/etc/collector/config/collector.toml",
+                config_path.to_str().expect("utf-8"),
+            )
+            .replace("=/host/cgroup", &format!("={}", cgroup2_mount().display()))
+            .replace("/etc/collector/otlp-ca/ca.crt", ca.to_str().expect("utf-8"));
+        let a = if a.starts_with("--api-token-file=") {
+            format!("--api-token-file={}", token.display())
+        } else {
+            a
+        };
+        args.push(a);
+    }
+    let cli = collector::config::Cli::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("{file}: the collector refuses the chart's args {args:?}: {e}"));
+    let env: BTreeMap<String, String> = [("NODE_NAME".to_string(), "node-a".to_string())].into();
+    let config = collector::config::Config::load(&cli, &env).unwrap_or_else(|e| {
+        panic!("{file}: the collector refuses the chart's configuration: {e}\n{toml}")
+    });
+    assert!(
+        config.kubernetes.is_some(),
+        "{file}: NODE_NAME from the downward API turns Kubernetes on"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rules_of<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    &find(objects, kind, name)["rules"]
+}
+
+#[test]
+fn rendered_objects_are_accepted_by_the_api_server_and_match_deploy() {
+    let cp = ControlPlane::start(&unique_prefix("dply")).expect("control plane");
+    // deploy/*.yaml as they are applied by hand: their RBAC and admission policy are the truth
+    // the chart must repeat. rbac.yaml creates the namespace.
+    let mut plain = String::new();
+    for f in ["rbac.yaml", "watchdog.yaml", "admission.yaml"] {
+        plain.push_str(&std::fs::read_to_string(repo().join("deploy").join(f)).expect(f));
+        plain.push_str("\n---\n");
+    }
+    cp.apply(&std::fs::read_to_string(repo().join("deploy/rbac.yaml")).expect("rbac"))
+        .expect("apply rbac.yaml");
+    let (deploy_objects, _) = dry_run(&cp, &plain);
+    cp.apply(MONITORING_CRDS).expect("monitoring CRDs");
+    // The chart needs the privileged Pod Security level (host PID, host paths, capabilities).
+    cp.kubectl(&[
+        "label",
+        "namespace",
+        "collector",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "--overwrite",
+    ])
+    .expect("label namespace");
+    let ca = cp.ca();
+    let mut kinds = std::collections::BTreeSet::new();
+    for values_path in values_files() {
+        let file = values_path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        let values = std::fs::read_to_string(&values_path).expect("values");
+        let rendered = render(&values_path);
+        let (objects, warnings) = dry_run(&cp, &rendered);
+        assert!(
+            !warnings.contains("PodSecurity"),
+            "{file}: PodSecurity warnings in a privileged namespace:\n{warnings}"
+        );
+        kinds.extend(
+            objects
+                .iter()
+                .filter_map(|o| o["kind"].as_str().map(String::from)),
+        );
+        check_daemonset(&file, &objects, &values);
+        check_collector_accepts_its_configuration(&file, &objects, &ca);
+        if values.contains("create: false") {
+            assert!(objects.iter().all(|o| o["kind"] != "ClusterRole"), "{file}");
+            continue;
+        }
+        assert_eq!(
+            rules_of(&objects, "ClusterRole", "collector"),
+            rules_of(&deploy_objects, "ClusterRole", "collector"),
+            "{file}: the chart's ClusterRole differs from deploy/rbac.yaml"
+        );
+        assert_eq!(
+            rules_of(&objects, "Role", "collector-lease"),
+            rules_of(&deploy_objects, "Role", "collector-lease"),
+            "{file}: the chart's lease Role differs from deploy/rbac.yaml"
+        );
+        assert_eq!(
+            find(&objects, "ValidatingAdmissionPolicy", "collector-own-node")["spec"],
+            find(
+                &deploy_objects,
+                "ValidatingAdmissionPolicy",
+                "collector-own-node"
+            )["spec"],
+            "{file}: the chart's admission policy differs from deploy/admission.yaml"
+        );
+        if values.contains("watchdog:") {
+            for kind in ["ClusterRole", "Role"] {
+                assert_eq!(
+                    rules_of(&objects, kind, "collector-watchdog"),
+                    rules_of(&deploy_objects, kind, "collector-watchdog"),
+                    "{file}: the chart's watchdog {kind} differs from deploy/watchdog.yaml"
+                );
+            }
+            let watchdog = &find(&objects, "Deployment", "collector-watchdog")["spec"]["template"]
+                ["spec"]["containers"][0];
+            assert_eq!(strings(&watchdog["args"])[0], "watchdog");
+        }
+        if let Some(service) = objects.iter().find(|o| o["kind"] == "Service") {
+            assert_eq!(service["spec"]["internalTrafficPolicy"], "Local", "{file}");
+        }
+    }
+    for kind in [
+        "ServiceAccount",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "ServiceMonitor",
+        "PodMonitor",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no values file renders a {kind}: {kinds:?}"
+        );
+    }
+
+    // Pod Security admission is on: the same DaemonSet in a namespace enforcing "baseline" is
+    // flagged (enforcement itself happens when the DaemonSet controller creates the pods).
+    cp.kubectl(&["create", "namespace", "baseline-ns"])
+        .expect("namespace");
+    cp.kubectl(&[
+        "label",
+        "namespace",
+        "baseline-ns",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ])
+    .expect("label");
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "collector",
+        chart.to_str().expect("utf-8"),
+        "--namespace",
+        "baseline-ns",
+        "--set",
+        "rbac.create=false,serviceAccount.create=false,serviceAccount.name=default",
+    ]);
+    assert!(out.status.success());
+    let (_, warnings) = dry_run(&cp, &String::from_utf8_lossy(&out.stdout));
+    assert!(
+        warnings.contains("would violate PodSecurity \"baseline:latest\""),
+        "{warnings}"
+    );
+}
