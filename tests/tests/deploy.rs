@@ -227,6 +227,20 @@ spec:
       storage: true
       schema:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
 fn dry_run(cp: &ControlPlane, manifest: &str) -> (Vec<Value>, String) {
@@ -478,6 +492,7 @@ fn rendered_objects_are_accepted_by_the_api_server_and_match_deploy() {
         "Service",
         "ServiceMonitor",
         "PodMonitor",
+        "PrometheusRule",
     ] {
         assert!(
             kinds.contains(kind),
@@ -512,4 +527,46 @@ fn rendered_objects_are_accepted_by_the_api_server_and_match_deploy() {
         warnings.contains("would violate PodSecurity \"baseline:latest\""),
         "{warnings}"
     );
+}
+
+/// The cluster-level rules (files/rules.yaml, embedded in the chart's PrometheusRule) are valid
+/// for Prometheus and pass their unit tests: every recording rule and alert, with input series
+/// shaped like the collector's metrics (files/rules_test.yaml).
+#[test]
+fn rules_pass_promtool_check_and_unit_tests() {
+    let files = chart().join("files");
+    for args in [
+        &["check", "rules", "rules.yaml"][..],
+        &["test", "rules", "rules_test.yaml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&files)
+            .output()
+            .expect("run promtool (Debian's prometheus package, scripts/bootstrap.sh)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every rule of the file has a unit test: each recording rule is evaluated and each alert
+    // checked by name in rules_test.yaml.
+    let rules = std::fs::read_to_string(files.join("rules.yaml")).expect("rules");
+    let tests = std::fs::read_to_string(files.join("rules_test.yaml")).expect("tests");
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- record: ") {
+            assert!(
+                tests.contains(&format!("expr: {name}")),
+                "no test of {name}"
+            );
+        }
+        if let Some(name) = line.strip_prefix("- alert: ") {
+            assert!(
+                tests.contains(&format!("alertname: {name}")),
+                "no test of {name}"
+            );
+        }
+    }
 }
