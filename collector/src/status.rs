@@ -81,6 +81,55 @@ fn num(v: &Value, key: &str) -> Option<f64> {
     v.get("signals")?.get(key)?.as_f64()
 }
 
+/// The STATE column: the verdict, said of what it rests on. A workload without HTTP requests
+/// in the window is judged on TCP alone ("healthy (tcp)") or on nothing ("idle"), never shown
+/// as a bare "healthy" at 0 req/s.
+fn state_cell(w: &Value) -> String {
+    let state = w.get("state").and_then(Value::as_str).unwrap_or("");
+    let count = |k: &str| num(w, k).unwrap_or(0.0);
+    let mut cell = if count("requests") + count("probe_requests") > 0.0 {
+        state.to_string()
+    } else if count("send_calls") > 0.0 && state != "unknown" {
+        format!("{state} (tcp)")
+    } else if state == "unknown" || state == "healthy" {
+        "idle".to_string()
+    } else {
+        state.to_string()
+    };
+    if w.get("probe_mismatch").and_then(Value::as_bool) == Some(true) {
+        cell.push_str(" (probe mismatch)");
+    }
+    cell
+}
+
+/// The REASONS column: deciding reasons, then those of rules only watching, marked so.
+fn reasons_cell(w: &Value) -> String {
+    let list = w
+        .get("reasons")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let (watching, deciding): (Vec<&Value>, Vec<&Value>) = list
+        .iter()
+        .partition(|r| r.get("watching").and_then(Value::as_bool) == Some(true));
+    let message = |r: &Value| {
+        r.get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    deciding
+        .into_iter()
+        .map(message)
+        .chain(
+            watching
+                .into_iter()
+                .map(|r| format!("watching: {}", message(r))),
+        )
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The table: workload, kind, state, reasons, req/s, error %, p95, retransmit %.
 pub fn table(doc: &Value) -> String {
     let header = [
@@ -102,27 +151,18 @@ pub fn table(doc: &Value) -> String {
     for w in list {
         let s = |k: &str| w.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let pct = |k: &str| num(w, k).map_or("-".into(), |v| format!("{:.1}", v * 100.0));
-        let reasons: Vec<String> = w
-            .get("reasons")
-            .and_then(Value::as_array)
-            .unwrap_or(&empty)
-            .iter()
-            .filter_map(|r| r.get("message").and_then(Value::as_str))
-            .map(String::from)
-            .collect();
-        let mut state = s("state");
-        if w.get("probe_mismatch").and_then(Value::as_bool) == Some(true) {
-            state.push_str(" (probe mismatch)");
-        }
+        let http = num(w, "requests").unwrap_or(0.0) > 0.0;
         rows.push([
             s("name"),
             s("kind"),
-            state,
-            num(w, "requests_per_second").map_or("-".into(), |v| format!("{v:.1}")),
+            state_cell(w),
+            num(w, "requests_per_second")
+                .filter(|_| http)
+                .map_or("-".into(), |v| format!("{v:.1}")),
             pct("error_ratio"),
             num(w, "p95_ms").map_or("-".into(), |v| format!("{v:.0} ms")),
             pct("retransmit_ratio"),
-            reasons.join("; "),
+            reasons_cell(w),
         ]);
     }
     let mut widths = [0usize; 8];
@@ -160,22 +200,35 @@ mod tests {
     fn table_reads_at_a_glance() {
         let doc = serde_json::json!({ "workloads": [
             { "name": "b", "kind": "pod", "state": "unhealthy", "probe_mismatch": true,
-              "reasons": [{ "code": "error_ratio", "message": "error ratio 100.0 % ≥ 20.0 % over 5 s" }],
-              "signals": { "requests_per_second": 12.5, "error_ratio": 1.0, "p95_ms": 4.2, "retransmit_ratio": null } },
+              "reasons": [
+                { "code": "retransmit_ratio", "watching": true, "message": "retransmit ratio 3.0 % (99.999 % CI 1.2–7.1 %) over 30 s, 600 sends: not conclusively ≥ 2.0 %" },
+                { "code": "error_ratio", "watching": false, "message": "error ratio 100 % (99 % CI 88–100 %) over 3 s, 60 requests: ≥ 15 %" }],
+              "signals": { "requests": 375, "requests_per_second": 12.5, "error_ratio": 1.0, "p95_ms": 4.2, "retransmit_ratio": 0.03, "send_calls": 600 } },
             { "name": "a", "kind": "pod", "state": "healthy", "reasons": [],
-              "signals": { "requests_per_second": 3.0, "error_ratio": 0.0, "p95_ms": null, "retransmit_ratio": 0.01 } },
+              "signals": { "requests": 90, "requests_per_second": 3.0, "error_ratio": 0.0, "p95_ms": null, "retransmit_ratio": 0.01, "send_calls": 90 } },
+            { "name": "db", "kind": "systemd", "state": "healthy", "reasons": [],
+              "signals": { "requests": 0, "requests_per_second": 0.0, "error_ratio": null, "p95_ms": null, "retransmit_ratio": 0.001, "send_calls": 3000 } },
+            { "name": "cron", "kind": "systemd", "state": "unknown",
+              "reasons": [{ "code": "no_traffic", "watching": false, "message": "no traffic over 30 s" }],
+              "signals": { "requests": 0, "requests_per_second": 0.0, "error_ratio": null, "p95_ms": null, "retransmit_ratio": null, "send_calls": 0 } },
+            { "name": "web", "kind": "pod", "state": "degraded",
+              "reasons": [{ "code": "recovering", "watching": false, "message": "recovering to healthy, 2 more evaluations" }],
+              "signals": { "requests": 600, "requests_per_second": 20.0, "error_ratio": 0.0, "p95_ms": 12.0, "retransmit_ratio": null, "send_calls": 100 } },
         ]});
         let t = table(&doc);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
-            lines[0],
-            "WORKLOAD  KIND  STATE                       REQ/S  ERROR %  P95   RETRANS %  REASONS"
+            lines,
+            vec![
+                "WORKLOAD  KIND     STATE                       REQ/S  ERROR %  P95    RETRANS %  REASONS",
+                "b         pod      unhealthy (probe mismatch)  12.5   100.0    4 ms   3.0        error ratio 100 % (99 % CI 88–100 %) over 3 s, 60 requests: ≥ 15 %; \
+                 watching: retransmit ratio 3.0 % (99.999 % CI 1.2–7.1 %) over 30 s, 600 sends: not conclusively ≥ 2.0 %",
+                "a         pod      healthy                     3.0    0.0      -      1.0",
+                "db        systemd  healthy (tcp)               -      -        -      0.1",
+                "cron      systemd  idle                        -      -        -      -          no traffic over 30 s",
+                "web       pod      degraded                    20.0   0.0      12 ms  -          recovering to healthy, 2 more evaluations",
+            ]
         );
-        assert_eq!(
-            lines[1],
-            "b         pod   unhealthy (probe mismatch)  12.5   100.0    4 ms  -          error ratio 100.0 % ≥ 20.0 % over 5 s"
-        );
-        assert!(lines[2].starts_with("a         pod   healthy"));
         assert!(table(&serde_json::json!({"workloads": []})).contains("no workloads"));
     }
 

@@ -475,7 +475,7 @@ fn sustain(a: &mut Assessment, e: &mut Entry, need: u64) -> State {
         if !r.watching && r.state.severity().is_some_and(|s| s > held) {
             r.watching = true;
             r.message
-                .push_str(&format!(" (sustained {} of {need}, watching)", e.sustained));
+                .push_str(&format!(" (sustained {} of {need})", e.sustained));
         }
     }
     if e.tracker.state == State::Unknown || a.prompt_state.severity() >= e.tracker.state.severity()

@@ -337,10 +337,8 @@ impl Rules {
         let recent = secs(ev.errors.recent.secs.max(ev.retransmits.recent.secs));
         let verdict = |watch: Option<Watch>, limit: String| match watch {
             None => limit,
-            Some(Watch::Inconclusive) => format!("not conclusively {limit} (watching)"),
-            Some(Watch::Subsiding) => {
-                format!("{limit}, but not over the last {recent} (watching)")
-            }
+            Some(Watch::Inconclusive) => format!("not conclusively {limit}"),
+            Some(Watch::Subsiding) => format!("{limit}, but not over the last {recent}"),
         };
         if http
             && let Some((state, d, watch, u)) = ratio_rule(
@@ -883,7 +881,7 @@ mod tests {
         assert_eq!(
             a.reasons[0].message,
             "error ratio 5.0 % (99.999 % CI 3.5–7.1 %) over 30 s, 3000 requests: \
-             not conclusively ≥ 5.0 % (watching)"
+             not conclusively ≥ 5.0 %"
         );
     }
 
