@@ -191,11 +191,12 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
 
     /// Length of one verdict window bucket; a verdict is evaluated each time one closes
-    /// (100ms–10m). [default: 10s]
+    /// (100ms–10m). [default: 1s]
     #[arg(long, value_name = "DURATION")]
     pub verdict_bucket: Option<String>,
 
-    /// Buckets per verdict window (1–360). [default: 6, i.e. 1 min with 10 s buckets]
+    /// Buckets per (long) verdict window (1–360); the fast windows are a tenth, a fifth and a
+    /// third of it, the recent window a sixth. [default: 30, i.e. 30 s with 1 s buckets]
     #[arg(long, value_name = "N")]
     pub verdict_buckets: Option<usize>,
 
