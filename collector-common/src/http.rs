@@ -173,7 +173,7 @@ impl HttpCounts {
 }
 
 /// The socket-level HTTP/1.x parser (`collector-ebpf/src/http_wire.rs`): per-connection state
-/// kept in `maps::WIRE_CONNS`, keyed by socket cookie.
+/// kept in `maps::WIRE_CONNS`, the storage of its socket.
 pub mod wire {
     use crate::{assert_layout, tcp::OwnerKey};
 
@@ -267,8 +267,10 @@ pub mod wire {
         pub start_ns: u64,
         /// Start of the current line.
         pub line: [u8; LINE_MAX],
+        /// Where the parser's word-wide stores past `line`'s end land (never read).
+        pub line_slack: [u8; 8],
     }
-    assert_layout!(WireHalf, 96);
+    assert_layout!(WireHalf, 104);
 
     impl WireHalf {
         pub const NEW: Self = Self {
@@ -285,6 +287,7 @@ pub mod wire {
             _pad2: 0,
             start_ns: 0,
             line: [0; LINE_MAX],
+            line_slack: [0; 8],
         };
     }
 
@@ -323,7 +326,7 @@ pub mod wire {
         pub answered: u32,
         pub slots: [WireSlot; PIPELINE as usize],
     }
-    assert_layout!(WireConn, 352);
+    assert_layout!(WireConn, 368);
 
     /// Key of a sampled request's target while it waits for its response.
     #[repr(C)]
@@ -374,11 +377,14 @@ pub mod wire {
         /// and on egress what the action program (`WIRE_PROG_ACTION`) acts on after checking
         /// `cookie`/`seq`.
         pub stop: u32,
+        /// The line scan's index in `buf` (kept in memory for the same reason as `pos`).
+        pub scan: u32,
+        pub _pad: u32,
         /// Running value of a number being parsed (kept in memory for the same reason).
         pub acc: u64,
         pub buf: [u8; WINDOW],
     }
-    assert_layout!(WireScratch, 296);
+    assert_layout!(WireScratch, 304);
 
     /// Method codes: index in `METHODS`; 0 is any other token.
     pub const METHODS: [&[u8]; 10] = [

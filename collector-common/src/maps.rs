@@ -49,11 +49,16 @@ pub const HTTP_COUNTS_ENTRIES: u32 = 8_192;
 /// Array of one u32: emit a request record for 1 in N requests (1 = every one). Userspace
 /// raises it when the record rate exceeds its budget; counters stay exact either way.
 pub const HTTP_SAMPLING: &str = "HTTP_SAMPLING";
-/// LRU hash socket cookie → `http::wire::WireConn`: the socket-level HTTP/1.x parser's state.
-/// LRU so connections whose teardown we miss cannot fill it; an evicted live connection
-/// resynchronises at its next request and its loss is counted.
+/// Socket storage (`BPF_MAP_TYPE_SK_STORAGE`) of `http::wire::WireConn`: the socket-level
+/// HTTP/1.x parser's state, kept with each socket it follows and freed with the socket.
+///
+/// Why not an LRU keyed by socket cookie (the first design): a tenant that opened more
+/// connections with a request line than the LRU held (32,768) evicted every other server's
+/// connections, and a request in flight on an evicted one was then neither counted nor charged
+/// (`socket_source_flood_of_one_workload_does_not_blind_another`). Socket storage has no
+/// capacity to fight over: each followed socket carries its own 368 bytes, next to the several
+/// kilobytes its owner already pays for the socket itself.
 pub const WIRE_CONNS: &str = "WIRE_CONNS";
-pub const WIRE_CONNS_ENTRIES: u32 = 32_768;
 /// LRU hash `http::wire::TargetKey` → `http::wire::Target`: targets of sampled requests waiting
 /// for their responses.
 pub const WIRE_TARGETS: &str = "WIRE_TARGETS";
@@ -140,10 +145,13 @@ pub enum KernelDrop {
     /// `WIRE_SLOTS` on one CPU: softirqs and preemption interrupting a parse): the segment was
     /// not parsed and its connection resynchronises; charged per owner as `HttpCounts::lost`.
     WireBusy = 15,
+    /// Socket storage for a new connection's parser state could not be allocated: the
+    /// connection is not followed; its request is charged to its owner as lost.
+    WireConnStore = 16,
 }
 
 impl KernelDrop {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [KernelDrop; Self::COUNT as usize] = [
         KernelDrop::RingReserve,
         KernelDrop::StatsMapFull,
@@ -161,6 +169,7 @@ impl KernelDrop {
         KernelDrop::NotFullSocket,
         KernelDrop::RecordReserve,
         KernelDrop::WireBusy,
+        KernelDrop::WireConnStore,
     ];
 
     /// Stable label value for metrics.
@@ -182,6 +191,7 @@ impl KernelDrop {
             KernelDrop::NotFullSocket => "not_full_socket",
             KernelDrop::RecordReserve => "http_record_reserve_failed",
             KernelDrop::WireBusy => "http_wire_busy",
+            KernelDrop::WireConnStore => "http_wire_conn_store_failed",
         }
     }
 }

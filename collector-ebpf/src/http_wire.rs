@@ -31,10 +31,16 @@ use core::{ffi::c_void, ptr::NonNull};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_SK_STORAGE_GET_F_CREATE, bpf_sock,
+    },
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_loop, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+        generated::{
+            bpf_get_socket_cookie, bpf_loop, bpf_sk_fullsock, bpf_sk_storage_delete,
+            bpf_sk_storage_get, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        },
     },
     macros::cgroup_skb,
     maps::ProgramArray,
@@ -70,6 +76,10 @@ use crate::{
 /// program, 2 steps were already past its 1M-instruction limit, and every line that matters
 /// cost an invocation (a tail call, the segment's headers read again).
 const STEPS: u32 = 8;
+/// Iterations of the line scan per step: each reads a word or stops at a line's end, so
+/// `WINDOW / 8` words plus as many header lines as end in them (a step that runs out resumes
+/// where it stopped).
+const SCAN_ITERATIONS: u32 = WINDOW as u32 / 8 * 2;
 /// Invocations for one segment: 1 + tail calls (the kernel allows 33).
 const MAX_CALLS: u32 = 32;
 const ETH_P_IP: u16 = 0x0800;
@@ -1122,28 +1132,74 @@ fn step(
             store(&mut cur.win_start, pos);
             store(&mut cur.win_len, n);
         }
-        // Scan for the line's end; keep its first LINE_MAX bytes. `line_len` is read and
-        // written through volatile accesses: kept in a register it would be an exact count the
-        // verifier follows separately for every line length at every offset.
+        // Scan for the line's end a word (8 bytes) at a time; keep the line's first LINE_MAX
+        // bytes. The scan index and `line_len` are read and written through volatile
+        // accesses: kept in registers they would be exact values the verifier follows
+        // separately for every line length at every offset.
         let h = half(c, dir);
-        let from = (pos - win_start) & (WINDOW as u32 - 1);
+        store(&mut cur.scan, (pos - win_start) & (WINDOW as u32 - 1));
         let mut newline = false;
-        // The loop counts `k`, a constant in each iteration the verifier walks, and derives
-        // the index from it: with the index itself as the loop variable, kernels before 6.11
-        // (which do not link a register with its copy plus a constant) never saw the loop end
-        // and gave up after 8,192 jumps. The position reached is stored at once (never left
-        // in a register), so what follows the loop is one path whatever the line's length.
+        // The loop counts `k`, a constant in each iteration the verifier walks: with the
+        // index itself as the loop variable, kernels before 6.11 (which do not link a register
+        // with its copy plus a constant) never saw the loop end and gave up after 8,192 jumps.
         let mut k = 0;
-        while k < WINDOW as u32 {
-            let i = from + k;
+        while k < SCAN_ITERATIONS {
             k += 1;
+            let i = fetch(&cur.scan);
             if i >= win_len {
                 break;
             }
-            // The mask is kept (opaque): the compiler knows `i < WINDOW` and would drop it.
-            let b = cur.buf[opaque(i as usize) & (WINDOW - 1)];
-            let l = fetch(&h.line_len) as usize;
-            if b == b'\n' {
+            // The word holding byte `i` (the mask is kept opaque: the compiler would drop it).
+            let j = opaque(i as usize) & (WINDOW - 8);
+            let lo = u64::from(i & 7);
+            // SAFETY: `j + 8 <= WINDOW`, inside the buffer.
+            let w = unsafe { core::ptr::read_unaligned(cur.buf.as_ptr().add(j).cast::<u64>()) };
+            // The bytes from `i` on at the bottom; the top filled with bytes that are no '\n'.
+            let v = (w >> (8 * lo)) | ((!0u64 << (63 - 8 * lo)) << 1);
+            let avail = win_len - i;
+            let n = if avail < 8 - lo as u32 {
+                avail
+            } else {
+                8 - lo as u32
+            };
+            // The first '\n' of `v` (8: none): the lowest byte whose XOR with '\n' is zero.
+            // Borrows only carry upwards, so the lowest flagged byte is exact.
+            let x = v ^ 0x0a0a_0a0a_0a0a_0a0a;
+            let t = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
+            let nl = if t == 0 {
+                8
+            } else {
+                (((t & t.wrapping_neg()) >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32
+            };
+            let take = if nl < n { nl } else { n };
+            let l = fetch(&h.line_len) as u32;
+            if l < LINE_MAX as u32 {
+                // All eight bytes at once; what lies past the line's end is overwritten by
+                // its next bytes or never read (`WireHalf::line_slack` takes what overflows).
+                let at = opaque(l as usize) & (LINE_MAX - 1);
+                // SAFETY: `at + 8 <= LINE_MAX + 8`: inside `line` and `line_slack`, which
+                // follows it in the same `repr(C)` struct.
+                unsafe {
+                    core::ptr::write_unaligned(
+                        core::ptr::from_mut(h)
+                            .cast::<u8>()
+                            .add(core::mem::offset_of!(WireHalf, line) + at)
+                            .cast::<u64>(),
+                        v,
+                    );
+                }
+            }
+            let l = l + take;
+            store(&mut h.line_len, if l < 255 { l } else { 255 } as u8);
+            if l > LINE_MAX as u32 {
+                h.msg |= msg::LONG_LINE;
+            }
+            store(&mut cur.scan, i + take);
+            if nl >= n {
+                continue;
+            }
+            let l = l as usize;
+            {
                 // Header lines that cannot matter for framing are dropped here without leaving
                 // the loop, so a head costs two or three line steps, not one per header: only
                 // "content-l…" (byte 8 'l') and "transfer-e…" (byte 9 'e') can be
@@ -1155,25 +1211,18 @@ fn step(
                 if h.state == state::HEAD && h.first_line == 0 && !empty && !framing {
                     store(&mut h.line_len, 0);
                     h.msg &= !msg::LONG_LINE;
+                    store(&mut cur.scan, i + take + 1);
                     continue;
                 }
-                store(&mut cur.pos, win_start + i + 1);
+                store(&mut cur.pos, win_start + i + take + 1);
                 newline = true;
                 break;
             }
-            // Keep the byte if the line has room, without a branch (one pending branch per
-            // byte less for the verifier): past LINE_MAX the last slot is rewritten with its
-            // own value, the length saturates at 255 and the line is marked long.
-            const _: () = assert!(LINE_MAX == 64, "`over` below is l >= 64 for l < 256");
-            let over = ((l >> 6) | (l >> 7)) & 1;
-            let slot = opaque((l & (LINE_MAX - 1)) | (over * (LINE_MAX - 1))) & (LINE_MAX - 1);
-            let keep = 0u8.wrapping_sub(over as u8);
-            h.line[slot] = b ^ ((b ^ h.line[slot]) & keep);
-            store(&mut h.line_len, (l + 1 - ((l + 1) >> 8)) as u8);
-            h.msg |= over as u8 * msg::LONG_LINE;
         }
         if !newline {
-            store(&mut cur.pos, win_start + win_len);
+            // The window ended (or the iterations did, on a window of very short lines)
+            // before the line did.
+            store(&mut cur.pos, win_start + fetch(&cur.scan));
             return None;
         }
         match on_line(half(c, dir), dir, &mut cur.acc) {
@@ -1208,10 +1257,9 @@ fn step(
 #[inline(always)]
 fn wire(ctx: &SkBuffContext, dir: Dir, seg: Segment) {
     let fin = seg.flags & (TCP_FIN | TCP_RST) != 0;
-    // SAFETY: the value is a live element of an LRU map, updated in place. Ingress writes only
-    // `rx`/`head`, egress only `tx`/`tail`/`answered` (see `WireConn`).
-    let c = match WIRE_CONNS.get_ptr_mut(&seg.cookie) {
-        Some(p) => unsafe { &mut *p },
+    // Ingress writes only `rx`/`head`, egress only `tx`/`tail`/`answered` (see `WireConn`).
+    let c = match conn_of(ctx) {
+        Some(c) => c,
         None => match new_conn(ctx, dir, &seg) {
             Some(c) => c,
             None => return,
@@ -1251,7 +1299,7 @@ fn wire(ctx: &SkBuffContext, dir: Dir, seg: Segment) {
         }
     }
     if fin {
-        closed(c, dir, &seg);
+        closed(ctx, c, dir, &seg);
     }
 }
 
@@ -1288,11 +1336,9 @@ fn act(ctx: &SkBuffContext, slot: u32) {
         return;
     };
     seg.slot = slot;
-    let Some(c) = WIRE_CONNS.get_ptr_mut(&seg.cookie) else {
+    let Some(c) = conn_of(ctx) else {
         return;
     };
-    // SAFETY: as in `wire`.
-    let c = unsafe { &mut *c };
     let Some(cur) = WIRE_SCRATCH.get_ptr_mut(scratch_index(Dir::Tx, slot)) else {
         return;
     };
@@ -1328,7 +1374,7 @@ fn act(ctx: &SkBuffContext, slot: u32) {
         return;
     }
     if seg.flags & (TCP_FIN | TCP_RST) != 0 {
-        closed(c, Dir::Tx, &seg);
+        closed(ctx, c, Dir::Tx, &seg);
     }
 }
 
@@ -1356,11 +1402,55 @@ fn new_conn(ctx: &SkBuffContext, dir: Dir, seg: &Segment) -> Option<&'static mut
     fresh.flags = conn::SERVER;
     fresh.rx.next_seq = seg.seq;
     fresh.rx.state = state::START;
-    WIRE_CONNS.insert(&seg.cookie, fresh, 0).ok()?;
-    // SAFETY: a live element of the LRU map, updated in place.
-    WIRE_CONNS
-        .get_ptr_mut(&seg.cookie)
-        .map(|p| unsafe { &mut *p })
+    let sk = full_sock(ctx)?;
+    // SAFETY: `sk` is a full socket the verifier knows as such; `fresh` is the initial value,
+    // copied into the new storage.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            (&raw const WIRE_CONNS).cast_mut().cast(),
+            sk.cast(),
+            (fresh as *mut WireConn).cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    };
+    if p.is_null() {
+        // Out of memory for socket storage: this connection's request goes uncounted.
+        count_drop(KernelDrop::WireConnStore);
+        count(&fresh.owner, |h| h.lost += 1);
+        return None;
+    }
+    // SAFETY: the socket's storage, live as long as the socket (which this packet holds).
+    Some(unsafe { &mut *p.cast::<WireConn>() })
+}
+
+/// The packet's socket when it is a full socket (not a request or TIME_WAIT socket).
+#[inline(always)]
+fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+    // SAFETY: a read of the program's own context; the kernel gives the packet's socket.
+    let sk = unsafe { (*skb_ptr(ctx)).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: plain helper on the context's socket.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    (!full.is_null()).then_some(full)
+}
+
+/// The parser's state of this packet's connection, if it follows it.
+#[inline(always)]
+fn conn_of(ctx: &SkBuffContext) -> Option<&'static mut WireConn> {
+    let sk = full_sock(ctx)?;
+    // SAFETY: as in `new_conn`, without creating.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            (&raw const WIRE_CONNS).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: the socket's storage, updated in place.
+    (!p.is_null()).then(|| unsafe { &mut *p.cast::<WireConn>() })
 }
 
 /// Where parsing resumes in this segment, or None when the segment brings nothing new.
@@ -1429,7 +1519,7 @@ fn more_calls(seg: &Segment, s: &mut WireScratch) -> bool {
 /// FIN or RST: requests the server will never answer are aborted; the state is dropped once
 /// the server side has closed.
 #[inline(always)]
-fn closed(c: &mut WireConn, dir: Dir, seg: &Segment) {
+fn closed(ctx: &SkBuffContext, c: &mut WireConn, dir: Dir, seg: &Segment) {
     let reset = seg.flags & TCP_RST != 0;
     // A client FIN only half-closes: the server may still answer what it got.
     if dir == Dir::Rx && !reset {
@@ -1442,7 +1532,10 @@ fn closed(c: &mut WireConn, dir: Dir, seg: &Segment) {
             h.aborted += u64::from(pending);
         });
     }
-    let _ = WIRE_CONNS.remove(&seg.cookie);
+    if let Some(sk) = full_sock(ctx) {
+        // SAFETY: plain helper on a full socket.
+        unsafe { bpf_sk_storage_delete((&raw const WIRE_CONNS).cast_mut().cast(), sk.cast()) };
+    }
 }
 
 /// `cb[0]` of a packet whose parse holds a scratch slot: the mark in the high bits, the slot
@@ -1529,15 +1622,13 @@ fn busy(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
     }
     let starts_request =
         || dir == Dir::Rx && first_bytes(ctx, seg).is_some_and(|(b, n)| looks_like_request(&b, n));
-    let Some(c) = WIRE_CONNS.get_ptr_mut(&seg.cookie) else {
+    let Some(c) = conn_of(ctx) else {
         count_drop(KernelDrop::WireBusy);
         if starts_request() {
             count(&owner(ctx), |h| h.lost += 1);
         }
         return;
     };
-    // SAFETY: as in `wire`.
-    let c = unsafe { &mut *c };
     let st = half(c, dir).state;
     if st != state::UNSYNCED && st != state::OFF {
         desync(c, KernelDrop::WireBusy);

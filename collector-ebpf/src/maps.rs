@@ -2,7 +2,8 @@
 //! static names here must match them (the loader looks maps up by these names).
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use collector_common::{
@@ -13,7 +14,7 @@ use collector_common::{
     maps::{
         EVENTS_BYTES, FRAMES_ENTRIES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES,
         HTTP_OFFSETS_SLOTS, KernelDrop, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
-        WIRE_CONNS_ENTRIES, WIRE_SLOTS, WIRE_TARGETS_ENTRIES,
+        WIRE_SLOTS, WIRE_TARGETS_ENTRIES,
     },
     tcp::{Frames, OwnerKey, SockOwner, TcpStats},
 };
@@ -54,9 +55,9 @@ pub static RETRANS_FRAMES: LruHashMap<u64, Frames> =
 #[map]
 pub static SYNACK_FRAMES: LruHashMap<u64, Frames> = LruHashMap::with_max_entries(FRAMES_ENTRIES, 0);
 
-#[map]
-pub static WIRE_CONNS: LruHashMap<u64, WireConn> =
-    LruHashMap::with_max_entries(WIRE_CONNS_ENTRIES, 0);
+/// The socket parser's state, stored with each followed socket (`maps::WIRE_CONNS`).
+#[btf_map]
+pub static WIRE_CONNS: SkStorage<WireConn> = SkStorage::new();
 
 #[map]
 pub static WIRE_TARGETS: LruHashMap<TargetKey, Target> =

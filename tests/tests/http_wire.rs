@@ -731,6 +731,8 @@ async fn nested_parses_keep_their_own_scratch() {
         win_start: 11,
         win_len: 13,
         stop: 3,
+        scan: 15,
+        _pad: 0xa5a5_a5a5,
         acc: 0xa5a5,
         buf: [0xa5; WINDOW],
     };

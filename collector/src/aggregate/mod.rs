@@ -169,7 +169,10 @@ pub fn loses_signal(reason: KernelDrop) -> bool {
         KernelDrop::RingReserve => false,
         // Charged to the owner of the connection (`HttpCounts::lost`): only that workload's
         // verdict is unknown.
-        KernelDrop::WireDesync | KernelDrop::WireWindows | KernelDrop::WireBusy => false,
+        KernelDrop::WireDesync
+        | KernelDrop::WireWindows
+        | KernelDrop::WireBusy
+        | KernelDrop::WireConnStore => false,
         // Go uprobes: untracked requests are charged to their server (`HttpCounts::lost`); a
         // request that began before the probes is no loss; one whose offsets slot changed is
         // still counted by outcome.
