@@ -5,7 +5,8 @@
 //! /healthz answers 200 while its real route answers 503, is flagged; pod D (a request a
 //! second, below the volume any rule needs) is known and unknown for `no_traffic`, a pod the
 //! collector never saw is unknown with no workloads; readiness answers 503 only for the
-//! unhealthy pods.
+//! unhealthy pods; a pod that is degraded or unhealthy always has a deciding reason (while
+//! recovering under hysteresis: `recovering`).
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -83,7 +84,22 @@ fn wait_state(
                 losses(api)
             );
         }
-        if pod_state(api, uid) == state {
+        let h = pod_health(api, uid);
+        let now = h["state"].as_str().unwrap_or("").to_string();
+        // A state other than healthy or unknown always says what holds it there (a deciding
+        // reason, or "recovering, N more evaluations" under hysteresis).
+        if now == "degraded" || now == "unhealthy" {
+            let held = h["workloads"].as_array().into_iter().flatten().any(|w| {
+                w["state"] == now.as_str()
+                    && w["reasons"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|r| r["watching"] == false)
+            });
+            assert!(held, "pod {uid} {now} without a deciding reason: {h}");
+        }
+        if now == state {
             return start.elapsed();
         }
         assert!(

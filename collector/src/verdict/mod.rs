@@ -353,20 +353,8 @@ impl Engine {
             }
             // Reasons shown are the candidate's; the state is the hysteresis state, and when
             // hysteresis holds it worse than the candidate, a reason says so.
-            if let Some((to, more)) = e.tracker.recovering(self.config.hysteresis) {
-                a.reasons.insert(
-                    0,
-                    Reason {
-                        code: ReasonCode::Recovering,
-                        state: e.tracker.state,
-                        message: format!(
-                            "recovering to {}, {more} more evaluation{}",
-                            to.as_str(),
-                            if more == 1 { "" } else { "s" },
-                        ),
-                        watching: false,
-                    },
-                );
+            if let Some(r) = hold_reason(&e.tracker, candidate, self.config.hysteresis) {
+                a.reasons.insert(0, r);
             }
             let codes: BTreeSet<ReasonCode> = a
                 .reasons
@@ -449,6 +437,30 @@ impl Engine {
         });
         *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Snapshot { workloads: out };
     }
+}
+
+/// The reason a state worse than the candidate is held by hysteresis: "recovering to
+/// healthy, 2 more evaluations". None when the state is not worse than the candidate.
+fn hold_reason(t: &Tracker, candidate: State, h: Hysteresis) -> Option<Reason> {
+    let (to, more) = t.recovering(h).or_else(|| {
+        // The state was just entered by a mixed improving streak (to the most severe state
+        // of it) while the candidate is better still: the count starts again.
+        let worse = match (t.state.severity(), candidate.severity()) {
+            (Some(s), Some(c)) => s > c,
+            _ => false,
+        };
+        worse.then_some((candidate, h.leave.max(1)))
+    })?;
+    Some(Reason {
+        code: ReasonCode::Recovering,
+        state: t.state,
+        message: format!(
+            "recovering to {}, {more} more evaluation{}",
+            to.as_str(),
+            if more == 1 { "" } else { "s" },
+        ),
+        watching: false,
+    })
 }
 
 /// A worse state that no prompt decision (unhealthy from a fast window) calls for must be
@@ -704,6 +716,54 @@ mod tests {
                 "recovering to healthy, 1 more evaluation"
             )
         );
+    }
+
+    #[test]
+    fn a_state_held_by_hysteresis_always_says_so() {
+        let h = Hysteresis::default();
+        let mut t = Tracker::default();
+        // (candidate, state after, hold reason's message)
+        let steps = [
+            (State::Unhealthy, State::Unhealthy, None),
+            (
+                State::Degraded,
+                State::Unhealthy,
+                Some("recovering to degraded, 2 more evaluations"),
+            ),
+            (
+                State::Healthy,
+                State::Unhealthy,
+                Some("recovering to degraded, 1 more evaluation"),
+            ),
+            // Third better evaluation: to the most severe of the streak (degraded), while the
+            // candidate is healthy: still held, and said so.
+            (
+                State::Healthy,
+                State::Degraded,
+                Some("recovering to healthy, 3 more evaluations"),
+            ),
+            (
+                State::Healthy,
+                State::Degraded,
+                Some("recovering to healthy, 2 more evaluations"),
+            ),
+            (State::Degraded, State::Degraded, None),
+        ];
+        for (candidate, state, message) in steps {
+            t.step(candidate, h);
+            let r = hold_reason(&t, candidate, h);
+            assert_eq!(
+                (t.state, r.as_ref().map(|r| r.message.as_str())),
+                (state, message),
+                "{candidate:?}"
+            );
+            if let Some(r) = r {
+                assert_eq!(
+                    (r.code, r.state, r.watching),
+                    (ReasonCode::Recovering, state, false)
+                );
+            }
+        }
     }
 
     #[test]
