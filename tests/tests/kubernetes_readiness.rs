@@ -598,6 +598,21 @@ fn gates_follow_verdicts_within_caps() {
             other => Err(format!("{other:?}\n{}", collector.tail())),
         },
     );
+    // Nothing but a collector or the watchdog writes these pods here (no kubelet): the
+    // resourceVersion shows any write, also one the collector undid within a round.
+    let version = |name: &str| {
+        cp.kubectl(&[
+            "get",
+            "pod",
+            name,
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .expect("get pod")
+    };
+    let before = version("web-a");
     let watchdog_kc = cp
         .service_account_kubeconfig("collector", "collector-watchdog")
         .expect("watchdog token");
@@ -628,9 +643,12 @@ fn gates_follow_verdicts_within_caps() {
     );
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        condition(&cp, "web-a").map(|c| (c.0, c.1)),
-        Some(("False".into(), "Unhealthy".into())),
-        "the watchdog overrode a live collector:\n{}",
+        (
+            version("web-a"),
+            condition(&cp, "web-a").map(|c| (c.0, c.1))
+        ),
+        (before, Some(("False".into(), "Unhealthy".into()))),
+        "the watchdog wrote the pod of a live collector:\n{}",
         watchdog.tail()
     );
     let killed = Instant::now();

@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(d[3].message, "unhealthy: error_ratio");
         let v = verdicts(&[("d", State::Healthy)]);
         let (d, _) = g.decide(&enforce(), &pods, &v, &no_services, t);
-        assert_eq!(d[3].status, true);
+        assert!(d[3].status);
         assert_eq!(d[3].reason, "Healthy");
     }
 
