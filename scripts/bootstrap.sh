@@ -179,6 +179,11 @@ install_py_test_deps() {
     log "installing opentelemetry-proto and grpcio into $PY_TEST_VENV"
     "$PY_TEST_VENV/bin/pip" install -q opentelemetry-proto grpcio
   fi
+  # Offline Kubernetes schemas (1.25-1.37) for the chart test (tests/tests/deploy.rs).
+  if [ ! -x "$PY_TEST_VENV/bin/kubernetes-validate" ]; then
+    log "installing kubernetes-validate into $PY_TEST_VENV"
+    "$PY_TEST_VENV/bin/pip" install -q kubernetes-validate==1.37.0
+  fi
 }
 
 # The container image (`./x image`, tests/tests/image.rs): a static collector for musl. The

@@ -570,3 +570,45 @@ fn rules_pass_promtool_check_and_unit_tests() {
         }
     }
 }
+
+/// Every rendered object is valid for the oldest and the newest Kubernetes the chart claims
+/// (Chart.yaml kubeVersion >=1.30), strictly: an unknown or misspelt field fails (the API server
+/// of the test above is one release only). The prometheus-operator kinds have no schema there.
+#[test]
+fn rendered_objects_validate_strictly_for_the_oldest_and_newest_kubernetes() {
+    let tool = Path::new("/opt/collector-test/py-venv/bin/kubernetes-validate");
+    assert!(
+        tool.exists(),
+        "{} is missing: scripts/bootstrap.sh installs it",
+        tool.display()
+    );
+    let dir = std::env::temp_dir().join(format!("{}-kv", unique_prefix("dply")));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut files = Vec::new();
+    for values in values_files() {
+        let path = dir.join(values.file_name().expect("name"));
+        std::fs::write(&path, render(&values)).expect("write");
+        files.push(path);
+    }
+    for version in ["1.30.0", "1.37.0"] {
+        let out = Command::new(tool)
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&files)
+            .output()
+            .expect("run kubernetes-validate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "Kubernetes {version}:\n{text}");
+        assert!(!text.contains("ERROR"), "Kubernetes {version}:\n{text}");
+        for line in text.lines().filter(|l| l.starts_with("WARN")) {
+            assert!(
+                line.contains("monitoring.coreos.com/v1"),
+                "Kubernetes {version}: {line}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
