@@ -612,3 +612,63 @@ fn rendered_objects_validate_strictly_for_the_oldest_and_newest_kubernetes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kubectl kustomize` of a directory (kustomize also normalises the YAML, so a chart rendering
+/// and a kustomization compare as text).
+fn kustomize(dir: &Path) -> String {
+    let kubectl = integration_tests::k8s::control_plane_bin()
+        .expect("control plane binaries")
+        .join("kubectl");
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The plain manifests (deploy/kustomize: base and the least-privilege overlay) are the chart's
+/// objects: each equals the chart rendered with the same mode, so neither can drift.
+#[test]
+fn kustomize_base_and_overlay_equal_the_chart() {
+    let kz = repo().join("deploy/kustomize");
+    let dir = std::env::temp_dir().join(format!("{}-kz", unique_prefix("dply")));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(kz.join("base/namespace.yaml"), dir.join("namespace.yaml")).expect("copy");
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "resources:\n  - namespace.yaml\n  - collector.yaml\n",
+    )
+    .expect("write");
+    let chart = chart();
+    for (mode, kustomization) in [
+        ("privileged", kz.join("base")),
+        ("least-privilege", kz.join("overlays/least-privilege")),
+    ] {
+        let out = helm(&[
+            "template",
+            "collector",
+            chart.to_str().expect("utf-8"),
+            "--namespace",
+            "collector",
+            "--set",
+            &format!("mode={mode}"),
+        ]);
+        assert!(out.status.success());
+        std::fs::write(dir.join("collector.yaml"), &out.stdout).expect("write");
+        assert!(
+            kustomize(&kustomization) == kustomize(&dir),
+            "{} differs from the chart in mode {mode}; regenerate the base with: helm template \
+             collector deploy/helm/collector --namespace collector > \
+             deploy/kustomize/base/collector.yaml (and align the overlay's patch)",
+            kustomization.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
