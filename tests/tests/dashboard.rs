@@ -94,9 +94,10 @@ async fn every_dashboard_query_returns_data_from_a_real_collector() {
     let prefix = unique_prefix("dash");
     let web = HostCgroup::create(&prefix, "web").expect("cgroup");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _server = web
-        .spawn(&newest_go_server(), &["-listen", &addr.to_string()])
-        .expect("go server");
+    let _server = Killed(
+        web.spawn(&newest_go_server(), &["-listen", &addr.to_string()])
+            .expect("go server"),
+    );
     let up = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         assert!(
