@@ -124,12 +124,14 @@ fn a_day_of_churn_keeps_known_workloads_and_map_occupancy_flat() {
     let map = Shared::default();
     let metrics = Arc::new(Metrics::new(MAX_WORKLOADS));
     let identity = IdentityResolver::new(Some(tree.0.clone()), PathBuf::from("/nonexistent-proc"));
-    // Default windows (10 s × 6): a workload idle for 5 windows (5 min) is forgotten.
+    // 10 s × 6 windows (fewer evaluations over a simulated day than the default 1 s × 30), and
+    // a workload idle for 5 windows (5 min, as with the defaults) is forgotten.
     let config = VerdictConfig {
         geometry: Geometry {
             bucket: Duration::from_secs(10),
             count: 6,
         },
+        expire_windows: 5,
         ..VerdictConfig::default()
     };
     let engine = Engine::new(config, 1, Some(metrics.verdict.clone()));

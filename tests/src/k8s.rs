@@ -340,6 +340,18 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Creates an object from JSON as the admin; returns its UID.
+    pub fn create(&self, object: &serde_json::Value) -> String {
+        let uid = self
+            .kubectl_stdin(
+                &["create", "-f", "-", "-o", "jsonpath={.metadata.uid}"],
+                Some(&object.to_string()),
+            )
+            .expect("kubectl create");
+        assert!(!uid.is_empty(), "no uid for {object}");
+        uid
+    }
+
     pub fn apply(&self, manifest: &str) -> Result<String> {
         self.kubectl_stdin(&["apply", "-f", "-"], Some(manifest))
     }

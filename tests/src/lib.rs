@@ -1271,6 +1271,34 @@ impl Drop for Load {
     }
 }
 
+/// Starts `server` in each pod, listening on every address at `port`, with stdout drained (Go
+/// exits on SIGPIPE when its stdout is closed), and waits until each accepts connections.
+/// Returns the children (killed with their pods) and the addresses to reach them.
+pub fn spawn_pod_servers(pods: &[Pod], server: &Path, port: u16) -> (Vec<Child>, Vec<SocketAddr>) {
+    let listen = format!("0.0.0.0:{port}");
+    let mut children = Vec::new();
+    for p in pods {
+        let mut child = p.spawn(server, &["-listen", &listen]).expect("Go server");
+        if let Some(mut out) = child.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
+        children.push(child);
+    }
+    let addrs: Vec<SocketAddr> = pods
+        .iter()
+        .map(|p| SocketAddr::from((p.addr(), port)))
+        .collect();
+    for addr in &addrs {
+        wait_until_ok_blocking(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            "server up",
+            || TcpStream::connect(addr).map(drop),
+        );
+    }
+    (children, addrs)
+}
+
 /// Starts a collector with the HTTP socket parser on (the default) on a loopback port,
 /// harvesting every 200 ms, and fails the test with the verifier's own words when this kernel
 /// refused the parser: a test of the parser must never pass because nothing was parsed.

@@ -31,18 +31,6 @@ use serde_json::{Value, json};
 const NS: &str = "shop";
 const SENT: &str = "collector_tcp_sent_bytes_total";
 
-/// Creates an object from JSON as the admin; returns its UID.
-fn create(cp: &ControlPlane, object: &Value) -> String {
-    let uid = cp
-        .kubectl_stdin(
-            &["create", "-f", "-", "-o", "jsonpath={.metadata.uid}"],
-            Some(&object.to_string()),
-        )
-        .expect("kubectl create");
-    assert!(!uid.is_empty(), "no uid for {object}");
-    uid
-}
-
 fn pod_object(
     name: &str,
     node: &str,
@@ -196,74 +184,57 @@ fn pods_are_named_by_a_real_api_server() {
 
     // The workloads: Deployment web → ReplicaSet web-5c8d9 → pod; StatefulSet db → pod db-0;
     // Service web with an EndpointSlice listing the web pod on this node.
-    create(
-        &cp,
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    );
+    cp.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
     // What the controller-manager would create (none runs here): pods need their namespace's
     // default ServiceAccount to be admitted.
-    create(
-        &cp,
-        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}}),
+    cp.create(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": NS}}),
     );
     let template = json!({
         "metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
     });
-    let deploy_uid = create(
-        &cp,
-        &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+    let deploy_uid = cp.create(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "namespace": NS},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
     );
     // Named unlike its Deployment: the owner must come from the ownerReference.
-    let rs_uid = create(
-        &cp,
-        &json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+    let rs_uid = cp.create(&json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": "storefront-5c8d9", "namespace": NS,
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
                     "uid": deploy_uid, "controller": true}]},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
     );
-    let sts_uid = create(
-        &cp,
-        &json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+    let sts_uid = cp.create(&json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "db", "namespace": NS},
             "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
                 "template": {"metadata": {"labels": {"app": "db"}},
                     "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}}}}),
     );
     let web_name = "storefront-5c8d9-x7k2p";
-    let web_uid = create(
-        &cp,
-        &pod_object(
-            web_name,
-            &node,
-            json!({"app": "web"}),
-            Some(("apps/v1", "ReplicaSet", "storefront-5c8d9", &rs_uid)),
-        ),
-    );
-    let db_uid = create(
-        &cp,
-        &pod_object(
-            "db-0",
-            &node,
-            json!({"app": "db"}),
-            Some(("apps/v1", "StatefulSet", "db", &sts_uid)),
-        ),
-    );
+    let web_uid = cp.create(&pod_object(
+        web_name,
+        &node,
+        json!({"app": "web"}),
+        Some(("apps/v1", "ReplicaSet", "storefront-5c8d9", &rs_uid)),
+    ));
+    let db_uid = cp.create(&pod_object(
+        "db-0",
+        &node,
+        json!({"app": "db"}),
+        Some(("apps/v1", "StatefulSet", "db", &sts_uid)),
+    ));
     // A pod of another node: never watched by this collector.
-    create(
-        &cp,
-        &pod_object("elsewhere", "other-node", json!({"app": "web"}), None),
-    );
-    create(
-        &cp,
+    cp.create(&pod_object(
+        "elsewhere",
+        "other-node",
+        json!({"app": "web"}),
+        None,
+    ));
+    cp.create(
         &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 9100}]}}),
     );
-    create(
-        &cp,
+    cp.create(
         &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "web-abcde", "namespace": NS,
                 "labels": {"kubernetes.io/service-name": "web"}},
@@ -436,10 +407,7 @@ fn pods_are_named_by_a_real_api_server() {
             (s["connected"] == true).then_some(()).ok_or(s)
         },
     );
-    let new_uid = create(
-        &cp,
-        &pod_object("solo", &node, json!({"app": "solo"}), None),
-    );
+    let new_uid = cp.create(&pod_object("solo", &node, json!({"app": "solo"}), None));
     let new_cid = fake_container_id(0x9401);
     set_container_running(&cp, "solo", &new_cid);
     let solo = Pod::create(&prefix, 94, &new_uid, &new_cid).expect("solo pod");

@@ -19,7 +19,6 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -37,7 +36,7 @@ use collector::{
 };
 use integration_tests::{
     HARNESS_KUBELET_ROOT, Load, Pod, fake_container_id, k8s::ControlPlane, newest_go_server,
-    pod_traffic_bin, require_root, unique_prefix, wait_until_ok_blocking,
+    pod_traffic_bin, require_root, spawn_pod_servers, unique_prefix, wait_until_ok_blocking,
 };
 use serde_json::{Value, json};
 
@@ -53,18 +52,6 @@ fn manifest(name: &str) -> String {
     .unwrap_or_else(|e| panic!("deploy/{name}: {e}"))
 }
 
-/// Creates an object from JSON as the admin; returns its UID.
-fn create(cp: &ControlPlane, object: &Value) -> String {
-    let uid = cp
-        .kubectl_stdin(
-            &["create", "-f", "-", "-o", "jsonpath={.metadata.uid}"],
-            Some(&object.to_string()),
-        )
-        .expect("kubectl create");
-    assert!(!uid.is_empty(), "no uid for {object}");
-    uid
-}
-
 /// The control plane with deploy/ applied, namespace `shop`, and the collector's own pod on
 /// `node` (what its DaemonSet would run), whose bound token the collector uses.
 fn setup(prefix: &str, node: &str) -> (ControlPlane, std::path::PathBuf) {
@@ -73,15 +60,9 @@ fn setup(prefix: &str, node: &str) -> (ControlPlane, std::path::PathBuf) {
         cp.apply(&manifest(m))
             .unwrap_or_else(|e| panic!("apply {m}: {e}"));
     }
-    create(
-        &cp,
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    );
-    create(
-        &cp,
-        &json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "default", "namespace": NS}}),
-    );
+    cp.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
+    cp.create(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": NS}}));
     let kc = collector_kubeconfig(&cp, node);
     (cp, kc)
 }
@@ -89,14 +70,11 @@ fn setup(prefix: &str, node: &str) -> (ControlPlane, std::path::PathBuf) {
 /// A collector pod on `node` and a kubeconfig with its bound token.
 fn collector_kubeconfig(cp: &ControlPlane, node: &str) -> std::path::PathBuf {
     let pod = format!("collector-{node}");
-    create(
-        cp,
-        &json!({"apiVersion": "v1", "kind": "Pod",
+    cp.create(&json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "namespace": "collector"},
             "spec": {"nodeName": node, "serviceAccountName": "collector",
                 "automountServiceAccountToken": false,
-                "containers": [{"name": "collector", "image": "registry.invalid/collector:1"}]}}),
-    );
+                "containers": [{"name": "collector", "image": "registry.invalid/collector:1"}]}}));
     cp.pod_token_kubeconfig("collector", "collector", &pod)
         .expect("bound token")
 }
@@ -114,7 +92,7 @@ fn gated_pod(cp: &ControlPlane, name: &str, node: &str, gated: bool) -> String {
     if gated {
         p["spec"]["readinessGates"] = json!([{ "conditionType": CONDITION_TYPE }]);
     }
-    create(cp, &p)
+    cp.create(&p)
 }
 
 /// Our condition on pod `name`: (status, reason, message), None while absent.
@@ -389,8 +367,7 @@ fn gates_follow_verdicts_within_caps() {
             .expect("pod")
         })
         .collect();
-    create(
-        &cp,
+    cp.create(
         &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NS},
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": PORT}]}}),
     );
@@ -404,8 +381,7 @@ fn gates_follow_verdicts_within_caps() {
                 "targetRef": {"kind": "Pod", "namespace": NS, "name": name, "uid": uid}})
         })
         .collect();
-    create(
-        &cp,
+    cp.create(
         &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "web-abcde", "namespace": NS,
                 "labels": {"kubernetes.io/service-name": "web"}},
@@ -414,27 +390,7 @@ fn gates_follow_verdicts_within_caps() {
             "endpoints": endpoints}),
     );
 
-    let listen = format!("0.0.0.0:{PORT}");
-    let mut servers = Vec::new();
-    for p in &pods {
-        let mut child = p.spawn(&server, &["-listen", &listen]).expect("Go server");
-        if let Some(mut out) = child.stdout.take() {
-            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        }
-        servers.push(child);
-    }
-    let addrs: Vec<SocketAddr> = pods
-        .iter()
-        .map(|p| SocketAddr::from((p.addr(), PORT)))
-        .collect();
-    for addr in &addrs {
-        wait_until_ok_blocking(
-            Duration::from_secs(20),
-            Duration::from_millis(100),
-            "server up",
-            || TcpStream::connect(addr).map(drop),
-        );
-    }
+    let (servers, addrs) = spawn_pod_servers(&pods, &server, PORT);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let running = rt

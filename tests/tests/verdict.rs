@@ -8,10 +8,7 @@
 //! unhealthy pods; a pod that is degraded or unhealthy always has a deciding reason (while
 //! recovering under hysteresis: `recovering`).
 
-use std::{
-    net::{SocketAddr, TcpStream},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use collector::{
     app,
@@ -151,28 +148,7 @@ fn verdicts_follow_real_traffic() {
     let running = rt.block_on(app::start(config)).expect("collector starts");
     let api = format!("http://{}", running.addr);
 
-    let listen = format!("0.0.0.0:{PORT}");
-    // Keep the children and drain their stdout: Go exits on SIGPIPE when stdout is closed.
-    let mut children = Vec::new();
-    for p in &pods {
-        let mut child = p.spawn(&server, &["-listen", &listen]).expect("Go server");
-        if let Some(mut out) = child.stdout.take() {
-            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        }
-        children.push(child);
-    }
-    let addrs: Vec<SocketAddr> = pods
-        .iter()
-        .map(|p| SocketAddr::from((p.addr(), PORT)))
-        .collect();
-    for addr in &addrs {
-        wait_until_ok_blocking(
-            Duration::from_secs(20),
-            Duration::from_millis(100),
-            "server up",
-            || TcpStream::connect(addr).map(drop),
-        );
-    }
+    let (children, addrs) = spawn_pod_servers(&pods, &server, PORT);
     // Instrumented before traffic starts (discovery attaches per executable).
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
