@@ -66,7 +66,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
     ),
     (
         "verdict_evaluate_1k",
-        "one verdict evaluation of 1,000 workloads (10 s x 6 windows)",
+        "one verdict evaluation of 1,000 workloads (default windows: 1 s x 30)",
         || {
             let mut v = Verdicts::new(1_000, SEED);
             v.fill_bucket();
