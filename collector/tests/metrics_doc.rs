@@ -16,7 +16,7 @@ use collector::{
         verdict::{MismatchLabels, ReasonGaugeLabels, StateLabels, TransitionLabels},
     },
     identity::{PodNames, Workload, WorkloadKind},
-    kubernetes::ResourceLabels,
+    kubernetes::{CapLabels, ResourceLabels, ResultLabels as KubeResultLabels},
 };
 use collector_common::tcp::TcpStats;
 
@@ -106,6 +106,18 @@ fn populated() -> Metrics {
     c.kubernetes
         .watch_errors
         .get_or_create(&ResourceLabels { resource: "pods" })
+        .inc();
+    c.kubernetes.readiness_gated.get_or_create(&node).set(1);
+    c.kubernetes.readiness_false.get_or_create(&node).set(1);
+    c.kubernetes
+        .readiness_held
+        .get_or_create(&CapLabels {
+            cap: "service_floor",
+        })
+        .set(1);
+    c.kubernetes
+        .readiness_patches
+        .get_or_create(&KubeResultLabels { result: "written" })
         .inc();
     let v = &m.verdict;
     v.state

@@ -35,8 +35,9 @@ use collector::{
     verdict::{VerdictConfig, window::Geometry},
 };
 use integration_tests::{
-    HARNESS_KUBELET_ROOT, Load, Pod, fake_container_id, k8s::ControlPlane, newest_go_server,
-    pod_traffic_bin, require_root, spawn_pod_servers, unique_prefix, wait_until_ok_blocking,
+    HARNESS_KUBELET_ROOT, Load, Pod, fake_container_id, k8s::ControlPlane, metric_sum,
+    newest_go_server, pod_traffic_bin, require_root, spawn_pod_servers, unique_prefix,
+    wait_until_ok_blocking,
 };
 use serde_json::{Value, json};
 
@@ -465,6 +466,31 @@ fn gates_follow_verdicts_within_caps() {
     assert_eq!(s["readiness"]["false"], 1, "{s}");
     assert_eq!(s["readiness"]["gated"], 2, "{s}");
     eprintln!("held: {held}");
+    // The same on /metrics, for alerting: one held by the Service floor, none by the node cap.
+    let (_, text) = status::get(&api, "/metrics").expect("metrics");
+    let m = |name: &str, labels: &[(&str, &str)]| metric_sum(&text, name, labels);
+    assert_eq!(
+        m("collector_readiness_held_pods", &[("cap", "service_floor")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m("collector_readiness_held_pods", &[("cap", "node_share")]),
+        Some(0.0)
+    );
+    assert_eq!(m("collector_readiness_false_pods", &[]), Some(1.0));
+    assert_eq!(m("collector_readiness_gated_pods", &[]), Some(2.0));
+    // First sight of both, A's flip and recovery, A's flip now: at least five writes, and
+    // none failed before the API outage below.
+    let written = m(
+        "collector_readiness_patches_total",
+        &[("result", "written")],
+    );
+    assert!(written.is_some_and(|w| w >= 5.0), "{written:?}");
+    assert_eq!(
+        m("collector_readiness_patches_total", &[("result", "failed")]),
+        None
+    );
 
     // Both recover.
     load_a.set("/ok");

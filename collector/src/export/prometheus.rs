@@ -256,6 +256,26 @@ impl Metrics {
             c.kubernetes.watch_errors.clone(),
         );
         registry.register(
+            "collector_readiness_gated_pods",
+            "Pods of this node declaring the traffic-healthy readiness gate",
+            c.kubernetes.readiness_gated.clone(),
+        );
+        registry.register(
+            "collector_readiness_false_pods",
+            "Gated pods of this node whose condition the collector decided False",
+            c.kubernetes.readiness_false.clone(),
+        );
+        registry.register(
+            "collector_readiness_held_pods",
+            "Gated pods held True by a cap (a Service floor, or a node's share of flips) where enforce would flip them: a node or collector fault to look at",
+            c.kubernetes.readiness_held.clone(),
+        );
+        registry.register(
+            "collector_readiness_patches",
+            "pods/status patches of the readiness condition, by result",
+            c.kubernetes.readiness_patches.clone(),
+        );
+        registry.register(
             "collector_build",
             "Collector build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),

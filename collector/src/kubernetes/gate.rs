@@ -159,6 +159,14 @@ impl Cap {
             Cap::NodeShare => "NodeShare",
         }
     }
+
+    /// The metric label: the same words as in `/v1/kubernetes`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Cap::ServiceFloor => "service_floor",
+            Cap::NodeShare => "node_share",
+        }
+    }
 }
 
 /// The condition a pod should carry.

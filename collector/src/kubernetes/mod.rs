@@ -88,6 +88,22 @@ pub struct KubeMetrics {
     pub connected: Family<NodeLabels, Gauge>,
     pub pods: Family<NodeLabels, Gauge>,
     pub watch_errors: Family<ResourceLabels, Counter>,
+    /// Readiness gates (`gate::Summary` of the last round): pods declaring the gate, those
+    /// decided False, those held True by a cap (by cap), and patches by result.
+    pub readiness_gated: Family<NodeLabels, Gauge>,
+    pub readiness_false: Family<NodeLabels, Gauge>,
+    pub readiness_held: Family<CapLabels, Gauge>,
+    pub readiness_patches: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CapLabels {
+    pub cap: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -301,7 +317,31 @@ impl Kubernetes {
     }
 
     fn set_readiness(&self, summary: gate::Summary) {
+        let node = NodeLabels {
+            node: self.node.clone(),
+        };
+        let m = &self.metrics;
+        m.readiness_gated
+            .get_or_create(&node)
+            .set(summary.gated as i64);
+        m.readiness_false
+            .get_or_create(&node)
+            .set(summary.r#false as i64);
+        for cap in [gate::Cap::ServiceFloor, gate::Cap::NodeShare] {
+            let n = summary.held.iter().filter(|h| h.cap == cap).count();
+            m.readiness_held
+                .get_or_create(&CapLabels { cap: cap.label() })
+                .set(n as i64);
+        }
         *self.readiness.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
+    }
+
+    /// A `pods/status` patch of the readiness condition: `written` or `failed`.
+    fn count_patch(&self, result: &'static str) {
+        self.metrics
+            .readiness_patches
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     fn set_lease(&self, error: Option<String>) {

@@ -135,6 +135,7 @@ pub(super) async fn run(
             }
             match patch(&k, d, seen).await {
                 Ok(()) => {
+                    k.count_patch("written");
                     info!(
                         pod = format!("{}/{}", d.namespace, d.name),
                         status = gate::status_str(d.status),
@@ -153,6 +154,7 @@ pub(super) async fn run(
                 // Deleted meanwhile: the watch will drop it.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
+                    k.count_patch("failed");
                     error = Some(format!("{}/{}: {e}", d.namespace, d.name));
                 }
             }
