@@ -214,6 +214,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// A pod label to export (repeatable, or comma-separated; at most 16): `label_<name>` on
+    /// Prometheus series (characters outside [a-zA-Z0-9_] as `_`), `k8s.pod.label.<name>` on
+    /// OTLP resources. [default: none]
+    #[arg(long = "pod-label", value_name = "LABEL", value_delimiter = ',')]
+    pub pod_labels: Vec<String>,
+
     /// Readiness gates of opted-in pods: off (all True), advisory (True, with what enforce
     /// would do in the reason), enforce (False for an unhealthy verdict, within the caps).
     /// [default: advisory]
@@ -313,6 +319,7 @@ pub struct FileReadiness {
 pub struct FileKubernetes {
     pub node_name: Option<String>,
     pub kubeconfig: Option<PathBuf>,
+    pub pod_labels: Option<Vec<String>>,
 }
 
 /// `[verdict]` section of the file.
@@ -780,10 +787,65 @@ fn kubernetes_config(
             format!("{} is not a file", p.display()),
         ));
     }
+    let pod_labels = if cli.pod_labels.is_empty() {
+        file.pod_labels.unwrap_or_default()
+    } else {
+        cli.pod_labels.clone()
+    };
+    validate_pod_labels(&pod_labels)?;
     Ok(Some(crate::kubernetes::KubernetesConfig {
         node_name,
         kubeconfig,
+        pod_labels,
     }))
+}
+
+/// Label keys as Kubernetes accepts them (`[prefix/]name`, name ≤ 63 of `[A-Za-z0-9._-]`
+/// starting and ending alphanumeric, prefix a DNS subdomain), at most `MAX_POD_LABELS`, and no
+/// two exported under the same Prometheus name (`app.kubernetes.io/name` and
+/// `app_kubernetes_io/name` would be one label twice in a series).
+fn validate_pod_labels(labels: &[String]) -> Result<(), ConfigError> {
+    use crate::kubernetes::{MAX_POD_LABELS, prometheus_label_name};
+    if labels.len() > MAX_POD_LABELS {
+        return Err(invalid(
+            "pod_labels",
+            format!("{} labels (at most {MAX_POD_LABELS})", labels.len()),
+        ));
+    }
+    let segment = |v: &str, max: usize, extra: &[u8]| {
+        (1..=max).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+            && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    let mut seen = BTreeMap::new();
+    for l in labels {
+        let (prefix, name) = match l.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, l.as_str()),
+        };
+        let ok = segment(name, 63, b"._-")
+            && prefix.is_none_or(|p| {
+                segment(p, 253, b".-") && !p.bytes().any(|b| b.is_ascii_uppercase())
+            });
+        if !ok {
+            return Err(invalid(
+                "pod_labels",
+                format!("{l:?} is not a Kubernetes label key ([prefix/]name)"),
+            ));
+        }
+        if let Some(other) = seen.insert(prometheus_label_name(l), l) {
+            return Err(invalid(
+                "pod_labels",
+                format!(
+                    "{other:?} and {l:?} are both exported as {}",
+                    prometheus_label_name(l)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[readiness]` and `--readiness-gates`.
@@ -1241,6 +1303,64 @@ mod tests {
         )
         .expect_err("missing file");
         assert!(e.to_string().contains("is not a file"), "{e}");
+    }
+
+    /// Catches: a label key that is not one (a selector smuggled in, an empty name) accepted,
+    /// two keys colliding on one Prometheus label name, an unbounded list, the flag not
+    /// overriding the file.
+    #[test]
+    fn pod_label_allow_list_is_validated() {
+        let k = |args: &[&str], f: FileConfig| {
+            Config::merge(&cli(args), f, &env(&[("NODE_NAME", "n1")]))
+                .map(|c| c.kubernetes.expect("on").pod_labels)
+        };
+        assert_eq!(
+            k(
+                &[
+                    "--pod-label",
+                    "app,app.kubernetes.io/name",
+                    "--pod-label",
+                    "team"
+                ],
+                FileConfig::default()
+            )
+            .expect("ok"),
+            vec!["app", "app.kubernetes.io/name", "team"]
+        );
+        assert_eq!(
+            k(&[], file("[kubernetes]\npod_labels = [\"tier\"]")).expect("ok"),
+            vec!["tier"]
+        );
+        assert_eq!(
+            k(
+                &["--pod-label", "app"],
+                file("[kubernetes]\npod_labels = [\"tier\"]")
+            )
+            .expect("ok"),
+            vec!["app"],
+            "flag over file"
+        );
+        for bad in [
+            "",
+            "-app",
+            "app=x",
+            "a/b/",
+            "Example.com/app",
+            "a b",
+            &"a".repeat(64),
+        ] {
+            let arg = format!("--pod-label={bad}");
+            let e = k(&[&arg], FileConfig::default()).expect_err(bad);
+            assert!(e.to_string().starts_with("pod_labels: "), "{bad}: {e}");
+        }
+        let e = k(&["--pod-label", "a.b,a_b"], FileConfig::default()).expect_err("collision");
+        assert_eq!(
+            e.to_string(),
+            "pod_labels: \"a.b\" and \"a_b\" are both exported as label_a_b"
+        );
+        let many: Vec<String> = (0..17).map(|i| format!("l{i}")).collect();
+        let arg = format!("--pod-label={}", many.join(","));
+        assert!(k(&[&arg], FileConfig::default()).is_err());
     }
 
     /// Catches: `unknown` (no evidence) or `healthy` accepted as a reason to set a pod False;

@@ -130,6 +130,26 @@ fn reasons_cell(w: &Value) -> String {
         .join("; ")
 }
 
+/// The WORKLOAD column: `namespace/pod` and its workload (`shop/web-7d4-x (deployment/web)`)
+/// for a pod the Kubernetes API named, else the name the collector has (a pod UID, a unit, a
+/// process).
+fn workload_cell(w: &Value) -> String {
+    let name = w.get("name").and_then(Value::as_str).unwrap_or("");
+    let k = |key: &str| {
+        w.get("kubernetes")
+            .and_then(|k| k.get(key))
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    match (k("namespace"), k("pod")) {
+        (Some(ns), Some(pod)) => match k("workload") {
+            Some(workload) => format!("{ns}/{pod} ({workload})"),
+            None => format!("{ns}/{pod}"),
+        },
+        _ => name.to_string(),
+    }
+}
+
 /// The table: workload, kind, state, reasons, req/s, error %, p95, retransmit %.
 pub fn table(doc: &Value) -> String {
     let header = [
@@ -153,7 +173,7 @@ pub fn table(doc: &Value) -> String {
         let pct = |k: &str| num(w, k).map_or("-".into(), |v| format!("{:.1}", v * 100.0));
         let http = num(w, "requests").unwrap_or(0.0) > 0.0;
         rows.push([
-            s("name"),
+            workload_cell(w),
             s("kind"),
             state_cell(w),
             num(w, "requests_per_second")
@@ -230,6 +250,28 @@ mod tests {
             ]
         );
         assert!(table(&serde_json::json!({"workloads": []})).contains("no workloads"));
+    }
+
+    /// Catches: pods shown by UID (or by their Deployment alone, which two pods on the node
+    /// share) although the Kubernetes API named them.
+    #[test]
+    fn named_pods_show_namespace_pod_and_workload() {
+        let doc = serde_json::json!({ "workloads": [
+            { "name": "deployment/web", "kind": "pod", "state": "healthy", "reasons": [],
+              "pod_uid": "0a1b", "kubernetes": { "namespace": "shop", "pod": "web-7d4-x", "container": "web", "workload": "deployment/web", "service": "web" },
+              "signals": { "requests": 0, "send_calls": 0 } },
+            { "name": "0c2d", "kind": "pod", "state": "healthy", "reasons": [], "pod_uid": "0c2d",
+              "signals": { "requests": 0, "send_calls": 0 } },
+        ]});
+        let t = table(&doc);
+        let first: Vec<&str> = t
+            .lines()
+            .map(|l| l.split("  ").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            first,
+            vec!["WORKLOAD", "shop/web-7d4-x (deployment/web)", "0c2d"]
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn populated() -> Metrics {
             container: "c".into(),
             workload: "deployment/d".into(),
             service: "s".into(),
+            // One allow-listed pod label (`--pod-label app`).
+            labels: [("app".to_string(), "a".to_string())].into(),
         }),
     };
     let all_ones = TcpStats {

@@ -15,7 +15,13 @@ use collector::{
     status,
     verdict::{Engine, VerdictConfig, rules::State, window::Geometry},
 };
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    api::{
+        core::v1::{ObjectReference, Pod},
+        discovery::v1::{Endpoint, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use serde_json::Value;
 
 fn doc() -> Value {
@@ -189,6 +195,7 @@ async fn kubernetes_with_pods(pods: &[(&str, &str)]) -> Arc<Kubernetes> {
         &KubernetesConfig {
             node_name: "node-1".into(),
             kubeconfig: Some(kc.clone()),
+            pod_labels: vec![],
         },
         Default::default(),
     )
@@ -207,6 +214,28 @@ async fn kubernetes_with_pods(pods: &[(&str, &str)]) -> Arc<Kubernetes> {
         };
         assert!(k.upsert_pod(&pod));
     }
+    // Service shop/web: pod b on this node, one endpoint elsewhere.
+    let endpoint = |uid: &str, node: &str| Endpoint {
+        addresses: vec!["10.0.0.1".into()],
+        node_name: Some(node.into()),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    k.upsert_slice(&EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("web-1".into()),
+            namespace: Some("shop".into()),
+            labels: Some([("kubernetes.io/service-name".to_string(), "web".to_string())].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![endpoint("pod-b", "node-1"), endpoint("pod-z", "node-2")],
+        ..Default::default()
+    });
     k
 }
 
@@ -303,6 +332,24 @@ fn every_documented_response_is_served_and_every_route_documented() {
     .expect("request");
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["state"], "unknown", "a pod never seen is unknown: {body}");
+    // The Service's view: its pod on this node with that pod's verdict, not the other node's.
+    let (_, body) = status::get(&base, "/v1/services/shop/web").expect("request");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (
+            &v["state"],
+            &v["pods"][0]["name"],
+            &v["pods"][0]["state"],
+            v["pods"].as_array().map(Vec::len)
+        ),
+        (
+            &Value::from("unhealthy"),
+            &Value::from("b"),
+            &Value::from("unhealthy"),
+            Some(1)
+        ),
+        "{body}"
+    );
     let table = status::table(&status::fetch(&base).expect("fetch"));
     assert!(
         table.contains("pod-b") && table.contains("unhealthy (probe mismatch)"),

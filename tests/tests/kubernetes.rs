@@ -266,6 +266,7 @@ fn pods_are_named_by_a_real_api_server() {
         kubernetes: Some(KubernetesConfig {
             node_name: node.clone(),
             kubeconfig: Some(kc.clone()),
+            pod_labels: vec!["app".into(), "tier".into()],
         }),
         // Verdicts each second (the API by name lists them soon), over a window long enough that
         // no pod idle between two phases expires (5 windows idle: its series would be removed

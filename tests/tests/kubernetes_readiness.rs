@@ -318,6 +318,7 @@ fn collector_config(node: &str, kc: &Path, mode: Mode) -> Config {
         kubernetes: Some(KubernetesConfig {
             node_name: node.into(),
             kubeconfig: Some(kc.into()),
+            pod_labels: vec![],
         }),
         verdict: VerdictConfig {
             geometry: Geometry {

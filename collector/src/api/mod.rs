@@ -2,6 +2,7 @@
 //! health verdicts per workload and pod (documented in docs/openapi.json, checked by
 //! collector/tests/openapi.rs). How it is served (token, TLS, limits): `server`.
 
+pub mod debug;
 pub mod server;
 
 use std::{
@@ -59,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pods/{uid}/ready", get(pod_ready))
         .route("/v1/pods/{namespace}/{name}/health", get(named_pod_health))
         .route("/v1/pods/{namespace}/{name}/ready", get(named_pod_ready))
+        .route("/v1/services/{namespace}/{name}", get(service_health))
         .route("/v1/kubernetes", get(kubernetes_status))
         .fallback(not_found)
         .with_state(state)
@@ -114,7 +116,7 @@ async fn go_http(State(s): State<ApiState>) -> Json<Vec<Instrumented>> {
 }
 
 /// Every route the router serves (method GET), for the OpenAPI check.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 14] = [
     "/metrics",
     "/healthz",
     "/readyz",
@@ -127,6 +129,7 @@ pub const ROUTES: [&str; 13] = [
     "/v1/pods/{uid}/ready",
     "/v1/pods/{namespace}/{name}/health",
     "/v1/pods/{namespace}/{name}/ready",
+    "/v1/services/{namespace}/{name}",
     "/v1/kubernetes",
 ];
 
@@ -312,16 +315,18 @@ async fn pod_ready(State(s): State<ApiState>, Path(uid): Path<String>) -> Respon
     }
 }
 
+/// Names as the API server accepts them (DNS labels and subdomains): anything else cannot
+/// name a pod or Service, and is not echoed into logs or lookups.
+fn valid_name(v: &str, max: usize) -> bool {
+    (1..=max).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 /// The UID of pod `namespace/name` on this node, from the Kubernetes API's view. 404 when the
 /// API server never told us about it (or this collector has no Kubernetes API).
 fn named_pod_uid(s: &ApiState, namespace: &str, name: &str) -> Result<String, ApiError> {
-    // Names as the API server accepts them (DNS labels and subdomains): anything else cannot
-    // name a pod, and is not echoed into logs or lookups.
-    let valid = |v: &str, max: usize| {
-        (1..=max).contains(&v.len())
-            && v.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
+    let valid = valid_name;
     if !valid(namespace, 63) || !valid(name, 253) {
         return Err(bad_request(format!(
             "{namespace:?}/{name:?} is not a pod's namespace/name"
@@ -371,6 +376,74 @@ async fn named_pod_ready(
         Ok(list) => readiness(&s, pod_state(&list)),
         Err(r) => r.into_response(),
     }
+}
+
+/// `GET /v1/services/{namespace}/{name}`: the pods on this node behind that Service (from its
+/// EndpointSlices), each with its verdict, and the Service's state on this node (the worst of
+/// them; unknown when it has none here). 404 when no EndpointSlice of the Service is known.
+async fn service_health(
+    State(s): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    // Service names are DNS labels (63).
+    if !valid_name(&namespace, 63) || !valid_name(&name, 63) {
+        return bad_request(format!(
+            "{namespace:?}/{name:?} is not a Service's namespace/name"
+        ))
+        .into_response();
+    }
+    let Some(k) = &s.kubernetes else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "Services are known only with --node-name (Kubernetes API)",
+        )
+        .into_response();
+    };
+    let Some(pods) = k.service_pods(&namespace, &name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no Service {namespace}/{name} with endpoints known to the collector on node {}                  (no EndpointSlice of it with an endpoint)",
+                k.node()
+            ),
+        )
+        .into_response();
+    };
+    let all = snapshot(&s);
+    let norm = |u: &str| u.replace('_', "-");
+    let mut states = Vec::new();
+    let pods: Vec<serde_json::Value> = pods
+        .into_iter()
+        .map(|(uid, pod_namespace, pod_name)| {
+            let list: Vec<WorkloadHealth> = all
+                .iter()
+                .filter(|w| !w.pod_uid.is_empty() && norm(&w.pod_uid) == uid)
+                .cloned()
+                .collect();
+            let state = pod_state(&list);
+            states.push(state);
+            json!({
+                "namespace": pod_namespace,
+                "name": pod_name,
+                "pod_uid": uid,
+                "state": state,
+                "workloads": list,
+            })
+        })
+        .collect();
+    // The worst pod's state, as a pod's is the worst of its containers'.
+    let state = [Verdict::Unhealthy, Verdict::Degraded, Verdict::Healthy]
+        .into_iter()
+        .find(|st| states.contains(st))
+        .unwrap_or(Verdict::Unknown);
+    Json(json!({
+        "namespace": namespace,
+        "name": name,
+        "node": k.node(),
+        "state": state,
+        "pods": pods,
+    }))
+    .into_response()
 }
 
 /// `GET /v1/kubernetes`: whether the pod watch is established, and how much it knows.

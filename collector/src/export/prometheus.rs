@@ -50,6 +50,16 @@ impl EncodeLabelSet for KubernetesLabels {
                 EncodeLabel::encode(&(key, value.as_str()), encoder.encode_label())?;
             }
         }
+        // Only allow-listed labels are in `labels` (`--pod-label`), so these are bounded.
+        for (key, value) in &n.labels {
+            EncodeLabel::encode(
+                &(
+                    crate::kubernetes::prometheus_label_name(key),
+                    value.as_str(),
+                ),
+                encoder.encode_label(),
+            )?;
+        }
         Ok(())
     }
 }
@@ -453,6 +463,7 @@ mod tests {
                 container: String::new(),
                 workload: "deployment/web".into(),
                 service: "web".into(),
+                labels: [("app.kubernetes.io/name".to_string(), "web".to_string())].into(),
             }),
         };
         let stats = TcpStats {
@@ -463,7 +474,7 @@ mod tests {
         m.tcp.add(&m.labels_for(&named), &stats);
         let text = m.render_text();
         assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"pod\",workload=\"u1\",pod_uid=\"u1\",container_id=\"c1\"} 5\n"), "{text}");
-        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"pod\",workload=\"deployment/web\",pod_uid=\"u2\",container_id=\"c2\",namespace=\"shop\",pod=\"web-1\",service=\"web\"} 5\n"), "{text}");
+        assert!(text.contains("collector_tcp_sent_bytes_total{workload_kind=\"pod\",workload=\"deployment/web\",pod_uid=\"u2\",container_id=\"c2\",namespace=\"shop\",pod=\"web-1\",service=\"web\",label_app_kubernetes_io_name=\"web\"} 5\n"), "{text}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! Standalone (no Kubernetes API): the cgroup path names the workload — a pod (UID and container
 //! id parsed from paths under the kubelet's cgroup roots only), a container, a systemd unit or a
 //! plain cgroup. Where the cgroup names nothing (root, user sessions), the process is the
-//! workload, named by its `comm`: a name the process picks itself (`prctl(PR_SET_NAME)`), hence
-//! the kind `process_comm`, which says the name is self-reported.
+//! workload, named by its executable's file name (`/proc/<pid>/exe`, else argv[0]), kind
+//! `process`; when neither can be read (the process is gone), by its `comm` — truncated to 15
+//! bytes and set by the process itself (`prctl(PR_SET_NAME)`) — kind `process_comm`, which says
+//! so. Either name is chosen by whoever started the process: a label, never an identity.
 
 pub mod cgroup;
 
@@ -52,10 +54,12 @@ pub enum WorkloadKind {
     Container,
     Systemd,
     Cgroup,
-    /// Named by the process's `comm`, which any process can set to anything: self-reported,
-    /// never an identity to trust.
-    #[serde(rename = "process_comm")]
+    /// Named by the file name of the process's executable (else its argv[0]): chosen by whoever
+    /// installed or started it, never an identity to trust.
     Process,
+    /// Named by the process's `comm` (15 bytes), which any process can set to anything: the
+    /// fallback when the executable could not be read.
+    ProcessComm,
     /// No socket cgroup and no owner process known (e.g. sockets that predate the collector
     /// and never sent since, or resets for packets that matched no socket).
     Unattributed,
@@ -70,7 +74,8 @@ impl WorkloadKind {
             WorkloadKind::Container => "container",
             WorkloadKind::Systemd => "systemd",
             WorkloadKind::Cgroup => "cgroup",
-            WorkloadKind::Process => "process_comm",
+            WorkloadKind::Process => "process",
+            WorkloadKind::ProcessComm => "process_comm",
             WorkloadKind::Unattributed => "unattributed",
             WorkloadKind::Overflow => "overflow",
         }
@@ -100,6 +105,9 @@ pub struct PodNames {
     pub workload: String,
     /// The Services with this pod among their endpoints, comma-joined in order.
     pub service: String,
+    /// The pod's labels named by `--pod-label` (the allow-list), and only those.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Workload {
@@ -150,8 +158,59 @@ impl Workload {
 
 #[derive(Clone, Debug)]
 struct ProcessInfo {
-    comm: String,
+    /// `Process` (executable name) or `ProcessComm` (fallback).
+    kind: WorkloadKind,
+    name: String,
     last_seen: Instant,
+}
+
+/// Longest process name kept, in characters: file names go up to 255 bytes, and the name is
+/// a label value on every series of the workload.
+pub const MAX_PROCESS_NAME: usize = 64;
+
+/// A name from the process (its executable's file name, argv[0] or comm) made fit for labels
+/// and terminals: control characters (escape sequences, newlines) become `?`, invalid UTF-8
+/// its replacement character, at most `MAX_PROCESS_NAME` characters. None when empty.
+pub fn sanitize_process_name(raw: &[u8]) -> Option<String> {
+    let name: String = String::from_utf8_lossy(raw)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(MAX_PROCESS_NAME)
+        .collect();
+    (!name.trim().is_empty()).then_some(name)
+}
+
+/// The file name of a path's last component (`/usr/bin/nginx` → `nginx`).
+fn basename(path: &[u8]) -> &[u8] {
+    let trimmed = path.strip_suffix(b"/").unwrap_or(path);
+    trimmed
+        .rsplit(|b| *b == b'/')
+        .next()
+        .unwrap_or(trimmed)
+}
+
+/// A process's executable name: the file name of `/proc/<pid>/exe` (" (deleted)" dropped: the
+/// binary was replaced on disk, the name is still the one it ran as), else the file name of
+/// argv[0] (`/proc/<pid>/cmdline`, for processes whose exe link cannot be read). Bounded reads:
+/// a link is at most PATH_MAX, argv[0] is cut at 4 KiB.
+fn executable_name(proc_root: &std::path::Path, tgid: u32) -> Option<String> {
+    use std::{io::Read, os::unix::ffi::OsStrExt};
+    let dir = proc_root.join(tgid.to_string());
+    if let Ok(target) = std::fs::read_link(dir.join("exe")) {
+        let bytes = target.as_os_str().as_bytes();
+        let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
+        if let Some(name) = sanitize_process_name(basename(bytes)) {
+            return Some(name);
+        }
+    }
+    let mut argv0 = Vec::new();
+    std::fs::File::open(dir.join("cmdline"))
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut argv0)
+        .ok()?;
+    let argv0 = argv0.split(|b| *b == 0).next().unwrap_or_default();
+    sanitize_process_name(basename(argv0))
 }
 
 /// The root cgroup's id; ids 0 (unknown) and 1 name no workload.
@@ -236,36 +295,60 @@ impl IdentityResolver {
         self.by_cgroup.len()
     }
 
-    /// A process announced by the kernel (it may be gone from /proc by the time we look).
+    /// A process announced by the kernel (it may be gone from /proc by the time we look):
+    /// named by its executable while it is there to read, else by the `comm` announced.
+    /// Announcements repeat (at most every 30 s per process), so an exec is seen then.
     pub fn observe_process(&mut self, tgid: u32, comm: String, now: Instant) {
-        self.processes.insert(
-            tgid,
-            ProcessInfo {
-                comm,
+        let info = match executable_name(&self.proc_root, tgid) {
+            Some(name) => ProcessInfo {
+                kind: WorkloadKind::Process,
+                name,
                 last_seen: now,
             },
-        );
+            None => match self.processes.get(&tgid) {
+                // Gone before we looked, but named by its executable earlier.
+                Some(p) if p.kind == WorkloadKind::Process => ProcessInfo {
+                    last_seen: now,
+                    ..p.clone()
+                },
+                _ => ProcessInfo {
+                    kind: WorkloadKind::ProcessComm,
+                    name: sanitize_process_name(comm.as_bytes())
+                        .unwrap_or_else(|| "unknown".into()),
+                    last_seen: now,
+                },
+            },
+        };
+        self.processes.insert(tgid, info);
     }
 
     pub fn process_alive(&self, tgid: u32) -> bool {
         self.proc_root.join(tgid.to_string()).exists()
     }
 
-    fn comm(&mut self, tgid: u32, now: Instant) -> Option<String> {
+    /// The process's name and how it was found: its executable's, else its `comm`.
+    fn process_name(&mut self, tgid: u32, now: Instant) -> Option<(WorkloadKind, String)> {
         if let Some(p) = self.processes.get(&tgid) {
-            return Some(p.comm.clone());
+            return Some((p.kind, p.name.clone()));
         }
-        let comm =
-            std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("comm")).ok()?;
-        let comm = comm.trim_end().to_string();
+        let (kind, name) = match executable_name(&self.proc_root, tgid) {
+            Some(name) => (WorkloadKind::Process, name),
+            None => {
+                let comm =
+                    std::fs::read(self.proc_root.join(tgid.to_string()).join("comm")).ok()?;
+                let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+                (WorkloadKind::ProcessComm, sanitize_process_name(comm)?)
+            }
+        };
         self.processes.insert(
             tgid,
             ProcessInfo {
-                comm: comm.clone(),
+                kind,
+                name: name.clone(),
                 last_seen: now,
             },
         );
-        Some(comm)
+        Some((kind, name))
     }
 
     fn cgroup_identity(&mut self, id: u64, now: Instant) -> Option<CgroupIdentity> {
@@ -327,8 +410,10 @@ impl IdentityResolver {
         if key.tgid == 0 {
             return Workload::unattributed();
         }
-        let comm = self.comm(key.tgid, now).unwrap_or_else(|| "unknown".into());
-        Workload::simple(WorkloadKind::Process, comm)
+        let (kind, name) = self
+            .process_name(key.tgid, now)
+            .unwrap_or((WorkloadKind::ProcessComm, "unknown".into()));
+        Workload::simple(kind, name)
     }
 
     /// A pod workload with its names, when the API server told us about the pod. Looked up
@@ -384,8 +469,12 @@ mod tests {
             r.workload_of(&key(1, 0), now).kind,
             WorkloadKind::Unattributed
         );
+        // Only its comm can be read: named by it, and said so.
         let w = r.workload_of(&key(1, 4242), now);
-        assert_eq!((w.kind, w.name.as_str()), (WorkloadKind::Process, "nginx"));
+        assert_eq!(
+            (w.kind, w.name.as_str()),
+            (WorkloadKind::ProcessComm, "nginx")
+        );
         // Announced by the kernel, already gone from /proc.
         r.observe_process(7, "curl".into(), now);
         assert_eq!(r.workload_of(&key(1, 7), now).name, "curl");
@@ -456,14 +545,104 @@ mod tests {
     }
 
     /// Catches: workloads named by the process's own `comm` exported with a kind that reads
-    /// like an identity; the kind must say the name is self-reported.
+    /// like the executable's name; the kind must say which name it is.
     #[test]
     fn comm_named_workloads_say_so() {
-        assert_eq!(WorkloadKind::Process.as_str(), "process_comm");
+        for (kind, label) in [
+            (WorkloadKind::Process, "process"),
+            (WorkloadKind::ProcessComm, "process_comm"),
+        ] {
+            assert_eq!(kind.as_str(), label);
+            assert_eq!(
+                serde_json::to_value(kind).expect("json"),
+                serde_json::json!(label)
+            );
+        }
+    }
+
+    /// Catches: process workloads named by `comm` (cut at 15 bytes: `payments-reconc`) while
+    /// the executable is there to read; a name taken raw from the process (escape sequences in
+    /// `collector status`, newlines in labels, unbounded length); " (deleted)" kept.
+    #[test]
+    fn processes_are_named_by_their_executable_sanitised_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("ident-exe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let long = "a".repeat(200);
+        // (tgid, exe link target, cmdline, comm)
+        let procs: [(u32, Option<String>, Option<&[u8]>, &str); 5] = [
+            (
+                100,
+                Some("/opt/app/payments-reconciler-worker".into()),
+                Some(b"whatever\0"),
+                "payments-reconc",
+            ),
+            (
+                101,
+                None,
+                Some(b"/usr/bin/evil\x1b[31mname\0--flag\0"),
+                "evil",
+            ),
+            (102, Some(format!("/x/{long}")), None, "aaaaaaaaaaaaaaa"),
+            (103, Some("/srv/replaced-binary (deleted)".into()), None, "replaced"),
+            (104, None, Some(b"\0"), "new\nline"),
+        ];
+        for (tgid, exe, cmdline, comm) in &procs {
+            let p = dir.join(tgid.to_string());
+            std::fs::create_dir_all(&p).expect("mkdir");
+            if let Some(t) = exe {
+                std::os::unix::fs::symlink(t, p.join("exe")).expect("symlink");
+            }
+            if let Some(c) = cmdline {
+                std::fs::write(p.join("cmdline"), c).expect("write");
+            }
+            std::fs::write(p.join("comm"), format!("{comm}\n")).expect("write");
+        }
+        let mut r = IdentityResolver::new(None, dir.clone());
+        let now = Instant::now();
+        let name = |r: &mut IdentityResolver, tgid| {
+            let w = r.workload_of(&key(1, tgid), now);
+            (w.kind, w.name)
+        };
         assert_eq!(
-            serde_json::to_value(WorkloadKind::Process).expect("json"),
-            serde_json::json!("process_comm")
+            name(&mut r, 100),
+            (WorkloadKind::Process, "payments-reconciler-worker".into())
         );
+        assert_eq!(
+            name(&mut r, 101),
+            (WorkloadKind::Process, "evil?[31mname".into())
+        );
+        assert_eq!(name(&mut r, 102), (WorkloadKind::Process, "a".repeat(64)));
+        assert_eq!(
+            name(&mut r, 103),
+            (WorkloadKind::Process, "replaced-binary".into())
+        );
+        // Neither exe nor argv[0]: the comm, sanitised, and labelled as such.
+        assert_eq!(
+            name(&mut r, 104),
+            (WorkloadKind::ProcessComm, "new?line".into())
+        );
+        // Announced by the kernel: the executable while /proc has it, else the comm.
+        let mut r = IdentityResolver::new(None, dir.clone());
+        r.observe_process(100, "payments-reconc".into(), now);
+        assert_eq!(
+            name(&mut r, 100),
+            (WorkloadKind::Process, "payments-reconciler-worker".into())
+        );
+        r.observe_process(999, "short-lived".into(), now);
+        assert_eq!(
+            name(&mut r, 999),
+            (WorkloadKind::ProcessComm, "short-lived".into())
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        // Announced again once it exited: still the executable's name it had.
+        r.observe_process(100, "payments-reconc".into(), now);
+        assert_eq!(
+            name(&mut r, 100),
+            (WorkloadKind::Process, "payments-reconciler-worker".into())
+        );
+        assert_eq!(sanitize_process_name(b""), None);
+        assert_eq!(sanitize_process_name(b"  "), None);
+        assert_eq!(sanitize_process_name(b"\xffx").as_deref(), Some("\u{fffd}x"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! cluster's size.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -60,6 +60,8 @@ pub struct PodMeta {
     pub gated: bool,
     /// Our condition as the pod's status last carried it (or as we last wrote it).
     pub condition: Option<ObservedCondition>,
+    /// The pod's labels named by the allow-list (`--pod-label`); no others are kept.
+    pub labels: BTreeMap<String, String>,
     /// When the watch said it was deleted (kept `DELETED_GRACE` for late counters).
     deleted_at: Option<Instant>,
 }
@@ -73,8 +75,9 @@ pub struct ObservedCondition {
 }
 
 impl PodMeta {
-    /// Reduces a Pod; None when it has no UID or name (never sent by a real API server).
-    pub fn from_pod(pod: &Pod) -> Option<Self> {
+    /// Reduces a Pod, keeping the labels `allow` names; None when it has no UID or name
+    /// (never sent by a real API server).
+    pub fn from_pod(pod: &Pod, allow: &[String]) -> Option<Self> {
         let m = &pod.metadata;
         let uid = m.uid.clone()?;
         let name = m.name.clone()?;
@@ -122,6 +125,13 @@ impl PodMeta {
                 status: c.status.clone(),
                 reason: c.reason.clone().unwrap_or_default(),
             });
+        let labels = m
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(k, _)| allow.iter().any(|a| a == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Some(Self {
             uid,
             namespace,
@@ -131,6 +141,7 @@ impl PodMeta {
             mirror_of,
             gated,
             condition,
+            labels,
             deleted_at: None,
         })
     }
@@ -374,6 +385,7 @@ impl PodIndex {
             workload: workload_name(pod, resolved),
             // Several Services may select one pod; sorted, comma-joined, one label value.
             service: services.join(","),
+            labels: pod.labels.clone(),
         })
     }
 
@@ -398,6 +410,31 @@ impl PodIndex {
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out
+    }
+
+    /// This node's pods behind Service `namespace/name` (from its EndpointSlices), as
+    /// (uid, namespace, name), sorted by name; None when no slice of the Service is known (no
+    /// such Service, or none of its slices has an endpoint). Pods the pod watch has not named
+    /// yet are listed by UID with empty names.
+    pub fn service_pods(&self, service: &str) -> Option<Vec<(String, String, String)>> {
+        let mut uids = BTreeSet::new();
+        let mut known = false;
+        for s in self.slices.values().filter(|s| s.service == service) {
+            known = true;
+            uids.extend(s.pods.iter().cloned());
+        }
+        if !known {
+            return None;
+        }
+        let mut out: Vec<(String, String, String)> = uids
+            .into_iter()
+            .map(|uid| match self.pods.get(&uid) {
+                Some(p) => (uid, p.namespace.clone(), p.name.clone()),
+                None => (uid, String::new(), String::new()),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.1, &a.2, &a.0).cmp(&(&b.1, &b.2, &b.0)));
+        Some(out)
     }
 
     /// Every endpoint of Service `namespace/name`, over all its slices and nodes.
@@ -533,6 +570,10 @@ mod tests {
                 uid: Some(uid.into()),
                 name: Some(name.into()),
                 namespace: Some("shop".into()),
+                labels: Some(BTreeMap::from([
+                    ("app".to_string(), name.to_string()),
+                    ("team".to_string(), "checkout".to_string()),
+                ])),
                 owner_references: owner.map(|(kind, name)| {
                     vec![OwnerReference {
                         kind: kind.into(),
@@ -555,7 +596,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        PodMeta::from_pod(&p).expect("pod")
+        PodMeta::from_pod(&p, &["app".to_string()]).expect("pod")
     }
 
     fn slice(name: &str, service: &str, endpoints: &[(&str, &str)]) -> EndpointSlice {
@@ -699,6 +740,39 @@ mod tests {
         assert_eq!(ix.services(), 1, "db has no endpoint here");
         ix.slice_delete(&slice("web-3", "web", &[]));
         assert_eq!(ix.service_endpoints("shop/web").total, 5);
+    }
+
+    /// Catches: pods of other nodes listed under a Service, pods of a second Service mixed in,
+    /// a Service whose endpoints are all elsewhere answered as unknown (it exists: an empty
+    /// list), a pod not yet named dropped instead of listed by UID; labels outside the
+    /// allow-list kept (every pod label a series).
+    #[test]
+    fn service_pods_are_this_nodes_endpoints_and_labels_are_allow_listed() {
+        let mut ix = PodIndex::new();
+        ix.upsert(pod("u2", "web-b", None));
+        ix.upsert(pod("u1", "web-a", None));
+        ix.slice_upsert(&slice("web-1", "web", &[("u2", "n1"), ("u9", "n2")]), "n1");
+        ix.slice_upsert(&slice("web-2", "web", &[("u1", "n1"), ("u7", "n1")]), "n1");
+        ix.slice_upsert(&slice("db-1", "db", &[("u1", "n1")]), "n1");
+        ix.slice_upsert(&slice("far-1", "far", &[("u8", "n2")]), "n1");
+        let row = |u: &str, n: &str| (u.to_string(), n.to_string(), n.to_string());
+        let named = |u: &str, n: &str| (u.to_string(), "shop".to_string(), n.to_string());
+        assert_eq!(
+            ix.service_pods("shop/web"),
+            Some(vec![
+                row("u7", ""),
+                named("u1", "web-a"),
+                named("u2", "web-b")
+            ])
+        );
+        assert_eq!(ix.service_pods("shop/far"), Some(vec![]));
+        assert_eq!(ix.service_pods("shop/nope"), None);
+        assert_eq!(ix.service_pods("other/web"), None);
+        let n = ix.names("u1", None).expect("names");
+        assert_eq!(
+            n.labels,
+            BTreeMap::from([("app".to_string(), "web-a".to_string())])
+        );
     }
 
     /// Catches: unbounded growth when a node reports more pods than any kubelet runs.

@@ -44,12 +44,34 @@ use crate::{export::prometheus::NodeLabels, identity::PodNames, verdict::rfc3339
 use index::PodIndex;
 
 /// `[kubernetes]` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KubernetesConfig {
     /// The node whose pods are watched (`spec.nodeName`).
     pub node_name: String,
     /// A kubeconfig file; None: the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
+    /// Pod labels exported (`label_<name>` on Prometheus series, `k8s.pod.label.<name>` on
+    /// OTLP resources): an allow-list, as every label would be a series dimension.
+    pub pod_labels: Vec<String>,
+}
+
+/// At most this many pod labels are allowed (`--pod-label`): each one multiplies nothing by
+/// itself (a pod has one value), but every one lengthens every series of the node.
+pub const MAX_POD_LABELS: usize = 16;
+
+/// The Prometheus label a pod label is exported as: `label_` and its name with every character
+/// outside `[a-zA-Z0-9_]` replaced by `_` (kube-state-metrics' convention, so queries that
+/// join on `label_app_kubernetes_io_name` read the same).
+pub fn prometheus_label_name(pod_label: &str) -> String {
+    let mut out = String::from("label_");
+    out.extend(pod_label.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +244,7 @@ impl Connection {
 /// The shared handle: the index the identity resolver and the API read, the connection state.
 pub struct Kubernetes {
     node: String,
+    pod_labels: Vec<String>,
     client: kube::Client,
     index: RwLock<PodIndex>,
     connection: Mutex<Connection>,
@@ -261,6 +284,7 @@ impl Kubernetes {
         info!(node, "Kubernetes pod metadata: watching this node's pods");
         Ok(Arc::new(Self {
             node,
+            pod_labels: config.pod_labels.clone(),
             client,
             index: RwLock::new(PodIndex::new()),
             connection: Mutex::new(Connection {
@@ -369,12 +393,27 @@ impl Kubernetes {
     /// Records a pod as the pod watch does for one whose controller needs no lookup (its
     /// direct owner names it). For tests and tools that seed the index without an API server.
     pub fn upsert_pod(&self, pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-        let Some(meta) = index::PodMeta::from_pod(pod) else {
+        let Some(meta) = index::PodMeta::from_pod(pod, &self.pod_labels) else {
             return false;
         };
         self.write().upsert(meta);
         self.publish_pod_count();
         true
+    }
+
+    /// Records an EndpointSlice as the slice watch does (for tests and tools, as `upsert_pod`).
+    pub fn upsert_slice(&self, slice: &k8s_openapi::api::discovery::v1::EndpointSlice) {
+        self.write().slice_upsert(slice, &self.node);
+    }
+
+    /// This node's pods behind Service `namespace/name`, as (uid, namespace, name); None when
+    /// no EndpointSlice of that Service is known (`PodIndex::service_pods`).
+    pub fn service_pods(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Vec<(String, String, String)>> {
+        self.read().service_pods(&format!("{namespace}/{name}"))
     }
 
     /// Names of a workload in pod `cgroup_uid`, container `container_id`; None while unknown.

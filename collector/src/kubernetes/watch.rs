@@ -79,7 +79,7 @@ async fn on_pod_event(k: &Kubernetes, ev: Event<Pod>) {
     match ev {
         Event::Init => k.write().relist_start(),
         Event::InitApply(p) | Event::Apply(p) => {
-            let Some(meta) = PodMeta::from_pod(&p) else {
+            let Some(meta) = PodMeta::from_pod(&p, &k.pod_labels) else {
                 debug!("pod without uid or name ignored");
                 return;
             };

@@ -90,6 +90,9 @@ pub struct WorkloadHealth {
     pub name: String,
     pub pod_uid: String,
     pub container_id: String,
+    /// Namespace, pod, container, workload and Services, when the Kubernetes API named the pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::identity::PodNames>,
     pub state: State,
     pub reasons: Vec<Reason>,
     pub probe_mismatch: bool,
@@ -394,6 +397,7 @@ impl Engine {
                 name: w.workload.clone(),
                 pod_uid: w.pod_uid.clone(),
                 container_id: w.container_id.clone(),
+                kubernetes: w.kubernetes.0.clone(),
                 state: e.tracker.state,
                 reasons: a.reasons,
                 probe_mismatch: a.probe_mismatch,
