@@ -253,7 +253,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let aggregator = Aggregator::new(maps, metrics.clone(), identity, routes)
         .with_verdicts(engine)
-        .with_sampler(sampler);
+        .with_sampler(sampler)
+        .with_go_http(go_state.clone());
     let verdicts = aggregator.verdicts();
     // Readiness gates of opted-in pods, and this node's Lease for the watchdog.
     if let Some(k) = &kubernetes {

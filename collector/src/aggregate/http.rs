@@ -64,6 +64,20 @@ pub fn normalize_path(path: &str) -> String {
     if out.is_empty() { "/".into() } else { out }
 }
 
+/// The path template of a Go 1.22+ mux pattern (`[METHOD ][HOST]/PATH`): `GET /items/{id}`
+/// → `/items/{id}`. OTel's `http.route` is the template alone (the method is its own
+/// attribute), and a normalised path of the same template reads the same, so a route has one
+/// value whichever way it was found. A pattern without a `/` (not one net/http accepts) is
+/// kept whole rather than guessed at.
+pub fn pattern_route(pattern: &str) -> &str {
+    let rest = pattern.trim_start();
+    let rest = match rest.split_once([' ', '\t']) {
+        Some((method, path)) if !method.contains('/') => path.trim_start(),
+        _ => rest,
+    };
+    rest.find('/').map_or(rest, |i| &rest[i..])
+}
+
 fn is_identifier(seg: &str) -> bool {
     if seg.is_empty() {
         return false;
@@ -104,15 +118,16 @@ impl RouteTable {
     /// `workload` is the workload's stable name (its label value).
     pub fn classify(&mut self, workload: &str, r: &HttpRequest) -> Classified {
         let route = if r.route_is_pattern {
-            r.route.clone()
+            pattern_route(&r.route).to_string()
         } else {
             normalize_path(&r.route)
         };
         // Probe paths are matched on the raw path (or the pattern's path part).
-        let path = r
-            .route
-            .rsplit_once(' ')
-            .map_or(r.route.as_str(), |(_, p)| p);
+        let path = if r.route_is_pattern {
+            route.as_str()
+        } else {
+            r.route.as_str()
+        };
         let probe = self.probe_paths.contains(path);
         let routes = self.routes.entry(workload.to_string()).or_default();
         if routes.contains(&route) {
@@ -184,17 +199,46 @@ mod tests {
         }
     }
 
+    /// Catches: the method (or a host) left in the route of pattern-matched requests, so one
+    /// template had two label values (`GET /items/{id}` matched, `/items/{id}` normalised).
+    #[test]
+    fn pattern_routes_are_path_templates() {
+        for (pattern, want) in [
+            ("GET /items/{id}", "/items/{id}"),
+            ("POST /items/", "/items/"),
+            ("/items/{id}", "/items/{id}"),
+            ("example.com/a/{x...}", "/a/{x...}"),
+            ("GET example.com/a", "/a"),
+            ("GET  /spaced", "/spaced"),
+            ("DELETE\t/tab", "/tab"),
+            ("/", "/"),
+            ("GET /{$}", "/{$}"),
+            ("", ""),
+            ("GET", "GET"),
+        ] {
+            assert_eq!(pattern_route(pattern), want, "{pattern:?}");
+        }
+    }
+
     #[test]
     fn patterns_win_probes_are_flagged_and_routes_are_capped() {
         let mut t = RouteTable::new(&["/healthz".into()], 4);
+        // One value per template: matched (with its method) or normalised.
         assert_eq!(
             t.classify("w", &req("GET /items/{id}", true)).route,
-            "GET /items/{id}"
+            "/items/{id}"
         );
+        assert_eq!(
+            t.classify("w", &req("/items/42", false)).route,
+            "/items/{id}"
+        );
+        assert!(!t.classify("w", &req("/items/7", false)).capped);
         assert!(t.classify("w", &req("/healthz", false)).probe);
         assert!(t.classify("w", &req("GET /healthz", true)).probe);
+        // A pattern and a raw path of one template are one route: 3 so far.
         t.classify("w", &req("/a", false));
-        let c = t.classify("w", &req("/b", false));
+        assert!(!t.classify("w", &req("/b", false)).capped);
+        let c = t.classify("w", &req("/c", false));
         assert_eq!((c.route.as_str(), c.capped), (OVERFLOW_ROUTE, true));
         assert!(
             !t.classify("w", &req("/a", false)).capped,

@@ -19,6 +19,7 @@ use collector_common::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::probes::go_http::attach::Instrumented;
 use crate::{
     events::{Event, HttpRequest},
     export::{
@@ -30,7 +31,10 @@ use crate::{
     verdict::{Engine, HttpDelta, SharedVerdicts, VerdictConfig},
 };
 use harvest::Harvester;
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 /// Where harvested counters come from: the kernel maps in production, a fake in tests.
 pub trait StatsSource: Send {
@@ -204,6 +208,11 @@ pub struct Aggregator<S> {
     sampler: Option<sampling::Sampler>,
     /// `Metrics::collector.records_lost` at the last harvest.
     records_lost_seen: u64,
+    /// Go servers discovery instrumented (what `/v1/go-http` lists): registered with the
+    /// verdict engine at every harvest, so an idle one answers `unknown` (`no_traffic`).
+    go_http: Option<Arc<Mutex<Vec<Instrumented>>>>,
+    /// Owner keys of the instrumented pids (read once per pid from /proc).
+    go_owners: HashMap<u32, OwnerKey>,
 }
 
 impl<S: StatsSource> Aggregator<S> {
@@ -224,7 +233,15 @@ impl<S: StatsSource> Aggregator<S> {
             verdict: Engine::new(VerdictConfig::default(), 1, None),
             sampler: None,
             records_lost_seen: 0,
+            go_http: None,
+            go_owners: HashMap::new(),
         }
+    }
+
+    /// Registers the Go servers discovery instrumented as known workloads (see `go_http`).
+    pub fn with_go_http(mut self, instrumented: Arc<Mutex<Vec<Instrumented>>>) -> Self {
+        self.go_http = Some(instrumented);
+        self
     }
 
     /// Adapts the per-request record sampling to an event budget (see `sampling`).
@@ -250,7 +267,24 @@ impl<S: StatsSource> Aggregator<S> {
 
     pub fn on_event(&mut self, event: Event, now: Instant) {
         match event {
-            Event::Process { tgid, comm, .. } => self.identity.observe_process(tgid, comm, now),
+            Event::Process {
+                tgid,
+                cgroup_id,
+                comm,
+            } => {
+                self.identity.observe_process(tgid, comm, now);
+                // Known from now on, with or without traffic of its own: its verdict is
+                // `unknown` with a reason until there is enough to judge.
+                let key = OwnerKey {
+                    cgroup_id,
+                    tgid,
+                    _pad: 0,
+                };
+                let labels = self
+                    .metrics
+                    .labels_for(&self.identity.workload_of(&key, now));
+                self.verdict.register(&labels, false, now);
+            }
             Event::Http(r) => self.on_request(&r, now),
             // Exec events go to Go discovery, not here.
             Event::Exec { .. } => {}
@@ -340,6 +374,7 @@ impl<S: StatsSource> Aggregator<S> {
         lost += records_lost.saturating_sub(self.records_lost_seen);
         self.records_lost_seen = records_lost;
         self.verdict.on_lost(lost, now);
+        self.register_go_servers(now);
         self.verdict.tick(now, SystemTime::now());
         // Workloads the engine forgot give back their label set, series and routes, so the
         // known set follows the live workloads (container restarts are new workloads).
@@ -349,6 +384,35 @@ impl<S: StatsSource> Aggregator<S> {
         }
         self.identity.expire(now);
         self.metrics.collector.harvests.inc();
+    }
+
+    /// Registers every instrumented Go server's workload with the verdict engine, keyed as
+    /// the kernel keys its requests (`identity::IdentityResolver::owner_of_pid`).
+    fn register_go_servers(&mut self, now: Instant) {
+        let Some(state) = &self.go_http else {
+            return;
+        };
+        let pids: Vec<u32> = state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|i| i.pids.iter().copied())
+            .collect();
+        self.go_owners.retain(|pid, _| pids.contains(pid));
+        for pid in pids {
+            let key = match self.go_owners.get(&pid) {
+                Some(k) => *k,
+                None => {
+                    let k = self.identity.owner_of_pid(pid);
+                    self.go_owners.insert(pid, k);
+                    k
+                }
+            };
+            let labels = self
+                .metrics
+                .labels_for(&self.identity.workload_of(&key, now));
+            self.verdict.register(&labels, true, now);
+        }
     }
 
     fn harvest_http(&mut self, now: Instant) {

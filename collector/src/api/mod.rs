@@ -134,11 +134,12 @@ pub const ROUTES: [&str; 14] = [
 ];
 
 /// Workload kinds as they appear in labels and the API.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "pod",
     "container",
     "systemd",
     "cgroup",
+    "process",
     "process_comm",
     "unattributed",
     "overflow",

@@ -43,6 +43,8 @@ pub struct RequestLabels {
     pub workload: WorkloadLabels,
     /// Always from [`normalize_method`]: a bounded set, enforced by the type.
     pub method: &'static str,
+    /// The path template (OTel `http.route`): never carries the method
+    /// (`aggregate::http::pattern_route`).
     pub route: String,
     /// Empty when no status was sent (panic, aborted, unobserved protocol).
     pub status_code: String,
@@ -99,7 +101,7 @@ impl HttpMetrics {
         };
         r.register_with_unit(
             "http_server_request_duration",
-            "Duration of HTTP server requests (probe paths excluded), by method, route, status code and error type",
+            "Duration of HTTP server requests (probe paths excluded), by method, route (the path template without the method: the Go mux pattern's path, else the normalised path), status code and error type",
             Unit::Seconds,
             m.duration.clone(),
         );

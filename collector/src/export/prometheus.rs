@@ -401,7 +401,7 @@ mod tests {
     fn text_format_renames_counters_and_drops_openmetrics_only_lines() {
         let m = Metrics::new(10);
         let w = Workload {
-            kind: WorkloadKind::Process,
+            kind: WorkloadKind::ProcessComm,
             name: "nginx".into(),
             pod_uid: None,
             container_id: None,

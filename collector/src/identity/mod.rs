@@ -183,10 +183,7 @@ pub fn sanitize_process_name(raw: &[u8]) -> Option<String> {
 /// The file name of a path's last component (`/usr/bin/nginx` → `nginx`).
 fn basename(path: &[u8]) -> &[u8] {
     let trimmed = path.strip_suffix(b"/").unwrap_or(path);
-    trimmed
-        .rsplit(|b| *b == b'/')
-        .next()
-        .unwrap_or(trimmed)
+    trimmed.rsplit(|b| *b == b'/').next().unwrap_or(trimmed)
 }
 
 /// A process's executable name: the file name of `/proc/<pid>/exe` (" (deleted)" dropped: the
@@ -320,6 +317,32 @@ impl IdentityResolver {
             },
         };
         self.processes.insert(tgid, info);
+    }
+
+    /// The owner key the kernel charges a process's own requests to (the Go uprobes: the
+    /// task's cgroup2 id and its tgid), from `/proc/<tgid>/cgroup`. Without a cgroup2 root,
+    /// or when the process is gone, the cgroup id is 0: the process names the workload, as
+    /// it would for the kernel's key.
+    pub fn owner_of_pid(&self, tgid: u32) -> OwnerKey {
+        let cgroup_id = self
+            .cgroups
+            .as_ref()
+            .and_then(|r| {
+                let text =
+                    std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("cgroup"))
+                        .ok()?;
+                let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+                let dir = r.root().join(path.trim_start_matches('/'));
+                Some(std::os::unix::fs::MetadataExt::ino(
+                    &std::fs::metadata(dir).ok()?,
+                ))
+            })
+            .unwrap_or(0);
+        OwnerKey {
+            cgroup_id,
+            tgid,
+            _pad: 0,
+        }
     }
 
     pub fn process_alive(&self, tgid: u32) -> bool {
@@ -583,7 +606,12 @@ mod tests {
                 "evil",
             ),
             (102, Some(format!("/x/{long}")), None, "aaaaaaaaaaaaaaa"),
-            (103, Some("/srv/replaced-binary (deleted)".into()), None, "replaced"),
+            (
+                103,
+                Some("/srv/replaced-binary (deleted)".into()),
+                None,
+                "replaced",
+            ),
             (104, None, Some(b"\0"), "new\nline"),
         ];
         for (tgid, exe, cmdline, comm) in &procs {
@@ -642,7 +670,10 @@ mod tests {
         );
         assert_eq!(sanitize_process_name(b""), None);
         assert_eq!(sanitize_process_name(b"  "), None);
-        assert_eq!(sanitize_process_name(b"\xffx").as_deref(), Some("\u{fffd}x"));
+        assert_eq!(
+            sanitize_process_name(b"\xffx").as_deref(),
+            Some("\u{fffd}x")
+        );
     }
 
     #[test]

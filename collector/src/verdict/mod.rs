@@ -135,6 +135,12 @@ struct Entry {
     mismatch: bool,
     /// Epoch the entry was created at (so a new workload is not expired before it had data).
     born: u64,
+    /// Epoch the workload was last registered as known without data (`Engine::register`):
+    /// it is not expired before `expire_windows` windows after that either.
+    known: u64,
+    /// Newest bucket with data, remembered past the window (the series forgets it once it
+    /// leaves the long window, and expiry counts from it).
+    last_data: Option<u64>,
     /// Consecutive evaluations in which long-window evidence alone called for a worse state.
     sustained: u64,
 }
@@ -192,7 +198,7 @@ impl Engine {
             .epoch(now.saturating_duration_since(origin))
     }
 
-    fn bucket(&mut self, w: &WorkloadLabels, now: Instant) -> &mut window::Bucket {
+    fn entry(&mut self, w: &WorkloadLabels, now: Instant) -> (&mut Entry, u64) {
         let epoch = self.epoch(now).max(self.open);
         let entry = self.entries.entry(w.clone()).or_insert_with(|| Entry {
             series: Series::default(),
@@ -202,9 +208,27 @@ impl Engine {
             reasons: BTreeSet::new(),
             mismatch: false,
             born: epoch,
+            known: epoch,
+            last_data: None,
             sustained: 0,
         });
+        (entry, epoch)
+    }
+
+    fn bucket(&mut self, w: &WorkloadLabels, now: Instant) -> &mut window::Bucket {
+        let (entry, epoch) = self.entry(w, now);
         entry.series.at(epoch)
+    }
+
+    /// A workload the collector knows without traffic of its own yet (a Go server it
+    /// instrumented, a process the kernel announced): from the next evaluation on it answers
+    /// `unknown` with its reason (`no_traffic`) instead of not at all. `http` says it serves
+    /// instrumented HTTP. Registering again keeps it known; once no longer registered and
+    /// without data, it expires like any workload (`expire_windows`).
+    pub fn register(&mut self, w: &WorkloadLabels, http: bool, now: Instant) {
+        let (entry, epoch) = self.entry(w, now);
+        entry.known = entry.known.max(epoch);
+        entry.http_seen |= http;
     }
 
     /// One per-request record (possibly sampled). `status` None: panic, aborted or unobserved.
@@ -309,7 +333,9 @@ impl Engine {
         let mut out = Vec::with_capacity(self.entries.len());
         let mut expired = Vec::new();
         for (w, e) in &mut self.entries {
-            let last = e.series.last_active().unwrap_or(e.born);
+            // Before the window is trimmed: the series only holds the long window.
+            e.last_data = e.series.last_active().max(e.last_data);
+            let last = e.last_data.unwrap_or(e.born).max(e.known);
             if closed >= last + expire {
                 expired.push(w.clone());
                 continue;
@@ -873,6 +899,43 @@ mod tests {
         // Idle for expire_windows windows: gone.
         e.tick(t0 + Duration::from_secs(60), SystemTime::UNIX_EPOCH);
         assert_eq!(state_of(&e, "a"), None);
+    }
+
+    /// Catches: a workload the collector knows (an instrumented Go server, an announced
+    /// process) but that has no traffic answering nothing (404 on `/v1/workload`) instead of
+    /// `unknown` with its reason; a registered idle workload never expiring once it is no
+    /// longer registered, or expiring while it still is.
+    #[test]
+    fn registered_workloads_without_traffic_are_unknown_for_no_traffic() {
+        let mut e = Engine::new(config(), 1, None);
+        let w = pod("idle");
+        let t0 = Instant::now();
+        e.tick(t0, SystemTime::UNIX_EPOCH);
+        e.register(&w, true, t0 + Duration::from_millis(100));
+        e.tick(t0 + Duration::from_secs(1), SystemTime::UNIX_EPOCH);
+        assert_eq!(state_of(&e, "idle"), Some(State::Unknown));
+        assert_eq!(reasons_of(&e, "idle"), vec![(ReasonCode::NoTraffic, false)]);
+        // Registered again and again (as at every harvest): known well past the expiry of
+        // 10 windows of 5 s.
+        for s in 1..80 {
+            let now = t0 + Duration::from_secs(s);
+            e.register(&w, true, now);
+            e.tick(now, SystemTime::UNIX_EPOCH);
+        }
+        assert_eq!(state_of(&e, "idle"), Some(State::Unknown));
+        // Traffic: judged.
+        for s in 80..83 {
+            second(&mut e, &w, t0, s, 0);
+        }
+        e.tick(t0 + Duration::from_secs(83), SystemTime::UNIX_EPOCH);
+        assert_eq!(state_of(&e, "idle"), Some(State::Healthy));
+        assert_eq!(reasons_of(&e, "idle"), vec![]);
+        // No longer registered and no data: expires with the usual expiry (its last data in
+        // bucket 82, its last registration in 79).
+        e.tick(t0 + Duration::from_secs(82 + 50), SystemTime::UNIX_EPOCH);
+        assert_eq!(state_of(&e, "idle"), Some(State::Unknown));
+        e.tick(t0 + Duration::from_secs(82 + 51), SystemTime::UNIX_EPOCH);
+        assert_eq!(state_of(&e, "idle"), None);
     }
 
     #[test]
