@@ -161,7 +161,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let probes = Arc::new(probes.reports);
     let otlp = match &config.otlp {
         Some(cfg) => {
-            Some(OtlpExporter::start(cfg, metrics.clone()).context("starting the OTLP exporter")?)
+            let node = config.kubernetes.as_ref().map(|k| k.node_name.clone());
+            Some(
+                OtlpExporter::start(cfg, metrics.clone(), node)
+                    .context("starting the OTLP exporter")?,
+            )
         }
         None => None,
     };

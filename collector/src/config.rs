@@ -181,6 +181,15 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub otlp_client_key: Option<PathBuf>,
 
+    /// How OTLP exports the request-duration histogram: "explicit" (the semantic convention's
+    /// bucket boundaries, accepted by every receiver) or "exponential" (base-2 exponential
+    /// buckets, ≤ 2.2 % relative width at the usual ranges; needs a receiver that accepts them,
+    /// e.g. the OpenTelemetry Collector, Prometheus with native histograms).
+    /// (OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION: explicit_bucket_histogram or
+    /// base2_exponential_bucket_histogram) [default: explicit]
+    #[arg(long, value_name = "KIND")]
+    pub otlp_histogram: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "collector=debug". [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -356,6 +365,7 @@ pub struct FileApi {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOtlp {
+    pub histogram: Option<String>,
     pub endpoint: Option<String>,
     pub protocol: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
@@ -384,6 +394,19 @@ pub struct OtlpConfig {
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    pub histogram: OtlpHistogram,
+}
+
+/// The aggregation of OTLP duration histograms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtlpHistogram {
+    /// Explicit bucket boundaries (the semantic convention's): the OpenTelemetry
+    /// specification's default, which every receiver accepts.
+    #[default]
+    Explicit,
+    /// Base-2 exponential buckets (scale chosen by the SDK for the observed range, at most 160
+    /// buckets): far finer quantiles, for receivers that accept exponential histograms.
+    Exponential,
 }
 
 pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(15);
@@ -1223,6 +1246,22 @@ fn otlp_config(
             "a client certificate and a client key go together",
         ));
     }
+    // The specification's variable (no _METRICS_-less form exists for it).
+    let histogram = match cli.otlp_histogram.clone().or(file.histogram).or_else(|| {
+        env.var("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")
+    }) {
+        None => OtlpHistogram::default(),
+        Some(v) => match v.as_str() {
+            "explicit" | "explicit_bucket_histogram" => OtlpHistogram::Explicit,
+            "exponential" | "base2_exponential_bucket_histogram" => OtlpHistogram::Exponential,
+            other => {
+                return Err(invalid(
+                    "otlp_histogram",
+                    format!("{other:?} (expected explicit or exponential)"),
+                ));
+            }
+        },
+    };
     Ok(Some(OtlpConfig {
         endpoint,
         protocol,
@@ -1232,6 +1271,7 @@ fn otlp_config(
         ca_file,
         client_cert,
         client_key,
+        histogram,
     }))
 }
 
@@ -1463,6 +1503,33 @@ mod tests {
             .expect("enabled");
         assert_eq!(o.endpoint, "https://x:4318/v1/metrics");
         assert_eq!(o.headers, vec![("authorization".into(), "Bearer t".into())]);
+    }
+
+    /// Catches: exponential histograms by default (receivers without them drop the metric),
+    /// the specification's variable ignored, the flag not winning, a typo accepted.
+    #[test]
+    fn otlp_histogram_switch() {
+        let h = |args: &[&str], e: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318")];
+            all.extend_from_slice(e);
+            Config::merge(&cli(args), FileConfig::default(), &env(&all))
+                .map(|c| c.otlp.expect("enabled").histogram)
+        };
+        assert_eq!(h(&[], &[]).expect("ok"), OtlpHistogram::Explicit);
+        let spec = [(
+            "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+            "base2_exponential_bucket_histogram",
+        )];
+        assert_eq!(h(&[], &spec).expect("ok"), OtlpHistogram::Exponential);
+        assert_eq!(
+            h(&["--otlp-histogram", "explicit"], &spec).expect("ok"),
+            OtlpHistogram::Explicit
+        );
+        let e = h(&["--otlp-histogram", "exp"], &[]).expect_err("typo");
+        assert_eq!(
+            e.to_string(),
+            "otlp_histogram: \"exp\" (expected explicit or exponential)"
+        );
     }
 
     #[test]

@@ -262,9 +262,19 @@ fn render_doc() -> String {
     }
     doc.push_str(
         "\n## OpenTelemetry (OTLP push)\n\n\
-         Cumulative monotonic sums with the same values as the Prometheus counters. Resource:\n\
-         `service.name` = `collector`, `service.version`, `host.name`. Every point carries\n\
-         `workload.kind`, `workload.name`, and `k8s.pod.uid` / `container.id` where known.\n\n\
+         Cumulative monotonic sums with the same values as the Prometheus counters. One resource\n\
+         per workload in each export request (scope `collector` with the collector's version).\n\
+         Every resource carries the node's `host.name` (and `k8s.node.name` with `--node-name`),\n\
+         `workload.kind`, `workload.name` and `service.name`; pods `k8s.pod.uid` and `container.id`,\n\
+         and once the Kubernetes API named them `k8s.namespace.name`, `service.namespace`,\n\
+         `k8s.pod.name`, `k8s.container.name`, their owner as `k8s.deployment.name`,\n\
+         `k8s.statefulset.name`, `k8s.daemonset.name`, `k8s.replicaset.name`, `k8s.job.name` or\n\
+         `k8s.cronjob.name`, the Services selecting them as `k8s.service.names` (comma-joined) and\n\
+         the `--pod-label` allow-list as `k8s.pod.label.<name>`; process workloads\n\
+         `process.executable.name`. `service.name` is the pod's (first) Service, else its owner's\n\
+         name, else the pod's, else the workload's name. `http.server.request.duration` has\n\
+         explicit buckets (the semantic convention's boundaries) unless `--otlp-histogram\n\
+         exponential`: base-2 exponential buckets (at most 160, the finest scale that fits).\n\n\
          | name | unit | extra attributes | meaning |\n|---|---|---|---|\n",
     );
     for (name, unit, description, read) in TCP_INSTRUMENTS {

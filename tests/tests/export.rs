@@ -357,8 +357,36 @@ fn attr(attrs: &Value, key: &str) -> Option<String> {
         .and_then(|a| a["value"]["stringValue"].as_str().map(String::from))
 }
 
-/// The newest value of `metric` for the pod, with the metric and its resource.
-fn latest_point(requests: &[Value], metric: &str, pod_uid: &str) -> Option<(u64, Value, Value)> {
+/// Every resource of a request, by the pod UID it carries (None: no pod).
+fn resource_pod(rm: &Value) -> Option<String> {
+    attr(&rm["resource"]["attributes"], "k8s.pod.uid")
+}
+
+/// A resource's attributes as sorted (key, string value) pairs.
+fn attr_pairs(attrs: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = attrs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let value = a["value"]["stringValue"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| a["value"].to_string());
+            (a["key"].as_str().unwrap_or("").to_string(), value)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The newest value of `metric` for the pod (its resource's `k8s.pod.uid`), with the metric,
+/// the resource, and the whole request it came in.
+fn latest_point(
+    requests: &[Value],
+    metric: &str,
+    pod_uid: &str,
+) -> Option<(u64, Value, Value, Value)> {
     let mut found = None;
     for r in requests {
         for rm in r["request"]["resourceMetrics"]
@@ -366,20 +394,21 @@ fn latest_point(requests: &[Value], metric: &str, pod_uid: &str) -> Option<(u64,
             .into_iter()
             .flatten()
         {
+            if resource_pod(rm).as_deref() != Some(pod_uid) {
+                continue;
+            }
             for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                 for m in sm["metrics"].as_array().into_iter().flatten() {
                     if m["name"] != metric {
                         continue;
                     }
                     for p in m["sum"]["dataPoints"].as_array().into_iter().flatten() {
-                        if attr(&p["attributes"], "k8s.pod.uid").as_deref() == Some(pod_uid) {
-                            // int64 values are strings in the protobuf JSON mapping.
-                            let v = p["asInt"]
-                                .as_str()
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(0);
-                            found = Some((v, m.clone(), rm["resource"].clone()));
-                        }
+                        // int64 values are strings in the protobuf JSON mapping.
+                        let v = p["asInt"]
+                            .as_str()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        found = Some((v, m.clone(), rm["resource"].clone(), r.clone()));
                     }
                 }
             }
@@ -411,11 +440,12 @@ async fn check_otlp(protocol: OtlpProtocol, index: u8) {
         ca_file: None,
         client_cert: None,
         client_key: None,
+        histogram: Default::default(),
     }))
     .await;
     let bytes = 314_159;
     s.send(bytes);
-    let (value, metric, resource) = wait_until_ok(
+    let (value, metric, resource, request) = wait_until_ok(
         DEADLINE,
         POLL,
         "the receiver to get the pod's bytes",
@@ -434,22 +464,43 @@ async fn check_otlp(protocol: OtlpProtocol, index: u8) {
         metric["sum"]["aggregationTemporality"],
         "AGGREGATION_TEMPORALITY_CUMULATIVE"
     );
+    // The workload is the resource (one per workload), not point attributes under the node:
+    // exactly its identity, and the node's host name.
     let point = &metric["sum"]["dataPoints"][0];
+    assert_eq!(point.get("attributes"), None, "{point}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let uid = s.pod.uid().to_string();
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
     assert_eq!(
-        attr(&point["attributes"], "workload.kind").as_deref(),
-        Some("pod")
+        attr_pairs(&resource["attributes"]),
+        vec![
+            pair("container.id", &fake_container_id(index.into())),
+            pair("host.name", host.trim()),
+            pair("k8s.pod.uid", &uid),
+            pair("service.name", &uid),
+            pair("workload.kind", "pod"),
+            pair("workload.name", &uid),
+        ]
     );
+    // One resource per workload within the request: the pod's, once; no two alike.
+    let resources: Vec<Vec<(String, String)>> = request["request"]["resourceMetrics"]
+        .as_array()
+        .expect("resourceMetrics")
+        .iter()
+        .map(|rm| attr_pairs(&rm["resource"]["attributes"]))
+        .collect();
+    let mut distinct = resources.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), resources.len(), "{resources:#?}");
     assert_eq!(
-        attr(&point["attributes"], "container.id"),
-        Some(fake_container_id(index.into()))
-    );
-    assert_eq!(
-        attr(&resource["attributes"], "service.name").as_deref(),
-        Some("collector")
-    );
-    assert!(
-        attr(&resource["attributes"], "host.name").is_some_and(|h| !h.is_empty()),
-        "{resource}"
+        request["request"]["resourceMetrics"]
+            .as_array()
+            .expect("resourceMetrics")
+            .iter()
+            .filter(|rm| resource_pod(rm).as_deref() == Some(uid.as_str()))
+            .count(),
+        1
     );
     let requests = r.requests();
     let transport = if protocol == OtlpProtocol::Grpc {
@@ -527,6 +578,7 @@ async fn otlp_receiver_down_then_up() {
         ca_file: None,
         client_cert: None,
         client_key: None,
+        histogram: Default::default(),
     }))
     .await;
     let bytes = 27_182;
@@ -607,6 +659,7 @@ async fn otlp_carries_http_server_request_duration() {
         ca_file: None,
         client_cert: None,
         client_key: None,
+        histogram: Default::default(),
     }))
     .await;
     let prefix = unique_prefix("ot");
@@ -702,14 +755,17 @@ async fn otlp_carries_http_server_request_duration() {
                     .into_iter()
                     .flatten()
                 {
+                    if attr(&rm["resource"]["attributes"], "workload.name").as_deref()
+                        != Some(workload.as_str())
+                    {
+                        continue;
+                    }
                     for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                         for m in sm["metrics"].as_array().into_iter().flatten() {
                             if m["name"] != "collector.verdict" {
                                 continue;
                             }
                             for p in m["gauge"]["dataPoints"].as_array().into_iter().flatten() {
-                                if attr(&p["attributes"], "workload.name").as_deref()
-                                    == Some(workload.as_str())
                                 {
                                     return attr(&p["attributes"], "health.state")
                                         .ok_or_else(|| format!("{p}"));
@@ -727,5 +783,155 @@ async fn otlp_carries_http_server_request_duration() {
         ["healthy", "degraded", "unhealthy", "unknown"].contains(&state.as_str()),
         "{state}"
     );
+    running.shutdown().await;
+}
+
+/// `--otlp-histogram exponential`: the duration histogram reaches the receiver as a base-2
+/// exponential histogram on the workload's own resource, with exactly the requests the client
+/// made, the same sum as the Prometheus histogram of the same records, and its extreme values
+/// in its first and last non-empty buckets at the scale it states.
+/// Catches: the switch ignored (explicit buckets sent), requests lost or double-counted, a
+/// bucket index off by one (values filed under the wrong boundary), the histogram under the
+/// node instead of the workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_exponential_duration_histogram_is_exact() {
+    require_root();
+    let (_, _, server_bin) = go_fixtures()
+        .into_iter()
+        .find(|(v, variant, _)| v.starts_with("1.24") && variant == "default")
+        .expect("Go 1.24 fixture");
+    let r = receiver(free_port(), free_port());
+    let running = start(Some(OtlpConfig {
+        endpoint: format!("http://127.0.0.1:{}/v1/metrics", r.http),
+        protocol: OtlpProtocol::HttpProtobuf,
+        headers: vec![],
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        histogram: collector::config::OtlpHistogram::Exponential,
+    }))
+    .await;
+    let prefix = unique_prefix("oe");
+    let cgroup = HostCgroup::create(&prefix, "go").expect("cgroup");
+    let mut server = Killed(
+        cgroup
+            .spawn(&server_bin, &["-listen", "127.0.0.1:0"])
+            .expect("server"),
+    );
+    let line = first_line(&mut server.0, Duration::from_secs(20));
+    let addr: SocketAddr = line
+        .strip_prefix("listening on ")
+        .expect("listening")
+        .parse()
+        .expect("addr");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 20 ms and 150 ms: a range of 7.5×, which 160 buckets hold at scale 5 (32 per doubling:
+    // 5 doublings) but not at scale 6 (2.5 doublings).
+    let sent = [
+        "/slow?ms=20",
+        "/slow?ms=20",
+        "/slow?ms=20",
+        "/slow?ms=150",
+        "/slow?ms=150",
+    ];
+    for path in sent {
+        let (head, _) = http_get(addr, path, None).await;
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    }
+    let workload = cgroup.workload();
+    let want = sent.len().to_string();
+    let p = wait_until_ok(DEADLINE, POLL, "the exponential histogram", || async {
+        for q in r.requests().iter().rev() {
+            for rm in q["request"]["resourceMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if attr(&rm["resource"]["attributes"], "workload.name").as_deref()
+                    != Some(workload.as_str())
+                {
+                    continue;
+                }
+                for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                    for m in sm["metrics"].as_array().into_iter().flatten() {
+                        if m["name"] != "http.server.request.duration" {
+                            continue;
+                        }
+                        if m.get("histogram").is_some() {
+                            return Ok(Err(format!("explicit buckets sent: {m}")));
+                        }
+                        for p in m["exponentialHistogram"]["dataPoints"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                        {
+                            if attr(&p["attributes"], "http.route").as_deref() == Some("/slow")
+                                && p["count"] == want.as_str()
+                            {
+                                return Ok(Ok(p.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err("not yet".to_string())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Omitted fields are zero in the protobuf JSON mapping.
+    let int = |v: &Value| -> i64 {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .unwrap_or(0)
+    };
+    let (sum, min, max) = (
+        p["sum"].as_f64().expect("sum"),
+        p["min"].as_f64().expect("min"),
+        p["max"].as_f64().expect("max"),
+    );
+    let scale = int(&p["scale"]);
+    assert_eq!(scale, 5, "{p}");
+    let offset = int(&p["positive"]["offset"]);
+    let counts: Vec<i64> = p["positive"]["bucketCounts"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(int)
+        .collect();
+    assert_eq!(int(&p["zeroCount"]), 0, "{p}");
+    assert_eq!(counts.iter().sum::<i64>(), sent.len() as i64, "{p}");
+    // Bucket i holds (2^(i/32), 2^((i+1)/32)].
+    let index = |v: f64| (v.log2() * 2f64.powi(scale as i32)).ceil() as i64 - 1;
+    let first = counts.iter().position(|c| *c > 0).expect("a bucket") as i64;
+    let last = counts.iter().rposition(|c| *c > 0).expect("a bucket") as i64;
+    assert_eq!(offset + first, index(min), "min {min} in {p}");
+    assert_eq!(offset + last, index(max), "max {max} in {p}");
+    assert!(
+        (0.020..0.150).contains(&min) && (0.150..1.0).contains(&max),
+        "{p}"
+    );
+    // The same records as the Prometheus histogram: the same sum, to the bit.
+    let text = running.metrics.render();
+    let prom_sum: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_sum{")
+                && l.contains(&format!("workload=\"{workload}\""))
+                && l.contains("route=\"/slow\"")
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Prometheus sum for /slow in {text}"));
+    let slow: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_server_request_duration_seconds_sum")
+                && l.contains(&format!("workload=\"{workload}\""))
+        })
+        .collect();
+    assert_eq!(sum, prom_sum, "{slow:#?}");
     running.shutdown().await;
 }

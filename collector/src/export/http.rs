@@ -208,8 +208,6 @@ pub fn otel_attributes(l: &RequestLabels) -> Vec<KeyValue> {
     let mut attrs = vec![
         KeyValue::new("http.request.method", l.method),
         KeyValue::new("http.route", l.route.clone()),
-        KeyValue::new("workload.kind", w.workload_kind),
-        KeyValue::new("workload.name", w.workload.clone()),
     ];
     if let Ok(code) = l.status_code.parse::<i64>() {
         attrs.push(KeyValue::new("http.response.status_code", code));
@@ -217,12 +215,8 @@ pub fn otel_attributes(l: &RequestLabels) -> Vec<KeyValue> {
     if !l.error_type.is_empty() {
         attrs.push(KeyValue::new("error.type", l.error_type));
     }
-    if !w.pod_uid.is_empty() {
-        attrs.push(KeyValue::new("k8s.pod.uid", w.pod_uid.clone()));
-    }
-    if !w.container_id.is_empty() {
-        attrs.push(KeyValue::new("container.id", w.container_id.clone()));
-    }
+    // The workload's identity: lifted onto its own OTLP resource by the exporter.
+    attrs.extend(super::otlp::resource_attributes(w));
     attrs
 }
 
