@@ -122,8 +122,13 @@ pub struct SockOwner {
     /// The task's cgroup id at that moment: used when the socket's own cgroup reads as the
     /// root (hosts where the workload is not in the unified hierarchy).
     pub cgroup_id: u64,
+    /// The cgroup this owner's sends are charged to (`OwnerKey::cgroup_id`), worked out once:
+    /// a socket's cgroup never changes, and reading it is three kernel reads per send.
+    pub charged_cgroup: u64,
+    /// When this socket last made sure its process was announced (`emit::announce_process`).
+    pub announced_ns: u64,
 }
-assert_layout!(SockOwner, 16);
+assert_layout!(SockOwner, 32);
 impl_pod!(SockOwner);
 
 /// What an entry probe hands to its return probe: the socket and one value read at entry.

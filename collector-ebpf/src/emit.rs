@@ -1,8 +1,6 @@
 //! Ring-buffer emission: reserve → fill → submit, and count reserve failures.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_ktime_get_ns,
-};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task};
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
     maps::KernelDrop,
@@ -29,12 +27,12 @@ fn leader_comm() -> Option<[u8; 16]> {
 
 /// Re-announce a process at most this often, so userspace that restarted or evicted its cache
 /// learns about it again without a per-send event.
-const REANNOUNCE_NS: u64 = 30_000_000_000;
+pub const REANNOUNCE_NS: u64 = 30_000_000_000;
 
-/// Emits a `ProcessEvent` the first time (in `REANNOUNCE_NS`) a tgid is seen. Process context only.
+/// Emits a `ProcessEvent` the first time (in `REANNOUNCE_NS`) a tgid is seen, `now` being
+/// `bpf_ktime_get_ns()`. Process context only.
 #[inline(always)]
-pub fn announce_process(tgid: u32) {
-    let now = unsafe { bpf_ktime_get_ns() };
+pub fn announce_process(tgid: u32, now: u64) {
     // SAFETY: plain u64 value; a racing update only makes us announce twice.
     if let Some(last) = unsafe { SEEN_TGIDS.get(&tgid) } {
         if now.wrapping_sub(*last) < REANNOUNCE_NS {

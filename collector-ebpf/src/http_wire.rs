@@ -178,14 +178,20 @@ fn segment(ctx: &SkBuffContext) -> Option<Segment> {
         return None;
     }
     Some(Segment {
-        // SAFETY: the helper accepts the skb context in cgroup_skb programs.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        // Read by `parse` once the segment is known to be worth parsing (`cookie`).
+        cookie: 0,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         off,
         len: len - off,
         flags: tcp[13],
         slot: 0,
     })
+}
+
+#[inline(always)]
+fn cookie(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: the helper accepts the skb context in cgroup_skb programs.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 /// The socket's owner: its cgroup, and the process last seen sending on it (recorded by the
@@ -1255,10 +1261,10 @@ fn step(
 /// Entry point of both scan programs (and of their tail calls: the state says where to
 /// resume).
 #[inline(always)]
-fn wire(ctx: &SkBuffContext, dir: Dir, seg: Segment) {
+fn wire(ctx: &SkBuffContext, dir: Dir, seg: Segment, known: Option<&'static mut WireConn>) {
     let fin = seg.flags & (TCP_FIN | TCP_RST) != 0;
     // Ingress writes only `rx`/`head`, egress only `tx`/`tail`/`answered` (see `WireConn`).
-    let c = match conn_of(ctx) {
+    let c = match known {
         Some(c) => c,
         None => match new_conn(ctx, dir, &seg) {
             Some(c) => c,
@@ -1336,6 +1342,7 @@ fn act(ctx: &SkBuffContext, slot: u32) {
         return;
     };
     seg.slot = slot;
+    seg.cookie = cookie(ctx);
     let Some(c) = conn_of(ctx) else {
         return;
     };
@@ -1650,10 +1657,21 @@ fn parse(ctx: &SkBuffContext, dir: Dir) {
     if seg.len == 0 && seg.flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
+    let known = conn_of(ctx);
+    // Sockets the parser does not follow leave here too, before the cookie and the slot: the
+    // client's side of every local connection (half the runs on a node whose clients are
+    // local), and everything that is not HTTP/1.x. Only a request can start following one.
+    if known.is_none()
+        && (dir == Dir::Tx
+            || !first_bytes(ctx, &seg).is_some_and(|(b, n)| looks_like_request(&b, n)))
+    {
+        return;
+    }
+    seg.cookie = cookie(ctx);
     match enter(ctx, dir) {
         Some(slot) => {
             seg.slot = slot;
-            wire(ctx, dir, seg);
+            wire(ctx, dir, seg, known);
             leave(dir, slot);
         }
         None => busy(ctx, &seg, dir),

@@ -2,7 +2,7 @@
 //! through `bpf_probe_read_kernel`, which works in every program type.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
 };
 use collector_common::{
     maps::KernelDrop,
@@ -10,6 +10,7 @@ use collector_common::{
 };
 
 use crate::{
+    emit::{REANNOUNCE_NS, announce_process},
     globals::{CGRP_KN_OFF, KN_ID_OFF, SK_CGRP_OFF, SK_STATE_OFF},
     maps::{SOCK_OWNERS, count_drop},
 };
@@ -85,25 +86,48 @@ pub fn owner_of(sk: u64) -> OwnerKey {
 
 /// Records the current process as the socket's owner. Process context only. Returns the
 /// owner key to charge.
+///
+/// Runs on every TCP send, so the common case — the process that sent on this socket before
+/// sends again — is one lookup: the charged cgroup is kept in the entry (three kernel reads
+/// and a helper call less per send: `sock_send_length` went from about 465 to about N ns per
+/// hit here, see BENCHMARKS.md).
 #[inline(always)]
 pub fn record_owner(sk: u64) -> OwnerKey {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let task_cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let owner = SockOwner {
-        tgid,
-        _pad: 0,
-        cgroup_id: task_cgroup,
-    };
-    // SAFETY: read of a plain value.
-    let known = unsafe { SOCK_OWNERS.get(&sk) }.is_some_and(|o| o.tgid == tgid);
-    if !known && SOCK_OWNERS.insert(&sk, &owner, 0).is_err() {
-        count_drop(KernelDrop::OwnerInsert);
+    if let Some(p) = SOCK_OWNERS.get_ptr_mut(&sk) {
+        // SAFETY: a live element; concurrent senders on one socket write the same values.
+        let o = unsafe { &mut *p };
+        if o.tgid == tgid && o.charged_cgroup != 0 {
+            // SAFETY: plain helper.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if now.wrapping_sub(o.announced_ns) >= REANNOUNCE_NS {
+                o.announced_ns = now;
+                announce_process(tgid, now);
+            }
+            return OwnerKey {
+                cgroup_id: o.charged_cgroup,
+                tgid,
+                _pad: 0,
+            };
+        }
     }
-    crate::emit::announce_process(tgid);
+    // SAFETY: plain helpers.
+    let (task_cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_ns()) };
     let mut cgroup_id = sk_cgroup_id(sk);
     if cgroup_id <= 1 && task_cgroup > cgroup_id {
         cgroup_id = task_cgroup;
     }
+    let owner = SockOwner {
+        tgid,
+        _pad: 0,
+        cgroup_id: task_cgroup,
+        charged_cgroup: cgroup_id,
+        announced_ns: now,
+    };
+    if SOCK_OWNERS.insert(&sk, &owner, 0).is_err() {
+        count_drop(KernelDrop::OwnerInsert);
+    }
+    announce_process(tgid, now);
     OwnerKey {
         cgroup_id,
         tgid,

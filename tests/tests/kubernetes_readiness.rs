@@ -15,6 +15,11 @@
 //! unhealthy → verdicts go on, and the condition converges to False once it is back; restarting
 //! the collector in mode `off` → True; the collector binary SIGKILLed → the watchdog (a second
 //! process, its own ServiceAccount) sets True after the Lease expired, and not before.
+//!
+//! `node_share_holds_a_node_wide_failure`: three of four gated pods of one node (no Service:
+//! the Service floor is out of play) turn unhealthy together under a 50 % node share → exactly
+//! two False, the third held True with reason `NodeShare`, the healthy one untouched, and
+//! `collector_readiness_held_pods{cap="node_share"}` says 1.
 //! Run: `cargo test --release -p integration-tests --test kubernetes_readiness -- --test-threads=1`.
 
 use std::{
@@ -340,6 +345,131 @@ fn collector_config(node: &str, kc: &Path, mode: Mode) -> Config {
         },
         ..Config::default()
     }
+}
+
+/// Catches: the node-share cap not applied by the running writer (each pod judged alone, so a
+/// node-wide fault takes every pod out), the share taken of all pods rather than the gated
+/// ones, a held pod written False on a later round of the same window, the hold not reported
+/// on /metrics under its cap.
+#[test]
+fn node_share_holds_a_node_wide_failure() {
+    require_root();
+    let server = newest_go_server();
+    let prefix = unique_prefix("kshr");
+    let node = format!("node-{prefix}");
+    let (cp, kc) = setup(&prefix, &node);
+    let names = ["web-a", "web-b", "web-c", "web-d"];
+    let uids: Vec<String> = names
+        .iter()
+        .map(|n| gated_pod(&cp, n, &node, true))
+        .collect();
+    // Not gated: never counted in the share.
+    gated_pod(&cp, "plain", &node, false);
+    let pods: Vec<Pod> = uids
+        .iter()
+        .enumerate()
+        .map(|(i, uid)| {
+            Pod::create(
+                &prefix,
+                80 + i as u8,
+                uid,
+                &fake_container_id(0x7b00 + i as u32),
+            )
+            .expect("pod")
+        })
+        .collect();
+    let (servers, addrs) = spawn_pod_servers(&pods, &server, PORT);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut config = collector_config(&node, &kc, Mode::Enforce);
+    // 4 gated pods × 0.5: at most 2 False or flipped within the window.
+    config.readiness.node_share = 0.5;
+    let running = rt.block_on(app::start(config)).expect("collector starts");
+    let api = format!("http://{}", running.addr);
+    let loads: Vec<Load> = addrs
+        .iter()
+        .map(|a| Load::start(*a, "/ok", 4, Duration::from_millis(20)))
+        .collect();
+    for (name, uid) in names.iter().zip(&uids) {
+        wait_state(&api, uid, "healthy");
+        wait_condition(&cp, name, "True", "Healthy", Duration::from_secs(30));
+    }
+
+    // A, B and C fail together; D stays healthy.
+    for l in &loads[..3] {
+        l.set("/err");
+    }
+    for uid in &uids[..3] {
+        wait_state(&api, uid, "unhealthy");
+    }
+    let read = || -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| condition(&cp, n).map(|c| (c.0, c.1)).unwrap_or_default())
+            .collect()
+    };
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    let pair = |s: &str, r: &str| (s.to_string(), r.to_string());
+    let want = vec![
+        pair("False", "Unhealthy"),
+        pair("False", "Unhealthy"),
+        pair("True", "Healthy"),
+        pair("True", "NodeShare"),
+    ];
+    let first = wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(250),
+        "two False, one held by the node share",
+        || {
+            let now = read();
+            (sorted(now.clone()) == want)
+                .then_some(now.clone())
+                .ok_or(now)
+        },
+    );
+    assert_eq!(first[3], pair("True", "Healthy"), "D untouched: {first:?}");
+    // Several rounds later (one each 250 ms), still so: the window holds the flips.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read(), first, "the node share held");
+    let s = kube_status(&api);
+    let held = &s["readiness"]["held"];
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(held[0]["cap"], "node_share", "{s}");
+    let held_pod = names[first.iter().position(|c| c.1 == "NodeShare").expect("held")];
+    assert_eq!(held[0]["pod"], format!("{NS}/{held_pod}"), "{s}");
+    assert_eq!(
+        (&s["readiness"]["false"], &s["readiness"]["gated"]),
+        (&json!(2), &json!(4)),
+        "{s}"
+    );
+    let (_, _, message) = condition(&cp, held_pod).expect("held condition");
+    assert!(
+        message.starts_with("held True (2 of this node's 4 gated pods False or flipped within"),
+        "{message}"
+    );
+    let (_, text) = status::get(&api, "/metrics").expect("metrics");
+    let m = |name: &str, labels: &[(&str, &str)]| metric_sum(&text, name, labels);
+    assert_eq!(
+        m("collector_readiness_held_pods", &[("cap", "node_share")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m("collector_readiness_held_pods", &[("cap", "service_floor")]),
+        Some(0.0)
+    );
+    assert_eq!(m("collector_readiness_false_pods", &[]), Some(2.0));
+    assert_eq!(m("collector_readiness_gated_pods", &[]), Some(4.0));
+
+    rt.block_on(running.shutdown());
+    drop(loads);
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    drop(pods);
 }
 
 #[test]
