@@ -11,13 +11,22 @@
 //! stopped mid-run → counting goes on under the names already known, a pod unknown to the API
 //! is counted by UID, `/v1/kubernetes` and `collector_kubernetes_connected` say disconnected;
 //! restarted → the watch resumes and a new pod is named; RBAC refuses what deploy/ does not grant.
+//! Allow-listed pod labels (`--pod-label app,tier`) as `label_app`/`label_tier` (and no other
+//! label); `/v1/services/{namespace}/{name}`; `collector status` by namespace/pod; OTLP (the
+//! receiver of tests/otlp/receiver.py) with one resource per pod carrying exactly its `k8s.*`
+//! attributes.
 //! Run: `cargo test --release -p integration-tests --test kubernetes -- --test-threads=1`.
 
-use std::{path::Path, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use collector::{
     app,
-    config::Config,
+    config::{Config, OtlpConfig, OtlpProtocol},
     kubernetes::KubernetesConfig,
     status,
     verdict::{VerdictConfig, window::Geometry},
@@ -136,6 +145,106 @@ fn send(pod: &Pod, to: &str, bytes: u64) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The OTLP receiver of the export tests (official protobuf definitions, Python), HTTP only;
+/// killed on drop.
+struct Receiver {
+    child: Child,
+    out: PathBuf,
+    port: u16,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+fn receiver(tag: &str) -> Receiver {
+    let python = "/opt/collector-test/py-venv/bin/python";
+    assert!(
+        Path::new(python).exists(),
+        "{python} missing: run scripts/bootstrap.sh"
+    );
+    let out = std::env::temp_dir().join(format!("otlp-{tag}-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let port = free_port();
+    let mut child = Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/otlp/receiver.py"))
+        .args(["--grpc-port", &free_port().to_string()])
+        .args(["--http-port", &port.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("receiver line");
+    assert!(line.starts_with("listening"), "{line}");
+    Receiver { child, out, port }
+}
+
+impl Receiver {
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// A resource's attributes as sorted (key, value) pairs.
+fn attr_pairs(resource: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = resource["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let value = a["value"]["stringValue"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| a["value"].to_string());
+            (a["key"].as_str().unwrap_or("").to_string(), value)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The resources of the newest request that has one for pod `uid` named by the API
+/// (`k8s.pod.name` present): (that pod's resource attributes, every resource's attributes).
+fn otlp_pod_resource(
+    r: &Receiver,
+    uid: &str,
+) -> Option<(Vec<(String, String)>, Vec<Vec<(String, String)>>)> {
+    r.requests().iter().rev().find_map(|q| {
+        let all: Vec<Vec<(String, String)>> = q["request"]["resourceMetrics"]
+            .as_array()?
+            .iter()
+            .map(|rm| attr_pairs(&rm["resource"]))
+            .collect();
+        let mine = all
+            .iter()
+            .find(|a| {
+                a.contains(&("k8s.pod.uid".into(), uid.into()))
+                    && a.iter().any(|(k, _)| k == "k8s.pod.name")
+            })?
+            .clone();
+        Some((mine, all))
+    })
+}
+
 /// `kubectl auth can-i` as the collector.
 fn can_i(cp: &ControlPlane, kc: &Path, args: &[&str]) -> String {
     let mut a = vec!["auth", "can-i"];
@@ -214,7 +323,8 @@ fn pods_are_named_by_a_real_api_server() {
     let web_uid = cp.create(&pod_object(
         web_name,
         &node,
-        json!({"app": "web"}),
+        // `team` is not allow-listed: never exported.
+        json!({"app": "web", "tier": "frontend", "team": "checkout"}),
         Some(("apps/v1", "ReplicaSet", "storefront-5c8d9", &rs_uid)),
     ));
     let db_uid = cp.create(&pod_object(
@@ -259,7 +369,19 @@ fn pods_are_named_by_a_real_api_server() {
     let db_sink = format!("{}:9100", db.host_addr());
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let otlp = receiver(&prefix);
     let config = Config {
+        otlp: Some(OtlpConfig {
+            endpoint: format!("http://127.0.0.1:{}/v1/metrics", otlp.port),
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: vec![],
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            histogram: Default::default(),
+        }),
         listen: "127.0.0.1:0".parse().expect("addr"),
         harvest_interval: Duration::from_millis(200),
         kubelet_cgroup_roots: vec![integration_tests::HARNESS_KUBELET_ROOT.into()],
@@ -300,7 +422,7 @@ fn pods_are_named_by_a_real_api_server() {
         format!(
             "{SENT}{{workload_kind=\"pod\",workload=\"deployment/web\",pod_uid=\"{web_uid}\",\
              container_id=\"{web_cid}\",namespace=\"{NS}\",pod=\"{web_name}\",container=\"app\",\
-             service=\"web\"}} {bytes}"
+             service=\"web\",label_app=\"web\",label_tier=\"frontend\"}} {bytes}"
         )
     };
     wait_line(&api, &web_uid, &web_line(100_000));
@@ -310,7 +432,8 @@ fn pods_are_named_by_a_real_api_server() {
         &db_uid,
         &format!(
             "{SENT}{{workload_kind=\"pod\",workload=\"statefulset/db\",pod_uid=\"{db_uid}\",\
-             container_id=\"{db_cid}\",namespace=\"{NS}\",pod=\"db-0\",container=\"app\"}} 50000"
+             container_id=\"{db_cid}\",namespace=\"{NS}\",pod=\"db-0\",container=\"app\",\
+             label_app=\"db\"}} 50000"
         ),
     );
     let m = metrics(&api);
@@ -363,6 +486,110 @@ fn pods_are_named_by_a_real_api_server() {
             .expect("API")
             .0,
         400
+    );
+
+    // A Service by name: its pod on this node (not the other node's), with its verdict.
+    let (code, body) = status::get(&api, &format!("/v1/services/{NS}/web")).expect("API");
+    assert_eq!(code, 200, "{body}");
+    let svc: Value = serde_json::from_str(&body).expect("JSON");
+    let pods = svc["pods"].as_array().expect("pods");
+    assert_eq!(
+        pods.iter()
+            .map(|p| (&p["namespace"], &p["name"], &p["pod_uid"]))
+            .collect::<Vec<_>>(),
+        vec![(&json!(NS), &json!(web_name), &json!(web_uid))],
+        "{svc}"
+    );
+    assert_eq!(svc["node"], json!(node));
+    assert_eq!(pods[0]["state"], svc["state"], "{svc}");
+    assert_eq!(
+        pods[0]["workloads"][0]["kubernetes"]["pod"],
+        json!(web_name)
+    );
+    // db has no EndpointSlice: unknown here, said so.
+    let (code, body) = status::get(&api, &format!("/v1/services/{NS}/db")).expect("API");
+    assert_eq!(code, 404, "{body}");
+    let err: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        err["error"],
+        json!(format!(
+            "no Service {NS}/db with endpoints known to the collector on node {node} (no \
+             EndpointSlice of it with an endpoint)"
+        ))
+    );
+    // `collector status` names pods by namespace/name and workload, not by UID.
+    let table = status::table(&status::fetch(&api).expect("status"));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("{NS}/{web_name} (deployment/web) "))),
+        "{table}"
+    );
+    assert!(!table.contains(&web_uid), "{table}");
+
+    // OTLP: each pod its own resource, with exactly its Kubernetes identity.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let (web_res, all) = wait_until_ok_blocking(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "the web pod's resource at the OTLP receiver",
+        || otlp_pod_resource(&otlp, &web_uid).ok_or(()),
+    );
+    assert_eq!(
+        web_res,
+        vec![
+            pair("container.id", &web_cid),
+            pair("host.name", host.trim()),
+            pair("k8s.container.name", "app"),
+            pair("k8s.deployment.name", "web"),
+            pair("k8s.namespace.name", NS),
+            pair("k8s.node.name", &node),
+            pair("k8s.pod.label.app", "web"),
+            pair("k8s.pod.label.tier", "frontend"),
+            pair("k8s.pod.name", web_name),
+            pair("k8s.pod.uid", &web_uid),
+            pair("k8s.service.names", "web"),
+            pair("service.name", "web"),
+            pair("service.namespace", NS),
+            pair("workload.kind", "pod"),
+            pair("workload.name", "deployment/web"),
+        ]
+    );
+    let (db_res, _) = wait_until_ok_blocking(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "the db pod's resource at the OTLP receiver",
+        || otlp_pod_resource(&otlp, &db_uid).ok_or(()),
+    );
+    assert_eq!(
+        db_res,
+        vec![
+            pair("container.id", &db_cid),
+            pair("host.name", host.trim()),
+            pair("k8s.container.name", "app"),
+            pair("k8s.namespace.name", NS),
+            pair("k8s.node.name", &node),
+            pair("k8s.pod.label.app", "db"),
+            pair("k8s.pod.name", "db-0"),
+            pair("k8s.pod.uid", &db_uid),
+            pair("k8s.statefulset.name", "db"),
+            pair("service.name", "db"),
+            pair("service.namespace", NS),
+            pair("workload.kind", "pod"),
+            pair("workload.name", "statefulset/db"),
+        ]
+    );
+    // One resource per workload in a request: the web pod's once, no two alike.
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), all.len(), "{all:#?}");
+    assert_eq!(
+        all.iter()
+            .filter(|a| a.contains(&pair("k8s.pod.uid", &web_uid)))
+            .count(),
+        1
     );
 
     // Outage: the API server goes away.
@@ -427,7 +654,8 @@ fn pods_are_named_by_a_real_api_server() {
         &new_uid,
         &format!(
             "{SENT}{{workload_kind=\"pod\",workload=\"pod/solo\",pod_uid=\"{new_uid}\",\
-             container_id=\"{new_cid}\",namespace=\"{NS}\",pod=\"solo\",container=\"app\"}} 10000"
+             container_id=\"{new_cid}\",namespace=\"{NS}\",pod=\"solo\",container=\"app\",\
+             label_app=\"solo\"}} 10000"
         ),
     );
     let s = kube_status(&api);
@@ -436,5 +664,5 @@ fn pods_are_named_by_a_real_api_server() {
     eprintln!("kubernetes status after the outage: {s}");
 
     rt.block_on(running.shutdown());
-    drop((sink, web, db, late, solo, sink_cgroup));
+    drop((sink, web, db, late, solo, sink_cgroup, otlp));
 }

@@ -404,7 +404,8 @@ async fn service_health(
         return error(
             StatusCode::NOT_FOUND,
             format!(
-                "no Service {namespace}/{name} with endpoints known to the collector on node {}                  (no EndpointSlice of it with an endpoint)",
+                "no Service {namespace}/{name} with endpoints known to the collector on node {} \
+                 (no EndpointSlice of it with an endpoint)",
                 k.node()
             ),
         )
