@@ -137,6 +137,8 @@ fn schema_rejects_wrong_values_naming_them() {
         ),
         ("otlp.endpoint=otel:4317", "at '/otlp/endpoint'"),
         ("otlp.protocol=udp", "at '/otlp/protocol'"),
+        ("otlp.histogram=native", "at '/otlp/histogram'"),
+        ("exportPodLabels={app=x}", "at '/exportPodLabels/0'"),
         (
             "resources.limits.memory=lots",
             "at '/resources/limits/memory'",
@@ -387,6 +389,20 @@ fn check_collector_accepts_its_configuration(file: &str, objects: &[Value], ca: 
         config.kubernetes.is_some(),
         "{file}: NODE_NAME from the downward API turns Kubernetes on"
     );
+    // The values reach the collector as meant: the label allow-list and the histogram switch.
+    if file.ends_with("full-values.yaml") {
+        assert_eq!(
+            config.kubernetes.as_ref().map(|k| k.pod_labels.clone()),
+            Some(vec![
+                "app.kubernetes.io/name".to_string(),
+                "team".to_string()
+            ])
+        );
+        assert_eq!(
+            config.otlp.as_ref().map(|o| o.histogram),
+            Some(collector::config::OtlpHistogram::Exponential)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
