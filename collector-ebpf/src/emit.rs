@@ -9,6 +9,7 @@ use collector_common::{
 
 use crate::{
     globals::{TASK_COMM_OFF, TASK_LEADER_OFF},
+    klog::klog,
     maps::{EVENTS, SEEN_TGIDS, count_drop},
     sock::read,
 };
@@ -39,9 +40,22 @@ pub fn announce_process(tgid: u32, now: u64) {
             return;
         }
     }
-    let _ = SEEN_TGIDS.insert(&tgid, &now, 0);
+    if let Err(e) = SEEN_TGIDS.insert(&tgid, &now, 0) {
+        // Only costs a repeated announcement.
+        klog!(
+            Debug,
+            "SEEN_TGIDS insert for process {} failed with {}",
+            tgid,
+            e
+        );
+    }
     let Some(mut entry) = EVENTS.reserve::<ProcessEvent>(0) else {
         count_drop(KernelDrop::RingReserve);
+        klog!(
+            Warn,
+            "ring_reserve_failed: EVENTS full, process {} announced later",
+            tgid
+        );
         // Forget it so the next send tries again.
         let _ = SEEN_TGIDS.remove(&tgid);
         return;

@@ -53,7 +53,10 @@ use collector_common::{
     tcp::OwnerKey,
 };
 
-use crate::maps::{EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, count_drop};
+use crate::{
+    klog::klog,
+    maps::{EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, count_drop},
+};
 
 /// tgid → its entries in `HTTP_INFLIGHT` (`maps::HTTP_INFLIGHT_SERVERS`).
 #[map]
@@ -151,8 +154,18 @@ fn server_entries(tgid: u32) -> Option<SharedCount> {
     let mut p = HTTP_INFLIGHT_SERVERS.get_ptr_mut(&tgid);
     if p.is_none() {
         // Another CPU may create it first: then this insert fails and the lookup finds it.
-        let _ = HTTP_INFLIGHT_SERVERS.insert(&tgid, &0, BPF_NOEXIST as u64);
+        let inserted = HTTP_INFLIGHT_SERVERS.insert(&tgid, &0, BPF_NOEXIST as u64);
         p = HTTP_INFLIGHT_SERVERS.get_ptr_mut(&tgid);
+        if p.is_none()
+            && let Err(e) = inserted
+        {
+            klog!(
+                Warn,
+                "HTTP_INFLIGHT_SERVERS insert for process {} failed with {}: its budget is not kept",
+                tgid,
+                e
+            );
+        }
     }
     p.map(SharedCount)
 }
@@ -224,15 +237,23 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
     };
     let budget = server_entries(k.tgid);
     if let Some(n) = budget
-        && n.fetch_add(1) >= HTTP_INFLIGHT_PER_SERVER
+        && let held = n.fetch_add(1)
+        && held >= HTTP_INFLIGHT_PER_SERVER
     {
         n.add(-1);
         count_drop(KernelDrop::HttpInflightBudget);
+        klog!(
+            Info,
+            "http_inflight_budget: process {} holds {} requests in flight, this one is not tracked",
+            k.tgid,
+            held
+        );
         count(&current_owner(), |c| c.lost += 1);
         return 0;
     }
+    // The insert's error, if it failed.
     let full = match HTTP_INFLIGHT.insert(&k, &entry, BPF_NOEXIST as u64) {
-        Ok(()) => false,
+        Ok(()) => None,
         Err(e) if e == EEXIST => {
             // Not a new entry (it was counted in the budget when inserted): morestack re-ran
             // the entry probe for this request, or the goroutine's previous request never
@@ -247,17 +268,23 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
             {
                 finish(&k, &old, ended_early(&old));
             }
-            HTTP_INFLIGHT.insert(&k, &entry, BPF_ANY as u64).is_err()
+            HTTP_INFLIGHT.insert(&k, &entry, BPF_ANY as u64).err()
         }
-        Err(_) => {
+        Err(e) => {
             if let Some(n) = budget {
                 n.add(-1);
             }
-            true
+            Some(e)
         }
     };
-    if full {
+    if let Some(e) = full {
         count_drop(KernelDrop::HttpInflightFull);
+        klog!(
+            Warn,
+            "http_inflight_full: HTTP_INFLIGHT insert for process {} failed with {}",
+            k.tgid,
+            e
+        );
         count(&current_owner(), |c| c.lost += 1);
     }
     0
@@ -305,6 +332,11 @@ fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
     let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() else {
         // Begun before the probes were attached, or not tracked (already counted as lost).
         count_drop(KernelDrop::HttpNoStart);
+        klog!(
+            Debug,
+            "http_no_start: ServeHTTP of process {} returned with no tracked start",
+            k.tgid
+        );
         return 0;
     };
     untrack(&k);
@@ -361,17 +393,34 @@ pub(crate) fn count(owner: &OwnerKey, f: impl FnOnce(&mut HttpCounts)) {
     let mut p = HTTP_COUNTS.get_ptr_mut(owner);
     if p.is_none() {
         // From read-only data: a zeroed value built on the stack is a memset call.
-        let _ = HTTP_COUNTS.insert(owner, &ZERO_COUNTS, 0);
+        let inserted = HTTP_COUNTS.insert(owner, &ZERO_COUNTS, 0);
         p = HTTP_COUNTS.get_ptr_mut(owner);
         if p.is_none() {
             count_drop(KernelDrop::StatsMapFull);
+            if let Err(e) = inserted {
+                klog!(
+                    Warn,
+                    "stats_map_full: HTTP_COUNTS insert for cgroup {} process {} failed with {}, charged to overflow",
+                    owner.cgroup_id,
+                    owner.tgid,
+                    e
+                );
+            }
             p = HTTP_COUNTS.get_ptr_mut(&OwnerKey::OVERFLOW);
         }
     }
     match p {
         // SAFETY: this CPU's copy of a live element.
         Some(p) => f(unsafe { &mut *p }),
-        None => count_drop(KernelDrop::StatsLost),
+        None => {
+            count_drop(KernelDrop::StatsLost);
+            klog!(
+                Error,
+                "stats_lost: no HTTP_COUNTS element for cgroup {} process {}, not even the overflow bucket",
+                owner.cgroup_id,
+                owner.tgid
+            );
+        }
     }
 }
 
@@ -424,6 +473,13 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         // The slot was emptied (binary detached) or given to another binary while the request
         // ran: its memory cannot be read at these offsets, but its outcome is known.
         count_drop(KernelDrop::HttpNoOffsets);
+        klog!(
+            Warn,
+            "http_no_offsets: offsets slot {} of process {} no longer holds generation {}",
+            entry.slot,
+            k.tgid,
+            entry.generation
+        );
         count(&owner, |c| {
             count_outcome(c, f, status, true);
             c.unrecorded += 1;
@@ -442,6 +498,11 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     }
     let Some(mut slot) = EVENTS.reserve::<HttpEvent>(0) else {
         count_drop(KernelDrop::RecordReserve);
+        klog!(
+            Warn,
+            "record_reserve_failed: EVENTS full, a request of process {} is counted, not recorded",
+            k.tgid
+        );
         count(&owner, |c| c.unrecorded += 1);
         return;
     };
@@ -529,6 +590,10 @@ uprobes! {
 fn on_exec() {
     let Some(mut slot) = EVENTS.reserve::<ExecEvent>(0) else {
         count_drop(KernelDrop::RingReserve);
+        klog!(
+            Warn,
+            "ring_reserve_failed: EVENTS full, an exec is left to the /proc rescan"
+        );
         return;
     };
     slot.write(ExecEvent {

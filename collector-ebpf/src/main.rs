@@ -13,6 +13,7 @@ mod emit;
 mod globals;
 mod http;
 mod http_wire;
+mod klog;
 mod maps;
 mod sock;
 mod tcp;

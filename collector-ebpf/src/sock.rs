@@ -12,6 +12,7 @@ use collector_common::{
 use crate::{
     emit::{REANNOUNCE_NS, announce_process},
     globals::{CGRP_KN_OFF, KN_ID_OFF, SK_CGRP_OFF, SK_STATE_OFF},
+    klog::klog,
     maps::{SOCK_OWNERS, count_drop},
 };
 
@@ -39,21 +40,29 @@ pub fn sk_cgroup_id(sk: u64) -> u64 {
         Some(id) => id,
         None => {
             count_drop(KernelDrop::CgroupRead);
+            klog!(
+                Warn,
+                "cgroup_read_failed: sk_cgrp_data.cgroup->kn->id unreadable (offsets {}, {}, {})",
+                cg_off,
+                kn_off,
+                id_off
+            );
             0
         }
     }
 }
 
-/// Whether `sk` is a full `struct sock` (the kernel's `sk_fullsock()`). Hooks may be handed a
-/// timewait or request socket (`tcp:tcp_send_reset` gets the timewait socket that answers a
-/// segment with a reset on ≥ 6.10), which share only `sock_common` with a full socket: fields
-/// past it (`sk_cgrp_data`, `sk_err`) would be read from whatever memory follows. `skc_state`
-/// is in `sock_common`, readable in all three. Unknown offset or unreadable: not full.
+/// `sk->skc_state`. Hooks may be handed a timewait or request socket (`tcp:tcp_send_reset`
+/// gets the timewait socket that answers a segment with a reset on ≥ 6.10), which share only
+/// `sock_common` with a full `struct sock`: fields past it (`sk_cgrp_data`, `sk_err`) would be
+/// read from whatever memory follows. `skc_state` is in `sock_common`, readable in all three,
+/// and tells them apart (the kernel's `sk_fullsock()`). None: offset unknown or unreadable,
+/// which the caller treats as not full.
 #[inline(always)]
-pub fn is_full_socket(sk: u64) -> bool {
+fn sk_state(sk: u64) -> Option<u8> {
     match SK_STATE_OFF.load() {
-        0 => false,
-        off => read::<u8>(sk, off).is_some_and(|s| state::is_full(s as i32)),
+        0 => None,
+        off => read::<u8>(sk, off),
     }
 }
 
@@ -61,8 +70,20 @@ pub fn is_full_socket(sk: u64) -> bool {
 /// readable owner: charged to `OwnerKey::NO_SOCKET` (exported as unattributed) and counted.
 #[inline(always)]
 pub fn owner_of(sk: u64) -> OwnerKey {
-    if !is_full_socket(sk) {
+    let st = sk_state(sk);
+    if !st.is_some_and(|s| state::is_full(s as i32)) {
         count_drop(KernelDrop::NotFullSocket);
+        match st {
+            Some(s) => klog!(
+                Info,
+                "not_full_socket: socket in state {} has no readable owner, charged to unattributed",
+                s
+            ),
+            None => klog!(
+                Warn,
+                "not_full_socket: socket state unreadable, charged to unattributed"
+            ),
+        }
         return OwnerKey::NO_SOCKET;
     }
     let mut cgroup_id = sk_cgroup_id(sk);
@@ -124,8 +145,14 @@ pub fn record_owner(sk: u64) -> OwnerKey {
         charged_cgroup: cgroup_id,
         announced_ns: now,
     };
-    if SOCK_OWNERS.insert(&sk, &owner, 0).is_err() {
+    if let Err(e) = SOCK_OWNERS.insert(&sk, &owner, 0) {
         count_drop(KernelDrop::OwnerInsert);
+        klog!(
+            Warn,
+            "owner_insert_failed: SOCK_OWNERS insert for process {} failed with {}",
+            tgid,
+            e
+        );
     }
     announce_process(tgid, now);
     OwnerKey {

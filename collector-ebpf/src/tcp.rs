@@ -50,6 +50,7 @@ use crate::{
         TP_RETRANS_SK, TP_RETRANS_SKB, TP_SEND_PROTO, TP_SEND_RET, TP_SEND_SK, TP_STATE_NEW,
         TP_STATE_OLD, TP_STATE_PROTO, TP_STATE_SK, TP_SYNACK_SK,
     },
+    klog::klog,
     maps::{RETRANS_FRAMES, SEND_FRAMES, SYNACK_FRAMES, TCP_STATS, count_drop, count_drops},
     sock::{forget, owner_of, read, record_owner},
 };
@@ -63,10 +64,17 @@ fn update(key: &OwnerKey, f: impl FnOnce(&mut TcpStats)) {
     if ptr.is_none() {
         let zero = TcpStats::default();
         // EEXIST (a racing insert) is fine: look it up again below.
-        if TCP_STATS.insert(key, &zero, BPF_NOEXIST as u64).is_err() {
+        if let Err(e) = TCP_STATS.insert(key, &zero, BPF_NOEXIST as u64) {
             ptr = TCP_STATS.get_ptr_mut(key);
             if ptr.is_none() {
                 count_drop(KernelDrop::StatsMapFull);
+                klog!(
+                    Warn,
+                    "stats_map_full: TCP_STATS insert for cgroup {} process {} failed with {}, charged to overflow",
+                    key.cgroup_id,
+                    key.tgid,
+                    e
+                );
                 ptr = TCP_STATS.get_ptr_mut(&OwnerKey::OVERFLOW);
             }
         } else {
@@ -76,7 +84,15 @@ fn update(key: &OwnerKey, f: impl FnOnce(&mut TcpStats)) {
     match ptr {
         // SAFETY: per-CPU value of a live element; only this CPU writes it.
         Some(p) => f(unsafe { &mut *p }),
-        None => count_drop(KernelDrop::StatsLost),
+        None => {
+            count_drop(KernelDrop::StatsLost);
+            klog!(
+                Error,
+                "stats_lost: no TCP_STATS element for cgroup {} process {}, not even the overflow bucket",
+                key.cgroup_id,
+                key.tgid
+            );
+        }
     }
 }
 
@@ -119,8 +135,17 @@ fn enter(map: &LruHashMap<u64, Frames>, limit: u32, frame: Frame) {
     if ptr.is_none() {
         // Fails only for a racing insert of the same task, which cannot happen: a task runs on
         // one CPU at a time and nested programs of the same kind are skipped by the kernel.
-        let _ = map.insert(&task, &Frames::default(), BPF_NOEXIST as u64);
+        let inserted = map.insert(&task, &Frames::default(), BPF_NOEXIST as u64);
         ptr = map.get_ptr_mut(&task);
+        if ptr.is_none()
+            && let Err(e) = inserted
+        {
+            klog!(
+                Warn,
+                "frames insert failed with {}: this call's return will count a stash miss",
+                e
+            );
+        }
     }
     // No element: the return finds none and counts the call (`leave`), once.
     let Some(p) = ptr else {
@@ -131,6 +156,12 @@ fn enter(map: &LruHashMap<u64, Frames>, limit: u32, frame: Frame) {
     let mut depth = frames.depth;
     if depth >= limit || depth as usize >= MAX_NESTING {
         count_drops(KernelDrop::ReturnMissed, depth as u64);
+        klog!(
+            Info,
+            "kretprobe_return_missed: {} frames whose return never ran discarded (limit {})",
+            depth,
+            limit
+        );
         depth = 0;
     }
     if let Some(slot) = frames.frames.get_mut(depth as usize) {
@@ -148,6 +179,10 @@ fn leave(map: &LruHashMap<u64, Frames>) -> Option<Frame> {
     let task = unsafe { bpf_get_current_task() };
     let Some(p) = map.get_ptr_mut(&task) else {
         count_drop(KernelDrop::StashMiss);
+        klog!(
+            Debug,
+            "kretprobe_stash_miss: a return with no frames for its task"
+        );
         return None;
     };
     // SAFETY: as in `enter`.
@@ -156,6 +191,11 @@ fn leave(map: &LruHashMap<u64, Frames>) -> Option<Frame> {
     let top = depth.wrapping_sub(1) as usize;
     let Some(frame) = frames.frames.get(top).copied() else {
         count_drop(KernelDrop::StashMiss);
+        klog!(
+            Debug,
+            "kretprobe_stash_miss: a return found its task's stack at depth {}",
+            depth
+        );
         return None;
     };
     frames.depth = top as u32;
@@ -309,6 +349,10 @@ fn retrans_leave(sk: Option<u64>) {
     };
     if sk.is_some_and(|sk| sk != frame.sk) {
         count_drop(KernelDrop::StashMiss);
+        klog!(
+            Warn,
+            "kretprobe_stash_miss: a retransmit returned on another socket than the newest frame's"
+        );
         return;
     }
     if frame.sk == 0 {

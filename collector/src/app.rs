@@ -28,7 +28,10 @@ use crate::{
     aggregate::{Aggregator, KernelMaps, http::RouteTable, sampling::Sampler},
     api,
     config::Config,
-    events,
+    events::{
+        self,
+        kernel_log::{self, KernelLogLevel, KernelLogSwitch},
+    },
     export::{Metrics, otlp::OtlpExporter, prometheus::SignalLabels},
     identity::{IdentityResolver, cgroup},
     kubernetes::Kubernetes,
@@ -107,6 +110,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
     create_overflow_bucket(&mut ebpf)?;
+    let kernel_log = KernelLogSwitch::new(&mut ebpf, config.kernel_log)
+        .context("kernel-side diagnostics switch")?;
+    // Read whatever the level: an idle reader costs nothing, and a switch-on through the API
+    // then loses no line (see `events::kernel_log`).
+    let kernel_log_reader = match kernel_log::reader(&mut ebpf) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(error = %e, "kernel-side diagnostics cannot be read");
+            None
+        }
+    };
+    if config.kernel_log != KernelLogLevel::Off {
+        info!(level = %config.kernel_log, "kernel-side diagnostics on");
+    }
 
     let probes = ProbeSet::attach(&mut ebpf, aya_btf.as_ref(), &prepared, &config.ladder)?;
     let metrics = Arc::new(Metrics::new(config.max_workloads));
@@ -230,6 +247,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(k) = &kubernetes {
         tasks.extend(k.spawn(shutdown_rx.clone()));
     }
+    if let Some(reader) = kernel_log_reader {
+        tasks.push((
+            "kernel-log",
+            tokio::spawn(kernel_log::run(reader, shutdown_rx.clone())),
+        ));
+    }
     let reader_metrics = metrics.clone();
     let reader_shutdown = shutdown_rx.clone();
     let exec_tx = discovery.as_ref().map(|_| exec_tx);
@@ -282,7 +305,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         verdicts,
         readiness_fail_on: Arc::new(config.verdict.readiness_fail_on.clone()),
         kubernetes,
-    });
+    })
+    .merge(api::debug::router(kernel_log));
     let server = api::server::Server::prepare(router, &config.api, addr, &metrics)
         .context("preparing the API server")?;
     let mut http_shutdown = shutdown_rx;

@@ -199,6 +199,13 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
+    /// Kernel-side diagnostics (drops and their reasons, failed map inserts, missed returns,
+    /// unexpected socket states) logged as target collector::kernel::*: "off", "error", "warn",
+    /// "info", "debug" or "trace". Changeable while running: PUT
+    /// /v1/debug/kernel-log?level=LEVEL. Free when off. [default: off]
+    #[arg(long, value_name = "LEVEL")]
+    pub kernel_log: Option<String>,
+
     /// Length of one verdict window bucket; a verdict is evaluated each time one closes
     /// (100ms–10m). [default: 1s]
     #[arg(long, value_name = "DURATION")]
@@ -293,6 +300,8 @@ pub struct FileConfig {
     pub max_workloads: Option<usize>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// Kernel-side diagnostics level at start (`--kernel-log`).
+    pub kernel_log: Option<String>,
     pub otlp: Option<FileOtlp>,
     pub probe_paths: Option<Vec<String>>,
     pub max_routes: Option<usize>,
@@ -447,6 +456,8 @@ pub struct Config {
     pub max_workloads: usize,
     pub log: String,
     pub log_format: LogFormat,
+    /// Kernel-side diagnostics at start; changed at run time through the API.
+    pub kernel_log: crate::events::kernel_log::KernelLogLevel,
     /// None: no OTLP push.
     pub otlp: Option<OtlpConfig>,
     pub http: HttpConfig,
@@ -504,6 +515,7 @@ impl Default for Config {
             max_workloads: DEFAULT_MAX_WORKLOADS,
             log: "info".into(),
             log_format: LogFormat::Text,
+            kernel_log: Default::default(),
             otlp: None,
             http: HttpConfig::default(),
             verdict: VerdictConfig::default(),
@@ -687,6 +699,14 @@ impl Config {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
         let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        let kernel_log = match cli.kernel_log.as_deref().or(file.kernel_log.as_deref()) {
+            Some(s) => s
+                .parse()
+                .map_err(|e: crate::events::kernel_log::UnknownLevel| {
+                    invalid("kernel_log", e.to_string())
+                })?,
+            None => d.kernel_log,
+        };
         let otlp = otlp_config(cli, file.otlp.unwrap_or_default(), env)?;
         let mut http = HttpConfig {
             socket: !cli.no_http_socket && file.http_socket.unwrap_or(true),
@@ -759,6 +779,7 @@ impl Config {
             max_workloads,
             log,
             log_format,
+            kernel_log,
             otlp,
             http,
             verdict,

@@ -42,7 +42,9 @@ fn main() -> ExitCode {
         }
     };
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            collector::events::kernel_log::log_filter(&config.log),
+        ))
         .with_writer(std::io::stderr);
     let format = config.log_format;
     match format {

@@ -2,6 +2,7 @@
 //! the aggregator (and exec notices to Go discovery) as domain events over bounded channels.
 
 pub mod decode;
+pub mod kernel_log;
 pub mod reader;
 
 /// A decoded kernel event.
