@@ -221,6 +221,8 @@ pub mod wire {
         pub const LONG_LINE: u8 = 4;
         /// rx: the request is sampled; its target waits in `WIRE_TARGETS`.
         pub const SAMPLED: u8 = 8;
+        /// rx: with `SAMPLED`, the target is in `WireConn::target` instead.
+        pub const INLINE_TARGET: u8 = 16;
     }
 
     /// `WireSlot::flags`.
@@ -229,6 +231,8 @@ pub mod wire {
         pub const HEAD_METHOD: u8 = 1;
         /// A record is emitted for this request; its target waits in `WIRE_TARGETS`.
         pub const SAMPLED: u8 = 2;
+        /// With `SAMPLED`: the target is in `WireConn::target`.
+        pub const INLINE_TARGET: u8 = 4;
     }
 
     /// `WireConn::flags`.
@@ -325,8 +329,13 @@ pub mod wire {
         /// in their body. Written by egress.
         pub answered: u32,
         pub slots: [WireSlot; PIPELINE as usize],
+        /// The target of a sampled request that arrived alone in the queue (`head == tail`:
+        /// the unpipelined common case), kept here rather than in `WIRE_TARGETS`: an LRU
+        /// insert, lookup and delete less per request. Written by ingress only while the
+        /// queue is empty; egress advances `tail` only after reading it.
+        pub target: Target,
     }
-    assert_layout!(WireConn, 368);
+    assert_layout!(WireConn, 504);
 
     /// Key of a sampled request's target while it waits for its response.
     #[repr(C)]

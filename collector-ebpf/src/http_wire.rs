@@ -51,8 +51,8 @@ use collector_common::{
     http::{
         HttpEvent, METHOD_MAX, ROUTE_MAX, flags,
         wire::{
-            LINE_MAX, METHOD_CONNECT, METHOD_HEAD, PIPELINE, TARGET_LINE, TargetKey, WINDOW,
-            WireConn, WireHalf, WireScratch, WireSlot, conn, msg, slot, state,
+            LINE_MAX, METHOD_CONNECT, METHOD_HEAD, PIPELINE, TARGET_LINE, Target, TargetKey,
+            WINDOW, WireConn, WireHalf, WireScratch, WireSlot, conn, msg, slot, state,
         },
     },
     maps::{
@@ -544,11 +544,19 @@ fn remember_target(ctx: &SkBuffContext, c: &mut WireConn, seg: &Segment, n: usiz
     if !sampled() {
         return;
     }
-    // Built in per-CPU memory: it does not fit the stack beside the rest.
-    let Some(t) = WIRE_NEW_TARGET.get_ptr_mut(seg.slot) else {
-        return;
+    // Alone in the queue: every earlier response has been read to its end (`tail` is written
+    // by egress after it read the inline target), so the connection's own slot is free.
+    let inline = c.head == fetch(&c.tail);
+    let t = if inline {
+        &raw mut c.target
+    } else {
+        // Built in per-CPU memory: it does not fit the stack beside the rest.
+        match WIRE_NEW_TARGET.get_ptr_mut(seg.slot) {
+            Some(t) => t,
+            None => return,
+        }
     };
-    // SAFETY: this CPU's slot, only used within this call.
+    // SAFETY: the connection's own storage, or this CPU's slot, only used within this call.
     let t = unsafe { &mut *t };
     let line_start = c.rx.head_seq.wrapping_sub(seg.seq);
     let mut ok = false;
@@ -583,6 +591,10 @@ fn remember_target(ctx: &SkBuffContext, c: &mut WireConn, seg: &Segment, n: usiz
     if !ok {
         return;
     }
+    if inline {
+        c.rx.msg |= msg::SAMPLED | msg::INLINE_TARGET;
+        return;
+    }
     let key = TargetKey {
         cookie: seg.cookie,
         index: c.head,
@@ -607,6 +619,9 @@ fn push_request(c: &mut WireConn) {
     }
     if c.rx.msg & msg::SAMPLED != 0 {
         f |= slot::SAMPLED;
+        if c.rx.msg & msg::INLINE_TARGET != 0 {
+            f |= slot::INLINE_TARGET;
+        }
     }
     let i = (c.head % PIPELINE) as usize;
     if let Some(s) = c.slots.get_mut(i) {
@@ -643,35 +658,48 @@ fn finish_response(c: &mut WireConn, cookie: u64, status: u16) {
         return;
     }
     let index = c.tail;
-    c.tail = c.tail.wrapping_add(1);
     let Some(s) = c.slots.get((index % PIPELINE) as usize).copied() else {
         return;
     };
     if s.flags & slot::SAMPLED == 0 {
+        store(&mut c.tail, index.wrapping_add(1));
         count(&c.owner, |h| h.unrecorded += 1);
         return;
     }
+    if s.flags & slot::INLINE_TARGET != 0 {
+        let target = &raw const c.target;
+        emit_record(c, target, s, status);
+        // Only after the target was read: ingress writes a new one while `head == tail`.
+        store(&mut c.tail, index.wrapping_add(1));
+        return;
+    }
+    store(&mut c.tail, index.wrapping_add(1));
     let key = TargetKey {
         cookie,
         index,
         _pad: 0,
     };
-    let target = WIRE_TARGETS.get_ptr(&key);
-    let Some(target) = target else {
+    let Some(target) = WIRE_TARGETS.get_ptr(&key) else {
         count(&c.owner, |h| h.unrecorded += 1);
         return;
     };
+    emit_record(c, target, s, status);
+    let _ = WIRE_TARGETS.remove(&key);
+}
+
+/// The record of one sampled request (counted as unrecorded when the ring is full).
+#[inline(always)]
+fn emit_record(c: &WireConn, target: *const Target, s: WireSlot, status: u16) {
     let Some(mut entry) = EVENTS.reserve::<HttpEvent>(0) else {
         count_drop(KernelDrop::RecordReserve);
         count(&c.owner, |h| h.unrecorded += 1);
-        let _ = WIRE_TARGETS.remove(&key);
         return;
     };
     // SAFETY: plain helper.
     let now = unsafe { bpf_ktime_get_ns() };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved, exclusively owned record and every field is written; the
-    // target is a live element read before its removal.
+    // target is live (the connection's storage, or an element read before its removal).
     unsafe {
         let mut f = flags::WIRE;
         if (*target).flags & TARGET_LINE != 0 {
@@ -702,7 +730,6 @@ fn finish_response(c: &mut WireConn, cookie: u64, status: u16) {
             k += 1;
         }
     }
-    let _ = WIRE_TARGETS.remove(&key);
     // Records wake the reader only when the ring is half full: the reader drains on a short
     // timer, and a wake-up per request costs more than the request (measured: ~12 µs).
     let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > u64::from(EVENTS_BYTES / 2) {
