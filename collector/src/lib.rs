@@ -8,6 +8,9 @@ pub mod capabilities;
 pub mod config;
 pub mod events;
 pub mod export;
+/// Entry points of the fuzz targets (fuzz/); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod kubernetes;
 pub mod probes;

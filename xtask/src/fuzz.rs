@@ -1,15 +1,19 @@
 //! `cargo xtask fuzz`: runs the cargo-fuzz targets of fuzz/ (a workspace of its own) one after
-//! the other and reports executions and crashes per target.
+//! the other and reports executions, coverage and crashes per target. `./x test` runs each
+//! briefly ([`SHORT`]); long runs are `--seconds` or `--runs` (BENCHMARKS.md, Fuzzing).
 //!
 //! Needs `cargo-fuzz` and the pinned nightly (`scripts/bootstrap.sh` installs both). Targets are
 //! built without a sanitizer: the code under test is safe Rust, the bugs looked for are panics,
 //! aborts, unbounded allocations (`-rss_limit_mb`) and hangs (`-timeout`), and ASan would halve
-//! the executions. Each run starts from the checked-in seeds (fuzz/seeds/<target>) plus the
-//! working corpus (fuzz/corpus/<target>, not checked in, grown by every run). A crash leaves
-//! its input in fuzz/artifacts/<target>/ and fails the command; turn it into a regression test
+//! the executions. They are built once for all targets into target/fuzz (kept between runs, so
+//! a warm CI run only links nothing and starts). Each run starts from the checked-in seeds
+//! (fuzz/seeds/<target>) plus the working corpus (fuzz/corpus/<target>, not checked in, grown by
+//! every run); libFuzzer's output goes to target/fuzz/logs/<target>.log. A crash leaves its
+//! input in fuzz/artifacts/<target>/ and fails the command; turn it into a regression test
 //! next to the code it crashed.
 
 use std::{
+    fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -20,25 +24,37 @@ use anyhow::{Context as _, bail};
 /// The nightly cargo-fuzz builds with (the one the eBPF crate already needs).
 const NIGHTLY: &str = "+nightly-2026-06-25";
 /// Every target in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 2] = ["go_binary", "cgroup_path"];
-/// `--short`: per target, for CI.
-pub const SHORT: Duration = Duration::from_secs(30);
+pub const TARGETS: [&str; 5] = ["go_binary", "cgroup_path", "ring_record", "config", "api"];
+/// `--short`: per target, for CI (5 targets: about 2 minutes with a warm build).
+pub const SHORT: Duration = Duration::from_secs(20);
 
 pub struct Options {
     /// Seconds per target.
     pub duration: Duration,
+    /// Stop each target after this many executions instead (the time limit still applies
+    /// when also set by the caller; see `fuzz`).
+    pub runs: Option<u64>,
     /// Only these targets (all when empty).
     pub targets: Vec<String>,
     /// Also seed go_binary with the smallest real Go fixture (target/go-fixtures), if built.
     /// Off for short runs: a 5 MB input costs milliseconds per execution.
     pub with_fixtures: bool,
+    /// Unoptimised build (`cargo fuzz --dev`): for CI's short runs. The optimised build of the
+    /// collector library with coverage instrumentation and one codegen unit takes minutes
+    /// after every change to it, longer than the runs themselves; unoptimised, each input runs
+    /// slower but the build is quick.
+    pub dev: bool,
 }
 
-/// What one run did, from libFuzzer's final statistics.
+/// What one run did, from libFuzzer's final statistics and closing line.
 struct Outcome {
     target: String,
     execs: u64,
     wall: Duration,
+    /// From the closing `DONE` line: coverage (edges), features, corpus entries and size.
+    cov: String,
+    ft: String,
+    corpus: String,
     crashed: bool,
 }
 
@@ -57,13 +73,31 @@ pub fn fuzz(root: &Path, opts: &Options) -> anyhow::Result<()> {
         }
         opts.targets.iter().map(String::as_str).collect()
     };
+    let target_dir = cargo_target_dir(root).join("fuzz");
+    let target_dir_arg = target_dir.display().to_string();
+    let logs = target_dir.join("logs");
+    std::fs::create_dir_all(&logs).context("creating target/fuzz/logs")?;
+
+    // One build for every target: one cargo invocation, the library compiled once.
+    let t = Instant::now();
+    let mut build = vec![
+        "build",
+        "--sanitizer",
+        "none",
+        "--target-dir",
+        &target_dir_arg,
+    ];
+    if opts.dev {
+        build.push("--dev");
+    }
+    if targets.len() == 1 {
+        build.push(targets[0]);
+    }
+    cargo_fuzz(root, &build, None).context("building the fuzz targets")?;
+    eprintln!("fuzz: built in {:.0?}", t.elapsed());
+
     let mut outcomes = Vec::new();
     for target in targets {
-        let t = Instant::now();
-        cargo_fuzz(root, &["build", "--sanitizer", "none", target], false)
-            .with_context(|| format!("building fuzz target {target}"))?;
-        eprintln!("fuzz: {target} built in {:.0?}", t.elapsed());
-
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus).context("creating the corpus directory")?;
         if target == "go_binary" && opts.with_fixtures {
@@ -72,42 +106,67 @@ pub fn fuzz(root: &Path, opts: &Options) -> anyhow::Result<()> {
         let seeds = fuzz_dir.join("seeds").join(target);
         let secs = opts.duration.as_secs().max(1).to_string();
         let max_time = format!("-max_total_time={secs}");
+        let runs = opts.runs.map(|r| format!("-runs={r}"));
         let corpus_arg = corpus.display().to_string();
         let seeds_arg = seeds.display().to_string();
-        let args = [
+        let mut args = vec![
             "run",
             "--sanitizer",
             "none",
+            "--target-dir",
+            &target_dir_arg,
+        ];
+        if opts.dev {
+            args.push("--dev");
+        }
+        args.extend([
             target,
             &corpus_arg,
             &seeds_arg,
             "--",
-            &max_time,
             // One input may take this long before it counts as a hang.
             "-timeout=10",
             // The analysis budgets its reads (256 MiB per binary); more is a bug.
             "-rss_limit_mb=1024",
             "-print_final_stats=1",
-        ];
+        ]);
+        match &runs {
+            Some(r) => args.push(r),
+            None => args.push(&max_time),
+        }
+        let log_path = logs.join(format!("{target}.log"));
         let t = Instant::now();
-        let stderr = cargo_fuzz(root, &args, true);
+        let result = cargo_fuzz(root, &args, Some(&log_path));
         let wall = t.elapsed();
-        let (crashed, log) = match stderr {
-            Ok(log) => (false, log),
-            Err(e) => (true, format!("{e:#}")),
-        };
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let crashed = result.is_err();
         let execs = log
             .lines()
             .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
+        let done = log.lines().rfind(|l| l.contains(" DONE ")).unwrap_or("");
+        let field = |name: &str| {
+            let mut words = done.split_whitespace();
+            words
+                .find(|w| *w == name)
+                .and_then(|_| words.next())
+                .unwrap_or("?")
+                .to_owned()
+        };
         if crashed {
-            eprintln!("{log}");
+            // The end of libFuzzer's report: the panic, the input's path.
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            if let Err(e) = &result {
+                eprintln!("{e:#}");
+            }
         } else {
-            // libFuzzer's closing line (coverage, corpus) and final statistics.
             for line in log
                 .lines()
-                .filter(|l| l.contains("DONE") || l.starts_with("stat::"))
+                .filter(|l| l.contains(" DONE ") || l.starts_with("stat::"))
             {
                 eprintln!("fuzz: {target}: {line}");
             }
@@ -116,16 +175,24 @@ pub fn fuzz(root: &Path, opts: &Options) -> anyhow::Result<()> {
             target: target.to_owned(),
             execs,
             wall,
+            cov: field("cov:"),
+            ft: field("ft:"),
+            corpus: field("corp:"),
             crashed,
         });
     }
-    eprintln!("fuzz summary:");
+    eprintln!("fuzz summary (logs: {}):", logs.display());
     for o in &outcomes {
+        let secs = o.wall.as_secs_f64().max(0.001);
         eprintln!(
-            "  {:<12} {:>10} execs in {:>4.0?}  {}",
+            "  {:<12} {:>11} execs in {:>6.0?} ({:>7.0} exec/s)  cov {:>5}  ft {:>6}  corpus {:>12}  {}",
             o.target,
             o.execs,
             o.wall,
+            o.execs as f64 / secs,
+            o.cov,
+            o.ft,
+            o.corpus,
             if o.crashed {
                 "CRASHED (input in fuzz/artifacts/)"
             } else {
@@ -139,9 +206,13 @@ pub fn fuzz(root: &Path, opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `cargo +nightly fuzz <args>` in the repository root. With `capture`, stderr (where
-/// libFuzzer reports) is returned, and included in the error when the run fails.
-fn cargo_fuzz(root: &Path, args: &[&str], capture: bool) -> anyhow::Result<String> {
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// Runs `cargo +nightly fuzz <args>` in the repository root. With `log`, stderr (where
+/// libFuzzer reports) goes to that file.
+fn cargo_fuzz(root: &Path, args: &[&str], log: Option<&Path>) -> anyhow::Result<()> {
     eprintln!("+ cargo {NIGHTLY} fuzz {}", args.join(" "));
     // The rustup proxy picks the nightly; variables the outer cargo set for the stable
     // toolchain would override it.
@@ -156,28 +227,22 @@ fn cargo_fuzz(root: &Path, args: &[&str], capture: bool) -> anyhow::Result<Strin
         .env_remove("CARGO")
         // The collector library is what is fuzzed; its eBPF object is not needed.
         .env("AYA_BUILD_SKIP", "1");
-    if capture {
-        cmd.stderr(Stdio::piped());
+    if let Some(path) = log {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        cmd.stderr(Stdio::from(file));
     }
-    let out = cmd
-        .output()
+    let status = cmd
+        .status()
         .context("running cargo fuzz (install it with scripts/bootstrap.sh)")?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        bail!(
-            "cargo fuzz {} failed ({}):\n{stderr}",
-            args.join(" "),
-            out.status
-        );
+    if !status.success() {
+        bail!("cargo fuzz {} failed ({status})", args.join(" "));
     }
-    Ok(stderr)
+    Ok(())
 }
 
 /// Copies the smallest built Go fixture into the corpus (once).
 fn seed_with_fixture(root: &Path, corpus: &Path) -> anyhow::Result<()> {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let Ok(dirs) = std::fs::read_dir(target.join("go-fixtures")) else {
+    let Ok(dirs) = std::fs::read_dir(cargo_target_dir(root).join("go-fixtures")) else {
         eprintln!("fuzz: no Go fixtures built (tests/go/build-fixtures.sh); synthetic seeds only");
         return Ok(());
     };

@@ -30,9 +30,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole suite: rustfmt, clippy, unit tests, the callgrind instruction-count gate, root
-    /// integration tests on this kernel, then the same tests on Debian's 6.1 kernel under qemu
-    /// (`vm-test`).
+    /// The whole suite: rustfmt, clippy, unit tests, the callgrind instruction-count gate, every
+    /// fuzz target for 20 s, root integration tests on this kernel, then the same tests on
+    /// Debian's 6.1 kernel under qemu (`vm-test`).
     Test {
         /// Skip the root integration tests (they load eBPF and need root) and the VM run.
         #[arg(long)]
@@ -134,6 +134,15 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 300)]
         seconds: u64,
+        /// Executions per target instead of a time (e.g. 10000000 for BENCHMARKS.md).
+        #[arg(long, conflicts_with_all = ["short", "seconds"])]
+        runs: Option<u64>,
+        /// Also seed go_binary with the smallest real Go fixture (slow: megabytes per input).
+        #[arg(long)]
+        fixtures: bool,
+        /// Unoptimised build: quick to build after a change, slower per input (CI's choice).
+        #[arg(long)]
+        dev: bool,
         /// Only these targets (default: all).
         targets: Vec<String>,
     },
@@ -332,6 +341,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     repeat: 1,
                 },
             )?;
+            // Every fuzz target briefly (fuzz.rs): a crash fails the suite.
+            fuzz::fuzz(
+                &root(),
+                &fuzz::Options {
+                    duration: fuzz::SHORT,
+                    runs: None,
+                    targets: Vec::new(),
+                    with_fixtures: false,
+                    dev: true,
+                },
+            )?;
             if !unit_only {
                 integration(&[])?;
                 if !no_vm {
@@ -397,6 +417,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Fuzz {
             short,
             seconds,
+            runs,
+            fixtures,
+            dev,
             targets,
         } => fuzz::fuzz(
             &root(),
@@ -406,8 +429,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     Duration::from_secs(seconds)
                 },
+                runs,
                 targets,
-                with_fixtures: !short,
+                with_fixtures: fixtures,
+                dev,
             },
         ),
         Cmd::Image { output } => {
