@@ -388,12 +388,17 @@ pub mod wire {
         pub stop: u32,
         /// The line scan's index in `buf` (kept in memory for the same reason as `pos`).
         pub scan: u32,
-        pub _pad: u32,
+        /// The segment being parsed (`cookie`, `seq` above), handed to the action program so
+        /// it does not read the packet's headers again: where its payload starts, its length
+        /// and TCP flags.
+        pub seg_off: u32,
+        pub seg_len: u32,
+        pub seg_flags: u32,
         /// Running value of a number being parsed (kept in memory for the same reason).
         pub acc: u64,
         pub buf: [u8; WINDOW],
     }
-    assert_layout!(WireScratch, 304);
+    assert_layout!(WireScratch, 312);
 
     /// Method codes: index in `METHODS`; 0 is any other token.
     pub const METHODS: [&[u8]; 10] = [

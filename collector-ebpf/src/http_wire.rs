@@ -1352,6 +1352,9 @@ fn hand_over(
         return;
     }
     store(&mut cur.stop, stop as u32);
+    store(&mut cur.seg_off, seg.off);
+    store(&mut cur.seg_len, seg.len);
+    store(&mut cur.seg_flags, u32::from(seg.flags));
     // SAFETY: tail call with the same context; the callee resumes from `next_seq` and the
     // scratch. On failure (never expected: the array is filled before attaching) execution
     // continues here.
@@ -1365,24 +1368,23 @@ fn hand_over(
 /// The egress action program: what the scan stopped at needs counting or a record.
 #[inline(always)]
 fn act(ctx: &SkBuffContext, slot: u32) {
-    let Some(mut seg) = segment(ctx) else {
-        return;
-    };
-    seg.slot = slot;
-    seg.cookie = cookie(ctx);
     let Some(c) = conn_of(ctx) else {
         return;
     };
     let Some(cur) = WIRE_SCRATCH.get_ptr_mut(scratch_index(Dir::Tx, slot)) else {
         return;
     };
-    // SAFETY: this CPU's egress scratch.
+    // SAFETY: this parse's egress scratch (`enter`): the segment as `hand_over` left it, so
+    // the headers are not read again.
     let cur = unsafe { &mut *cur };
-    // The slot is this parse's own (`enter`); checked all the same, as it costs nothing.
-    if cur.cookie != seg.cookie || cur.seq != seg.seq {
-        desync(c, KernelDrop::WireWindows);
-        return;
-    }
+    let seg = Segment {
+        cookie: cur.cookie,
+        seq: cur.seq,
+        off: fetch(&cur.seg_off),
+        len: fetch(&cur.seg_len),
+        flags: fetch(&cur.seg_flags) as u8,
+        slot,
+    };
     let mut pos = seg.len.min(c.tx.next_seq.wrapping_sub(seg.seq));
     let status = c.tx.status;
     if fetch(&cur.stop) == Stop::ResponseHead as u32 {

@@ -735,7 +735,9 @@ async fn nested_parses_keep_their_own_scratch() {
         win_len: 13,
         stop: 3,
         scan: 15,
-        _pad: 0xa5a5_a5a5,
+        seg_off: 17,
+        seg_len: 19,
+        seg_flags: 21,
         acc: 0xa5a5,
         buf: [0xa5; WINDOW],
     };
