@@ -7,8 +7,20 @@
 //! collector never saw is unknown with no workloads; readiness answers 503 only for the
 //! unhealthy pods; a pod that is degraded or unhealthy always has a deciding reason (while
 //! recovering under hysteresis: `recovering`).
+//!
+//! `idle_instrumented_servers_are_known_and_processes_named_by_their_executable` (Go uprobes
+//! on, socket parser off): a pod and a process whose Go servers discovery instrumented but
+//! that have no traffic at all are known and unknown for `no_traffic`, then healthy with
+//! traffic; the process, outside any named cgroup and run from a file whose name is longer
+//! than `comm`'s 15 bytes, is `process/<its full name>` in the API, labels and `collector
+//! status`.
 
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use collector::{
     app,
@@ -242,6 +254,176 @@ fn verdicts_follow_real_traffic() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Polls until pod `uid` has a workload (within 15 s: discovery rescans every 2 s, then a
+/// harvest and an evaluation).
+fn wait_known(api: &str, uid: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let h = pod_health(api, uid);
+        if h["workloads"].as_array().is_some_and(|w| !w.is_empty()) {
+            return h;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "pod {uid} never known: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET /v1/workload?kind=..&name=..`: (status, body).
+fn workload(api: &str, kind: &str, name: &str) -> (u16, Value) {
+    let (code, body) =
+        status::get(api, &format!("/v1/workload?kind={kind}&name={name}")).expect("API");
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Catches: an instrumented Go server without traffic answering as if unknown to the
+/// collector (no workloads for its pod, 404 on `/v1/workload` for its process) — not
+/// registered, or registered under a key the kernel does not charge its requests to (its
+/// traffic would be a second workload, and the idle one would stay unknown); a process
+/// workload named by `comm`, cut to 15 bytes (`collector-test-`), where its executable's name
+/// can be read.
+#[test]
+fn idle_instrumented_servers_are_known_and_processes_named_by_their_executable() {
+    require_root();
+    const NAME: &str = "collector-test-long-executable-name";
+    assert!(NAME.len() > 15);
+    let server = newest_go_server();
+    let dir = std::env::temp_dir().join(unique_prefix("exe"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let exe = dir.join(NAME);
+    std::fs::copy(&server, &exe).expect("copy the Go server");
+    let prefix = unique_prefix("vi");
+    let uid = fake_pod_uid(0x7e00);
+    let pod = Pod::create(&prefix, 65, &uid, &fake_container_id(0x7e00)).expect("pod");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        kubelet_cgroup_roots: vec![integration_tests::HARNESS_KUBELET_ROOT.into()],
+        verdict: VerdictConfig {
+            geometry: Geometry {
+                bucket: BUCKET,
+                count: BUCKETS,
+            },
+            ..VerdictConfig::default()
+        },
+        ..Config::default()
+    };
+    // Instrumented means the Go uprobes (`/v1/go-http`); the socket parser, which would count
+    // the same requests, is off.
+    config.http.socket = false;
+    config.http.uprobes = true;
+    let running = rt.block_on(app::start(config)).expect("collector starts");
+    let api = format!("http://{}", running.addr);
+
+    let (pod_children, pod_addrs) = spawn_pod_servers(std::slice::from_ref(&pod), &server, PORT);
+    let mut child = Command::new(&exe)
+        .args(["-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Go server");
+    // In the root cgroup, which names no workload: the process does.
+    std::fs::write(cgroup2_mount().join("cgroup.procs"), child.id().to_string())
+        .expect("move to the root cgroup");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("read");
+    std::thread::spawn(move || lines.for_each(drop));
+    let addr: SocketAddr = first
+        .strip_prefix("listening on ")
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+
+    // Idle: known, unknown for no_traffic.
+    let hp = wait_known(&api, &uid);
+    assert_eq!(hp["state"], "unknown", "{hp}");
+    assert_eq!(hp["workloads"].as_array().map(Vec::len), Some(1), "{hp}");
+    assert_eq!(reason_codes(&hp), vec!["no_traffic".to_string()], "{hp}");
+    let start = Instant::now();
+    let idle = loop {
+        let (code, w) = workload(&api, "process", NAME);
+        if code == 200 {
+            break w;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{code} {w}; go-http: {:?}",
+            status::get(&api, "/v1/go-http")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(idle["state"], "unknown", "{idle}");
+    let codes = |w: &Value| -> Vec<String> {
+        w["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["code"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(codes(&idle), vec!["no_traffic".to_string()], "{idle}");
+
+    // Traffic: the same workloads, judged healthy.
+    let load_pod = Load::start(pod_addrs[0], "/ok", 2, Duration::from_millis(20));
+    let load = Load::start(addr, "/ok", 2, Duration::from_millis(20));
+    let start = Instant::now();
+    let healthy = loop {
+        let (code, w) = workload(&api, "process", NAME);
+        if code == 200 && w["state"] == "healthy" {
+            break w;
+        }
+        assert!(start.elapsed() < TWO_WINDOWS, "{code} {w}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(codes(&healthy), Vec::<String>::new(), "{healthy}");
+    assert!(
+        healthy["signals"]["requests"].as_u64() >= Some(20),
+        "{healthy}"
+    );
+    let start = Instant::now();
+    loop {
+        let hp = pod_health(&api, &uid);
+        if hp["state"] == "healthy" {
+            assert_eq!(hp["workloads"].as_array().map(Vec::len), Some(1), "{hp}");
+            assert_eq!(reason_codes(&hp), Vec::<String>::new(), "{hp}");
+            break;
+        }
+        assert!(start.elapsed() < TWO_WINDOWS, "{hp}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop((load, load_pod));
+    // Not also under its comm.
+    let (code, w) = workload(&api, "process_comm", &NAME[..15]);
+    assert_eq!(code, 404, "{w}");
+    let (_, metrics) = status::get(&api, "/metrics").expect("metrics");
+    let label = format!(r#"workload_kind="process",workload="{NAME}""#);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("collector_http_requests_total{") && l.contains(&label)),
+        "no collector_http_requests_total with {label}"
+    );
+    let table = status::table(&status::fetch(&api).expect("status"));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(NAME)),
+        "{table}"
+    );
+
+    rt.block_on(running.shutdown());
+    let _ = child.kill();
+    let _ = child.wait();
+    for mut c in pod_children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Reason codes of a pod's (first) workload.

@@ -129,8 +129,9 @@ struct Entry {
     series: Series,
     tracker: Tracker,
     http_seen: bool,
-    /// Wall-clock time of the last state change (the first evaluation until one happens).
-    last_change: Option<SystemTime>,
+    /// Wall-clock time of the last state change (the first evaluation until one happens),
+    /// formatted once (RFC 3339), not at every evaluation.
+    last_change: Option<String>,
     reasons: BTreeSet<ReasonCode>,
     mismatch: bool,
     /// Epoch the entry was created at (so a new workload is not expired before it had data).
@@ -330,6 +331,7 @@ impl Engine {
             .sum();
         let expire = u64::from(self.config.expire_windows.max(1)) * g.count as u64;
         let span = g.span();
+        let evaluated_at = rfc3339(wall);
         let mut out = Vec::with_capacity(self.entries.len());
         let mut expired = Vec::new();
         for (w, e) in &mut self.entries {
@@ -340,7 +342,8 @@ impl Engine {
                 expired.push(w.clone());
                 continue;
             }
-            let sum = e.series.window(closed, g.count);
+            e.series.advance(closed, g.count);
+            let sum = e.series.sum();
             // Buckets of data the window spans: since the workload was first seen.
             let covered = (closed + 1).saturating_sub(e.born).clamp(1, g.count as u64);
             let covered_time = g.bucket * covered as u32;
@@ -369,7 +372,7 @@ impl Engine {
             let signals = evidence.signals;
             let candidate = sustain(&mut a, e, g.sustain());
             if let Some(from) = e.tracker.step(candidate, self.config.hysteresis) {
-                e.last_change = Some(wall);
+                e.last_change = Some(evaluated_at.clone());
                 if let Some(m) = &self.metrics {
                     m.transitions
                         .get_or_create(&TransitionLabels {
@@ -439,8 +442,11 @@ impl Engine {
                     counts_exact: true,
                     records_sampled: self.sample_every > 1,
                 },
-                last_change: rfc3339(*e.last_change.get_or_insert(wall)),
-                evaluated_at: rfc3339(wall),
+                last_change: e
+                    .last_change
+                    .get_or_insert_with(|| evaluated_at.clone())
+                    .clone(),
+                evaluated_at: evaluated_at.clone(),
             });
         }
         self.forgotten.extend(expired.iter().cloned());

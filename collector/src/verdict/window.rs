@@ -69,6 +69,20 @@ impl Latency {
         self.total += other.total;
     }
 
+    /// Takes back what `add` added: slots that fall to 0 are removed, so a running sum is
+    /// the same map as summing what remains.
+    pub fn sub(&mut self, other: &Latency) {
+        for (s, c) in &other.counts {
+            if let Some(v) = self.counts.get_mut(s) {
+                *v = v.saturating_sub(*c);
+                if *v == 0 {
+                    self.counts.remove(s);
+                }
+            }
+        }
+        self.total = self.total.saturating_sub(other.total);
+    }
+
     pub fn count(&self) -> u64 {
         self.total
     }
@@ -160,6 +174,41 @@ impl Bucket {
         self.failed_connects += failed_connects;
     }
 
+    /// Takes back what `add` added (a bucket leaving a running sum).
+    pub fn sub(&mut self, o: &Bucket) {
+        let Bucket {
+            http_total,
+            http_5xx,
+            http_failed,
+            probe_records,
+            probe_bad_records,
+            probe_5xx_records,
+            latency,
+            slow,
+            send_calls,
+            retransmits,
+            resets,
+            failed_connects,
+            lost,
+        } = o;
+        let sub = |a: &mut u64, b: &u64| *a = a.saturating_sub(*b);
+        sub(&mut self.http_total, http_total);
+        sub(&mut self.http_5xx, http_5xx);
+        sub(&mut self.http_failed, http_failed);
+        sub(&mut self.lost, lost);
+        sub(&mut self.probe_records, probe_records);
+        sub(&mut self.probe_bad_records, probe_bad_records);
+        sub(&mut self.probe_5xx_records, probe_5xx_records);
+        self.latency.sub(latency);
+        for (a, b) in self.slow.iter_mut().zip(slow) {
+            sub(a, b);
+        }
+        sub(&mut self.send_calls, send_calls);
+        sub(&mut self.retransmits, retransmits);
+        sub(&mut self.resets, resets);
+        sub(&mut self.failed_connects, failed_connects);
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Bucket::default()
     }
@@ -219,10 +268,17 @@ impl Geometry {
     }
 }
 
-/// The last buckets of one workload, newest last, each tagged with its epoch.
+/// The last buckets of one workload, newest last, each tagged with its epoch, and the running
+/// sum of the long window: a closed bucket is added once when the window first reaches it and
+/// taken back when it leaves (summing 30 buckets' latency maps at every evaluation was 42 %
+/// of an evaluation's instructions).
 #[derive(Clone, Debug, Default)]
 pub struct Series {
     buckets: VecDeque<(u64, Bucket)>,
+    /// Sum of the buckets in `(summed - count, summed]` as of the last `window` call.
+    sum: Bucket,
+    /// Newest closed epoch in `sum`.
+    summed: Option<u64>,
 }
 
 impl Series {
@@ -235,11 +291,16 @@ impl Series {
         &mut self.buckets[last].1
     }
 
-    /// Drops buckets older than the window of `count` ending at `closed`.
-    pub fn trim(&mut self, closed: u64, count: usize) {
+    /// Drops buckets older than the window of `count` ending at `closed`, taking them out of
+    /// the running sum.
+    fn trim(&mut self, closed: u64, count: usize) {
         let first = (closed + 1).saturating_sub(count as u64);
         while self.buckets.front().is_some_and(|(e, _)| *e < first) {
-            self.buckets.pop_front();
+            if let Some((e, b)) = self.buckets.pop_front()
+                && self.summed.is_some_and(|s| e <= s)
+            {
+                self.sum.sub(&b);
+            }
         }
     }
 
@@ -252,14 +313,34 @@ impl Series {
             .map(|(_, b)| b)
     }
 
-    /// Sum of the buckets in `(closed - count, closed]`; older ones are dropped.
-    pub fn window(&mut self, closed: u64, count: usize) -> Bucket {
-        self.trim(closed, count);
-        let mut sum = Bucket::default();
-        for b in self.iter_window(closed, count) {
-            sum.add(b);
+    /// Sum of the buckets in `(closed - count, closed]`; older ones are dropped. `closed`
+    /// never goes back from one call to the next (the engine evaluates closed buckets in
+    /// order, and nothing is added to a closed bucket).
+    pub fn window(&mut self, closed: u64, count: usize) -> &Bucket {
+        self.advance(closed, count);
+        &self.sum
+    }
+
+    /// The long window's running sum as of the last `advance` (or `window`).
+    pub fn sum(&self) -> &Bucket {
+        &self.sum
+    }
+
+    /// Moves the window to end at `closed`: buckets newly closed enter the running sum, those
+    /// now older than `count` buckets leave it and are dropped.
+    pub fn advance(&mut self, closed: u64, count: usize) {
+        let summed = self.summed;
+        for (_, b) in self
+            .buckets
+            .iter()
+            .rev()
+            .skip_while(|(e, _)| *e > closed)
+            .take_while(|(e, _)| summed.is_none_or(|s| *e > s))
+        {
+            self.sum.add(b);
         }
-        sum
+        self.summed = Some(summed.map_or(closed, |s| s.max(closed)));
+        self.trim(closed, count);
     }
 
     /// Epoch of the newest bucket with anything in it.
@@ -418,6 +499,54 @@ mod tests {
         // Much later: everything old falls out.
         assert_eq!(s.window(30, 6).http_total, 0);
         assert_eq!(s.last_active(), None);
+    }
+
+    /// Catches: a running sum that drifts from the buckets it stands for — a bucket added
+    /// twice or never, not taken back when it leaves, latency slots left at 0 (a map unlike
+    /// the summed one), or a catch-up jump of more than a window mishandled.
+    #[test]
+    fn the_running_sum_is_the_sum_of_the_window() {
+        let mut seed = 0x5eed_u64;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % m
+        };
+        let count = 7;
+        let mut s = Series::default();
+        let mut all: Vec<(u64, Bucket)> = Vec::new();
+        let mut closed = 0u64;
+        for step in 0..400u64 {
+            // Mostly one bucket at a time; gaps (idle buckets) and jumps past a whole window.
+            closed += match step % 97 {
+                50 => 2 * count as u64,
+                _ => 1 + u64::from(next(5) == 0),
+            };
+            let open = closed + 1;
+            if next(4) != 0 {
+                let b = s.at(open);
+                let mut mine = Bucket::default();
+                for target in [&mut *b, &mut mine] {
+                    target.http_total += step % 13;
+                    target.send_calls += step % 5;
+                    target.slow[step as usize % 4] += 1;
+                }
+                for _ in 0..next(6) {
+                    let d = Duration::from_micros(1 + next(2_000_000));
+                    s.at(open).latency.observe(d);
+                    mine.latency.observe(d);
+                }
+                all.push((open, mine));
+            }
+            let got = s.window(closed, count).clone();
+            let first = (closed + 1).saturating_sub(count as u64);
+            let mut want = Bucket::default();
+            for (_, b) in all.iter().filter(|(e, _)| *e >= first && *e <= closed) {
+                want.add(b);
+            }
+            assert_eq!(got, want, "closed {closed}");
+        }
     }
 
     #[test]
