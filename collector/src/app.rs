@@ -72,7 +72,12 @@ pub struct Running {
 
 /// Starts everything; returns once the probes are attached and the endpoint is listening.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let mut phases = Phases::new();
     raise_memlock();
+    // Three independent reads of the running kernel, each tens of ms (more on a busy node):
+    // side by side. aya's BTF is its own parse; ours only yields the load-time globals.
+    let aya_btf = std::thread::spawn(|| aya::Btf::from_sys_fs().ok());
+    let clones = std::thread::spawn(crate::probes::kallsyms::running_kernel_clones);
     let tracefs_root = match tracefs::ensure_tracefs() {
         Ok(root) => Some(root),
         Err(e) => {
@@ -88,9 +93,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             None
         }
     };
-    let prepared = Prepared::compute(our_btf.as_ref(), tracefs_root.as_deref());
+    phases.done("btf");
+    let clones = clones
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let prepared = Prepared::compute_with(our_btf.as_ref(), tracefs_root.as_deref(), &clones);
     drop(our_btf);
-    let aya_btf = aya::Btf::from_sys_fs().ok();
+    phases.done("offsets");
+    let aya_btf = aya_btf
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    phases.done("aya_btf");
 
     if OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP and carries no eBPF object");
@@ -110,6 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
     create_overflow_bucket(&mut ebpf)?;
+    phases.done("object");
     let kernel_log = KernelLogSwitch::new(&mut ebpf, config.kernel_log)
         .context("kernel-side diagnostics switch")?;
     // Read whatever the level: an idle reader costs nothing, and a switch-on through the API
@@ -126,6 +140,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let probes = ProbeSet::attach(&mut ebpf, aya_btf.as_ref(), &prepared, &config.ladder)?;
+    phases.done("ladder");
     let metrics = Arc::new(Metrics::new(config.max_workloads));
     let cgroup_root = config
         .cgroup_root
@@ -149,6 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         },
     };
+    phases.done("http_socket");
     if let Some(result) = &http_socket {
         let rung = if result.is_ok() {
             "cgroup_skb"
@@ -211,6 +227,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+    phases.done("go_uprobes");
     match &cgroup_root {
         Some(root) => info!(root = %root.display(), "cgroup2 hierarchy"),
         None => warn!("no cgroup2 mount: workloads are named by process only"),
@@ -321,7 +338,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }),
     ));
-    info!(%addr, "collector running");
+    phases.done("rest");
+    info!(%addr, startup = %phases, "collector running");
     Ok(Running {
         addr,
         probes,
@@ -407,6 +425,45 @@ impl Running {
         http_wire::detach(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()));
         drop(ebpf);
         info!("detached; nothing of ours is left loaded");
+    }
+}
+
+/// How long each start-up phase took, for the "collector running" line (what a slow
+/// restart spent its time on).
+struct Phases {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            started: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ms",
+            self.last.duration_since(self.started).as_millis()
+        )?;
+        for (phase, took) in &self.done {
+            write!(f, " {phase}={}", took.as_millis())?;
+        }
+        Ok(())
     }
 }
 

@@ -11,17 +11,18 @@
 //! egress program hands complete responses to a third program (only reached by tail call);
 //! the program array `WIRE_PROGS` is filled here with their fds before anything attaches.
 
-use std::{fs::File, path::Path};
+use std::{fs::File, path::Path, time::Instant};
 
 use aya::{
     Ebpf,
     maps::ProgramArray,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, ProgramFd},
 };
 use collector_common::maps::{
     WIRE_PROG_ACTION, WIRE_PROG_EGRESS, WIRE_PROG_INGRESS, WIRE_PROGS_RX, WIRE_PROGS_TX,
 };
 use thiserror::Error;
+use tracing::{debug, warn};
 
 #[derive(Debug, Error)]
 pub enum WireError {
@@ -74,19 +75,19 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path) -> Result<(), WireError> {
         path: cgroup_root.display().to_string(),
         source,
     })?;
-    let mut fds = Vec::new();
-    for (name, _, _, _) in PROGRAMS {
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or(WireError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| WireError::Program { prog: name, source })?;
-        prog.load()
-            .map_err(|source| WireError::Program { prog: name, source })?;
-        fds.push(
-            prog.fd()
-                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-                .map_err(|source| WireError::Program { prog: name, source })?,
+    // Beside the verifier (a second of CPU): the scan reads every process's fdinfo.
+    let (fds, stale) = std::thread::scope(|s| {
+        let stale = s.spawn(stale_program_arrays);
+        let fds = load(ebpf);
+        (fds, stale.join().unwrap_or_default())
+    });
+    let fds = fds?;
+    if !stale.is_empty() {
+        warn!(
+            count = stale.len(),
+            ids = ?stale,
+            "program arrays of an earlier collector are stuck in the kernel (empty; freed only \
+             by a reboot): an observer opened them while their owner died (see ARCHITECTURE)"
         );
     }
     // The program arrays before the attachment: a tail call into an empty slot would leave
@@ -113,6 +114,172 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path) -> Result<(), WireError> {
             .map_err(|source| WireError::Program { prog: name, source })?;
     }
     Ok(())
+}
+
+/// Loads the three programs, each on its own thread: their verification is most of the
+/// collector's start-up (over a second on a 2-core machine) and the kernel verifies
+/// independent loads in parallel. Returns a descriptor of each, in `PROGRAMS` order.
+fn load(ebpf: &mut Ebpf) -> Result<Vec<ProgramFd>, WireError> {
+    let mut progs: Vec<(usize, &'static str, &mut CgroupSkb)> = Vec::new();
+    for (name, prog) in ebpf.programs_mut() {
+        let Some(i) = PROGRAMS.iter().position(|(n, ..)| *n == name) else {
+            continue;
+        };
+        let name = PROGRAMS[i].0;
+        let prog: &mut CgroupSkb = prog
+            .try_into()
+            .map_err(|source| WireError::Program { prog: name, source })?;
+        progs.push((i, name, prog));
+    }
+    if let Some((name, ..)) = PROGRAMS
+        .iter()
+        .find(|(n, ..)| !progs.iter().any(|(_, p, _)| p == n))
+    {
+        return Err(WireError::MissingProgram(name));
+    }
+    let mut loaded: Vec<(usize, Result<ProgramFd, WireError>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = progs
+            .into_iter()
+            .map(|(i, name, prog)| {
+                s.spawn(move || {
+                    let (started, cpu) = (Instant::now(), thread_cpu());
+                    let fd = prog
+                        .load()
+                        .and_then(|()| prog.fd()?.try_clone().map_err(ProgramError::from))
+                        .map_err(|source| WireError::Program { prog: name, source });
+                    debug!(
+                        prog = name,
+                        elapsed = ?started.elapsed(),
+                        cpu = ?thread_cpu().saturating_sub(cpu),
+                        "socket parser program verified"
+                    );
+                    (i, fd)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    loaded.sort_by_key(|(i, _)| *i);
+    loaded.into_iter().map(|(_, fd)| fd).collect()
+}
+
+/// Ids of the socket parser's program arrays (`WIRE_PROGS_*`) that no process holds: kept in
+/// the kernel after their collector died. Linux takes a reference for its deferred clear of a
+/// program array each time the array's last user reference goes; when someone opens the array
+/// by id (`bpftool map show` does, for every map) while the clear after a kill -9 is still
+/// pending, the second clear is not queued and its reference is never given back (observed:
+/// 3 leaks in 3 kill -9s with `bpftool map show` running, none without). Nothing user space
+/// can do drops it, so the collector reports them; they are empty (the clear that ran emptied
+/// them), so no program stays loaded with them.
+///
+/// Maps held by a process are left alone: only an array nobody holds is opened (to read its
+/// name), which cannot be the race above, since no last user reference can go meanwhile.
+///
+/// An array seen unheld twice, `STUCK_AFTER` apart: a dying collector's arrays are unheld too
+/// for the moment the kernel takes to clear and free them.
+pub fn stale_program_arrays() -> Vec<u32> {
+    let unheld = || -> std::collections::BTreeSet<u32> {
+        let held = held_map_ids();
+        map_ids()
+            .into_iter()
+            .filter(|id| !held.contains(id))
+            .collect()
+    };
+    let first = unheld();
+    std::thread::sleep(STUCK_AFTER);
+    let second = unheld();
+    first
+        .intersection(&second)
+        .copied()
+        .filter(|id| {
+            aya::maps::MapInfo::from_id(*id).is_ok_and(|info| {
+                matches!(info.map_type(), Ok(aya::maps::MapType::ProgramArray))
+                    && matches!(info.name_as_str(), Some(WIRE_PROGS_RX | WIRE_PROGS_TX))
+            })
+        })
+        .collect()
+}
+
+/// Far longer than the kernel's deferred clear and free of a dead collector's arrays takes.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Every BPF map id, walked with `BPF_MAP_GET_NEXT_ID` (which opens nothing).
+fn map_ids() -> Vec<u32> {
+    #[repr(C)]
+    struct NextId {
+        start_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+    let mut ids = Vec::new();
+    let mut attr = NextId {
+        start_id: 0,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: a zero-padded bpf_attr prefix for BPF_MAP_GET_NEXT_ID, of its size.
+    while unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_NEXT_ID,
+            std::ptr::from_mut(&mut attr),
+            size_of::<NextId>(),
+        )
+    } == 0
+    {
+        ids.push(attr.next_id);
+        attr.start_id = attr.next_id;
+    }
+    ids
+}
+
+/// Ids of the maps some process holds a descriptor of (the `map_id:` lines of /proc's fdinfo).
+fn held_map_ids() -> std::collections::HashSet<u32> {
+    let mut held = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            held.extend(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("map_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    held
+}
+
+/// CPU time this thread has used (the verifier runs in the loading thread's context, so its
+/// cost shows here whatever else the machine is doing).
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid pointer to a timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Empties the program arrays before the programs are unloaded. A program array and the
