@@ -167,13 +167,13 @@ fn load(ebpf: &mut Ebpf) -> Result<Vec<ProgramFd>, WireError> {
 }
 
 /// Ids of the socket parser's program arrays (`WIRE_PROGS_*`) that no process holds: kept in
-/// the kernel after their collector died. Linux takes a reference for its deferred clear of a
-/// program array each time the array's last user reference goes; when someone opens the array
-/// by id (`bpftool map show` does, for every map) while the clear after a kill -9 is still
-/// pending, the second clear is not queued and its reference is never given back (observed:
-/// 3 leaks in 3 kill -9s with `bpftool map show` running, none without). Nothing user space
-/// can do drops it, so the collector reports them; they are empty (the clear that ran emptied
-/// them), so no program stays loaded with them.
+/// the kernel after their collector died. Observed: an observer opening the arrays by id
+/// (`bpftool map show` does, for every map) while their collector is killed leaves them, for
+/// good (3 of 3 kill -9s; none without the observer). Inferred cause: Linux takes a reference
+/// for its deferred clear of a program array each time the array's last user reference goes,
+/// and a second clear queued while the first is pending is dropped without giving its
+/// reference back. Nothing user space can do drops it, so the collector reports them; they
+/// are empty (the clear that ran emptied them), so no program stays loaded with them.
 ///
 /// Maps held by a process are left alone: only an array nobody holds is opened (to read its
 /// name), which cannot be the race above, since no last user reference can go meanwhile.
