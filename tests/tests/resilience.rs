@@ -966,7 +966,7 @@ fn checked_request(
     n: u64,
 ) -> Result<Result<(), String>, std::io::Error> {
     use std::io::{BufRead as _, Read as _, Write as _};
-    let (request, want) = if n % 4 == 0 {
+    let (request, want) = if n.is_multiple_of(4) {
         let len = (n % 3000) as usize;
         let body = vec![b'x'; len];
         let mut r = format!("POST /echo HTTP/1.1\r\nHost: soak\r\nContent-Length: {len}\r\n\r\n")
@@ -1087,7 +1087,7 @@ fn churn(
             // Replaces the previous process's file while that file may still be attached.
             fs::rename(&staged, &file).expect("rename");
             let mut p = GoProc::spawn(&file);
-            if ran % 2 == 0 {
+            if ran.is_multiple_of(2) {
                 // Runs on from an unlinked file.
                 let _ = fs::remove_file(&file);
             }
@@ -1109,7 +1109,7 @@ fn churn(
                 .map(|_| thread::spawn(move || http_get_status(addr, "/slow?ms=2000")))
                 .collect();
             thread::sleep(Duration::from_millis(150));
-            let ending = if ran % 3 == 0 {
+            let ending = if ran.is_multiple_of(3) {
                 Ending::Term
             } else {
                 Ending::Kill
@@ -1297,7 +1297,7 @@ fn go_uprobes_never_hurt_their_targets() {
         if log.contains("panicked") {
             crashes.push(format!("cycle {cycle}: panic: {}", d.log_tail()));
         }
-        let status = if cycle % 2 == 0 {
+        let status = if cycle.is_multiple_of(2) {
             let s = d.signal_and_wait(libc::SIGTERM);
             (!s.success()).then(|| format!("cycle {cycle}: SIGTERM exit {s}"))
         } else {
@@ -1306,7 +1306,7 @@ fn go_uprobes_never_hurt_their_targets() {
             (s.signal() != Some(libc::SIGKILL)).then(|| format!("cycle {cycle}: exit {s}"))
         };
         crashes.extend(status);
-        if (cycle + 1) % 50 == 0 {
+        if (cycle + 1).is_multiple_of(50) {
             eprintln!(
                 "{} cycles in {:?}: {} answers, {} failed, {} corrupted",
                 cycle + 1,
