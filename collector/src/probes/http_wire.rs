@@ -75,21 +75,9 @@ pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path) -> Result<(), WireError> {
         path: cgroup_root.display().to_string(),
         source,
     })?;
-    // Beside the verifier (a second of CPU): the scan reads every process's fdinfo.
-    let (fds, stale) = std::thread::scope(|s| {
-        let stale = s.spawn(stale_program_arrays);
-        let fds = load(ebpf);
-        (fds, stale.join().unwrap_or_default())
-    });
-    let fds = fds?;
-    if !stale.is_empty() {
-        warn!(
-            count = stale.len(),
-            ids = ?stale,
-            "program arrays of an earlier collector are stuck in the kernel (empty; freed only \
-             by a reboot): an observer opened them while their owner died (see ARCHITECTURE)"
-        );
-    }
+    // Off the start path: the scan reads every process's fdinfo and waits 500 ms.
+    std::thread::spawn(report_stale_program_arrays);
+    let fds = load(ebpf)?;
     // The program arrays before the attachment: a tail call into an empty slot would leave
     // a segment half parsed.
     for ((_, _, array, index), fd) in PROGRAMS.iter().zip(&fds) {
@@ -166,6 +154,19 @@ fn load(ebpf: &mut Ebpf) -> Result<Vec<ProgramFd>, WireError> {
     loaded.into_iter().map(|(_, fd)| fd).collect()
 }
 
+/// Logs the arrays [`stale_program_arrays`] finds, with their count and ids.
+fn report_stale_program_arrays() {
+    let stale = stale_program_arrays();
+    if !stale.is_empty() {
+        warn!(
+            count = stale.len(),
+            ids = ?stale,
+            "program arrays of an earlier collector are stuck in the kernel (empty; freed only \
+             by a reboot): an observer opened them while their owner died"
+        );
+    }
+}
+
 /// Ids of the socket parser's program arrays (`WIRE_PROGS_*`) that no process holds: kept in
 /// the kernel after their collector died. Observed: an observer opening the arrays by id
 /// (`bpftool map show` does, for every map) while their collector is killed leaves them, for
@@ -175,8 +176,9 @@ fn load(ebpf: &mut Ebpf) -> Result<Vec<ProgramFd>, WireError> {
 /// reference back. Nothing user space can do drops it, so the collector reports them; they
 /// are empty (the clear that ran emptied them), so no program stays loaded with them.
 ///
-/// Maps held by a process are left alone: only an array nobody holds is opened (to read its
-/// name), which cannot be the race above, since no last user reference can go meanwhile.
+/// Maps held by a process are left alone: only a map nobody has held for `STUCK_AFTER` is
+/// opened (to read its name). That open could itself be the observer of the race above only
+/// if a dead collector's deferred clear were still pending `STUCK_AFTER` after its death.
 ///
 /// An array seen unheld twice, `STUCK_AFTER` apart: a dying collector's arrays are unheld too
 /// for the moment the kernel takes to clear and free them.
