@@ -9,10 +9,16 @@
 //! - A full ring buffer: failed reservations counted, counts exact, the verdict unknown,
 //!   never unhealthy (`full_ring_is_counted_and_unknown_never_unhealthy`).
 //! - kill -9 under load leaves nothing attached, a restart attaches again, SIGTERM exits 0
-//!   and detaches (`kill_9_then_restart_then_sigterm`).
+//!   and detaches (`kill_9_then_restart_then_sigterm`, which prints the restart's phases).
+//! - Go servers under keep-alive load through `SOAK_CYCLES` attach/detach cycles of the Go
+//!   uprobes, their files deleted or replaced, short-lived servers killed mid-request: every
+//!   answer correct, no target hurt, nothing left (`go_uprobes_never_hurt_their_targets`).
+//! - Program arrays an observer made the kernel keep after a kill -9 are found at the next
+//!   start and hold nothing (`stuck_program_arrays_are_found_and_hold_nothing`).
 //!
-//! The last two run the collector binary (`target/<profile>/collector`, built by `./x test`),
-//! so that it can be killed and its memory measured apart from the test.
+//! The tests from `overload_samples_and_stays_exact` on run the collector binary
+//! (`target/<profile>/collector`, built by `./x test`), so that it can be killed and its memory
+//! measured apart from the test.
 
 use std::{
     collections::BTreeSet,
