@@ -226,4 +226,7 @@ install_py_test_deps
 # helm for the chart tests (tests/tests/deploy.rs), built from its Go module; cached under
 # /var/cache/collector-helm, then a no-op.
 [ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/helm.sh" >/dev/null
+# The OpenTelemetry Collector of deploy/otel-collector (tests/tests/otel_collector.rs), built by
+# its builder from the Go module proxy; cached under /var/cache/collector-otelcol, then a no-op.
+[ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/otelcol.sh" >/dev/null
 log "ok: $USER_TOOLCHAIN, $EBPF_NIGHTLY (LLVM $(llvm_major_of_nightly)), bpf-linker $BPF_LINKER_VERSION"
