@@ -592,7 +592,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let long = "a".repeat(200);
         // (tgid, exe link target, cmdline, comm)
-        let procs: [(u32, Option<String>, Option<&[u8]>, &str); 5] = [
+        type Proc<'a> = (u32, Option<String>, Option<&'a [u8]>, &'a str);
+        let procs: [Proc<'_>; 5] = [
             (
                 100,
                 Some("/opt/app/payments-reconciler-worker".into()),

@@ -349,7 +349,7 @@ impl Engine {
             let covered_time = g.bucket * covered as u32;
             let every = self.sample_every;
             let evidence = Evidence {
-                signals: Signals::from_bucket(&sum, covered_time, every),
+                signals: Signals::from_bucket(sum, covered_time, every),
                 covered_seconds: covered_time.as_secs_f64(),
                 errors: ratio_evidence(&e.series, g, closed, covered, |b| {
                     let (requests, errors) = b.requests_errors(every);
