@@ -765,11 +765,10 @@ async fn otlp_carries_http_server_request_duration() {
                             if m["name"] != "collector.verdict" {
                                 continue;
                             }
-                            for p in m["gauge"]["dataPoints"].as_array().into_iter().flatten() {
-                                {
-                                    return attr(&p["attributes"], "health.state")
-                                        .ok_or_else(|| format!("{p}"));
-                                }
+                            // One point per workload: its resource says which.
+                            if let Some(p) = m["gauge"]["dataPoints"].get(0) {
+                                return attr(&p["attributes"], "health.state")
+                                    .ok_or_else(|| format!("{p}"));
                             }
                         }
                     }

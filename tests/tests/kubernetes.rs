@@ -205,7 +205,9 @@ impl Receiver {
 }
 
 /// A resource's attributes as sorted (key, value) pairs.
-fn attr_pairs(resource: &Value) -> Vec<(String, String)> {
+type Attributes = Vec<(String, String)>;
+
+fn attr_pairs(resource: &Value) -> Attributes {
     let mut v: Vec<(String, String)> = resource["attributes"]
         .as_array()
         .into_iter()
@@ -224,10 +226,7 @@ fn attr_pairs(resource: &Value) -> Vec<(String, String)> {
 
 /// The resources of the newest request that has one for pod `uid` named by the API
 /// (`k8s.pod.name` present): (that pod's resource attributes, every resource's attributes).
-fn otlp_pod_resource(
-    r: &Receiver,
-    uid: &str,
-) -> Option<(Vec<(String, String)>, Vec<Vec<(String, String)>>)> {
+fn otlp_pod_resource(r: &Receiver, uid: &str) -> Option<(Attributes, Vec<Attributes>)> {
     r.requests().iter().rev().find_map(|q| {
         let all: Vec<Vec<(String, String)>> = q["request"]["resourceMetrics"]
             .as_array()?
