@@ -1089,9 +1089,17 @@ fn churn(
             let build = &builds[ran as usize % builds.len()];
             let file = dir.join(format!("churn-{}", ran % 4));
             let staged = dir.join(format!("churn-{}.new", ran % 4));
-            fs::copy(build, &staged).expect("copy");
             // Replaces the previous process's file while that file may still be attached.
-            fs::rename(&staged, &file).expect("rename");
+            if let Err(e) = fs::copy(build, &staged).and_then(|_| fs::rename(&staged, &file)) {
+                // Not the collector's doing (a full disk ended the first 1,000-cycle run
+                // here): counted, and the soak's own checks still run.
+                tally.note(
+                    &tally.failed,
+                    format!("churn: placing {}: {e}", file.display()),
+                );
+                thread::sleep(Duration::from_secs(1));
+                continue;
+            }
             let mut p = GoProc::spawn(&file);
             if ran.is_multiple_of(2) {
                 // Runs on from an unlinked file.
@@ -1314,12 +1322,13 @@ fn go_uprobes_never_hurt_their_targets() {
         crashes.extend(status);
         if (cycle + 1).is_multiple_of(50) {
             eprintln!(
-                "{} cycles in {:?}: {} answers, {} failed, {} corrupted",
+                "{} cycles in {:?}: {} answers, {} failed, {} corrupted; collector crashes {}",
                 cycle + 1,
                 started.elapsed(),
                 tally.ok.load(Ordering::Relaxed),
                 tally.failed.load(Ordering::Relaxed),
-                tally.corrupted.load(Ordering::Relaxed)
+                tally.corrupted.load(Ordering::Relaxed),
+                crashes.len()
             );
         }
     }
