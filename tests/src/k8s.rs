@@ -11,6 +11,7 @@
 //! Dropping the value stops both processes and removes the temporary directory.
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::Write,
     net::TcpListener,
@@ -428,6 +429,658 @@ impl Drop for ControlPlane {
                 "harness: kube-apiserver log tail:\n{}",
                 self.log_tail("apiserver.log")
             );
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("harness: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real node: kubelet + containerd + runc (single-node cluster tests)
+// ---------------------------------------------------------------------------------------------
+
+/// The node's address in its network namespace (the kubelet refuses a loopback node IP).
+pub const NODE_IP: &str = "198.19.0.1";
+/// Pod addresses: the CNI bridge's host-local range, inside the node's network namespace only.
+pub const POD_SUBNET: &str = "198.19.10.0/24";
+
+/// How long the kubelet may take to register its node and report it Ready.
+const NODE_READY: Duration = Duration::from_secs(90);
+
+/// Runs in the node's network namespace, in a new private mount namespace (`unshare -m`), and
+/// stays there (`sleep`) as the namespaces' holder; containerd and the kubelet join both.
+/// `$1` is the node's directory.
+///
+/// - /sys is remounted so it describes this network namespace (the CNI plugins and cadvisor
+///   read /sys/class/net), with the host's cgroup hierarchies bound back on /sys/fs/cgroup:
+///   nothing of the host's cgroup mounts is changed, the kubelet and runc see them as they are.
+/// - containerd 1.6 keeps shim sockets under /run/containerd, the CRI plugin pins pod network
+///   namespaces under /run/netns and libcni caches results in /var/lib/cni: private tmpfs
+///   mounts, so the test leaves nothing there and sees nothing of others'.
+const NODE_HOLDER: &str = r#"set -eu
+dir=$1
+mkdir -p "$dir/cgroup-bind" /run/containerd /var/lib/cni
+mount --rbind /sys/fs/cgroup "$dir/cgroup-bind"
+mount -t sysfs sysfs /sys
+mount --rbind "$dir/cgroup-bind" /sys/fs/cgroup
+umount -l "$dir/cgroup-bind"
+mount -t tmpfs tmpfs /run/containerd
+mount -t tmpfs tmpfs /run/netns
+mount -t tmpfs tmpfs /var/lib/cni
+echo ready
+exec sleep infinity
+"#;
+
+/// The node binaries (`scripts/kubelet.sh`, cached; builds on first use): the bin directory
+/// (kubelet, kube-controller-manager, … next to the control plane's) and the directory of the
+/// unpacked Debian packages (containerd, CNI plugins).
+pub fn node_bin() -> Result<(PathBuf, PathBuf)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kubelet.sh");
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({})",
+        script.display(),
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let (Some(bin), Some(deb)) = (lines.next(), lines.next()) else {
+        bail!("{} printed {text:?}", script.display());
+    };
+    Ok((PathBuf::from(bin), PathBuf::from(deb)))
+}
+
+/// Runs `f` on a thread inside network namespace `netns` (a name under /run/netns); threads
+/// `f` spawns start there too.
+pub fn in_netns<T, F>(netns: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let ns =
+        fs::File::open(format!("/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
+    std::thread::spawn(move || -> Result<T> {
+        setns_net(&ns)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in netns {netns} panicked"))?
+}
+
+fn setns_net(ns: &fs::File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid namespace fd; setns affects only the calling thread.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Forwards `127.0.0.1:port` inside `netns` to `127.0.0.1:port` of this (the root) namespace:
+/// how the kubelet in the node's namespace reaches the API server without a veth or route in
+/// the root namespace. The listener is made in `netns`, the connections to the API server from
+/// the root namespace (a socket keeps the namespace it was made in). Ends when `stop` is set.
+fn forward_into_netns(
+    netns: &str,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
+    use std::net::{Shutdown, TcpStream};
+    use std::sync::atomic::Ordering;
+    let ns = fs::File::open(format!("/run/netns/{netns}"))?;
+    let home = fs::File::open("/proc/thread-self/ns/net")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let listener = (|| -> Result<TcpListener> {
+            setns_net(&ns)?;
+            let l = TcpListener::bind(("127.0.0.1", port))?;
+            setns_net(&home)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })();
+        let listener = match listener {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let _ = client.set_nonblocking(false);
+            let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone(), server.try_clone()),
+                (server.try_clone(), client.try_clone()),
+            ]
+            .into_iter()
+            .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+            {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    rx.recv()?
+}
+
+/// A node of the control plane: containerd (Debian's, with the host's runc) and a kubelet of
+/// the control plane's release, in a network namespace of their own (`<prefix>-node`: pods get
+/// addresses from [`POD_SUBNET`] on a CNI bridge there, reachable only from that namespace, see
+/// [`Node::in_netns`]) and a private mount namespace, with pod cgroups under `/<prefix>` of
+/// each host cgroup hierarchy (`cgroupfs` driver). Plus kube-controller-manager with the
+/// controllers asked for (EndpointSlices need `endpointslice`).
+///
+/// On cgroup v1 and hybrid hosts the kubelet runs with `failCgroupV1: false` (1.35+ refuse v1
+/// by default); containerd restricts `oom_score_adj` to its own (lowering it is not permitted
+/// here, runc fails "failed to update /proc/self/oom_score_adj: Permission denied"). Images
+/// come from OCI archives ([`Node::import_image`]), never from a registry: pods must use
+/// `imagePullPolicy: Never`.
+///
+/// Dropping the value kills the kubelet, every process of the pods' cgroups, containerd, its
+/// shims and the namespace holder, removes the cgroups, the netns and the directory. Drop it
+/// before the [`ControlPlane`].
+pub struct Node {
+    /// The node's name (and the kubelet's `--hostname-override`).
+    pub name: String,
+    dir: PathBuf,
+    netns: String,
+    cgroup_root: String,
+    ctr: PathBuf,
+    sock: PathBuf,
+    holder: Option<Child>,
+    containerd: Option<Child>,
+    kubelet: Option<Child>,
+    controller_manager: Option<Child>,
+    forward_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The host's cgroup hierarchies: every cgroup and cgroup2 mount under /sys/fs/cgroup (the
+/// v1 controllers and the hybrid `unified` one, or the v2 root alone).
+fn cgroup_hierarchies() -> Result<Vec<PathBuf>> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (matches!(fstype, "cgroup" | "cgroup2") && path.starts_with("/sys/fs/cgroup"))
+                .then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+impl Node {
+    /// Starts containerd, the kubelet (node `node-<prefix>`) and kube-controller-manager with
+    /// `controllers`; returns once the node is Ready.
+    pub fn start(cp: &ControlPlane, prefix: &str, controllers: &[&str]) -> Result<Node> {
+        let (bin, deb) = node_bin()?;
+        let dir = std::env::temp_dir().join(format!("{prefix}-node"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let containerd_dir = deb.join("current-containerd/usr/bin");
+        let cni_dir = deb.join("current-containernetworking-plugins/usr/lib/cni");
+        let mut node = Node {
+            name: format!("node-{prefix}"),
+            dir: dir.clone(),
+            netns: format!("{prefix}-node"),
+            cgroup_root: format!("/{prefix}"),
+            ctr: containerd_dir.join("ctr"),
+            sock: dir.join("containerd.sock"),
+            holder: None,
+            containerd: None,
+            kubelet: None,
+            controller_manager: None,
+            forward_stop: Default::default(),
+        };
+
+        // The network namespace, with the node's address on one end of a veth pair whose both
+        // ends stay inside (a dummy device needs a module this kernel lacks).
+        run(Command::new("ip").args(["netns", "add", &node.netns]))?;
+        let inside = |args: &[&str]| -> Result<()> {
+            run(Command::new("ip")
+                .args(["netns", "exec", &node.netns, "ip"])
+                .args(args))
+            .map(drop)
+        };
+        inside(&["link", "set", "lo", "up"])?;
+        inside(&[
+            "link", "add", "node0", "type", "veth", "peer", "name", "node1",
+        ])?;
+        inside(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "node0"])?;
+        inside(&["link", "set", "node0", "up"])?;
+        inside(&["link", "set", "node1", "up"])?;
+        let port: u16 = cp
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("API server port")?;
+        forward_into_netns(&node.netns, port, node.forward_stop.clone())?;
+
+        // The kubelet's cgroup root must exist in every hierarchy; a new v1 cpuset group
+        // starts with no CPUs and memory nodes, so it inherits the root's.
+        for h in cgroup_hierarchies()? {
+            let d = h.join(prefix);
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = fs::read_to_string(h.join(f)) {
+                    fs::write(d.join(f), v.trim())?;
+                }
+            }
+        }
+
+        // The kubelet's credentials: a client certificate of group system:nodes, as the Node
+        // authorizer and NodeRestriction expect.
+        signed_cert(
+            &cp.dir,
+            &node.name,
+            &format!("/O=system:nodes/CN=system:node:{}", node.name),
+            None,
+        )?;
+        let kubeconfig_path = dir.join("kubelet.kubeconfig");
+        fs::write(
+            &kubeconfig_path,
+            kubeconfig(
+                &cp.url,
+                &cp.ca(),
+                &format!(
+                    "    client-certificate: {}\n    client-key: {}\n",
+                    cp.dir.join(format!("{}.crt", node.name)).display(),
+                    cp.dir.join(format!("{}.key", node.name)).display()
+                ),
+            ),
+        )?;
+
+        let d = |f: &str| dir.join(f).display().to_string();
+        let k8s_version = bin
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|v| v.to_string_lossy().into_owned())
+            .context("release directory")?;
+        let pause = format!("collector.test/pause:{k8s_version}");
+        fs::write(
+            dir.join("containerd.toml"),
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "{pause}"
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{cni}"
+      conf_dir = "{cni_conf}"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          BinaryName = "runc"
+          SystemdCgroup = false
+          Root = "{runc_root}"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{opt}"
+"#,
+                root = d("containerd/root"),
+                state = d("containerd/state"),
+                sock = node.sock.display(),
+                cni = cni_dir.display(),
+                cni_conf = d("cni"),
+                runc_root = d("runc"),
+                opt = d("containerd/opt"),
+            ),
+        )?;
+        fs::create_dir_all(dir.join("cni"))?;
+        fs::write(
+            dir.join("cni/10-pods.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0", "name": format!("{prefix}-pods"),
+                "plugins": [
+                    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+                     "hairpinMode": true,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+                              "dataDir": d("cni-ipam")}},
+                    {"type": "loopback"}
+                ]
+            })
+            .to_string(),
+        )?;
+        fs::write(
+            dir.join("kubelet.yaml"),
+            format!(
+                r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# This host mounts cgroup v1 controllers (hybrid); 1.35+ refuse v1 unless told.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+failSwapOn: false
+address: 127.0.0.1
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: false}}
+authorization: {{mode: AlwaysAllow}}
+# A shared build machine's disk is often fuller than the defaults' 10-15 %: no evictions and
+# no image garbage collection (the test's images are imported, not pullable).
+evictionHard: {{memory.available: "1Mi", nodefs.available: "100Mi", imagefs.available: "100Mi"}}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+podLogsDir: {logs}
+resolvConf: ""
+containerRuntimeEndpoint: unix://{sock}
+nodeStatusUpdateFrequency: 2s
+syncFrequency: 5s
+"#,
+                cgroup_root = node.cgroup_root,
+                logs = d("pod-logs"),
+                sock = node.sock.display(),
+            ),
+        )?;
+
+        // The namespace holder; containerd and the kubelet join its namespaces.
+        let mut holder = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
+            .args(["unshare", "--mount", "--propagation", "private"])
+            .args(["sh", "-c", NODE_HOLDER, "sh"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(dir.join("holder.log"))?)
+            .spawn()
+            .context("starting the node's namespace holder")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().context("holder stdout")?),
+            &mut line,
+        )?;
+        let holder_pid = holder.id();
+        node.holder = Some(holder);
+        ensure!(
+            line.trim() == "ready",
+            "node namespace holder failed: {}",
+            node.log_tail("holder.log")
+        );
+        let join = |program: &Path, log: &str| -> Result<Command> {
+            let log = fs::File::create(dir.join(log))?;
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &holder_pid.to_string(), "-m", "-n", "--"])
+                .arg(program)
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        containerd_dir.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            Ok(c)
+        };
+
+        node.containerd = Some(
+            join(&containerd_dir.join("containerd"), "containerd.log")?
+                .arg("--config")
+                .arg(dir.join("containerd.toml"))
+                .spawn()
+                .context("starting containerd")?,
+        );
+        let start = Instant::now();
+        while !node.sock.exists() {
+            if let Some(c) = node.containerd.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "containerd exited ({status}):\n{}",
+                    node.log_tail("containerd.log")
+                );
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd: no socket after 30 s:\n{}",
+                node.log_tail("containerd.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node.import_image(&bin.join("../images/pause.oci.tar"))?;
+
+        node.kubelet = Some(
+            join(&bin.join("kubelet"), "kubelet.log")?
+                .arg("--config")
+                .arg(dir.join("kubelet.yaml"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig_path)
+                .args(["--hostname-override", &node.name, "--node-ip", NODE_IP])
+                .arg("--root-dir")
+                .arg(dir.join("kubelet"))
+                .arg("--cert-dir")
+                .arg(dir.join("kubelet-pki"))
+                .spawn()
+                .context("starting the kubelet")?,
+        );
+
+        let kcm_port = free_port()?;
+        let kcm_log = fs::File::create(dir.join("controller-manager.log"))?;
+        node.controller_manager = Some(
+            Command::new(bin.join("kube-controller-manager"))
+                .arg("--kubeconfig")
+                .arg(&cp.admin)
+                .arg(format!("--controllers={}", controllers.join(",")))
+                .args(["--leader-elect=false", "--bind-address=127.0.0.1"])
+                .arg(format!("--secure-port={kcm_port}"))
+                .arg(format!("--cert-dir={}", d("controller-manager-certs")))
+                .stdin(Stdio::null())
+                .stdout(kcm_log.try_clone()?)
+                .stderr(kcm_log)
+                .spawn()
+                .context("starting kube-controller-manager")?,
+        );
+
+        let start = Instant::now();
+        loop {
+            let ready = cp
+                .kubectl_output(&[
+                    "get",
+                    "node",
+                    &node.name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "True")
+                .unwrap_or(false);
+            if ready {
+                return Ok(node);
+            }
+            if let Some(c) = node.kubelet.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "kubelet exited ({status}):\n{}",
+                    node.log_tail("kubelet.log")
+                );
+            }
+            ensure!(
+                start.elapsed() < NODE_READY,
+                "node {} not Ready after {NODE_READY:?}:\n{}",
+                node.name,
+                node.log_tail("kubelet.log")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Loads an OCI archive into the CRI's image store (containerd namespace `k8s.io`).
+    pub fn import_image(&self, archive: &Path) -> Result<()> {
+        run(Command::new(&self.ctr)
+            .arg("--address")
+            .arg(&self.sock)
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .arg(archive))
+        .map(drop)
+    }
+
+    /// The node's network namespace (pod addresses are reachable from there).
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// Runs `f` in the node's network namespace (see [`in_netns`]).
+    pub fn in_netns<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        in_netns(&self.netns, f)
+    }
+
+    /// The kubelet's cgroup root (`/<prefix>`); pods are under `<root>/kubepods`.
+    pub fn cgroup_root(&self) -> &str {
+        &self.cgroup_root
+    }
+
+    /// The node's directory (logs, configuration).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last lines of one of the node's logs (`kubelet.log`, `containerd.log`, …).
+    pub fn log_tail(&self, log: &str) -> String {
+        let text = fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Every process of the pods' cgroups (any hierarchy) and every process in the holder's
+    /// mount namespace or naming this node's directory (containerd's shims), SIGKILLed.
+    fn kill_all(&self) -> usize {
+        let mut pids = BTreeSet::new();
+        for h in cgroup_hierarchies().unwrap_or_default() {
+            collect_procs(&h.join(self.cgroup_root.trim_start_matches('/')), &mut pids);
+        }
+        let holder_mnt = self
+            .holder
+            .as_ref()
+            .and_then(|h| fs::read_link(format!("/proc/{}/ns/mnt", h.id())).ok());
+        let dir = self.dir.to_string_lossy().into_owned();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == std::process::id() {
+                continue;
+            }
+            let mnt = fs::read_link(e.path().join("ns/mnt")).ok();
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if (holder_mnt.is_some() && mnt == holder_mnt)
+                || String::from_utf8_lossy(&cmdline).contains(&dir)
+            {
+                pids.insert(pid);
+            }
+        }
+        for &pid in &pids {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        pids.len()
+    }
+}
+
+fn collect_procs(dir: &Path, pids: &mut BTreeSet<u32>) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_procs(&e.path(), pids);
+        }
+    }
+}
+
+/// Removes `dir` and the cgroups below it, leaves first.
+fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path())?;
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["kubelet.log", "containerd.log", "controller-manager.log"] {
+                eprintln!("harness: node {log} tail:\n{}", self.log_tail(log));
+            }
+        }
+        for c in [&mut self.controller_manager, &mut self.kubelet]
+            .into_iter()
+            .filter_map(Option::take)
+        {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Killed processes leave their cgroups a moment later; containerd's shims may restart
+        // nothing once containerd is gone, so a few rounds settle it.
+        for _ in 0..50 {
+            if self.kill_all() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for c in [&mut self.containerd, &mut self.holder]
+            .into_iter()
+            .filter_map(Option::take)
+        {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for h in cgroup_hierarchies().unwrap_or_default() {
+            let d = h.join(self.cgroup_root.trim_start_matches('/'));
+            let mut result = Ok(());
+            for _ in 0..20 {
+                result = remove_cgroup_tree(&d);
+                if result.is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Err(e) = result
+                && d.exists()
+            {
+                eprintln!("harness: removing cgroup {}: {e}", d.display());
+            }
+        }
+        self.forward_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.netns])) {
+            eprintln!("harness: {e}");
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("harness: removing {}: {e}", self.dir.display());
