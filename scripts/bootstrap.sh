@@ -223,7 +223,7 @@ install_py_test_deps
 # The Kubernetes control plane of tests/tests/kubernetes.rs (kube-apiserver, kubectl, etcd built
 # from their Go modules; ~10 min once, cached under /var/cache/collector-k8s, then a no-op).
 [ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/k8s-control-plane.sh" >/dev/null
-# The node of tests/tests/kubernetes_node.rs: kubelet, kube-controller-manager, kube-scheduler
+# The node of tests/tests/kubernetes_node.rs: kubelet and kube-controller-manager
 # from the same module (~5 min once, next to the control plane), containerd and the CNI plugins
 # from Debian unpacked (not installed) under /var/cache/collector-k8s/debian, the pause image.
 [ "${WITH_GO:-0}" = 1 ] && "$(dirname "$0")/kubelet.sh" >/dev/null
