@@ -48,7 +48,9 @@ use crate::{
 /// The kernel object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
-const EVENT_CHANNEL: usize = 8_192;
+/// Record batches (`events::batch`, up to 64 KiB, ~330 records, each) waiting for the
+/// aggregator: about 10,000 records, as many as the 8,192 single events it held before.
+const EVENT_CHANNEL: usize = 32;
 /// Exec notices waiting for Go discovery; past this the periodic scan catches up.
 const EXEC_CHANNEL: usize = 4_096;
 /// How often Go discovery rescans /proc (new processes missed, exited ones, detaching).

@@ -512,13 +512,24 @@ impl<S: StatsSource> Aggregator<S> {
     /// Owner task loop: events as they come, a harvest every `interval`. Ends when the reader
     /// closes the channel (it stops first on shutdown), with a final harvest so nothing counted
     /// before SIGTERM is lost.
-    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, interval: Duration) {
+    pub async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<crate::events::batch::RecordBatch>,
+        interval: Duration,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let metrics = self.metrics.clone();
         loop {
             tokio::select! {
-                ev = events.recv() => match ev {
-                    Some(ev) => self.on_event(ev, Instant::now()),
+                batch = batches.recv() => match batch {
+                    // Records are decoded here, next to their use (`events::batch`).
+                    Some(batch) => {
+                        let now = Instant::now();
+                        crate::events::batch::decode_batch(&batch, &metrics, |ev| {
+                            self.on_event(ev, now)
+                        });
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.harvest(Instant::now()),

@@ -47,6 +47,13 @@ fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// The record's kind, from its header alone (the reader routes exec notices by it); None for
+/// a record too short for a header or of an unknown kind, which `decode` then rejects.
+pub fn kind_of(bytes: &[u8]) -> Option<EventKind> {
+    let header: EventHeader = read(bytes).ok()?;
+    EventKind::from_raw(header.kind)
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind =

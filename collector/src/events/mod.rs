@@ -1,6 +1,8 @@
-//! Ring-buffer records: read (reader), decoded at one checked boundary (decode), handed to
-//! the aggregator (and exec notices to Go discovery) as domain events over bounded channels.
+//! Ring-buffer records: read (reader), copied per drain into batches (batch) for the
+//! aggregator, which decodes them at the one checked boundary (decode); exec notices are
+//! decoded by the reader and go to Go discovery. Both over bounded channels.
 
+pub mod batch;
 pub mod decode;
 pub mod kernel_log;
 pub mod reader;

@@ -4,10 +4,15 @@
 //! Per-request records are submitted without a wake-up (`BPF_RB_NO_WAKEUP`: a wake-up per
 //! request cost more than the request, ~12 µs measured) unless the ring is half full, so the
 //! reader also drains on a short timer. Rare records (exec, new process) still wake it.
+//!
+//! A drain copies its records into a batch (`batch::BatchBuilder`) and sends the batch whole;
+//! the aggregator decodes them (`batch::decode_batch`). Exec notices are the exception: they
+//! go to Go discovery from here, decoded at once.
 
 use std::sync::{Arc, atomic::Ordering};
 
 use aya::maps::{MapData, RingBuf};
+use collector_common::event::EventKind;
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
@@ -15,7 +20,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{Event, decode::decode};
+use super::{
+    Event,
+    batch::{BatchBuilder, RecordBatch},
+    decode::{decode, kind_of},
+};
 use crate::export::{
     Metrics,
     prometheus::{KindLabels, ReasonLabels},
@@ -29,7 +38,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// `exec_tx`: where exec notices go (Go discovery); None when Go instrumentation is off.
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<RecordBatch>,
     exec_tx: Option<std::sync::mpsc::SyncSender<u32>>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -39,57 +48,87 @@ pub async fn run(
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
     let mut tick = interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut out = Drain {
+        batch: BatchBuilder::default(),
+        tx,
+        exec_tx,
+        metrics,
+    };
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &tx, exec_tx.as_ref(), &metrics);
+                out.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(fd.get_mut(), &tx, exec_tx.as_ref(), &metrics),
+            _ = tick.tick() => out.drain(fd.get_mut()),
             _ = shutdown.changed() => break,
         }
     }
     // Whatever the kernel wrote before the programs were detached.
-    drain(fd.get_mut(), &tx, exec_tx.as_ref(), &metrics);
+    out.drain(fd.get_mut());
     Ok(())
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    tx: &mpsc::Sender<Event>,
-    exec_tx: Option<&std::sync::mpsc::SyncSender<u32>>,
-    metrics: &Metrics,
-) {
-    let m = &metrics.collector;
-    while let Some(item) = ring.next() {
-        match decode(&item) {
+struct Drain {
+    batch: BatchBuilder,
+    tx: mpsc::Sender<RecordBatch>,
+    exec_tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drain {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            if kind_of(&item) == Some(EventKind::Exec) {
+                self.exec(&item);
+            } else {
+                self.batch.push(&item);
+                if self.batch.is_full() {
+                    self.send();
+                }
+            }
+        }
+        self.send();
+        if self.tx.is_closed() {
+            warn!("aggregator gone; events are no longer consumed");
+        }
+    }
+
+    fn send(&mut self) {
+        let Some(batch) = self.batch.take() else {
+            return;
+        };
+        let n = batch.len() as u64;
+        if self.tx.try_send(batch).is_err() {
+            // The aggregator is behind: drop, count, and keep draining the kernel's buffer (a
+            // full ring buffer would lose events in the kernel instead).
+            let m = &self.metrics.collector;
+            m.events_dropped
+                .get_or_create(&ReasonLabels {
+                    reason: "channel_full",
+                })
+                .inc_by(n);
+            m.records_lost.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn exec(&self, record: &[u8]) {
+        let m = &self.metrics.collector;
+        match decode(record) {
             Ok(event) => {
                 m.events_received
                     .get_or_create(&KindLabels { kind: event.kind() })
                     .inc();
-                if let Event::Exec { tgid } = event {
-                    // Discovery is behind: the periodic /proc scan will find the process.
-                    if let Some(exec_tx) = exec_tx
-                        && exec_tx.try_send(tgid).is_err()
-                    {
-                        m.events_dropped
-                            .get_or_create(&ReasonLabels {
-                                reason: "exec_channel_full",
-                            })
-                            .inc();
-                    }
-                    continue;
-                }
-                if tx.try_send(event).is_err() {
-                    // The aggregator is behind: drop, count, and keep draining the kernel's
-                    // buffer (a full ring buffer would lose events in the kernel instead).
+                // Discovery is behind: the periodic /proc scan will find the process.
+                if let (Event::Exec { tgid }, Some(exec_tx)) = (event, &self.exec_tx)
+                    && exec_tx.try_send(tgid).is_err()
+                {
                     m.events_dropped
                         .get_or_create(&ReasonLabels {
-                            reason: "channel_full",
+                            reason: "exec_channel_full",
                         })
                         .inc();
-                    m.records_lost.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -100,8 +139,5 @@ fn drain(
                 debug!(error = %e, "ring-buffer record rejected");
             }
         }
-    }
-    if tx.is_closed() {
-        warn!("aggregator gone; events are no longer consumed");
     }
 }
