@@ -305,7 +305,11 @@ impl Series {
     }
 
     /// Closed buckets in `(closed - count, closed]`, oldest first (empty buckets absent).
-    pub fn iter_window(&self, closed: u64, count: usize) -> impl Iterator<Item = &Bucket> + '_ {
+    pub fn iter_window(
+        &self,
+        closed: u64,
+        count: usize,
+    ) -> impl Iterator<Item = &Bucket> + Clone + '_ {
         let first = (closed + 1).saturating_sub(count as u64);
         self.buckets
             .iter()
