@@ -1268,9 +1268,12 @@ fn otlp_config(
         ));
     }
     // The specification's variable (no _METRICS_-less form exists for it).
-    let histogram = match cli.otlp_histogram.clone().or(file.histogram).or_else(|| {
-        env.var("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")
-    }) {
+    let histogram = match cli
+        .otlp_histogram
+        .clone()
+        .or(file.histogram)
+        .or_else(|| env.var("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION"))
+    {
         None => OtlpHistogram::default(),
         Some(v) => match v.as_str() {
             "explicit" | "explicit_bucket_histogram" => OtlpHistogram::Explicit,
