@@ -607,6 +607,7 @@ pub struct Node {
     containerd: Option<Child>,
     kubelet: Option<Child>,
     controller_manager: Option<Child>,
+    pause_image: String,
     forward_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -646,6 +647,7 @@ impl Node {
             containerd: None,
             kubelet: None,
             controller_manager: None,
+            pause_image: String::new(),
             forward_stop: Default::default(),
         };
 
@@ -714,6 +716,7 @@ impl Node {
             .map(|v| v.to_string_lossy().into_owned())
             .context("release directory")?;
         let pause = format!("collector.test/pause:{k8s_version}");
+        node.pause_image = pause.clone();
         fs::write(
             dir.join("containerd.toml"),
             format!(
@@ -941,6 +944,12 @@ syncFrequency: 5s
             .args(["--namespace", "k8s.io", "images", "import"])
             .arg(archive))
         .map(drop)
+    }
+
+    /// The pod sandbox image every node has (`imagePullPolicy: Never` pods may use it as a
+    /// stand-in container that does nothing).
+    pub fn pause_image(&self) -> &str {
+        &self.pause_image
     }
 
     /// The node's network namespace (pod addresses are reachable from there).

@@ -227,7 +227,7 @@ fn readiness_gate_takes_a_pod_out_of_its_service() {
             "metadata": {"name": collector_pod, "namespace": "collector"},
             "spec": {"nodeName": node.name, "serviceAccountName": "collector",
                 "automountServiceAccountToken": false,
-                "containers": [{"name": "collector", "image": "collector.test/pause:v1.37.2",
+                "containers": [{"name": "collector", "image": node.pause_image(),
                     "imagePullPolicy": "Never"}]}}));
     let kc = cp
         .pod_token_kubeconfig("collector", "collector", &collector_pod)
