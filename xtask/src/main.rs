@@ -128,7 +128,7 @@ enum Cmd {
     /// Run the cargo-fuzz targets (fuzz/) one after the other; fails on a crash. Needs
     /// cargo-fuzz and the pinned nightly (scripts/bootstrap.sh).
     Fuzz {
-        /// 30 s per target (CI).
+        /// 20 s per target from the seeds alone (CI).
         #[arg(long, conflicts_with = "seconds")]
         short: bool,
         /// Seconds per target.
@@ -350,6 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     targets: Vec::new(),
                     with_fixtures: false,
                     dev: true,
+                    scratch_corpus: true,
                 },
             )?;
             if !unit_only {
@@ -433,6 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 targets,
                 with_fixtures: fixtures,
                 dev,
+                scratch_corpus: short,
             },
         ),
         Cmd::Image { output } => {
