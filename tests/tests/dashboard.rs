@@ -6,30 +6,15 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    HostCgroup, Load, newest_go_server, require_root, start_socket_collector, unique_prefix,
+    HostCgroup, Killed, Load, free_port, newest_go_server, require_root, start_socket_collector,
+    unique_prefix,
 };
 use serde_json::Value;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
 
 fn percent_encode(s: &str) -> String {
     s.bytes()

@@ -7,7 +7,6 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::Child,
     sync::Mutex,
     time::Duration,
 };
@@ -26,16 +25,6 @@ use integration_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
-
-/// Kills the child at the end of the test.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One keep-alive client connection that reads responses the way HTTP/1.1 frames them.
 struct Client {
@@ -383,13 +372,6 @@ async fn python_http_server_counts_exactly() {
 }
 
 /// A free port on loopback for a server that cannot be told to pick one and say which.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn wait_listening(addr: SocketAddr, what: &str) {
     wait_until_ok_blocking(DEADLINE, Duration::from_millis(50), what, || {
         TcpStream::connect(addr).map(drop)

@@ -23,7 +23,7 @@ use std::{
 };
 
 use integration_tests::{
-    cgroup2_mount, http_get_status, metric_sum, newest_go_server, require_root, scrape,
+    cgroup2_mount, free_port, http_get_status, metric_sum, newest_go_server, require_root, scrape,
     unique_prefix, wait_until_blocking,
 };
 
@@ -141,13 +141,6 @@ fn least_privilege(caps: &[&str]) -> Vec<String> {
         args.extend(["--cap-add".to_string(), caps.join(",")]);
     }
     args
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// The Go test server in its own container (own network namespace, loopback only), running as

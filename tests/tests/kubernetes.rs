@@ -32,8 +32,8 @@ use collector::{
     verdict::{VerdictConfig, window::Geometry},
 };
 use integration_tests::{
-    HostCgroup, Pod, fake_container_id, fake_pod_uid, k8s::ControlPlane, pod_traffic_bin,
-    read_listening, require_root, unique_prefix, wait_until_ok_blocking,
+    HostCgroup, Pod, fake_container_id, fake_pod_uid, free_port, k8s::ControlPlane,
+    pod_traffic_bin, read_listening, require_root, unique_prefix, wait_until_ok_blocking,
 };
 use serde_json::{Value, json};
 
@@ -159,13 +159,6 @@ impl Drop for Receiver {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.out);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 fn receiver(tag: &str) -> Receiver {

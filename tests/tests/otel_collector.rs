@@ -12,9 +12,8 @@
 //! Run: `cargo test -p integration-tests --test otel_collector -- --test-threads=1`.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
@@ -23,8 +22,8 @@ use collector::{
     config::{Config, OtlpConfig, OtlpProtocol},
 };
 use integration_tests::{
-    HARNESS_KUBELET_ROOT, HostCgroup, Pod, fake_container_id, k8s::ControlPlane, pod_traffic_bin,
-    read_listening, require_root, unique_prefix, wait_until_ok_blocking,
+    HARNESS_KUBELET_ROOT, HostCgroup, Killed, Pod, fake_container_id, free_port, k8s::ControlPlane,
+    pod_traffic_bin, read_listening, require_root, unique_prefix, wait_until_ok_blocking,
 };
 use serde_json::{Value, json};
 
@@ -73,22 +72,6 @@ fn example_config_validates() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a misspelt key accepted");
     assert!(stderr.contains("extrakt"), "{stderr}");
-}
-
-/// Killed on drop.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 fn get(url: &str) -> Option<Value> {
