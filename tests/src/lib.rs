@@ -47,6 +47,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 pub mod k8s;
 pub mod kernel;
+pub mod otlp;
 
 /// How long cleanup waits for killed processes to disappear before giving up on them.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(5);

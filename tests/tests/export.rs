@@ -5,7 +5,6 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -16,13 +15,15 @@ use collector::{
     config::{Config, OtlpConfig, OtlpProtocol},
     verdict::{VerdictConfig, window::Geometry},
 };
-use integration_tests::*;
+use integration_tests::{
+    otlp::{OtlpReceiver, attr_pairs},
+    *,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(40);
 const POLL: Duration = Duration::from_millis(250);
-const PY_VENV: &str = "/opt/collector-test/py-venv/bin/python";
 
 fn first_line(child: &mut Child, timeout: Duration) -> String {
     let stdout = child.stdout.take().expect("piped stdout");
@@ -284,54 +285,6 @@ fn promtool_check(exposition: &str) -> (bool, String) {
     )
 }
 
-struct Receiver {
-    _child: Killed,
-    out: PathBuf,
-    grpc: u16,
-    http: u16,
-}
-
-fn receiver(grpc: u16, http: u16) -> Receiver {
-    assert!(
-        Path::new(PY_VENV).exists(),
-        "{PY_VENV} missing: run scripts/bootstrap.sh"
-    );
-    let out = std::env::temp_dir().join(format!("otlp-{}-{grpc}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otlp/receiver.py");
-    let mut child = Command::new(PY_VENV)
-        .args([
-            script,
-            "--grpc-port",
-            &grpc.to_string(),
-            "--http-port",
-            &http.to_string(),
-            "--out",
-        ])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver starts");
-    let line = first_line(&mut child, Duration::from_secs(20));
-    assert!(line.starts_with("listening"), "{line}");
-    Receiver {
-        _child: Killed(child),
-        out,
-        grpc,
-        http,
-    }
-}
-
-impl Receiver {
-    fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
 fn attr(attrs: &Value, key: &str) -> Option<String> {
     attrs
         .as_array()?
@@ -343,24 +296,6 @@ fn attr(attrs: &Value, key: &str) -> Option<String> {
 /// Every resource of a request, by the pod UID it carries (None: no pod).
 fn resource_pod(rm: &Value) -> Option<String> {
     attr(&rm["resource"]["attributes"], "k8s.pod.uid")
-}
-
-/// A resource's attributes as sorted (key, string value) pairs.
-fn attr_pairs(attrs: &Value) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = attrs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            let value = a["value"]["stringValue"]
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| a["value"].to_string());
-            (a["key"].as_str().unwrap_or("").to_string(), value)
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// The newest value of `metric` for the pod (its resource's `k8s.pod.uid`), with the metric,
@@ -409,7 +344,7 @@ async fn check_otlp(protocol: OtlpProtocol, index: u8) {
         },
         index,
     );
-    let r = receiver(free_port(), free_port());
+    let r = OtlpReceiver::start(free_port(), free_port());
     let endpoint = match protocol {
         OtlpProtocol::Grpc => format!("http://127.0.0.1:{}", r.grpc),
         OtlpProtocol::HttpProtobuf => format!("http://127.0.0.1:{}/v1/metrics", r.http),
@@ -595,7 +530,7 @@ async fn otlp_receiver_down_then_up() {
         0
     );
 
-    let r = receiver(grpc, http);
+    let r = OtlpReceiver::start(grpc, http);
     wait_until_ok(
         DEADLINE,
         POLL,
@@ -632,7 +567,7 @@ async fn otlp_carries_http_server_request_duration() {
         .into_iter()
         .find(|(v, variant, _)| v.starts_with("1.24") && variant == "default")
         .expect("Go 1.24 fixture");
-    let r = receiver(free_port(), free_port());
+    let r = OtlpReceiver::start(free_port(), free_port());
     let running = start(Some(OtlpConfig {
         endpoint: format!("http://127.0.0.1:{}", r.grpc),
         protocol: OtlpProtocol::Grpc,
@@ -782,7 +717,7 @@ async fn otlp_exponential_duration_histogram_is_exact() {
         .into_iter()
         .find(|(v, variant, _)| v.starts_with("1.24") && variant == "default")
         .expect("Go 1.24 fixture");
-    let r = receiver(free_port(), free_port());
+    let r = OtlpReceiver::start(free_port(), free_port());
     let running = start(Some(OtlpConfig {
         endpoint: format!("http://127.0.0.1:{}/v1/metrics", r.http),
         protocol: OtlpProtocol::HttpProtobuf,

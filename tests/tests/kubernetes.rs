@@ -17,12 +17,7 @@
 //! attributes.
 //! Run: `cargo test --release -p integration-tests --test kubernetes -- --test-threads=1`.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use collector::{
     app,
@@ -32,7 +27,9 @@ use collector::{
     verdict::{VerdictConfig, window::Geometry},
 };
 use integration_tests::{
-    HostCgroup, Pod, fake_container_id, fake_pod_uid, free_port, k8s::ControlPlane,
+    HostCgroup, Pod, fake_container_id, fake_pod_uid, free_port,
+    k8s::ControlPlane,
+    otlp::{OtlpReceiver, attr_pairs},
     pod_traffic_bin, read_listening, require_root, unique_prefix, wait_until_ok_blocking,
 };
 use serde_json::{Value, json};
@@ -145,86 +142,17 @@ fn send(pod: &Pod, to: &str, bytes: u64) {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// The OTLP receiver of the export tests (official protobuf definitions, Python), HTTP only;
-/// killed on drop.
-struct Receiver {
-    child: Child,
-    out: PathBuf,
-    port: u16,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out);
-    }
-}
-
-fn receiver(tag: &str) -> Receiver {
-    let python = "/opt/collector-test/py-venv/bin/python";
-    assert!(
-        Path::new(python).exists(),
-        "{python} missing: run scripts/bootstrap.sh"
-    );
-    let out = std::env::temp_dir().join(format!("otlp-{tag}-{}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let port = free_port();
-    let mut child = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/otlp/receiver.py"))
-        .args(["--grpc-port", &free_port().to_string()])
-        .args(["--http-port", &port.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("receiver line");
-    assert!(line.starts_with("listening"), "{line}");
-    Receiver { child, out, port }
-}
-
-impl Receiver {
-    fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
 /// A resource's attributes as sorted (key, value) pairs.
 type Attributes = Vec<(String, String)>;
 
-fn attr_pairs(resource: &Value) -> Attributes {
-    let mut v: Vec<(String, String)> = resource["attributes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            let value = a["value"]["stringValue"]
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| a["value"].to_string());
-            (a["key"].as_str().unwrap_or("").to_string(), value)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// The resources of the newest request that has one for pod `uid` named by the API
 /// (`k8s.pod.name` present): (that pod's resource attributes, every resource's attributes).
-fn otlp_pod_resource(r: &Receiver, uid: &str) -> Option<(Attributes, Vec<Attributes>)> {
+fn otlp_pod_resource(r: &OtlpReceiver, uid: &str) -> Option<(Attributes, Vec<Attributes>)> {
     r.requests().iter().rev().find_map(|q| {
         let all: Vec<Vec<(String, String)>> = q["request"]["resourceMetrics"]
             .as_array()?
             .iter()
-            .map(|rm| attr_pairs(&rm["resource"]))
+            .map(|rm| attr_pairs(&rm["resource"]["attributes"]))
             .collect();
         let mine = all
             .iter()
@@ -361,10 +289,10 @@ fn pods_are_named_by_a_real_api_server() {
     let db_sink = format!("{}:9100", db.host_addr());
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let otlp = receiver(&prefix);
+    let otlp = OtlpReceiver::start(free_port(), free_port());
     let config = Config {
         otlp: Some(OtlpConfig {
-            endpoint: format!("http://127.0.0.1:{}/v1/metrics", otlp.port),
+            endpoint: format!("http://127.0.0.1:{}/v1/metrics", otlp.http),
             protocol: OtlpProtocol::HttpProtobuf,
             headers: vec![],
             interval: Duration::from_secs(1),
