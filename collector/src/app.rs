@@ -125,7 +125,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
     create_overflow_bucket(&mut ebpf)?;
-    phases.done("object");
     let kernel_log = KernelLogSwitch::new(&mut ebpf, config.kernel_log)
         .context("kernel-side diagnostics switch")?;
     // Read whatever the level: an idle reader costs nothing, and a switch-on through the API
@@ -140,6 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.kernel_log != KernelLogLevel::Off {
         info!(level = %config.kernel_log, "kernel-side diagnostics on");
     }
+    phases.done("object");
 
     let probes = ProbeSet::attach(&mut ebpf, aya_btf.as_ref(), &prepared, &config.ladder)?;
     phases.done("ladder");
