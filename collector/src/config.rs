@@ -695,7 +695,7 @@ impl Config {
         }
         let api = api_config(cli, file.api.unwrap_or_default())?;
         let log = cli.log.clone().or(file.log).unwrap_or(d.log);
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+        if let Err(e) = log_filter(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
         let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
@@ -1299,6 +1299,17 @@ fn otlp_config(
     }))
 }
 
+/// The log filter of `--log`. Span field values (`span{field=value}`) are matched as plain
+/// text, not compiled as regular expressions: tracing's field matcher builds a DFA, and a value
+/// like `E.{80}E` took minutes of CPU to compile (found by the `config` fuzz target) — a hang at
+/// start from one option.
+pub fn log_filter(directives: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(directives)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1757,5 +1768,15 @@ mod tests {
                 api: "http://10.0.0.1:1".into()
             })
         );
+    }
+
+    /// Found by the `config` fuzz target: a span field value compiled as a regular expression
+    /// took minutes of CPU (the test hung before the fix); it is a literal now.
+    #[test]
+    fn a_log_filter_with_a_pathological_field_value_is_parsed_at_once() {
+        let log = "d&111]111111Z1[XPORTER_OTL\u{7f}\u{7f}\u{7f}\u{4}unhebel{ deg\\\\\\ = \u{7f}\u{4}EEEEEEE..............................................................................EEEEEEEEEEEEEDEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEl\u{7f}+}\u{7f}\u{7f}\u{7f}\u{4}l\u{7f}\u{7f}}\u{7f}ro\u{4}}q";
+        let _ = log_filter(log);
+        let dots = format!("collector[probe{{signal=E{}E}}]=debug", ".".repeat(80));
+        assert!(log_filter(&dots).is_ok(), "{dots}");
     }
 }

@@ -42,9 +42,11 @@ fn main() -> ExitCode {
         }
     };
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            collector::events::kernel_log::log_filter(&config.log),
-        ))
+        .with_env_filter(
+            // Validated by the configuration, so this parses.
+            collector::config::log_filter(&collector::events::kernel_log::log_filter(&config.log))
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr);
     let format = config.log_format;
     match format {
