@@ -219,7 +219,8 @@ pub mod wire {
         pub const LENGTH: u8 = 2;
         /// The current line is longer than `LINE_MAX` (only its start is kept).
         pub const LONG_LINE: u8 = 4;
-        /// rx: the request is sampled; its target waits in `WIRE_TARGETS`.
+        /// rx: the request is sampled; its target waits in `WIRE_TARGETS` (or, with
+        /// `INLINE_TARGET`, in `WireConn::target`).
         pub const SAMPLED: u8 = 8;
         /// rx: with `SAMPLED`, the target is in `WireConn::target` instead.
         pub const INLINE_TARGET: u8 = 16;
@@ -229,7 +230,8 @@ pub mod wire {
     pub mod slot {
         /// A HEAD request: its response has no body whatever its headers say.
         pub const HEAD_METHOD: u8 = 1;
-        /// A record is emitted for this request; its target waits in `WIRE_TARGETS`.
+        /// A record is emitted for this request; its target waits in `WIRE_TARGETS` (or, with
+        /// `INLINE_TARGET`, in `WireConn::target`).
         pub const SAMPLED: u8 = 2;
         /// With `SAMPLED`: the target is in `WireConn::target`.
         pub const INLINE_TARGET: u8 = 4;
@@ -383,8 +385,7 @@ pub mod wire {
         pub win_start: u32,
         pub win_len: u32,
         /// What the scan stopped at: the steps' result (written by the `bpf_loop` callback),
-        /// and on egress what the action program (`WIRE_PROG_ACTION`) acts on after checking
-        /// `cookie`/`seq`.
+        /// and on egress what the action program (`WIRE_PROG_ACTION`) acts on.
         pub stop: u32,
         /// The line scan's index in `buf` (kept in memory for the same reason as `pos`).
         pub scan: u32,
