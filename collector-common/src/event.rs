@@ -32,6 +32,8 @@ pub enum EventKind {
     Http = 2,
     /// `process::ExecEvent`
     Exec = 3,
+    /// `grpc::GrpcEvent`
+    Grpc = 4,
 }
 
 impl EventKind {
@@ -41,6 +43,7 @@ impl EventKind {
             1 => Some(Self::Process),
             2 => Some(Self::Http),
             3 => Some(Self::Exec),
+            4 => Some(Self::Grpc),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod event;
 pub mod globals;
+pub mod grpc;
 pub mod http;
 pub mod maps;
 pub mod process;

@@ -11,6 +11,7 @@
 
 mod emit;
 mod globals;
+mod grpc;
 mod http;
 mod http_wire;
 mod klog;

@@ -14,6 +14,7 @@ use aya::{
     maps::{Array, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
 };
 use collector_common::{
+    grpc::{GRPC_COUNTS, GRPC_OFFSETS, GRPC_SAMPLING, GrpcCountKey, GrpcCounts, GrpcOffsets},
     http::HttpCounts,
     maps::{DROPS, EVENTS, HTTP_COUNTS, HTTP_INFLIGHT, HTTP_OFFSETS, HTTP_SAMPLING, TCP_STATS},
     tcp::{OwnerKey, TcpStats},
@@ -25,7 +26,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    aggregate::{Aggregator, KernelMaps, http::RouteTable, sampling::Sampler},
+    aggregate::{Aggregator, KernelMaps, grpc::GrpcAggregate, http::RouteTable, sampling::Sampler},
     api,
     config::Config,
     events::{
@@ -37,6 +38,7 @@ use crate::{
     kubernetes::Kubernetes,
     probes::{
         AttachReport, ProbeSet, btf,
+        go_grpc::{self, attach::GoGrpcProbes},
         go_http::attach::{GoHttpProbes, Instrumented},
         http_wire,
         offsets::Prepared,
@@ -69,6 +71,13 @@ pub struct Running {
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     otlp: Option<OtlpExporter>,
     discovery: Option<std::thread::JoinHandle<()>>,
+    /// grpc-go servers instrumented, as of discovery's last scan.
+    pub grpc_instrumented: Arc<Mutex<Vec<go_grpc::attach::Instrumented>>>,
+    /// grpc-go discovery: its stop flag and thread.
+    grpc_discovery: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
     ebpf: Arc<Mutex<Ebpf>>,
 }
 
@@ -215,6 +224,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     sampling
         .set(0, &config.http.sample_every, 0)
         .context("setting HTTP sampling")?;
+    // grpc-go: exact counts, record sampling and per-binary offsets (`probes::go_grpc`).
+    let grpc_maps = if config.http.grpc_uprobes {
+        let mut counts: PerCpuHashMap<_, GrpcCountKey, GrpcCounts> =
+            PerCpuHashMap::try_from(take(&mut ebpf, GRPC_COUNTS)?)?;
+        // The kernel can only update an existing overflow key when the map is full.
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting possible CPUs")?
+            .get() as usize;
+        counts
+            .insert(
+                &GrpcCountKey::OVERFLOW,
+                PerCpuValues::try_from(vec![GrpcCounts::default(); cpus])?,
+                0,
+            )
+            .context("creating the gRPC overflow bucket")?;
+        let mut sampling: Array<_, u32> = Array::try_from(take(&mut ebpf, GRPC_SAMPLING)?)?;
+        sampling
+            .set(0, &config.http.sample_every, 0)
+            .context("setting gRPC sampling")?;
+        let offsets: Array<_, GrpcOffsets> = Array::try_from(take(&mut ebpf, GRPC_OFFSETS)?)?;
+        Some((counts, sampling, offsets))
+    } else {
+        None
+    };
     let go_offsets = Array::try_from(take(&mut ebpf, HTTP_OFFSETS)?)?;
     let go_inflight = aya::maps::HashMap::try_from(take(&mut ebpf, HTTP_INFLIGHT)?)?;
     let ebpf = Arc::new(Mutex::new(ebpf));
@@ -228,6 +262,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
     } else {
         None
+    };
+    let grpc_state = Arc::new(Mutex::new(Vec::new()));
+    let (grpc_aggregate, grpc_discovery) = match grpc_maps {
+        Some((counts, sampling, offsets)) => {
+            match GoGrpcProbes::new(ebpf.clone(), offsets, metrics.clone()) {
+                Ok(p) => {
+                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let thread = go_grpc::attach::spawn(p, grpc_state.clone(), stop.clone());
+                    let sampler = Sampler::new(
+                        Box::new(sampling),
+                        config.http.event_budget,
+                        config.http.sample_every,
+                        std::time::Instant::now(),
+                    );
+                    (
+                        Some(GrpcAggregate::new(
+                            Box::new(counts),
+                            config.http.max_routes,
+                            Some(sampler),
+                        )),
+                        Some((stop, thread)),
+                    )
+                }
+                Err(e) => {
+                    warn!(error = %e, "grpc-go instrumentation unavailable");
+                    (None, None)
+                }
+            }
+        }
+        None => (None, None),
     };
     phases.done("go_uprobes");
     match &cgroup_root {
@@ -301,6 +365,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_verdicts(engine)
         .with_sampler(sampler)
         .with_go_http(go_state.clone());
+    let aggregator = match grpc_aggregate {
+        Some(g) => aggregator.with_grpc(g),
+        None => aggregator,
+    };
     let verdicts = aggregator.verdicts();
     // Readiness gates of opted-in pods, and this node's Lease for the watchdog.
     if let Some(k) = &kubernetes {
@@ -351,6 +419,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks,
         otlp,
         discovery,
+        grpc_instrumented: grpc_state,
+        grpc_discovery,
         ebpf,
     })
 }
@@ -401,6 +471,7 @@ impl Running {
             tasks,
             otlp,
             discovery,
+            grpc_discovery,
             ebpf,
             ..
         } = self;
@@ -422,6 +493,13 @@ impl Running {
             let joined = tokio::task::spawn_blocking(move || d.join());
             if tokio::time::timeout(DRAIN_GRACE, joined).await.is_err() {
                 warn!("Go discovery did not stop within the grace period");
+            }
+        }
+        if let Some((stop, thread)) = grpc_discovery {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(DRAIN_GRACE, joined).await.is_err() {
+                warn!("grpc-go discovery did not stop within the grace period");
             }
         }
         http_wire::detach(&mut ebpf.lock().unwrap_or_else(|e| e.into_inner()));

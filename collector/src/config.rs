@@ -143,6 +143,13 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub no_go_http: bool,
 
+    /// grpc-go server uprobes: "off", or "all" to instrument every Go gRPC server
+    /// (google.golang.org/grpc) with uprobes: exact RPC counts by method and status code,
+    /// durations. Two traps per RPC (~15 µs each here), so opt-in. Independent of the HTTP
+    /// sources (the socket parser reads HTTP/1.x only). [default: off]
+    #[arg(long, value_name = "MODE")]
+    pub go_grpc_uprobes: Option<String>,
+
     /// OTLP metrics endpoint, e.g. "http://otel-collector:4317" (gRPC) or
     /// "http://otel-collector:4318" (HTTP; "/v1/metrics" is appended to a bare host). Setting it
     /// (or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT) enables the push.
@@ -309,6 +316,8 @@ pub struct FileConfig {
     pub http_event_budget: Option<u64>,
     /// Go net/http uprobes: "off" or "all".
     pub go_http_uprobes: Option<String>,
+    /// grpc-go server uprobes: "off" or "all".
+    pub go_grpc_uprobes: Option<String>,
     /// The socket-level HTTP/1.x parser.
     pub http_socket: Option<bool>,
     pub verdict: Option<FileVerdict>,
@@ -475,6 +484,8 @@ pub struct HttpConfig {
     pub socket: bool,
     /// Instrument every Go net/http server with uprobes (`probes::go_http`).
     pub uprobes: bool,
+    /// Instrument every grpc-go server with uprobes (`probes::go_grpc`).
+    pub grpc_uprobes: bool,
     pub probe_paths: Vec<String>,
     pub max_routes: usize,
     /// The minimum 1-in-N for records (1 = every request).
@@ -488,6 +499,7 @@ impl Default for HttpConfig {
         Self {
             socket: true,
             uprobes: false,
+            grpc_uprobes: false,
             probe_paths: DEFAULT_PROBE_PATHS.iter().map(|p| p.to_string()).collect(),
             max_routes: DEFAULT_MAX_ROUTES,
             sample_every: 1,
@@ -721,6 +733,20 @@ impl Config {
                 Some(other) => {
                     return Err(invalid(
                         "go_http_uprobes",
+                        format!("{other:?} (expected off or all)"),
+                    ));
+                }
+            },
+            grpc_uprobes: match cli
+                .go_grpc_uprobes
+                .as_deref()
+                .or(file.go_grpc_uprobes.as_deref())
+            {
+                None | Some("off") => false,
+                Some("all") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "go_grpc_uprobes",
                         format!("{other:?} (expected off or all)"),
                     ));
                 }

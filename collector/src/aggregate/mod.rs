@@ -3,6 +3,7 @@
 //! One task owns everything here (`Aggregator::run`); nothing else mutates it. Time is passed in
 //! (`now`) so the logic is testable on a paused clock.
 
+pub mod grpc;
 pub mod harvest;
 pub mod http;
 pub mod sampling;
@@ -213,6 +214,8 @@ pub struct Aggregator<S> {
     go_http: Option<Arc<Mutex<Vec<Instrumented>>>>,
     /// Owner keys of the instrumented pids (read once per pid from /proc).
     go_owners: HashMap<u32, OwnerKey>,
+    /// gRPC calls (grpc-go uprobes), when enabled.
+    grpc: Option<grpc::GrpcAggregate>,
 }
 
 impl<S: StatsSource> Aggregator<S> {
@@ -235,7 +238,14 @@ impl<S: StatsSource> Aggregator<S> {
             records_lost_seen: 0,
             go_http: None,
             go_owners: HashMap::new(),
+            grpc: None,
         }
+    }
+
+    /// Counts gRPC calls (see `grpc`).
+    pub fn with_grpc(mut self, grpc: grpc::GrpcAggregate) -> Self {
+        self.grpc = Some(grpc);
+        self
     }
 
     /// Registers the Go servers discovery instrumented as known workloads (see `go_http`).
@@ -286,6 +296,11 @@ impl<S: StatsSource> Aggregator<S> {
                 self.verdict.register(&labels, false, now);
             }
             Event::Http(r) => self.on_request(&r, now),
+            Event::Grpc(c) => {
+                if let Some(g) = self.grpc.as_mut() {
+                    g.on_record(&c, &mut self.identity, &self.metrics, now);
+                }
+            }
             // Exec events go to Go discovery, not here.
             Event::Exec { .. } => {}
         }
@@ -365,6 +380,9 @@ impl<S: StatsSource> Aggregator<S> {
             }
         }
         self.harvest_http(now);
+        if let Some(g) = self.grpc.as_mut() {
+            g.harvest(&mut self.identity, &self.metrics, now);
+        }
         let mut lost = self.harvest_drops();
         let records_lost = self
             .metrics
@@ -380,6 +398,9 @@ impl<S: StatsSource> Aggregator<S> {
         // known set follows the live workloads (container restarts are new workloads).
         for w in self.verdict.take_forgotten() {
             self.routes.forget(&w.workload);
+            if let Some(g) = self.grpc.as_mut() {
+                g.forget(&w);
+            }
             self.metrics.forget(&w);
         }
         self.identity.expire(now);

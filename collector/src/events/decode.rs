@@ -7,7 +7,7 @@ use collector_common::{
     process::{ExecEvent, ProcessEvent},
 };
 
-use super::{Event, HttpRequest, Outcome};
+use super::{Event, GrpcCall, HttpRequest, Outcome};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -67,6 +67,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Exec => {
             let ev: ExecEvent = read(bytes)?;
             Ok(Event::Exec { tgid: ev.tgid })
+        }
+        EventKind::Grpc => {
+            let ev: collector_common::grpc::GrpcEvent = read(bytes)?;
+            let n = ev
+                .method
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(ev.method.len());
+            Ok(Event::Grpc(GrpcCall {
+                tgid: ev.tgid,
+                cgroup_id: ev.cgroup_id,
+                duration_ns: ev.duration_ns,
+                method: String::from_utf8_lossy(&ev.method[..n]).into_owned(),
+                truncated: ev.flags & collector_common::grpc::flags::TRUNCATED != 0,
+                code: ev.code,
+            }))
         }
         EventKind::Http => {
             let ev: HttpEvent = read(bytes)?;

@@ -20,6 +20,8 @@ pub enum Event {
     Exec { tgid: u32 },
     /// One Go net/http request.
     Http(HttpRequest),
+    /// One grpc-go server call.
+    Grpc(GrpcCall),
 }
 
 /// How a request ended.
@@ -47,12 +49,25 @@ pub struct HttpRequest {
     pub outcome: Outcome,
 }
 
+/// One gRPC call as the server ended it (`collector_common::grpc::GrpcEvent`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcCall {
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub duration_ns: u64,
+    /// The full method, `/pkg.Service/Method` (possibly cut: `truncated`).
+    pub method: String,
+    pub truncated: bool,
+    pub code: u16,
+}
+
 impl Event {
     pub const fn kind(&self) -> &'static str {
         match self {
             Event::Process { .. } => "process",
             Event::Exec { .. } => "exec",
             Event::Http(_) => "http",
+            Event::Grpc(_) => "grpc",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Exporters. Prometheus (OpenMetrics text) today; every metric is registered in one place.
 
+pub mod grpc;
 pub mod http;
 pub mod otlp;
 pub mod prometheus;

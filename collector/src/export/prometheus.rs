@@ -138,6 +138,7 @@ pub struct Metrics {
     registry: Registry,
     pub tcp: TcpMetrics,
     pub http: HttpMetrics,
+    pub grpc: super::grpc::GrpcMetrics,
     pub collector: SelfMetrics,
     pub verdict: VerdictMetrics,
     max_workloads: usize,
@@ -150,6 +151,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let tcp = TcpMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry);
+        let grpc = super::grpc::GrpcMetrics::register(&mut registry);
         let verdict = VerdictMetrics::register(&mut registry);
         let collector = SelfMetrics {
             signal_rung: Family::default(),
@@ -294,6 +296,7 @@ impl Metrics {
             registry,
             tcp,
             http,
+            grpc,
             collector,
             verdict,
             max_workloads,
@@ -333,6 +336,7 @@ impl Metrics {
         }
         self.tcp.forget(labels);
         self.http.forget(labels);
+        self.grpc.forget(labels);
         self.verdict.forget(labels);
     }
 

@@ -7,6 +7,7 @@
 //! some kernels, `is_program_supported` returns `Err` there), so trying is the only honest test.
 
 pub mod btf;
+pub mod go_grpc;
 pub mod go_http;
 pub mod http_wire;
 pub mod kallsyms;

@@ -126,6 +126,8 @@ pub struct GoBinary {
     pub go_version: String,
     /// The main module's path, e.g. `github.com/acme/shop`.
     pub module_path: Option<String>,
+    /// Dependency modules and versions from the build info (`BuildInfo::deps`).
+    pub deps: Vec<(String, String)>,
     /// `ET_DYN`: PIE or static-PIE (the latter without PT_INTERP).
     pub pie: bool,
     /// Has PT_INTERP (dynamically linked).
@@ -246,6 +248,7 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
         go_version,
         main_path: _,
         module_path,
+        deps,
     } = info;
 
     let stripped = symbols.is_none();
@@ -299,6 +302,7 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
         ino: meta.ino(),
         go_version,
         module_path,
+        deps,
         pie: elf.e_type == ET_DYN,
         interp: elf.has_interp(),
         stripped,

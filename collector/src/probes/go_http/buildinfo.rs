@@ -28,6 +28,9 @@ pub struct BuildInfo {
     pub main_path: Option<String>,
     /// The main module's path (`mod` line), when present.
     pub module_path: Option<String>,
+    /// Dependency modules and their versions (`dep` lines, `=>` replacements applied): which
+    /// grpc-go a binary was built with, for its struct offsets.
+    pub deps: Vec<(String, String)>,
 }
 
 /// What reading the build info found.
@@ -89,6 +92,7 @@ pub(crate) fn parse(window: &[u8]) -> Found {
         go_version: version.to_owned(),
         main_path,
         module_path,
+        deps: dep_lines(&modinfo),
     })
 }
 
@@ -110,6 +114,26 @@ fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let bytes = rest.get(used..used.checked_add(len)?)?;
     *rest = &rest[used + len..];
     Some(bytes)
+}
+
+/// The `dep` lines of the module info, each replaced by the `=>` line after it if any.
+fn dep_lines(modinfo: &str) -> Vec<(String, String)> {
+    let mut deps: Vec<(String, String)> = Vec::new();
+    for line in modinfo.lines() {
+        let mut fields = line.split('\t');
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some("dep"), Some(path), Some(version)) => {
+                deps.push((path.to_owned(), version.to_owned()));
+            }
+            (Some("=>"), Some(path), Some(version)) => {
+                if let Some(last) = deps.last_mut() {
+                    *last = (path.to_owned(), version.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    deps
 }
 
 /// The `path` and `mod` lines of the module info.

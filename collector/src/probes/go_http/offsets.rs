@@ -160,6 +160,15 @@ pub fn from_dwarf(path: &Path) -> Result<Option<GoOffsets>, OffsetsError> {
 /// [`from_dwarf`], refusing a file that is not the inode `expect` (`st_dev`, `st_ino`): the
 /// path may have been replaced since the binary was analysed.
 fn read_dwarf(path: &Path, expect: Option<(u64, u64)>) -> Result<Option<GoOffsets>, OffsetsError> {
+    open_dwarf(path, expect, dwarf_offsets)
+}
+
+/// Opens the ELF file at `path` (refusing another inode than `expect`) and runs `extract` on it.
+fn open_dwarf<T>(
+    path: &Path,
+    expect: Option<(u64, u64)>,
+    extract: impl FnOnce(&Elf) -> Result<T, OffsetsError>,
+) -> Result<T, OffsetsError> {
     let in_file = |source| OffsetsError::InFile {
         path: path.to_owned(),
         source: Box::new(source),
@@ -199,7 +208,26 @@ fn read_dwarf(path: &Path, expect: Option<(u64, u64)>) -> Result<Option<GoOffset
         _ => return Err(in_file(OffsetsError::NotElf)),
     }
     let elf = Elf::parse(file, len).map_err(|e| in_file(e.into()))?;
-    dwarf_offsets(&elf).map_err(in_file)
+    extract(&elf).map_err(in_file)
+}
+
+/// Structs and members by name from the DWARF of the executable at `path`, which must be the
+/// inode `expect` (`st_dev`, `st_ino`); `None` without `.debug_info`. For other probe sets
+/// (gRPC) that need struct offsets of their own.
+pub(crate) fn dwarf_structs(
+    path: &Path,
+    expect: (u64, u64),
+    specs: &[StructSpec<'_>],
+) -> Result<Option<Vec<StructInfo>>, OffsetsError> {
+    open_dwarf(path, Some(expect), |elf| {
+        let sections = DebugSections::new(elf)?;
+        if !sections.has_info() {
+            return Ok(None);
+        }
+        let loaded = gimli::DwarfSections::load(|id| sections.load(id))?;
+        let dwarf = loaded.borrow(|s| EndianSlice::new(s, LittleEndian));
+        find_structs(&dwarf, specs).map(Some)
+    })
 }
 
 fn dwarf_offsets(elf: &Elf) -> Result<Option<GoOffsets>, OffsetsError> {
@@ -372,23 +400,23 @@ fn inflate(stream: &[u8], size: u64) -> Result<Vec<u8>, &'static str> {
 }
 
 #[derive(Debug)]
-struct StructInfo {
-    name: &'static str,
-    size: u64,
-    members: Vec<Member>,
+pub(crate) struct StructInfo {
+    pub(crate) name: &'static str,
+    pub(crate) size: u64,
+    pub(crate) members: Vec<Member>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct Member {
-    name: String,
-    offset: u64,
-    type_name: String,
+pub(crate) struct Member {
+    pub(crate) name: String,
+    pub(crate) offset: u64,
+    pub(crate) type_name: String,
 }
 
 type Reader<'a> = EndianSlice<'a, LittleEndian>;
 
 /// Spec of one struct to find: its name and the members to collect.
-type StructSpec<'s> = (&'static str, &'s [&'s str]);
+pub(crate) type StructSpec<'s> = (&'static str, &'s [&'s str]);
 
 /// For each spec, the `DW_TAG_structure_type` of that name with a size (a declaration has
 /// none) and its members among the wanted ones, in one pass over `.debug_info`. Every further

@@ -1,0 +1,219 @@
+//! gRPC calls: exact counts harvested from the kernel (`GRPC_COUNTS`), durations from the
+//! per-call records, and the adaptive sampling of those records (`GRPC_SAMPLING`).
+//!
+//! Owned by the aggregator task like everything else aggregated; identity comes from its
+//! resolver. Health checks (`grpc.health.v1.Health`) are counted apart and get no duration
+//! series: they are probe traffic, not evidence about the service.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use collector_common::{
+    grpc::{GrpcCountKey, GrpcCounts, flags},
+    tcp::OwnerKey,
+};
+use tracing::debug;
+
+use super::sampling::Sampler;
+use crate::{
+    events::GrpcCall,
+    export::{Metrics, grpc::RpcLabels, prometheus::WorkloadLabels},
+    identity::IdentityResolver,
+    probes::go_grpc::{HEALTH_SERVICE, split_method},
+};
+
+/// Label value for methods past the cap, cut or unparsable (OTel's value for unknown methods).
+pub const OTHER: &str = "_OTHER";
+
+/// The counters' source: the kernel map, or a fake in tests.
+pub trait GrpcSource: Send {
+    /// Every key with its per-CPU values summed.
+    fn read(&mut self) -> Vec<(GrpcCountKey, GrpcCounts)>;
+    fn remove(&mut self, key: &GrpcCountKey);
+}
+
+impl GrpcSource for PerCpuHashMap<MapData, GrpcCountKey, GrpcCounts> {
+    fn read(&mut self) -> Vec<(GrpcCountKey, GrpcCounts)> {
+        let mut out = Vec::new();
+        for item in self.iter() {
+            match item {
+                Ok((k, per_cpu)) => {
+                    let mut total = GrpcCounts::default();
+                    for v in per_cpu.iter() {
+                        GrpcCounts::accumulate(&mut total, v);
+                    }
+                    out.push((k, total));
+                }
+                Err(e) => debug!(error = %e, "GRPC_COUNTS iteration"),
+            }
+        }
+        out
+    }
+
+    fn remove(&mut self, key: &GrpcCountKey) {
+        if let Err(e) = PerCpuHashMap::remove(self, key) {
+            debug!(error = %e, "removing a GRPC_COUNTS key");
+        }
+    }
+}
+
+pub struct GrpcAggregate {
+    source: Box<dyn GrpcSource>,
+    /// Cumulative totals at the last harvest.
+    seen: HashMap<GrpcCountKey, GrpcCounts>,
+    /// (service, method) pairs with series, per workload (capped at `max_methods`).
+    methods: HashMap<WorkloadLabels, HashSet<(String, String)>>,
+    max_methods: usize,
+    sampler: Option<Sampler>,
+}
+
+impl GrpcAggregate {
+    pub fn new(source: Box<dyn GrpcSource>, max_methods: usize, sampler: Option<Sampler>) -> Self {
+        Self {
+            source,
+            seen: HashMap::new(),
+            methods: HashMap::new(),
+            max_methods,
+            sampler,
+        }
+    }
+
+    /// The labels of a call: the method split into service and method, capped per workload.
+    fn labels(
+        &mut self,
+        workload: WorkloadLabels,
+        method: &str,
+        truncated: bool,
+        code: u16,
+        metrics: &Metrics,
+    ) -> (RpcLabels, bool) {
+        let (service, name) = match split_method(method) {
+            Some((s, m)) if !truncated => (s.to_owned(), m.to_owned()),
+            _ => (OTHER.to_owned(), OTHER.to_owned()),
+        };
+        let probe = service == HEALTH_SERVICE;
+        let known = self.methods.entry(workload.clone()).or_default();
+        let pair = (service, name);
+        let (service, name) = if known.contains(&pair) || pair.0 == OTHER {
+            pair
+        } else if known.len() < self.max_methods {
+            known.insert(pair.clone());
+            pair
+        } else {
+            metrics.grpc.methods_capped.get_or_create(&workload).inc();
+            (OTHER.to_owned(), OTHER.to_owned())
+        };
+        (
+            RpcLabels {
+                workload,
+                rpc_system: "grpc",
+                rpc_service: service,
+                rpc_method: name,
+                rpc_grpc_status_code: code,
+            },
+            probe,
+        )
+    }
+
+    /// Adds what the kernel counted since the last harvest; forgets keys of exited processes
+    /// (after their last count: an exited process adds nothing more).
+    pub fn harvest(&mut self, identity: &mut IdentityResolver, metrics: &Metrics, now: Instant) {
+        if let Some(next) = self.sampler.as_mut().and_then(|s| s.tick(now)) {
+            debug!(every = next, "gRPC record sampling changed");
+        }
+        let current = self.source.read();
+        let mut calls = 0;
+        for (key, total) in &current {
+            let before = self.seen.get(key).copied().unwrap_or_default();
+            // A key deleted and created again starts from zero.
+            let delta = if total.rpcs >= before.rpcs {
+                GrpcCounts {
+                    rpcs: total.rpcs - before.rpcs,
+                    unrecorded: total.unrecorded.saturating_sub(before.unrecorded),
+                    no_start: total.no_start.saturating_sub(before.no_start),
+                }
+            } else {
+                *total
+            };
+            self.seen.insert(*key, *total);
+            if delta.rpcs == 0 {
+                continue;
+            }
+            calls += delta.rpcs;
+            let owner = OwnerKey {
+                cgroup_id: key.cgroup_id,
+                tgid: key.tgid,
+                _pad: 0,
+            };
+            let workload = metrics.labels_for(&identity.workload_of(&owner, now));
+            let method = String::from_utf8_lossy(key.method_bytes()).into_owned();
+            let overflow = key.flags & flags::OVERFLOW != 0;
+            let (labels, probe) = self.labels(
+                workload.clone(),
+                if overflow { "" } else { &method },
+                key.flags & flags::TRUNCATED != 0,
+                key.code,
+                metrics,
+            );
+            metrics.grpc.count(&labels, delta.rpcs, probe);
+            if delta.unrecorded > 0 {
+                metrics
+                    .grpc
+                    .unrecorded
+                    .get_or_create(&workload)
+                    .inc_by(delta.unrecorded);
+            }
+            if delta.no_start > 0 {
+                metrics
+                    .grpc
+                    .no_start
+                    .get_or_create(&workload)
+                    .inc_by(delta.no_start);
+            }
+        }
+        if let Some(s) = self.sampler.as_mut() {
+            s.on_requests(calls);
+        }
+        let gone: Vec<GrpcCountKey> = current
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| k.flags & flags::OVERFLOW == 0 && !identity.process_alive(k.tgid))
+            .collect();
+        for k in gone {
+            self.source.remove(&k);
+            self.seen.remove(&k);
+        }
+    }
+
+    /// One call's record: its duration (health checks have none: probe traffic).
+    pub fn on_record(
+        &mut self,
+        call: &GrpcCall,
+        identity: &mut IdentityResolver,
+        metrics: &Metrics,
+        now: Instant,
+    ) {
+        if let Some(s) = self.sampler.as_mut() {
+            s.on_record();
+        }
+        let owner = OwnerKey {
+            cgroup_id: call.cgroup_id,
+            tgid: call.tgid,
+            _pad: 0,
+        };
+        let workload = metrics.labels_for(&identity.workload_of(&owner, now));
+        let (labels, probe) =
+            self.labels(workload, &call.method, call.truncated, call.code, metrics);
+        if !probe {
+            metrics.grpc.observe(&labels, call.duration_ns as f64 / 1e9);
+        }
+    }
+
+    /// A forgotten workload's method set.
+    pub fn forget(&mut self, w: &WorkloadLabels) {
+        self.methods.remove(w);
+    }
+}

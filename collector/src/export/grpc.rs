@@ -1,0 +1,153 @@
+//! gRPC server metric families (grpc-go uprobes, `probes::go_grpc`). Names follow the
+//! OpenTelemetry RPC semantic conventions: `rpc.server.duration` (here in seconds, the unit
+//! Prometheus wants) with `rpc.system="grpc"`, `rpc.service`, `rpc.method`,
+//! `rpc.grpc.status_code`. Counts come from the kernel's exact counters; durations from the
+//! (possibly sampled) per-RPC records.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use super::{
+    http::DURATION_BUCKETS,
+    prometheus::{ReasonLabels, WorkloadLabels},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+    /// Always "grpc".
+    pub rpc_system: &'static str,
+    /// `pkg.Service` of the full method; `_OTHER` past the method cap or when unparsable.
+    pub rpc_service: String,
+    /// `Method`; `_OTHER` as above.
+    pub rpc_method: String,
+    /// The status code the server wrote, as a number (OTel `rpc.grpc.status_code`).
+    pub rpc_grpc_status_code: u16,
+}
+
+pub struct GrpcMetrics {
+    /// Series created per workload, so a forgotten workload leaves none behind.
+    created: Mutex<HashMap<WorkloadLabels, HashSet<RpcLabels>>>,
+    pub duration: Family<RpcLabels, Histogram>,
+    pub requests: Family<RpcLabels, Counter>,
+    pub probe_requests: Family<RpcLabels, Counter>,
+    pub unrecorded: Family<WorkloadLabels, Counter>,
+    pub no_start: Family<WorkloadLabels, Counter>,
+    pub methods_capped: Family<WorkloadLabels, Counter>,
+    pub binaries_instrumented: Gauge,
+    pub binaries_skipped: Family<ReasonLabels, Counter>,
+}
+
+impl GrpcMetrics {
+    pub fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            created: Mutex::new(HashMap::new()),
+            duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
+            requests: Family::default(),
+            probe_requests: Family::default(),
+            unrecorded: Family::default(),
+            no_start: Family::default(),
+            methods_capped: Family::default(),
+            binaries_instrumented: Gauge::default(),
+            binaries_skipped: Family::default(),
+        };
+        r.register_with_unit(
+            "rpc_server_duration",
+            "Duration of gRPC server calls (health checks excluded), by service, method and status code (OTel rpc.server.duration, in seconds); from per-RPC records, which may be sampled",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        r.register(
+            "rpc_server_requests",
+            "gRPC server calls counted in the kernel (exact, never sampled), by service, method and status code; health checks excluded",
+            m.requests.clone(),
+        );
+        r.register(
+            "rpc_server_probe_requests",
+            "gRPC health checks (grpc.health.v1.Health), kept apart from real traffic",
+            m.probe_requests.clone(),
+        );
+        r.register(
+            "collector_grpc_rpcs_unrecorded",
+            "gRPC calls counted but without a per-RPC record (sampled out, ring buffer full, or begun before the probes)",
+            m.unrecorded.clone(),
+        );
+        r.register(
+            "collector_grpc_rpcs_no_start",
+            "gRPC calls counted without a duration: begun before the probes were attached, or their start evicted",
+            m.no_start.clone(),
+        );
+        r.register(
+            "collector_grpc_methods_capped",
+            "gRPC calls charged to rpc_method=\"_OTHER\" because the workload reached its method limit",
+            m.methods_capped.clone(),
+        );
+        r.register(
+            "collector_go_grpc_binaries_instrumented",
+            "Go executables (files) with grpc-go uprobes attached",
+            m.binaries_instrumented.clone(),
+        );
+        r.register(
+            "collector_go_grpc_binaries_skipped",
+            "grpc-go servers not instrumented, by reason",
+            m.binaries_skipped.clone(),
+        );
+        m
+    }
+
+    fn remember(&self, labels: &RpcLabels) {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        created
+            .entry(labels.workload.clone())
+            .or_default()
+            .insert(labels.clone());
+    }
+
+    /// Exact calls of one (workload, method, code), from a harvest.
+    pub fn count(&self, labels: &RpcLabels, n: u64, probe: bool) {
+        let family = if probe {
+            &self.probe_requests
+        } else {
+            &self.requests
+        };
+        if family.get(labels).is_none() {
+            self.remember(labels);
+        }
+        family.get_or_create(labels).inc_by(n);
+    }
+
+    /// One call's duration (never for health checks).
+    pub fn observe(&self, labels: &RpcLabels, seconds: f64) {
+        if self.duration.get(labels).is_none() {
+            self.remember(labels);
+        }
+        self.duration.get_or_create(labels).observe(seconds);
+    }
+
+    /// Removes every gRPC series of a forgotten workload.
+    pub fn forget(&self, w: &WorkloadLabels) {
+        let created = self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(w)
+            .unwrap_or_default();
+        for labels in &created {
+            self.duration.remove(labels);
+            self.requests.remove(labels);
+            self.probe_requests.remove(labels);
+        }
+        self.unrecorded.remove(w);
+        self.no_start.remove(w);
+        self.methods_capped.remove(w);
+    }
+}

@@ -1,0 +1,394 @@
+//! Finding grpc-go servers and attaching the two gRPC uprobes, once per executable file.
+//!
+//! The same rules as `go_http::attach` (whose analysis this reuses): `/proc/<pid>/exe` is
+//! opened once and the key (st_dev, st_ino), the analysis and the attach target all come from
+//! that descriptor; only addresses `GoBinary::probe_points` verified are used; each attachment
+//! gets a slot in `GRPC_OFFSETS` (the probes' attach cookie); files nobody runs are detached.
+//! Discovery is a /proc scan every second on this module's own thread.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+    sys::{UProbeMultiFeature, is_uprobe_multi_supported},
+};
+use collector_common::grpc::{GRPC_OFFSETS_SLOTS, GrpcOffsets};
+use tracing::{debug, info, warn};
+
+use super::{HANDLE_STREAM, WRITE_STATUS, offsets};
+use crate::{
+    export::{Metrics, prometheus::ReasonLabels},
+    probes::go_http::{GoBinary, analyze_file},
+};
+
+/// (per-point program, uprobe.multi program): the status write first, the start last, so a
+/// start is never seen without its end.
+const PROGS: [(&str, &str); 2] = [
+    ("grpc_write_status", "grpc_write_status_m"),
+    ("grpc_stream_start", "grpc_stream_start_m"),
+];
+
+pub const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("uprobe program {0} missing from the object")]
+    MissingProgram(&'static str),
+    #[error("loading {prog}: {source}")]
+    Load {
+        prog: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// What the API reports about one instrumented executable.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Instrumented {
+    pub path: String,
+    pub go_version: String,
+    pub grpc_version: String,
+    pub offsets: String,
+    pub pids: Vec<u32>,
+}
+
+enum Tracked {
+    Instrumented {
+        slot: u32,
+        links: Vec<(&'static str, UProbeLinkId)>,
+        pids: HashSet<u32>,
+        info: Instrumented,
+    },
+    Skipped,
+}
+
+pub struct GoGrpcProbes {
+    ebpf: Arc<Mutex<Ebpf>>,
+    progs: [&'static str; 2],
+    offsets: Array<MapData, GrpcOffsets>,
+    generation: u32,
+    files: HashMap<(u64, u64), Tracked>,
+    free_slots: Vec<u32>,
+    metrics: Arc<Metrics>,
+    self_pid: u32,
+}
+
+impl GoGrpcProbes {
+    /// Loads the programs (once; every attachment reuses them).
+    pub fn new(
+        ebpf: Arc<Mutex<Ebpf>>,
+        offsets: Array<MapData, GrpcOffsets>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AttachError> {
+        let multi = matches!(
+            is_uprobe_multi_supported(UProbeMultiFeature::LinkCreation),
+            Ok(true)
+        );
+        let progs = PROGS.map(|(single, m)| if multi { m } else { single });
+        {
+            let mut e = ebpf.lock().unwrap_or_else(|p| p.into_inner());
+            for prog in progs {
+                let p: &mut UProbe = e
+                    .program_mut(prog)
+                    .ok_or(AttachError::MissingProgram(prog))?
+                    .try_into()
+                    .map_err(|source| AttachError::Load { prog, source })?;
+                p.load()
+                    .map_err(|source| AttachError::Load { prog, source })?;
+            }
+        }
+        info!(multi, "grpc-go uprobes loaded");
+        Ok(Self {
+            ebpf,
+            progs,
+            offsets,
+            generation: 1,
+            files: HashMap::new(),
+            free_slots: (0..GRPC_OFFSETS_SLOTS).rev().collect(),
+            metrics,
+            self_pid: std::process::id(),
+        })
+    }
+
+    pub fn instrumented(&self) -> Vec<Instrumented> {
+        let mut out: Vec<Instrumented> = self
+            .files
+            .values()
+            .filter_map(|t| match t {
+                Tracked::Instrumented { pids, info, .. } => {
+                    let mut i = info.clone();
+                    i.pids = pids.iter().copied().collect();
+                    i.pids.sort_unstable();
+                    Some(i)
+                }
+                Tracked::Skipped => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    fn skip(&self, reason: &'static str) {
+        self.metrics
+            .grpc
+            .binaries_skipped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// New processes, exited ones, files nobody runs any more.
+    pub fn rescan(&mut self) {
+        let mut live: HashMap<(u64, u64), HashSet<u32>> = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if pid == self.self_pid {
+                    continue;
+                }
+                let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+                let Ok(m) = std::fs::metadata(&exe) else {
+                    continue;
+                };
+                let id = (m.dev(), m.ino());
+                live.entry(id).or_default().insert(pid);
+                if !self.files.contains_key(&id) {
+                    self.observe(pid, &exe);
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for (id, t) in self.files.iter_mut() {
+            match live.get(id) {
+                Some(pids) => {
+                    if let Tracked::Instrumented { pids: p, .. } = t {
+                        *p = pids.clone();
+                    }
+                }
+                None => gone.push(*id),
+            }
+        }
+        for id in gone {
+            if let Some(Tracked::Instrumented {
+                slot, links, info, ..
+            }) = self.files.remove(&id)
+            {
+                self.detach(slot, links);
+                info!(exe = %info.path, "last process gone: grpc-go uprobes detached");
+            }
+        }
+        self.metrics.grpc.binaries_instrumented.set(
+            self.files
+                .values()
+                .filter(|t| matches!(t, Tracked::Instrumented { .. }))
+                .count() as i64,
+        );
+    }
+
+    fn detach(&mut self, slot: u32, mut links: Vec<(&'static str, UProbeLinkId)>) {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taken = Vec::new();
+        // The start first, then the status write: no start without its end.
+        for (prog, link) in links.drain(..).rev() {
+            if let Some(Ok(p)) = ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
+                match p.take_link(link) {
+                    Ok(l) => taken.push(l),
+                    Err(e) => warn!(prog, error = %e, "detaching uprobe"),
+                }
+            }
+        }
+        drop(ebpf);
+        // Per-point detach waits one RCU grace period per point: not on this thread.
+        std::thread::spawn(move || drop(taken));
+        let _ = self.offsets.set(slot, &GrpcOffsets::default(), 0);
+        self.free_slots.push(slot);
+    }
+
+    fn observe(&mut self, pid: u32, exe: &Path) {
+        let Ok(file) = File::open(exe) else { return };
+        let Ok(meta) = file.metadata() else { return };
+        let id = (meta.dev(), meta.ino());
+        let tracked = match self.instrument(exe, file, id, pid) {
+            Ok(t) => t,
+            Err(None) => return,
+            Err(Some(reason)) => {
+                debug!(pid, reason, "not instrumented for gRPC");
+                Tracked::Skipped
+            }
+        };
+        self.files.insert(id, tracked);
+    }
+
+    /// `Err(None)`: look again later (the file changed under the analysis).
+    fn instrument(
+        &mut self,
+        exe: &Path,
+        file: File,
+        id: (u64, u64),
+        pid: u32,
+    ) -> Result<Tracked, Option<String>> {
+        let bin = match analyze_file(exe, file) {
+            Ok(b) => b,
+            Err(e) if e.is_not_go() => return Err(Some("not a Go binary".into())),
+            Err(e) => return Err(Some(e.to_string())),
+        };
+        if bin.function(HANDLE_STREAM).is_none() {
+            return Err(Some("no grpc-go server".into()));
+        }
+        let Some(write_status) = WRITE_STATUS
+            .iter()
+            .copied()
+            .find(|f| bin.function(f).is_some())
+        else {
+            self.skip("no_status_write");
+            warn!(
+                pid,
+                "grpc-go server without a known status write: not instrumented"
+            );
+            return Err(Some("no status write function".into()));
+        };
+        let new_layout = write_status == WRITE_STATUS[0];
+        let (mut offs, source) = match offsets::offsets_for(&bin, new_layout) {
+            Ok(o) => o,
+            Err(offsets::GrpcOffsetsError::Dwarf(e))
+                if matches!(e.kind(), crate::probes::go_http::OffsetsError::Replaced) =>
+            {
+                return Err(None);
+            }
+            Err(e) => {
+                self.skip("no_offsets");
+                warn!(pid, go = %bin.go_version, error = %e, "grpc-go server not instrumented: struct offsets unknown");
+                return Err(Some(e.to_string()));
+            }
+        };
+        let points = match points(&bin, write_status) {
+            Ok(p) => p,
+            Err(e) => {
+                self.skip("unverified_addresses");
+                warn!(pid, error = %e, "grpc-go server not instrumented");
+                return Err(Some(e));
+            }
+        };
+        let target = match bin.uprobe_target() {
+            Ok(t) if (bin.dev, bin.ino) == id => t,
+            _ => return Err(None),
+        };
+        let Some(slot) = self.free_slots.pop() else {
+            self.skip("slots_exhausted");
+            return Err(Some("all offset slots in use".into()));
+        };
+        offs.valid = self.generation;
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
+        if let Err(e) = self.offsets.set(slot, &offs, 0) {
+            self.free_slots.push(slot);
+            return Err(Some(format!("writing offsets: {e}")));
+        }
+        let mut links = Vec::new();
+        let t = Instant::now();
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let progs = self.progs;
+        for (prog, offset) in progs.iter().zip(points) {
+            let result = match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
+                Some(Ok(p)) => p
+                    .attach(
+                        [UProbeAttachPoint {
+                            location: UProbeAttachLocation::AbsoluteOffset(offset),
+                            cookie: Some(u64::from(slot)),
+                        }],
+                        &target,
+                        UProbeScope::AllProcesses,
+                    )
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!("{prog} missing")),
+            };
+            match result {
+                Ok(link) => links.push((*prog, link)),
+                Err(e) => {
+                    drop(ebpf);
+                    self.detach(slot, links);
+                    self.skip("attach_failed");
+                    warn!(pid, prog, error = %e, "attaching grpc-go uprobes");
+                    return Err(Some(format!("attaching {prog}: {e}")));
+                }
+            }
+        }
+        drop(ebpf);
+        let grpc_version = offsets::grpc_version(&bin).unwrap_or("").to_owned();
+        let source = match source {
+            offsets::Source::Dwarf => "dwarf".to_owned(),
+            offsets::Source::Table { grpc } => format!("table {grpc}"),
+        };
+        info!(pid, exe = %bin.path.display(), go = %bin.go_version, grpc = %grpc_version, offsets = %source, attach = ?t.elapsed(), "grpc-go server instrumented");
+        Ok(Tracked::Instrumented {
+            slot,
+            links,
+            pids: HashSet::from([pid]),
+            info: Instrumented {
+                path: std::fs::read_link(&target)
+                    .unwrap_or_else(|_| exe.to_path_buf())
+                    .display()
+                    .to_string(),
+                go_version: bin.go_version.clone(),
+                grpc_version,
+                offsets: source,
+                pids: Vec::new(),
+            },
+        })
+    }
+
+    /// Detaches everything (shutdown).
+    pub fn detach_all(&mut self) {
+        let all: Vec<_> = self.files.drain().collect();
+        for (_, t) in all {
+            if let Tracked::Instrumented { slot, links, .. } = t {
+                self.detach(slot, links);
+            }
+        }
+    }
+}
+
+/// File offsets, in `PROGS` order: the status write's entry, `handleStream`'s entry.
+fn points(bin: &GoBinary, write_status: &str) -> Result<[u64; 2], String> {
+    let end = bin
+        .probe_points(write_status)
+        .map_err(|e| format!("{write_status}: {e}"))?;
+    let start = bin
+        .probe_points(HANDLE_STREAM)
+        .map_err(|e| format!("{HANDLE_STREAM}: {e}"))?;
+    Ok([end.entry_file_offset, start.entry_file_offset])
+}
+
+/// Discovery on its own thread: ELF analysis and attachment block. Publishes what is
+/// instrumented into `state` after each scan; ends when `stop` is set, detaching everything.
+pub fn spawn(
+    mut probes: GoGrpcProbes,
+    state: Arc<Mutex<Vec<Instrumented>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            probes.rescan();
+            *state.lock().unwrap_or_else(|e| e.into_inner()) = probes.instrumented();
+            std::thread::sleep(SCAN_EVERY);
+        }
+        probes.detach_all();
+        state.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    })
+}

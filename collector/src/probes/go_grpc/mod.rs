@@ -1,0 +1,76 @@
+//! grpc-go servers, instrumented with uprobes (opt-in: `--go-grpc-uprobes all`).
+//!
+//! The binary analysis (ELF, build info, `.symtab`/`.gopclntab`, entry checks, RET decoding)
+//! is `probes::go_http`'s, reused as is; this module picks the gRPC functions, finds the struct
+//! offsets (`offsets`) and attaches, once per executable file (`attach`). Kernel side:
+//! `collector-ebpf/src/grpc.rs`; two traps per RPC.
+
+pub mod attach;
+pub mod offsets;
+
+/// Per-stream handler: its entry starts an RPC.
+pub const HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
+/// The transport's status write, where the RPC ends (the first the binary has): since grpc-go
+/// 1.69 the stream is a `*ServerStream` and the exported `WriteStatus` is its inlined method.
+pub const WRITE_STATUS: [&str; 2] = [
+    "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus",
+    "google.golang.org/grpc/internal/transport.(*http2Server).WriteStatus",
+];
+
+/// The gRPC health checking service: what Kubernetes gRPC probes call. A probe path, kept
+/// apart from real traffic.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`); `None` for anything else.
+pub fn split_method(full: &str) -> Option<(&str, &str)> {
+    let rest = full.strip_prefix('/')?;
+    let (service, method) = rest.split_once('/')?;
+    if service.is_empty() || method.is_empty() || method.contains('/') {
+        return None;
+    }
+    Some((service, method))
+}
+
+/// Names of gRPC status codes (`rpc.grpc.status_code` is the number; the name helps readers).
+pub fn code_name(code: u16) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_split_into_service_and_method() {
+        assert_eq!(
+            split_method("/grpctest.Echo/Say"),
+            Some(("grpctest.Echo", "Say"))
+        );
+        assert_eq!(
+            split_method("/grpc.health.v1.Health/Check"),
+            Some(("grpc.health.v1.Health", "Check"))
+        );
+        for bad in ["", "/", "//", "/a/", "//b", "a/b", "/a/b/c"] {
+            assert_eq!(split_method(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+// The gRPC test client of tests/tests/grpc.rs: drives a fixed mix over ONE connection with
+// several goroutines and prints what it saw, one line per (method, status code):
+// "<full method> <code number> <count>".
+//
+// Per round: Say ok; Say failing with NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, INTERNAL;
+// Say past its deadline (DEADLINE_EXCEEDED); Stream of 3 messages (OK); Stream of 2 messages
+// then FAILED_PRECONDITION; Collect of 3 messages (OK) and one failing with RESOURCE_EXHAUSTED;
+// an unknown method (UNIMPLEMENTED); a health check (OK).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+type key struct {
+	method string
+	code   codes.Code
+}
+
+var (
+	mu     sync.Mutex
+	counts = map[key]int{}
+)
+
+func record(method string, err error) {
+	mu.Lock()
+	counts[key{method, status.Code(err)}]++
+	mu.Unlock()
+}
+
+var streamDesc = grpc.StreamDesc{ServerStreams: true}
+var collectDesc = grpc.StreamDesc{ClientStreams: true}
+
+func unary(conn *grpc.ClientConn, method, v string, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out := new(wrapperspb.StringValue)
+	record(method, conn.Invoke(ctx, method, wrapperspb.String(v), out))
+}
+
+func serverStream(conn *grpc.ClientConn, v string) {
+	const m = "/grpctest.Echo/Stream"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := conn.NewStream(ctx, &streamDesc, m)
+	if err != nil {
+		record(m, err)
+		return
+	}
+	if err := s.SendMsg(wrapperspb.String(v)); err != nil {
+		record(m, err)
+		return
+	}
+	if err := s.CloseSend(); err != nil {
+		record(m, err)
+		return
+	}
+	for {
+		err := s.RecvMsg(new(wrapperspb.StringValue))
+		if err == io.EOF {
+			record(m, nil)
+			return
+		}
+		if err != nil {
+			record(m, err)
+			return
+		}
+	}
+}
+
+func clientStream(conn *grpc.ClientConn, vs ...string) {
+	const m = "/grpctest.Echo/Collect"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := conn.NewStream(ctx, &collectDesc, m)
+	if err != nil {
+		record(m, err)
+		return
+	}
+	for _, v := range vs {
+		if err := s.SendMsg(wrapperspb.String(v)); err != nil {
+			break // the status comes from RecvMsg
+		}
+	}
+	_ = s.CloseSend()
+	record(m, s.RecvMsg(new(wrapperspb.StringValue)))
+}
+
+func round(conn *grpc.ClientConn, h healthpb.HealthClient) {
+	const say = "/grpctest.Echo/Say"
+	long := 10 * time.Second
+	unary(conn, say, "ok", long)
+	unary(conn, say, fmt.Sprintf("code:%d", codes.NotFound), long)
+	unary(conn, say, fmt.Sprintf("code:%d", codes.InvalidArgument), long)
+	unary(conn, say, fmt.Sprintf("code:%d", codes.Unavailable), long)
+	unary(conn, say, fmt.Sprintf("code:%d", codes.Internal), long)
+	unary(conn, say, "deadline", 30*time.Millisecond)
+	serverStream(conn, "n:3")
+	serverStream(conn, fmt.Sprintf("n:2:code:%d", codes.FailedPrecondition))
+	clientStream(conn, "a", "b", "c")
+	clientStream(conn, "a", fmt.Sprintf("code:%d", codes.ResourceExhausted))
+	unary(conn, "/grpctest.Echo/Nope", "x", long)
+	ctx, cancel := context.WithTimeout(context.Background(), long)
+	_, err := h.Check(ctx, &healthpb.HealthCheckRequest{})
+	cancel()
+	record("/grpc.health.v1.Health/Check", err)
+}
+
+func main() {
+	addr := flag.String("addr", "", "server address")
+	rounds := flag.Int("rounds", 10, "rounds of the mix")
+	workers := flag.Int("concurrency", 4, "goroutines sharing the connection")
+	flag.Parse()
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	defer conn.Close()
+	h := healthpb.NewHealthClient(conn)
+	work := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < *workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				round(conn, h)
+			}
+		}()
+	}
+	for i := 0; i < *rounds; i++ {
+		work <- struct{}{}
+	}
+	close(work)
+	wg.Wait()
+	keys := make([]key, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].method != keys[j].method {
+			return keys[i].method < keys[j].method
+		}
+		return keys[i].code < keys[j].code
+	})
+	for _, k := range keys {
+		fmt.Printf("%s %d %d\n", k.method, k.code, counts[k])
+	}
+}

@@ -1,0 +1,227 @@
+// The gRPC test server of tests/tests/grpc.rs, built from the real grpc-go module at several
+// versions (tests/go/grpc/build.sh). No generated code: the service is described by hand and
+// its messages are the well-known wrapperspb.StringValue, so one source builds against every
+// grpc-go version.
+//
+// Service grpctest.Echo:
+//   - Say (unary): "ok" answers OK; "code:N" fails with status code N; "deadline" waits for the
+//     RPC's own deadline and then fails with DEADLINE_EXCEEDED (written by the server whether or
+//     not the client's cancellation arrived first, so the code the server writes is known).
+//   - Stream (server streaming): "n:K" sends K messages; "n:K:code:N" then fails with N.
+//   - Collect (client streaming): receives until EOF; fails with N if a message is "code:N".
+// Plus the standard health service (grpc.health.v1.Health) answering SERVING.
+//
+// Prints "listening <addr>" on stdout once it accepts connections. With -print-offsets it
+// instead calls itself once and prints, as JSON, the struct offsets the collector's gRPC
+// uprobes read, found by reflection on the real values inside a handler (the generator of
+// collector/src/probes/go_grpc/offsets_table.json, `cargo xtask grpc-offsets`).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"runtime/debug"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+type echo interface{}
+
+type server struct{}
+
+// codeOf parses "code:N".
+func codeOf(s string) (codes.Code, bool) {
+	rest, ok := strings.CutPrefix(s, "code:")
+	if !ok {
+		return codes.OK, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil {
+		return codes.Unknown, true
+	}
+	return codes.Code(n), true
+}
+
+func say(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+	in := new(wrapperspb.StringValue)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	v := in.GetValue()
+	if c, ok := codeOf(v); ok {
+		return nil, status.Errorf(c, "asked for %v", c)
+	}
+	if v == "offsets" {
+		return wrapperspb.String(offsets(ctx)), nil
+	}
+	if v == "deadline" {
+		dl, ok := ctx.Deadline()
+		if !ok {
+			return nil, status.Error(codes.InvalidArgument, "no deadline")
+		}
+		time.Sleep(time.Until(dl) + 5*time.Millisecond)
+		return nil, status.Error(codes.DeadlineExceeded, "deadline passed")
+	}
+	return wrapperspb.String("said " + v), nil
+}
+
+func stream(_ any, ss grpc.ServerStream) error {
+	in := new(wrapperspb.StringValue)
+	if err := ss.RecvMsg(in); err != nil {
+		return err
+	}
+	parts := strings.SplitN(in.GetValue(), ":", 3)
+	if len(parts) < 2 || parts[0] != "n" {
+		return status.Error(codes.InvalidArgument, "want n:K")
+	}
+	k, err := strconv.Atoi(parts[1])
+	if err != nil {
+		return status.Error(codes.InvalidArgument, "want n:K")
+	}
+	for i := 0; i < k; i++ {
+		if err := ss.SendMsg(wrapperspb.String(strconv.Itoa(i))); err != nil {
+			return err
+		}
+	}
+	if len(parts) == 3 {
+		if c, ok := codeOf(parts[2]); ok {
+			return status.Errorf(c, "stream asked for %v", c)
+		}
+	}
+	return nil
+}
+
+func collect(_ any, ss grpc.ServerStream) error {
+	n := 0
+	fail := codes.OK
+	for {
+		in := new(wrapperspb.StringValue)
+		err := ss.RecvMsg(in)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		n++
+		if c, ok := codeOf(in.GetValue()); ok {
+			fail = c
+		}
+	}
+	if fail != codes.OK {
+		return status.Errorf(fail, "collect asked for %v", fail)
+	}
+	return ss.SendMsg(wrapperspb.String(strconv.Itoa(n)))
+}
+
+// offsets: where the uprobes find the method in the server's stream and the code in a status.
+func offsets(ctx context.Context) string {
+	out := map[string]any{}
+	st := grpc.ServerTransportStreamFromContext(ctx)
+	t := reflect.TypeOf(st).Elem()
+	out["stream_type"] = t.String()
+	base := uintptr(0)
+	out["stream_ptr"] = nil
+	if f, ok := t.FieldByName("Stream"); ok && f.Anonymous {
+		switch f.Type.Kind() {
+		case reflect.Struct:
+			// ServerStream embeds Stream by value (newest grpc-go).
+			base = f.Offset
+			t = f.Type
+		case reflect.Pointer:
+			// ServerStream embeds *Stream (grpc-go 1.69 to 1.7x): one pointer to follow.
+			out["stream_ptr"] = f.Offset
+			t = f.Type.Elem()
+		}
+	}
+	m, ok := t.FieldByName("method")
+	if !ok || m.Type.Kind() != reflect.String || len(m.Index) != 1 {
+		return `{"error":"no method field"}`
+	}
+	out["stream_method"] = base + m.Offset
+	stt := reflect.TypeOf(status.New(codes.OK, "")).Elem()
+	s, ok := stt.FieldByName("s")
+	if !ok || s.Type.Kind() != reflect.Pointer {
+		return `{"error":"no status.s"}`
+	}
+	out["status_proto"] = s.Offset
+	c, ok := s.Type.Elem().FieldByName("Code")
+	if !ok || c.Type.Kind() != reflect.Int32 {
+		return `{"error":"no Code"}`
+	}
+	out["proto_code"] = c.Offset
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		out["go"] = bi.GoVersion
+		for _, d := range bi.Deps {
+			switch d.Path {
+			case "google.golang.org/grpc":
+				out["grpc"] = d.Version
+			case "google.golang.org/genproto/googleapis/rpc":
+				out["genproto_rpc"] = d.Version
+			}
+		}
+	}
+	b, _ := json.Marshal(out)
+	return string(b)
+}
+
+var desc = grpc.ServiceDesc{
+	ServiceName: "grpctest.Echo",
+	HandlerType: (*echo)(nil),
+	Methods:     []grpc.MethodDesc{{MethodName: "Say", Handler: say}},
+	Streams: []grpc.StreamDesc{
+		{StreamName: "Stream", Handler: stream, ServerStreams: true},
+		{StreamName: "Collect", Handler: collect, ClientStreams: true},
+	},
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "address")
+	printOffsets := flag.Bool("print-offsets", false, "print the struct offsets as JSON and exit")
+	flag.Parse()
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	s := grpc.NewServer()
+	s.RegisterService(&desc, &server{})
+	h := health.NewServer()
+	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s, h)
+	if *printOffsets {
+		go s.Serve(l)
+		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		out := new(wrapperspb.StringValue)
+		if err := conn.Invoke(context.Background(), "/grpctest.Echo/Say", wrapperspb.String("offsets"), out); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(out.GetValue())
+		return
+	}
+	fmt.Printf("listening %s\n", l.Addr())
+	if err := s.Serve(l); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}

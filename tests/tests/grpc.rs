@@ -1,0 +1,274 @@
+//! grpc-go servers observed through uprobes (`--go-grpc-uprobes all`): servers built from the
+//! real google.golang.org/grpc module at three versions spanning two years (tests/go/grpc/
+//! versions), each default, stripped (no DWARF: the offsets table) and PIE. A Go client (same
+//! grpc-go) drives a fixed mix over one connection with four goroutines: unary OK and failing
+//! with several codes, a deadline exceeded, server and client streaming (OK and failing), an
+//! unknown method, health checks. The collector's counts per (service, method, code) must equal
+//! the client's own, health checks apart, every call with a duration.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use collector::{app, config::Config};
+use integration_tests::*;
+
+const ROUNDS: u32 = 10;
+/// The client's deadline for its "deadline" call (tests/go/grpc/client).
+const DEADLINE_MS: f64 = 30.0;
+
+struct Fixture {
+    grpc: String,
+    variant: String,
+    server: PathBuf,
+    client: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
+
+/// Builds (or finds built) every server and client: tests/go/grpc/build.sh.
+fn fixtures() -> Vec<Fixture> {
+    let out = Command::new(repo().join("tests/go/grpc/build.sh"))
+        .output()
+        .expect("run tests/go/grpc/build.sh");
+    assert!(
+        out.status.success(),
+        "tests/go/grpc/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 4, "build.sh line {l:?}");
+            Fixture {
+                grpc: f[0].into(),
+                variant: f[1].into(),
+                server: f[2].into(),
+                client: f[3].into(),
+            }
+        })
+        .collect()
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(cgroup: &HostCgroup, bin: &Path) -> Server {
+    let mut child = cgroup
+        .spawn(bin, &["-listen", "127.0.0.1:0"])
+        .expect("spawn gRPC server");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Some(Ok(l))) => l,
+        other => panic!("{}: no listening line: {other:?}", bin.display()),
+    };
+    let addr = line
+        .strip_prefix("listening ")
+        .expect("listening line")
+        .parse()
+        .expect("addr");
+    Server { child, addr }
+}
+
+/// What the client saw: (full method, code) → calls.
+fn drive(client: &Path, addr: SocketAddr) -> BTreeMap<(String, u16), u64> {
+    let child = Command::new(client)
+        .args([
+            "-addr",
+            &addr.to_string(),
+            "-rounds",
+            &ROUNDS.to_string(),
+            "-concurrency",
+            "4",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gRPC client");
+    let out = output_with_timeout(child, Duration::from_secs(120)).expect("client finishes");
+    assert!(out.status.success(), "client failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "client line {l:?}");
+            (
+                (f[0].to_string(), f[1].parse().expect("code")),
+                f[2].parse().expect("count"),
+            )
+        })
+        .collect()
+}
+
+async fn start_collector() -> app::Running {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    // The socket parser stays on: it reads HTTP/1.x only, so gRPC (HTTP/2) is counted once.
+    config.http.grpc_uprobes = true;
+    app::start(config).await.expect("collector starts")
+}
+
+fn instrumented(running: &app::Running, pid: u32) -> Option<(String, String)> {
+    running
+        .grpc_instrumented
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|i| i.pids.contains(&pid))
+        .map(|i| (i.grpc_version.clone(), i.offsets.clone()))
+}
+
+/// Exact counts the collector must show for one server, from the client's counts.
+fn expected_series(
+    seen: &BTreeMap<(String, u16), u64>,
+) -> Vec<(&'static str, String, String, u16, u64)> {
+    seen.iter()
+        .map(|((method, code), n)| {
+            let (service, name) = method[1..].split_once('/').expect("full method");
+            let metric = if service == "grpc.health.v1.Health" {
+                "rpc_server_probe_requests_total"
+            } else {
+                "rpc_server_requests_total"
+            };
+            (metric, service.to_string(), name.to_string(), *code, *n)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grpc_version_and_build_counts_calls_exactly() {
+    require_root();
+    let fixtures = fixtures();
+    assert_eq!(fixtures.len(), 9, "3 grpc-go versions × 3 builds");
+    let running = start_collector().await;
+    let prefix = unique_prefix("grpc");
+    for (i, f) in fixtures.iter().enumerate() {
+        let name = format!("grpc{}-{}-{i}", f.grpc, f.variant);
+        let cgroup = HostCgroup::create(&prefix, &name).expect("cgroup");
+        let workload = cgroup.workload();
+        let server = start_server(&cgroup, &f.server);
+        let pid = server.child.id();
+        let t = Instant::now();
+        let (version, offsets) = wait_until_ok_blocking(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            &format!("{name} instrumented"),
+            || instrumented(&running, pid).ok_or("not yet"),
+        );
+        assert_eq!(version, f.grpc, "grpc-go version read from the build info");
+        // Stripped binaries have no DWARF: the table must have served them.
+        let want_source = if f.variant == "stripped" {
+            format!("table {}", f.grpc)
+        } else {
+            "dwarf".to_string()
+        };
+        assert_eq!(offsets, want_source, "{name}: where the offsets came from");
+        let seen = drive(&f.client, server.addr);
+        let expected = expected_series(&seen);
+        let real: u64 = expected
+            .iter()
+            .filter(|e| e.0 == "rpc_server_requests_total")
+            .map(|e| e.4)
+            .sum();
+        assert_eq!(
+            real,
+            u64::from(ROUNDS) * 11,
+            "the client's mix: 11 calls a round besides the health check"
+        );
+        let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+        let text = wait_until_ok_blocking(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            &format!("{name}: counts match the client"),
+            || {
+                let text = scrape(running.addr);
+                let mut wrong = Vec::new();
+                for (metric, service, method, code, n) in &expected {
+                    let code = code.to_string();
+                    let mut labels = w.to_vec();
+                    labels.extend([
+                        ("rpc_system", "grpc"),
+                        ("rpc_service", service.as_str()),
+                        ("rpc_method", method.as_str()),
+                        ("rpc_grpc_status_code", code.as_str()),
+                    ]);
+                    let got = metric_sum(&text, metric, &labels).unwrap_or(0.0) as u64;
+                    if got != *n {
+                        wrong.push(format!(
+                            "{metric} {service}/{method} {code}: {got}, client {n}"
+                        ));
+                    }
+                }
+                // Nothing beyond what the client did (a status counted twice, a foreign key).
+                let total =
+                    metric_sum(&text, "rpc_server_requests_total", &w).unwrap_or(0.0) as u64;
+                if total != real {
+                    wrong.push(format!(
+                        "rpc_server_requests_total for the workload: {total}, client {real}"
+                    ));
+                }
+                if wrong.is_empty() {
+                    Ok(text)
+                } else {
+                    Err(wrong.join("; "))
+                }
+            },
+        );
+        // Every real call has its duration (its start was seen: no `no_start`), health checks
+        // none.
+        let durations =
+            metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+        assert_eq!(durations, real, "{name}: one duration per real call");
+        assert_eq!(
+            metric_sum(&text, "collector_grpc_rpcs_no_start_total", &w),
+            None,
+            "{name}: every call's start was seen"
+        );
+        // The deadline call lasted at least its deadline (measured from handleStream's entry,
+        // not from the status write).
+        let mut dl = w.to_vec();
+        dl.extend([("rpc_method", "Say"), ("rpc_grpc_status_code", "4")]);
+        let sum =
+            metric_sum(&text, "rpc_server_duration_seconds_sum", &dl).expect("deadline durations");
+        assert!(
+            sum >= f64::from(ROUNDS) * DEADLINE_MS / 1000.0,
+            "{name}: {ROUNDS} deadline calls of ≥ {DEADLINE_MS} ms sum to {sum} s"
+        );
+        println!(
+            "{name}: instrumented {:?} after start, {} calls counted exactly ({offsets})",
+            t.elapsed(),
+            real
+        );
+        drop(server);
+    }
+    running.shutdown().await;
+}
