@@ -239,7 +239,12 @@ async fn every_grpc_version_and_build_counts_calls_exactly() {
                 if wrong.is_empty() {
                     Ok(text)
                 } else {
-                    Err(wrong.join("; "))
+                    let rpc: Vec<&str> = text
+                        .lines()
+                        .filter(|l| l.starts_with("rpc_server_") && l.contains(workload.as_str()))
+                        .filter(|l| !l.contains("_bucket"))
+                        .collect();
+                    Err(format!("{}\n{}", wrong.join("; "), rpc.join("\n")))
                 }
             },
         );
