@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use collector::{
     export::{
         Metrics,
+        grpc::RpcLabels,
         http::{OutcomeLabels, RequestLabels},
         otlp::{HTTP_DURATION, TCP_INSTRUMENTS, VERDICT},
         prometheus::{
@@ -75,6 +76,26 @@ fn populated() -> Metrics {
         .inc();
     m.http.unrecorded.get_or_create(&labels).inc();
     m.http.routes_capped.get_or_create(&labels).inc();
+    let rpc = RpcLabels {
+        workload: labels.clone(),
+        rpc_system: "grpc",
+        rpc_service: "pkg.Service".into(),
+        rpc_method: "Method".into(),
+        rpc_grpc_status_code: 0,
+    };
+    m.grpc.count(&rpc, 1, false);
+    m.grpc.count(&rpc, 1, true);
+    m.grpc.observe(&rpc, 0.1);
+    m.grpc.unrecorded.get_or_create(&labels).inc();
+    m.grpc.no_start.get_or_create(&labels).inc();
+    m.grpc.methods_capped.get_or_create(&labels).inc();
+    m.grpc.binaries_instrumented.set(1);
+    m.grpc
+        .binaries_skipped
+        .get_or_create(&ReasonLabels {
+            reason: "no_offsets",
+        })
+        .inc();
     let c = &m.collector;
     c.signal_rung
         .get_or_create(&SignalLabels {
