@@ -219,6 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tcp: PerCpuHashMap::try_from(take(&mut ebpf, TCP_STATS)?)?,
         http: PerCpuHashMap::try_from(take(&mut ebpf, HTTP_COUNTS)?)?,
         drops: PerCpuArray::try_from(take(&mut ebpf, DROPS)?)?,
+        programs: crate::probes::misses::watch(&ebpf, &probes),
     };
     let mut sampling: Array<_, u32> = Array::try_from(take(&mut ebpf, HTTP_SAMPLING)?)?;
     sampling

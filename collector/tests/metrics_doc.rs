@@ -12,7 +12,8 @@ use collector::{
         http::{OutcomeLabels, RequestLabels},
         otlp::{HTTP_DURATION, TCP_INSTRUMENTS, VERDICT},
         prometheus::{
-            KernelDropLabels, KindLabels, NodeLabels, ReasonLabels, ResultLabels, SignalLabels,
+            KernelDropLabels, KindLabels, NodeLabels, ProgramLabels, ReasonLabels, ResultLabels,
+            SignalLabels,
         },
         verdict::{MismatchLabels, ReasonGaugeLabels, StateLabels, TransitionLabels},
     },
@@ -107,6 +108,12 @@ fn populated() -> Metrics {
         .get_or_create(&KernelDropLabels {
             reason: "ring_reserve_failed",
             cpu: 0,
+        })
+        .inc();
+    c.program_misses
+        .get_or_create(&ProgramLabels {
+            program: "retrans_tp",
+            signal: "tcp_retransmit",
         })
         .inc();
     c.events_received

@@ -200,6 +200,10 @@ async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
     let running = start_collector()
         .await
         .expect("collector starts with every signal attached");
+    let rung = report(&running, Signal::TcpRetransmit)
+        .attached
+        .expect("tcp_retransmit attached")
+        .as_str();
     w.b.drop_egress_percent(5).expect("loss on B");
     let conns = 20;
     assert_eq!(fetch(&w, w.a_addr, conns), conns * BYTES_PER_CONN);
@@ -223,15 +227,18 @@ async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
             // Both pods' bytes: a harvest may land between the two servers' last sends.
             let sent = sample(&text, "collector_tcp_sent_bytes_total", &pod_labels(&w.a));
             let sent_b = sample(&text, "collector_tcp_sent_bytes_total", &pod_labels(&w.b));
+            let (_, allowed) = retrans_allowance(&text, rung, kernel);
             if kernel > 0
-                && ours.abs_diff(kernel) * 100 <= kernel * 5
+                && ours <= kernel
+                && kernel - ours <= allowed
                 && sent == conns * BYTES_PER_CONN
                 && sent_b == conns * BYTES_PER_CONN
             {
                 Ok(text)
             } else {
                 Err(format!(
-                    "ours={ours} nstat={kernel} A bytes={sent} B bytes={sent_b}"
+                    "ours={ours} nstat={kernel} (short by at most {allowed}) A bytes={sent} B \
+                     bytes={sent_b}"
                 ))
             }
         },
@@ -259,9 +266,11 @@ async fn retransmits_and_bytes_are_attributed_to_the_right_pod() {
         kernel_b >= 50,
         "loss produced too few retransmits ({kernel_b}) to judge"
     );
+    // Exact but for runs the kernel skipped (see `retrans_allowance`); never an excess.
+    let (missed, allowed) = retrans_allowance(&text, rung, kernel_b);
     assert!(
-        ours_b.abs_diff(kernel_b) * 100 <= kernel_b * 5,
-        "B: ours={ours_b} nstat={kernel_b}"
+        ours_b <= kernel_b && kernel_b - ours_b <= allowed,
+        "B: ours={ours_b} nstat={kernel_b}, skipped runs counted {missed}, allowed {allowed}"
     );
     // The healthy pod: never someone else's, exactly its own. Without loss it has next to
     // none; under software emulation (the 6.1 guest) a few timer-driven tail-loss probes
@@ -664,6 +673,31 @@ async fn missed_kretprobe_returns_are_counted() {
     running.shutdown().await;
 }
 
+/// How far our retransmit count may fall short of the kernel's `expected`: the runs of the
+/// retransmit programs the kernel skipped and counted (`collector_kernel_program_misses_total`,
+/// Linux ≥ 6.7; they may also be another pod's, so an upper bound), plus, before 6.7 on the
+/// two rungs whose programs share the kernel's per-CPU guard (kprobe, classic tracepoint),
+/// 1 + 1 % skipped without a count. Returns (counted misses, allowance).
+fn retrans_allowance(text: &str, rung: &str, expected: u64) -> (u64, u64) {
+    let missed = ["tcp_retransmit", "tcp_retransmit_synack"]
+        .iter()
+        .map(|s| {
+            sample(
+                text,
+                "collector_kernel_program_misses_total",
+                &[("signal", *s)],
+            )
+        })
+        .sum::<u64>();
+    let shared_guard = rung == Rung::Kprobe.as_str() || rung == Rung::Tracepoint.as_str();
+    let uncounted = if shared_guard && kernel::version() < (6, 7) {
+        1 + expected / 100
+    } else {
+        0
+    };
+    (missed, missed + uncounted)
+}
+
 /// The fixed part of the traffic each rung must count identically.
 const SEND_BYTES: u64 = 123_457;
 const REFUSED: u64 = 3;
@@ -774,17 +808,18 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
             };
             // Exact against the kernel's TcpRetransSegs over the same interval (the fentry rung
             // counts what the kernel adds to it; the tracepoint rungs each successful
-            // retransmission, and with loss by `fwd` none fails) — except on the kprobe rung:
-            // kprobe programs share one per-CPU recursion guard (`bpf_prog_active`), so a
-            // retransmit in a softirq that interrupted another kprobe program on the same CPU
-            // (a kretprobe runs with interrupts on) is skipped by the kernel, entry and return
-            // alike, uncounted before Linux 6.7 (Debian's 6.1: 283 of 284 once, 399 of 399 the
-            // next run). A small shortfall is allowed there, never an excess.
-            let retrans_ok = if rung == Rung::Kprobe.as_str() {
-                got.3 <= expected_retrans && expected_retrans - got.3 <= 1 + expected_retrans / 100
-            } else {
-                got.3 == expected_retrans
-            };
+            // retransmission, and with loss by `fwd` none fails) — less the runs the kernel
+            // skipped: kprobe and classic tracepoint programs share one per-CPU recursion guard
+            // (`bpf_prog_active`), so a retransmit in a softirq that interrupted another of
+            // them on the same CPU (`sock_send_length`'s in a sending task, a kretprobe running
+            // with interrupts on) is never seen. Since 6.7 the kernel counts such runs per
+            // program (`collector_kernel_program_misses_total`; the tracepoint rung once missed
+            // 1 of 593 here), and a shortfall must be covered by them (they may also be the
+            // client's retransmits: an upper bound). Older kernels skip without counting
+            // (Debian's 6.1: 283 of 284 once on the kprobe rung): a small shortfall is allowed
+            // there on the two shared-guard rungs, never an excess.
+            let (missed, allowed) = retrans_allowance(&text, rung, expected_retrans);
+            let retrans_ok = got.3 <= expected_retrans && expected_retrans - got.3 <= allowed;
             let ok = got.0 == expect_bytes
                 && got.4 == expect_bytes_b
                 && got.1 == expect_refused
@@ -798,7 +833,8 @@ async fn drive_and_check(running: &app::Running, w: &World, rung: &str) {
                     "(bytes, refused, resets, retrans, B bytes)={got:?} expected \
                      ({expect_bytes}, {expect_refused}, {expect_resets}, {}, {expect_bytes_b}) \
                      nstat delta={kernel}; \
-                     retransmits of all workloads {} ({:?}), kernel drops {:?}",
+                     retransmits of all workloads {} ({:?}), kernel drops {:?}, skipped runs \
+                     {missed}",
                     expected_retrans,
                     sample(&text, "collector_tcp_retransmitted_segments_total", &[]),
                     // Where each one went, for a shortfall that shows up once in many runs.

@@ -20,13 +20,13 @@ use collector_common::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::probes::go_http::attach::Instrumented;
+use crate::probes::{Signal, go_http::attach::Instrumented, misses};
 use crate::{
     events::{Event, HttpRequest},
     export::{
         Metrics,
         http::{OutcomeLabels, RequestLabels},
-        prometheus::KernelDropLabels,
+        prometheus::{KernelDropLabels, ProgramLabels},
     },
     identity::IdentityResolver,
     verdict::{Engine, HttpDelta, SharedVerdicts, VerdictConfig},
@@ -58,6 +58,10 @@ pub trait StatsSource: Send {
     }
     /// Per-CPU totals of each `KernelDrop` reason.
     fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)>;
+    /// Each attached tracing program's runs the kernel skipped (`probes::misses`), cumulative.
+    fn read_program_misses(&mut self) -> Vec<(&'static str, Signal, u64)> {
+        Vec::new()
+    }
 }
 
 /// The kernel maps.
@@ -65,6 +69,7 @@ pub struct KernelMaps {
     pub tcp: PerCpuHashMap<MapData, OwnerKey, TcpStats>,
     pub http: PerCpuHashMap<MapData, OwnerKey, HttpCounts>,
     pub drops: PerCpuArray<MapData, u64>,
+    pub programs: Vec<misses::Watched>,
 }
 
 /// Takes a key with its final value; where the kernel lacks the atomic command (before 5.14),
@@ -120,6 +125,13 @@ fn read_per_cpu<V: aya::Pod + Default>(
 }
 
 impl StatsSource for KernelMaps {
+    fn read_program_misses(&mut self) -> Vec<(&'static str, Signal, u64)> {
+        self.programs
+            .iter()
+            .filter_map(|w| Some((w.prog, w.signal, w.recursion_misses()?)))
+            .collect()
+    }
+
     fn read_tcp(&mut self) -> Vec<(OwnerKey, TcpStats)> {
         read_per_cpu(&self.tcp, TcpStats::accumulate)
     }
@@ -204,6 +216,8 @@ pub struct Aggregator<S> {
     routes: http::RouteTable,
     /// Last per-CPU drop totals, to export deltas.
     drops_seen: Vec<(KernelDrop, Vec<u64>)>,
+    /// Last skipped-run totals per program, to export deltas.
+    misses_seen: HashMap<&'static str, u64>,
     /// Health verdicts: fed with what this task sees, evaluated when a bucket closes.
     verdict: Engine,
     sampler: Option<sampling::Sampler>,
@@ -233,6 +247,7 @@ impl<S: StatsSource> Aggregator<S> {
             http: Harvester::default(),
             routes,
             drops_seen: Vec::new(),
+            misses_seen: HashMap::new(),
             verdict: Engine::new(VerdictConfig::default(), 1, None),
             sampler: None,
             records_lost_seen: 0,
@@ -384,6 +399,7 @@ impl<S: StatsSource> Aggregator<S> {
             g.harvest(&mut self.identity, &self.metrics, now);
         }
         let mut lost = self.harvest_drops();
+        self.harvest_program_misses();
         let records_lost = self
             .metrics
             .collector
@@ -530,6 +546,29 @@ impl<S: StatsSource> Aggregator<S> {
         total
     }
 
+    /// Exports the kernel's skipped runs of our programs. Not a verdict loss: a skipped run
+    /// cannot be charged to any workload, and making every verdict of the node unknown for one
+    /// missed retransmit is the global blindness `loses_signal` exists to avoid; the counter
+    /// says how far the TCP totals of that signal may be short.
+    fn harvest_program_misses(&mut self) {
+        for (prog, signal, total) in self.source.read_program_misses() {
+            let seen = self.misses_seen.entry(prog).or_insert(0);
+            let d = total.saturating_sub(*seen);
+            *seen = total;
+            if d > 0 {
+                debug!(prog, %signal, missed = d, "the kernel skipped runs of a program");
+                self.metrics
+                    .collector
+                    .program_misses
+                    .get_or_create(&ProgramLabels {
+                        program: prog,
+                        signal: signal.as_str(),
+                    })
+                    .inc_by(d);
+            }
+        }
+    }
+
     /// Owner task loop: events as they come, a harvest every `interval`. Ends when the reader
     /// closes the channel (it stops first on shutdown), with a final harvest so nothing counted
     /// before SIGTERM is lost.
@@ -569,6 +608,7 @@ mod tests {
     struct Fake {
         tcp: Vec<(OwnerKey, TcpStats)>,
         drops: Vec<(KernelDrop, Vec<u64>)>,
+        misses: Vec<(&'static str, Signal, u64)>,
         removed: Vec<OwnerKey>,
     }
     impl StatsSource for &mut Fake {
@@ -586,6 +626,44 @@ mod tests {
         fn read_drops(&mut self) -> Vec<(KernelDrop, Vec<u64>)> {
             self.drops.clone()
         }
+        fn read_program_misses(&mut self) -> Vec<(&'static str, Signal, u64)> {
+            self.misses.clone()
+        }
+    }
+
+    /// The kernel's cumulative skipped runs become exact counter deltas per program (a bug
+    /// adding the total at every harvest gives 3 + 5 = 8 below); a program that skipped
+    /// nothing has no series.
+    #[test]
+    fn skipped_runs_are_exported_per_program_as_deltas() {
+        let mut fake = Fake {
+            misses: vec![
+                ("retrans_tp", Signal::TcpRetransmit, 3),
+                ("state_tp", Signal::TcpState, 0),
+            ],
+            ..Default::default()
+        };
+        let metrics = Arc::new(Metrics::new(100));
+        let identity = IdentityResolver::new(None, PathBuf::from("/nonexistent-proc"));
+        let mut agg = Aggregator::new(
+            &mut fake,
+            metrics.clone(),
+            identity,
+            http::RouteTable::new(&[], 10),
+        );
+        let line = |n: u64| {
+            format!(
+                "collector_kernel_program_misses_total{{program=\"retrans_tp\",signal=\"tcp_retransmit\"}} {n}\n"
+            )
+        };
+        let now = Instant::now();
+        agg.harvest(now);
+        assert!(metrics.render().contains(&line(3)), "{}", metrics.render());
+        agg.source.misses[0].2 = 5;
+        agg.harvest(now + Duration::from_secs(1));
+        let text = metrics.render();
+        assert!(text.contains(&line(5)), "{text}");
+        assert!(!text.contains("program=\"state_tp\""), "{text}");
     }
 
     #[test]

@@ -96,6 +96,12 @@ pub struct KernelDropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: &'static str,
+    pub signal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -114,6 +120,7 @@ pub struct KindLabels {
 pub struct SelfMetrics {
     pub signal_rung: Family<SignalLabels, Gauge>,
     pub kernel_drops: Family<KernelDropLabels, Counter>,
+    pub program_misses: Family<ProgramLabels, Counter>,
     pub events_received: Family<KindLabels, Counter>,
     pub events_rejected: Family<ReasonLabels, Counter>,
     pub events_dropped: Family<ReasonLabels, Counter>,
@@ -156,6 +163,7 @@ impl Metrics {
         let collector = SelfMetrics {
             signal_rung: Family::default(),
             kernel_drops: Family::default(),
+            program_misses: Family::default(),
             events_received: Family::default(),
             events_rejected: Family::default(),
             events_dropped: Family::default(),
@@ -181,6 +189,13 @@ impl Metrics {
             "collector_kernel_drops",
             "Events the kernel side could not record, per reason and CPU",
             c.kernel_drops.clone(),
+        );
+        registry.register(
+            "collector_kernel_program_misses",
+            "Runs of a program the kernel skipped because another BPF program was running on \
+             the same CPU (its recursion guard; counted by Linux 6.7 and later): each is one \
+             event of the signal not seen, on no workload",
+            c.program_misses.clone(),
         );
         registry.register(
             "collector_events_received",

@@ -12,6 +12,7 @@ pub mod go_http;
 pub mod http_wire;
 pub mod kallsyms;
 pub mod ladder;
+pub mod misses;
 pub mod offsets;
 pub mod process;
 pub mod tcp;
