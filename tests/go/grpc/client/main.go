@@ -124,6 +124,7 @@ func main() {
 	addr := flag.String("addr", "", "server address")
 	rounds := flag.Int("rounds", 10, "rounds of the mix")
 	workers := flag.Int("concurrency", 4, "goroutines sharing the connection")
+	mix := flag.String("mix", "fixed", "fixed (the mix above), or unary-ok (one Say ok per round: for cost measurements)")
 	flag.Parse()
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -132,6 +133,7 @@ func main() {
 	}
 	defer conn.Close()
 	h := healthpb.NewHealthClient(conn)
+	began := time.Now()
 	work := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := 0; i < *workers; i++ {
@@ -139,7 +141,11 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for range work {
-				round(conn, h)
+				if *mix == "unary-ok" {
+					unary(conn, "/grpctest.Echo/Say", "ok", 10*time.Second)
+				} else {
+					round(conn, h)
+				}
 			}
 		}()
 	}
@@ -148,6 +154,7 @@ func main() {
 	}
 	close(work)
 	wg.Wait()
+	fmt.Fprintf(os.Stderr, "elapsed_ns %d\n", time.Since(began).Nanoseconds())
 	keys := make([]key, 0, len(counts))
 	for k := range counts {
 		keys = append(keys, k)
