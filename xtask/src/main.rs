@@ -4,6 +4,7 @@ mod bench;
 mod callgrind;
 mod fuzz;
 mod go_offsets;
+mod grpc_offsets;
 mod image;
 mod vm;
 
@@ -156,6 +157,13 @@ enum Cmd {
     },
     /// Regenerate the Go `net/http` struct offsets table (go_http/offsets_table.json) by
     /// building tests/go/offsets with every Go release in tests/go/versions.
+    /// Regenerate the grpc-go struct offsets table (go_grpc/offsets_table.json) from the gRPC
+    /// test server built against every grpc-go version in tests/go/grpc/versions.
+    GrpcOffsets {
+        /// Fail if the committed table differs from what would be generated; write nothing.
+        #[arg(long)]
+        check: bool,
+    },
     GoOffsets {
         /// Fail if the committed table differs from what would be generated; write nothing.
         #[arg(long)]
@@ -448,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::GrpcOffsets { check } => grpc_offsets::grpc_offsets(&root(), check),
         Cmd::GoOffsets { check, also } => {
             go_offsets::go_offsets(&root(), &go_offsets::Options { check, also })
         }
