@@ -141,7 +141,7 @@ fn instrumented(running: &app::Running, pid: u32) -> Option<(String, String)> {
     running
         .grpc_instrumented
         .lock()
-        .unwrap()
+        .expect("discovery state")
         .iter()
         .find(|i| i.pids.contains(&pid))
         .map(|i| (i.grpc_version.clone(), i.offsets.clone()))
