@@ -259,6 +259,55 @@ mod tests {
         assert_eq!(comm.chars().count(), 16, "lossy, not rejected");
     }
 
+    #[test]
+    fn grpc_records_decode_with_their_method() {
+        use collector_common::grpc::{GRPC_METHOD_MAX, GrpcEvent, flags as gflags};
+        let mut ev = GrpcEvent {
+            header: EventHeader {
+                kind: EventKind::Grpc as u16,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 1,
+            },
+            tgid: 7,
+            code: 14,
+            flags: 0,
+            cgroup_id: 9,
+            duration_ns: 1_500,
+            method: [0; GRPC_METHOD_MAX],
+        };
+        let m = b"/pkg.Svc/Do";
+        ev.method[..m.len()].copy_from_slice(m);
+        let Event::Grpc(c) = decode(&bytes_of(&ev)).expect("valid") else {
+            panic!("not gRPC");
+        };
+        assert_eq!(
+            c,
+            GrpcCall {
+                tgid: 7,
+                cgroup_id: 9,
+                duration_ns: 1_500,
+                method: "/pkg.Svc/Do".into(),
+                truncated: false,
+                code: 14,
+            }
+        );
+        // A name filling the whole field (cut by the kernel) has no NUL: all of it, flagged.
+        ev.method = [b'a'; GRPC_METHOD_MAX];
+        ev.flags = gflags::TRUNCATED;
+        let Event::Grpc(c) = decode(&bytes_of(&ev)).expect("valid") else {
+            panic!("not gRPC");
+        };
+        assert_eq!(c.method.len(), GRPC_METHOD_MAX);
+        assert!(c.truncated);
+        // Short records are rejected, not read past.
+        let bytes = bytes_of(&ev);
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
     fn http_event(status: u16, f: u16, route: &str) -> HttpEvent {
         let mut e = HttpEvent {
             header: EventHeader {

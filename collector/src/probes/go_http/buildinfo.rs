@@ -184,6 +184,27 @@ mod tests {
     }
 
     #[test]
+    fn dependencies_with_replacements() {
+        // As `go version -m` prints them: a `=>` line replaces the `dep` line above it.
+        let modinfo = "path\tx\nmod\tx\t(devel)\t\n\
+            dep\tgoogle.golang.org/grpc\tv1.68.1\th1:abc=\n\
+            dep\tgolang.org/x/net\tv0.1.0\th1:def=\n\
+            =>\texample.com/fork/net\tv0.1.1\th1:ghi=\n\
+            dep\tbroken\n";
+        assert_eq!(
+            dep_lines(modinfo),
+            vec![
+                ("google.golang.org/grpc".to_string(), "v1.68.1".to_string()),
+                ("example.com/fork/net".to_string(), "v0.1.1".to_string()),
+            ]
+        );
+        assert!(
+            dep_lines("=>\ta\tv1\n").is_empty(),
+            "a replacement of nothing"
+        );
+    }
+
+    #[test]
     fn pointer_format_and_garbage() {
         let mut old = blob("go1.17", "");
         old[15] = 0;
