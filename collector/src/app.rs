@@ -282,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                             Box::new(counts),
                             config.http.max_routes,
                             Some(sampler),
+                            config.http.grpc_error_codes.clone(),
                         )),
                         Some((stop, thread)),
                     )

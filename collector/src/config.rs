@@ -150,6 +150,12 @@ pub struct Cli {
     #[arg(long, value_name = "MODE")]
     pub go_grpc_uprobes: Option<String>,
 
+    /// gRPC status codes that are the server's failures in verdicts (names or numbers,
+    /// comma-separated). Others — NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED… — answer the
+    /// client's request and are not. [default: UNKNOWN,DEADLINE_EXCEEDED,INTERNAL,UNAVAILABLE,DATA_LOSS]
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    pub grpc_error_codes: Vec<String>,
+
     /// OTLP metrics endpoint, e.g. "http://otel-collector:4317" (gRPC) or
     /// "http://otel-collector:4318" (HTTP; "/v1/metrics" is appended to a bare host). Setting it
     /// (or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT) enables the push.
@@ -318,6 +324,8 @@ pub struct FileConfig {
     pub go_http_uprobes: Option<String>,
     /// grpc-go server uprobes: "off" or "all".
     pub go_grpc_uprobes: Option<String>,
+    /// gRPC status codes that count as server failures in verdicts.
+    pub grpc_error_codes: Option<Vec<String>>,
     /// The socket-level HTTP/1.x parser.
     pub http_socket: Option<bool>,
     pub verdict: Option<FileVerdict>,
@@ -486,6 +494,8 @@ pub struct HttpConfig {
     pub uprobes: bool,
     /// Instrument every grpc-go server with uprobes (`probes::go_grpc`).
     pub grpc_uprobes: bool,
+    /// gRPC status codes that are server failures in verdicts (the 5xx of gRPC).
+    pub grpc_error_codes: Vec<u16>,
     pub probe_paths: Vec<String>,
     pub max_routes: usize,
     /// The minimum 1-in-N for records (1 = every request).
@@ -500,6 +510,7 @@ impl Default for HttpConfig {
             socket: true,
             uprobes: false,
             grpc_uprobes: false,
+            grpc_error_codes: DEFAULT_GRPC_ERROR_CODES.to_vec(),
             probe_paths: DEFAULT_PROBE_PATHS.iter().map(|p| p.to_string()).collect(),
             max_routes: DEFAULT_MAX_ROUTES,
             sample_every: 1,
@@ -507,6 +518,10 @@ impl Default for HttpConfig {
         }
     }
 }
+
+/// gRPC codes that are the server's failures by default: UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
+/// UNAVAILABLE, DATA_LOSS (RESOURCE_EXHAUSTED is often a client's quota: add it if it is not).
+pub const DEFAULT_GRPC_ERROR_CODES: [u16; 5] = [2, 4, 13, 14, 15];
 
 pub const DEFAULT_PROBE_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/health"];
 pub const DEFAULT_MAX_ROUTES: usize = 100;
@@ -758,6 +773,26 @@ impl Config {
                 "go_http_uprobes",
                 "\"all\" needs --no-http-socket (http_socket = false): both would count the same requests",
             ));
+        }
+        let grpc_codes = if cli.grpc_error_codes.is_empty() {
+            file.grpc_error_codes
+        } else {
+            Some(cli.grpc_error_codes.clone())
+        };
+        if let Some(codes) = grpc_codes {
+            http.grpc_error_codes = codes
+                .iter()
+                .map(|c| {
+                    crate::probes::go_grpc::parse_code(c).ok_or_else(|| {
+                        invalid(
+                            "grpc_error_codes",
+                            format!(
+                                "{c:?} is not a gRPC status code (a name like UNAVAILABLE, or 0-16)"
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         let probe_paths = if cli.probe_paths.is_empty() {
             file.probe_paths

@@ -277,3 +277,102 @@ async fn every_grpc_version_and_build_counts_calls_exactly() {
     }
     running.shutdown().await;
 }
+
+/// `GET /v1/workload?kind=cgroup&name=..`, the verdict of one workload.
+fn cgroup_verdict(api: &str, name: &str) -> serde_json::Value {
+    let (_, body) =
+        collector::status::get(api, &format!("/v1/workload?kind=cgroup&name={name}")).expect("API");
+    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+}
+
+/// Catches: gRPC failures (UNAVAILABLE) not reaching the verdicts (the workload would stay
+/// unknown or healthy); health checks taken as real traffic or not as probes (no
+/// `probe_mismatch`: the gRPC form of a lying /healthz would go unflagged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_passing_while_calls_fail_are_flagged() {
+    require_root();
+    let f = fixtures()
+        .into_iter()
+        .rfind(|f| f.variant == "default")
+        .expect("a default build");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    config.verdict.geometry = collector::verdict::window::Geometry {
+        bucket: Duration::from_secs(1),
+        count: 5,
+    };
+    config.http.grpc_uprobes = true;
+    let running = app::start(config).await.expect("collector starts");
+    let api = format!("http://{}", running.addr);
+    let prefix = unique_prefix("grpch");
+    let cgroup = HostCgroup::create(&prefix, "liar").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.server);
+    let pid = server.child.id();
+    wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "instrumented",
+        || instrumented(&running, pid).ok_or("not yet"),
+    );
+    // About 150 calls a second for ~20 s: 3 UNAVAILABLE and a passing health check per round.
+    let client = Command::new(&f.client)
+        .args([
+            "-addr",
+            &server.addr.to_string(),
+            "-mix",
+            "failing",
+            "-rounds",
+            "800",
+            "-concurrency",
+            "2",
+            "-pause",
+            "50ms",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("client");
+    let mut client = scopeguard_kill(client);
+    let v = wait_until_ok_blocking(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        "unhealthy with probe_mismatch",
+        || {
+            let v = cgroup_verdict(&api, &workload);
+            if v["state"] == "unhealthy" && v["probe_mismatch"] == true {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    );
+    let reasons: Vec<String> = v["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["code"].as_str().map(str::to_owned))
+        .collect();
+    assert!(reasons.contains(&"error_ratio".to_string()), "{v}");
+    assert!(reasons.contains(&"probe_mismatch".to_string()), "{v}");
+    let _ = client.0.kill();
+    let _ = client.0.wait();
+    drop(server);
+    running.shutdown().await;
+}
+
+/// Kills the child when dropped (a failed assertion must not leave the client running).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scopeguard_kill(c: Child) -> Killed {
+    Killed(c)
+}

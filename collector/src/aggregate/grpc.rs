@@ -4,6 +4,13 @@
 //! Owned by the aggregator task like everything else aggregated; identity comes from its
 //! resolver. Health checks (`grpc.health.v1.Health`) are counted apart and get no duration
 //! series: they are probe traffic, not evidence about the service.
+//!
+//! Verdicts: a call ending with one of the configured server-error codes (`--grpc-error-codes`)
+//! is the workload's failure as a 5xx is (`HttpDelta::r5xx`); other codes answer the client's
+//! request. Health-check records are the workload's probes: OK ones that pass while real calls
+//! fail flag `probe_mismatch`, as a lying `/healthz` does. (A health check answering
+//! NOT_SERVING carries status OK and the state in its body, which is not read: it counts as a
+//! passing probe.)
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,6 +25,7 @@ use collector_common::{
 use tracing::debug;
 
 use super::sampling::Sampler;
+use crate::verdict::{Engine, HttpDelta};
 use crate::{
     events::GrpcCall,
     export::{Metrics, grpc::RpcLabels, prometheus::WorkloadLabels},
@@ -68,16 +76,34 @@ pub struct GrpcAggregate {
     methods: HashMap<WorkloadLabels, HashSet<(String, String)>>,
     max_methods: usize,
     sampler: Option<Sampler>,
+    /// Codes that are server failures in verdicts.
+    error_codes: Vec<u16>,
 }
 
 impl GrpcAggregate {
-    pub fn new(source: Box<dyn GrpcSource>, max_methods: usize, sampler: Option<Sampler>) -> Self {
+    pub fn new(
+        source: Box<dyn GrpcSource>,
+        max_methods: usize,
+        sampler: Option<Sampler>,
+        error_codes: Vec<u16>,
+    ) -> Self {
         Self {
             source,
             seen: HashMap::new(),
             methods: HashMap::new(),
             max_methods,
             sampler,
+            error_codes,
+        }
+    }
+
+    /// The HTTP status a call stands for in verdicts: 200 OK, 500 a server failure, 400 any
+    /// other code (the client's request answered).
+    fn verdict_status(&self, code: u16) -> u16 {
+        match code {
+            0 => 200,
+            c if self.error_codes.contains(&c) => 500,
+            _ => 400,
         }
     }
 
@@ -120,12 +146,19 @@ impl GrpcAggregate {
 
     /// Adds what the kernel counted since the last harvest; forgets keys of exited processes
     /// (after their last count: an exited process adds nothing more).
-    pub fn harvest(&mut self, identity: &mut IdentityResolver, metrics: &Metrics, now: Instant) {
+    pub fn harvest(
+        &mut self,
+        identity: &mut IdentityResolver,
+        metrics: &Metrics,
+        verdict: &mut Engine,
+        now: Instant,
+    ) {
         if let Some(next) = self.sampler.as_mut().and_then(|s| s.tick(now)) {
             debug!(every = next, "gRPC record sampling changed");
         }
         let current = self.source.read();
         let mut calls = 0;
+        let mut per_workload: HashMap<WorkloadLabels, HttpDelta> = HashMap::new();
         for (key, total) in &current {
             let before = self.seen.get(key).copied().unwrap_or_default();
             // A key deleted and created again starts from zero.
@@ -159,6 +192,12 @@ impl GrpcAggregate {
                 metrics,
             );
             metrics.grpc.count(&labels, delta.rpcs, probe);
+            let d = per_workload.entry(workload.clone()).or_default();
+            // As for HTTP: every call, probes included; failures by the configured codes.
+            d.total += delta.rpcs;
+            if self.verdict_status(key.code) == 500 {
+                d.r5xx += delta.rpcs;
+            }
             if delta.unrecorded > 0 {
                 metrics
                     .grpc
@@ -177,6 +216,9 @@ impl GrpcAggregate {
         if let Some(s) = self.sampler.as_mut() {
             s.on_requests(calls);
         }
+        for (w, d) in per_workload {
+            verdict.on_http_counts(&w, d, now);
+        }
         let gone: Vec<GrpcCountKey> = current
             .iter()
             .map(|(k, _)| *k)
@@ -194,6 +236,7 @@ impl GrpcAggregate {
         call: &GrpcCall,
         identity: &mut IdentityResolver,
         metrics: &Metrics,
+        verdict: &mut Engine,
         now: Instant,
     ) {
         if let Some(s) = self.sampler.as_mut() {
@@ -207,8 +250,16 @@ impl GrpcAggregate {
         let workload = metrics.labels_for(&identity.workload_of(&owner, now));
         let (labels, probe) =
             self.labels(workload, &call.method, call.truncated, call.code, metrics);
+        let duration = std::time::Duration::from_nanos(call.duration_ns);
+        verdict.on_request(
+            &labels.workload,
+            probe,
+            Some(self.verdict_status(call.code)),
+            duration,
+            now,
+        );
         if !probe {
-            metrics.grpc.observe(&labels, call.duration_ns as f64 / 1e9);
+            metrics.grpc.observe(&labels, duration.as_secs_f64());
         }
     }
 

@@ -313,7 +313,13 @@ impl<S: StatsSource> Aggregator<S> {
             Event::Http(r) => self.on_request(&r, now),
             Event::Grpc(c) => {
                 if let Some(g) = self.grpc.as_mut() {
-                    g.on_record(&c, &mut self.identity, &self.metrics, now);
+                    g.on_record(
+                        &c,
+                        &mut self.identity,
+                        &self.metrics,
+                        &mut self.verdict,
+                        now,
+                    );
                 }
             }
             // Exec events go to Go discovery, not here.
@@ -396,7 +402,7 @@ impl<S: StatsSource> Aggregator<S> {
         }
         self.harvest_http(now);
         if let Some(g) = self.grpc.as_mut() {
-            g.harvest(&mut self.identity, &self.metrics, now);
+            g.harvest(&mut self.identity, &self.metrics, &mut self.verdict, now);
         }
         let mut lost = self.harvest_drops();
         self.harvest_program_misses();

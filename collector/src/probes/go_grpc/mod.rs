@@ -55,6 +55,15 @@ pub fn code_name(code: u16) -> &'static str {
     }
 }
 
+/// A status code from its name (`UNAVAILABLE`, any case) or number (0–16).
+pub fn parse_code(s: &str) -> Option<u16> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u16>() {
+        return (n <= 16).then_some(n);
+    }
+    (0..=16).find(|c| code_name(*c).eq_ignore_ascii_case(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +80,17 @@ mod tests {
         );
         for bad in ["", "/", "//", "/a/", "//b", "a/b", "/a/b/c"] {
             assert_eq!(split_method(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn codes_by_name_or_number() {
+        assert_eq!(parse_code("UNAVAILABLE"), Some(14));
+        assert_eq!(parse_code("deadline_exceeded"), Some(4));
+        assert_eq!(parse_code(" 13 "), Some(13));
+        assert_eq!(parse_code("0"), Some(0));
+        for bad in ["17", "-1", "", "_OTHER", "UNAVAILABLE2"] {
+            assert_eq!(parse_code(bad), None, "{bad:?}");
         }
     }
 }

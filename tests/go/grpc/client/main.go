@@ -124,7 +124,8 @@ func main() {
 	addr := flag.String("addr", "", "server address")
 	rounds := flag.Int("rounds", 10, "rounds of the mix")
 	workers := flag.Int("concurrency", 4, "goroutines sharing the connection")
-	mix := flag.String("mix", "fixed", "fixed (the mix above), or unary-ok (one Say ok per round: for cost measurements)")
+	mix := flag.String("mix", "fixed", "fixed (the mix above); unary-ok (one Say ok per round: for cost measurements); failing (3 Say UNAVAILABLE and a health check per round: a service failing behind a passing health check)")
+	pause := flag.Duration("pause", 0, "pause of each goroutine after each round (spreads the load over time)")
 	flag.Parse()
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -141,11 +142,21 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for range work {
-				if *mix == "unary-ok" {
+				switch *mix {
+				case "unary-ok":
 					unary(conn, "/grpctest.Echo/Say", "ok", 10*time.Second)
-				} else {
+				case "failing":
+					for i := 0; i < 3; i++ {
+						unary(conn, "/grpctest.Echo/Say", fmt.Sprintf("code:%d", codes.Unavailable), 10*time.Second)
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err := h.Check(ctx, &healthpb.HealthCheckRequest{})
+					cancel()
+					record("/grpc.health.v1.Health/Check", err)
+				default:
 					round(conn, h)
 				}
+				time.Sleep(*pause)
 			}
 		}()
 	}
