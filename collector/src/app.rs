@@ -265,12 +265,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None
     };
     let grpc_state = Arc::new(Mutex::new(Vec::new()));
+    // Exec notices for gRPC discovery (forwarded from the reader's, see `fan_out_exec`).
+    let (grpc_exec_tx, grpc_exec_rx) = std::sync::mpsc::sync_channel(EXEC_CHANNEL);
+    let mut grpc_exec_rx = Some(grpc_exec_rx);
     let (grpc_aggregate, grpc_discovery) = match grpc_maps {
         Some((counts, sampling, offsets)) => {
             match GoGrpcProbes::new(ebpf.clone(), offsets, metrics.clone()) {
                 Ok(p) => {
                     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let thread = go_grpc::attach::spawn(p, grpc_state.clone(), stop.clone());
+                    let thread = go_grpc::attach::spawn(
+                        p,
+                        grpc_state.clone(),
+                        grpc_exec_rx.take(),
+                        stop.clone(),
+                    );
                     let sampler = Sampler::new(
                         Box::new(sampling),
                         config.http.event_budget,
@@ -326,6 +334,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(EVENT_CHANNEL);
     let (exec_tx, exec_rx) = std::sync::mpsc::sync_channel(EXEC_CHANNEL);
+    let grpc_exec_tx = grpc_discovery.as_ref().map(|_| grpc_exec_tx);
+    let wants_execs = grpc_exec_tx.is_some();
+    let exec_rx = fan_out_exec(exec_rx, grpc_exec_tx);
     let go_state = Arc::new(Mutex::new(Vec::new()));
     let discovery = go_http.map(|probes| spawn_discovery(probes, exec_rx, go_state.clone()));
     let mut tasks = Vec::new();
@@ -340,7 +351,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let reader_metrics = metrics.clone();
     let reader_shutdown = shutdown_rx.clone();
-    let exec_tx = discovery.as_ref().map(|_| exec_tx);
+    let exec_tx = (discovery.is_some() || wants_execs).then_some(exec_tx);
     tasks.push((
         "reader",
         tokio::spawn(async move {
@@ -425,6 +436,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         grpc_discovery,
         ebpf,
     })
+}
+
+/// The reader's exec notices, for both discoveries: with gRPC discovery running, a thread
+/// forwards each notice to it and to the returned receiver (the net/http discovery's). A full
+/// or closed channel drops the notice: each discovery's /proc scan finds what it missed. The
+/// forwarder ends with the reader, closing both channels (discoveries then stop).
+fn fan_out_exec(
+    exec_rx: std::sync::mpsc::Receiver<u32>,
+    grpc: Option<std::sync::mpsc::SyncSender<u32>>,
+) -> std::sync::mpsc::Receiver<u32> {
+    let Some(grpc) = grpc else {
+        return exec_rx;
+    };
+    let (http_tx, http_rx) = std::sync::mpsc::sync_channel(EXEC_CHANNEL);
+    std::thread::spawn(move || {
+        for pid in exec_rx {
+            let _ = http_tx.try_send(pid);
+            let _ = grpc.try_send(pid);
+        }
+    });
+    http_rx
 }
 
 /// Go discovery runs on its own thread: ELF analysis and uprobe attachment block.

@@ -4,7 +4,9 @@
 //! opened once and the key (st_dev, st_ino), the analysis and the attach target all come from
 //! that descriptor; only addresses `GoBinary::probe_points` verified are used; each attachment
 //! gets a slot in `GRPC_OFFSETS` (the probes' attach cookie); files nobody runs are detached.
-//! Discovery is a /proc scan every second on this module's own thread.
+//! Discovery runs on this module's own thread: exec notices from the kernel (forwarded from
+//! the ring reader) check a new process at once; a /proc scan every second is the safety net
+//! and finds processes that predate the collector.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -221,6 +223,24 @@ impl GoGrpcProbes {
         self.free_slots.push(slot);
     }
 
+    /// An exec notice: the process's file, unless it is known already.
+    pub fn observe_pid(&mut self, pid: u32) {
+        if pid == self.self_pid {
+            return;
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let Ok(m) = std::fs::metadata(&exe) else {
+            return;
+        };
+        match self.files.get_mut(&(m.dev(), m.ino())) {
+            Some(Tracked::Instrumented { pids, .. }) => {
+                pids.insert(pid);
+            }
+            Some(Tracked::Skipped) => {}
+            None => self.observe(pid, &exe),
+        }
+    }
+
     fn observe(&mut self, pid: u32, exe: &Path) {
         let Ok(file) = File::open(exe) else { return };
         let Ok(meta) = file.metadata() else { return };
@@ -375,18 +395,39 @@ fn points(bin: &GoBinary, write_status: &str) -> Result<[u64; 2], String> {
     Ok([end.entry_file_offset, start.entry_file_offset])
 }
 
-/// Discovery on its own thread: ELF analysis and attachment block. Publishes what is
-/// instrumented into `state` after each scan; ends when `stop` is set, detaching everything.
+/// Discovery on its own thread: ELF analysis and attachment block. Exec notices (`execs`)
+/// are looked at as they come, /proc is scanned every `SCAN_EVERY`; what is instrumented is
+/// published into `state`. Ends when `stop` is set, detaching everything.
 pub fn spawn(
     mut probes: GoGrpcProbes,
     state: Arc<Mutex<Vec<Instrumented>>>,
+    mut execs: Option<std::sync::mpsc::Receiver<u32>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
+    use std::sync::mpsc::RecvTimeoutError;
     std::thread::spawn(move || {
+        let publish =
+            |p: &GoGrpcProbes| *state.lock().unwrap_or_else(|e| e.into_inner()) = p.instrumented();
+        let mut last_scan: Option<Instant> = None;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            probes.rescan();
-            *state.lock().unwrap_or_else(|e| e.into_inner()) = probes.instrumented();
-            std::thread::sleep(SCAN_EVERY);
+            if last_scan.is_none_or(|t| t.elapsed() >= SCAN_EVERY) {
+                probes.rescan();
+                last_scan = Some(Instant::now());
+                publish(&probes);
+            }
+            let wait = SCAN_EVERY.saturating_sub(last_scan.map_or(SCAN_EVERY, |t| t.elapsed()));
+            match execs.as_ref().map(|rx| rx.recv_timeout(wait)) {
+                Some(Ok(pid)) => {
+                    probes.observe_pid(pid);
+                    publish(&probes);
+                }
+                Some(Err(RecvTimeoutError::Timeout)) => {}
+                // The reader stopped (shutting down) or there are no notices: scans only.
+                Some(Err(RecvTimeoutError::Disconnected)) | None => {
+                    execs = None;
+                    std::thread::sleep(wait);
+                }
+            }
         }
         probes.detach_all();
         state.lock().unwrap_or_else(|e| e.into_inner()).clear();
