@@ -326,9 +326,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    // A std listener: the API is served on a thread of its own (`Server::spawn_thread`).
+    let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -410,14 +411,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let server = api::server::Server::prepare(router, &config.api, addr, &metrics)
         .context("preparing the API server")?;
     let mut http_shutdown = shutdown_rx;
+    let stop = async move {
+        let _ = http_shutdown.changed().await;
+    };
+    let served = server
+        .spawn_thread(listener, stop)
+        .context("starting the API thread")?;
     tasks.push((
         "http",
         tokio::spawn(async move {
-            let stop = async move {
-                let _ = http_shutdown.changed().await;
-            };
-            if let Err(e) = server.run(listener, stop).await {
-                warn!(error = %e, "HTTP server stopped");
+            match served.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "HTTP server stopped"),
+                Err(_) => warn!("the API thread ended without a result"),
             }
         }),
     ));

@@ -325,6 +325,82 @@ impl Server {
     }
 }
 
+/// The slice the API thread asks the scheduler for (`sched_setattr`, honoured for normal tasks
+/// since Linux 6.12, ignored before). EEVDF lets a waking task with a shorter slice than the
+/// running one preempt it; with the default slice an API request arriving while a busy workload
+/// holds both CPUs waited for the workload's slice to run out (p99 4–8 ms, max > 100 ms measured
+/// with a saturated Go server on this 2-CPU machine; BENCHMARKS.md). 0.1 ms is the kernel's
+/// floor; the API's bursts of work are far shorter than a slice anyway.
+pub const API_SLICE: Duration = Duration::from_micros(100);
+
+impl Server {
+    /// Serves on a thread of its own (a current-thread runtime) instead of the collector's
+    /// shared workers: an API answer then waits neither for a harvest or a record batch in
+    /// progress on those workers nor, thanks to its short slice ([`API_SLICE`]), for the
+    /// workloads' slices. `done` receives the server's result when it stops.
+    pub fn spawn_thread(
+        self,
+        listener: std::net::TcpListener,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<oneshot::Receiver<Result<(), ServerError>>> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                if let Err(e) = request_slice(API_SLICE) {
+                    debug!(error = %e, "the API thread keeps the default scheduler slice");
+                }
+                let result = runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).map_err(ServerError::Accept)?;
+                    self.run(listener, stop).await
+                });
+                let _ = done_tx.send(result);
+            })?;
+        Ok(done_rx)
+    }
+}
+
+/// Asks for a custom slice for the calling thread, keeping its policy (normal) and nice value.
+fn request_slice(slice: Duration) -> std::io::Result<()> {
+    /// `struct sched_attr`, first version (48 bytes).
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    // SAFETY: plain syscall; errno is read right after.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    let attr = SchedAttr {
+        size: size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime: slice.as_nanos() as u64,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: `attr` is a valid sched_attr of the size it declares; pid 0 = this thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, std::ptr::from_ref(&attr), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 struct Connection {
     http: Arc<hyper::server::conn::http1::Builder>,
     router: Router,
