@@ -376,3 +376,128 @@ impl Drop for Killed {
 fn scopeguard_kill(c: Child) -> Killed {
     Killed(c)
 }
+
+/// Catches: a call whose start was not seen (in flight when the probes were attached) going
+/// uncounted — counts must not depend on the in-flight map; sampled-out records taking their
+/// calls' counts with them, or `unrecorded` not accounting for the records missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_counted_without_their_start_or_record() {
+    require_root();
+    let f = fixtures()
+        .into_iter()
+        .rfind(|f| f.variant == "default")
+        .expect("a default build");
+    let prefix = unique_prefix("grpcs");
+    let cgroup = HostCgroup::create(&prefix, "sampled").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.server);
+    // A client stream begun before the collector exists, held open until its stdin closes:
+    // its handleStream entry passes before the probes exist.
+    let mut held = Command::new(&f.client)
+        .args([
+            "-addr",
+            &server.addr.to_string(),
+            "-mix",
+            "held",
+            "-rounds",
+            "1",
+            "-concurrency",
+            "1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    config.http.grpc_uprobes = true;
+    // Records for about 1 call in 8; counts stay exact.
+    config.http.sample_every = 8;
+    let running = app::start(config).await.expect("collector starts");
+    let pid = server.child.id();
+    wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "instrumented",
+        || instrumented(&running, pid).ok_or("not yet"),
+    );
+    // The probes are attached: the held call ends now.
+    drop(held.stdin.take());
+    let out = output_with_timeout(held, Duration::from_secs(30)).expect("held call ends");
+    let held_seen = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        held_seen.trim(),
+        "/grpctest.Echo/Collect 0 1",
+        "the held call"
+    );
+    let mut seen = drive(&f.client, server.addr);
+    *seen
+        .entry(("/grpctest.Echo/Collect".to_string(), 0))
+        .or_default() += 1;
+    let expected = expected_series(&seen);
+    let real: u64 = expected
+        .iter()
+        .filter(|e| e.0 == "rpc_server_requests_total")
+        .map(|e| e.4)
+        .sum();
+    let health: u64 = expected
+        .iter()
+        .filter(|e| e.0 == "rpc_server_probe_requests_total")
+        .map(|e| e.4)
+        .sum();
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    let text = wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "counts match the client",
+        || {
+            let text = scrape(running.addr);
+            let mut wrong = Vec::new();
+            for (metric, service, method, code, n) in &expected {
+                let code = code.to_string();
+                let mut labels = w.to_vec();
+                labels.extend([
+                    ("rpc_service", service.as_str()),
+                    ("rpc_method", method.as_str()),
+                    ("rpc_grpc_status_code", code.as_str()),
+                ]);
+                let got = metric_sum(&text, metric, &labels).unwrap_or(0.0) as u64;
+                if got != *n {
+                    wrong.push(format!(
+                        "{metric} {service}/{method} {code}: {got}, client {n}"
+                    ));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(text)
+            } else {
+                Err(wrong.join("; "))
+            }
+        },
+    );
+    assert_eq!(
+        metric_sum(&text, "collector_grpc_rpcs_no_start_total", &w),
+        Some(1.0),
+        "the call in flight at attach: counted, without a duration"
+    );
+    let durations =
+        metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+    let unrecorded =
+        metric_sum(&text, "collector_grpc_rpcs_unrecorded_total", &w).unwrap_or(0.0) as u64;
+    assert!(
+        durations < real,
+        "1 in 8 recorded: {durations} durations for {real} calls"
+    );
+    // Every real call has a duration or is unrecorded; health checks' records have no
+    // duration series, so some of them may be among the unrecorded.
+    assert!(
+        (real..=real + health).contains(&(durations + unrecorded)),
+        "{durations} durations + {unrecorded} unrecorded for {real} calls and {health} health checks"
+    );
+    drop(server);
+    running.shutdown().await;
+}

@@ -100,6 +100,22 @@ func clientStream(conn *grpc.ClientConn, vs ...string) {
 	record(m, s.RecvMsg(new(wrapperspb.StringValue)))
 }
 
+func heldStream(conn *grpc.ClientConn) {
+	const m = "/grpctest.Echo/Collect"
+	s, err := conn.NewStream(context.Background(), &collectDesc, m)
+	if err != nil {
+		record(m, err)
+		return
+	}
+	if err := s.SendMsg(wrapperspb.String("held")); err != nil {
+		record(m, err)
+		return
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	_ = s.CloseSend()
+	record(m, s.RecvMsg(new(wrapperspb.StringValue)))
+}
+
 func round(conn *grpc.ClientConn, h healthpb.HealthClient) {
 	const say = "/grpctest.Echo/Say"
 	long := 10 * time.Second
@@ -124,7 +140,7 @@ func main() {
 	addr := flag.String("addr", "", "server address")
 	rounds := flag.Int("rounds", 10, "rounds of the mix")
 	workers := flag.Int("concurrency", 4, "goroutines sharing the connection")
-	mix := flag.String("mix", "fixed", "fixed (the mix above); unary-ok (one Say ok per round: for cost measurements); failing (3 Say UNAVAILABLE and a health check per round: a service failing behind a passing health check)")
+	mix := flag.String("mix", "fixed", "fixed (the mix above); unary-ok (one Say ok per round: for cost measurements); failing (3 Say UNAVAILABLE and a health check per round: a service failing behind a passing health check); held (one client stream per round, ended when stdin closes)")
 	pause := flag.Duration("pause", 0, "pause of each goroutine after each round (spreads the load over time)")
 	flag.Parse()
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -145,6 +161,10 @@ func main() {
 				switch *mix {
 				case "unary-ok":
 					unary(conn, "/grpctest.Echo/Say", "ok", 10*time.Second)
+				case "held":
+					// One client stream held open until stdin closes: a call that outlives
+					// whatever happens meanwhile (an attach).
+					heldStream(conn)
 				case "failing":
 					for i := 0; i < 3; i++ {
 						unary(conn, "/grpctest.Echo/Say", fmt.Sprintf("code:%d", codes.Unavailable), 10*time.Second)

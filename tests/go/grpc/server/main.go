@@ -7,7 +7,8 @@
 //   - Say (unary): "ok" answers OK; "code:N" fails with status code N; "deadline" waits for the
 //     RPC's own deadline and then fails with DEADLINE_EXCEEDED (written by the server whether or
 //     not the client's cancellation arrived first, so the code the server writes is known).
-//   - Stream (server streaming): "n:K" sends K messages; "n:K:code:N" then fails with N.
+//   - Stream (server streaming): "n:K" sends K messages; "n:K:code:N" then fails with N;
+//     "n:K:sleep:MS" pauses MS ms between messages (a call that outlives an attach).
 //   - Collect (client streaming): receives until EOF; fails with N if a message is "code:N".
 // Plus the standard health service (grpc.health.v1.Health) answering SERVING.
 //
@@ -93,7 +94,20 @@ func stream(_ any, ss grpc.ServerStream) error {
 	if err != nil {
 		return status.Error(codes.InvalidArgument, "want n:K")
 	}
+	var pause time.Duration
+	if len(parts) == 3 {
+		if ms, ok := strings.CutPrefix(parts[2], "sleep:"); ok {
+			n, err := strconv.Atoi(ms)
+			if err != nil {
+				return status.Error(codes.InvalidArgument, "want n:K:sleep:MS")
+			}
+			pause = time.Duration(n) * time.Millisecond
+		}
+	}
 	for i := 0; i < k; i++ {
+		if i > 0 {
+			time.Sleep(pause)
+		}
 		if err := ss.SendMsg(wrapperspb.String(strconv.Itoa(i))); err != nil {
 			return err
 		}
