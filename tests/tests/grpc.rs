@@ -37,17 +37,29 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where the kernel-matrix guest (no Go, no network) finds the fixtures built on the host:
+/// a file of build.sh's lines (`xtask vm-test`).
+const FIXTURES_ENV: &str = "COLLECTOR_GRPC_FIXTURES";
+
 /// Builds (or finds built) every server and client: tests/go/grpc/build.sh.
 fn fixtures() -> Vec<Fixture> {
-    let out = Command::new(repo().join("tests/go/grpc/build.sh"))
-        .output()
-        .expect("run tests/go/grpc/build.sh");
-    assert!(
-        out.status.success(),
-        "tests/go/grpc/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    let listing = match std::env::var_os(FIXTURES_ENV) {
+        Some(file) => {
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{FIXTURES_ENV}: {e}"))
+        }
+        None => {
+            let out = Command::new(repo().join("tests/go/grpc/build.sh"))
+                .output()
+                .expect("run tests/go/grpc/build.sh");
+            assert!(
+                out.status.success(),
+                "tests/go/grpc/build.sh failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    listing
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -172,110 +184,134 @@ async fn every_grpc_version_and_build_counts_calls_exactly() {
     let running = start_collector().await;
     let prefix = unique_prefix("grpc");
     for (i, f) in fixtures.iter().enumerate() {
-        let name = format!("grpc{}-{}-{i}", f.grpc, f.variant);
-        let cgroup = HostCgroup::create(&prefix, &name).expect("cgroup");
-        let workload = cgroup.workload();
-        let server = start_server(&cgroup, &f.server);
-        let pid = server.child.id();
-        let t = Instant::now();
-        let (version, offsets) = wait_until_ok_blocking(
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            &format!("{name} instrumented"),
-            || instrumented(&running, pid).ok_or("not yet"),
-        );
-        assert_eq!(version, f.grpc, "grpc-go version read from the build info");
-        // Stripped binaries have no DWARF: the table must have served them.
-        let want_source = if f.variant == "stripped" {
-            format!("table {}", f.grpc)
-        } else {
-            "dwarf".to_string()
-        };
-        assert_eq!(offsets, want_source, "{name}: where the offsets came from");
-        let seen = drive(&f.client, server.addr);
-        let expected = expected_series(&seen);
-        let real: u64 = expected
-            .iter()
-            .filter(|e| e.0 == "rpc_server_requests_total")
-            .map(|e| e.4)
-            .sum();
-        assert_eq!(
-            real,
-            u64::from(ROUNDS) * 11,
-            "the client's mix: 11 calls a round besides the health check"
-        );
-        let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
-        let text = wait_until_ok_blocking(
-            Duration::from_secs(10),
-            Duration::from_millis(100),
-            &format!("{name}: counts match the client"),
-            || {
-                let text = scrape(running.addr);
-                let mut wrong = Vec::new();
-                for (metric, service, method, code, n) in &expected {
-                    let code = code.to_string();
-                    let mut labels = w.to_vec();
-                    labels.extend([
-                        ("rpc_system", "grpc"),
-                        ("rpc_service", service.as_str()),
-                        ("rpc_method", method.as_str()),
-                        ("rpc_grpc_status_code", code.as_str()),
-                    ]);
-                    let got = metric_sum(&text, metric, &labels).unwrap_or(0.0) as u64;
-                    if got != *n {
-                        wrong.push(format!(
-                            "{metric} {service}/{method} {code}: {got}, client {n}"
-                        ));
-                    }
-                }
-                // Nothing beyond what the client did (a status counted twice, a foreign key).
-                let total =
-                    metric_sum(&text, "rpc_server_requests_total", &w).unwrap_or(0.0) as u64;
-                if total != real {
-                    wrong.push(format!(
-                        "rpc_server_requests_total for the workload: {total}, client {real}"
-                    ));
-                }
-                if wrong.is_empty() {
-                    Ok(text)
-                } else {
-                    let rpc: Vec<&str> = text
-                        .lines()
-                        .filter(|l| l.starts_with("rpc_server_") && l.contains(workload.as_str()))
-                        .filter(|l| !l.contains("_bucket"))
-                        .collect();
-                    Err(format!("{}\n{}", wrong.join("; "), rpc.join("\n")))
-                }
-            },
-        );
-        // Every real call has its duration (its start was seen: no `no_start`), health checks
-        // none.
-        let durations =
-            metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
-        assert_eq!(durations, real, "{name}: one duration per real call");
-        assert_eq!(
-            metric_sum(&text, "collector_grpc_rpcs_no_start_total", &w),
-            None,
-            "{name}: every call's start was seen"
-        );
-        // The deadline call lasted at least its deadline (measured from handleStream's entry,
-        // not from the status write).
-        let mut dl = w.to_vec();
-        dl.extend([("rpc_method", "Say"), ("rpc_grpc_status_code", "4")]);
-        let sum =
-            metric_sum(&text, "rpc_server_duration_seconds_sum", &dl).expect("deadline durations");
-        assert!(
-            sum >= f64::from(ROUNDS) * DEADLINE_MS / 1000.0,
-            "{name}: {ROUNDS} deadline calls of ≥ {DEADLINE_MS} ms sum to {sum} s"
-        );
-        println!(
-            "{name}: instrumented {:?} after start, {} calls counted exactly ({offsets})",
-            t.elapsed(),
-            real
-        );
-        drop(server);
+        counts_calls_exactly(&running, &prefix, i, f);
     }
     running.shutdown().await;
+}
+
+/// On the kernel under test (`xtask vm-test` runs it on Debian's 6.1; here, the newest grpc-go
+/// default and stripped): the programs load and attach, and counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_counts_calls_exactly_on_this_kernel() {
+    require_root();
+    let all = fixtures();
+    let newest = all.last().map(|f| f.grpc.clone()).expect("fixtures");
+    let running = start_collector().await;
+    let prefix = unique_prefix("grpcg");
+    for (i, f) in all
+        .iter()
+        .filter(|f| f.grpc == newest && (f.variant == "default" || f.variant == "stripped"))
+        .enumerate()
+    {
+        counts_calls_exactly(&running, &prefix, i, f);
+    }
+    running.shutdown().await;
+}
+
+/// One server: instrumented from the right offsets, then every call of the client's mix
+/// counted exactly by (method, code), health checks apart, each real call with a duration.
+fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixture) {
+    let name = format!("grpc{}-{}-{i}", f.grpc, f.variant);
+    let cgroup = HostCgroup::create(prefix, &name).expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server(&cgroup, &f.server);
+    let pid = server.child.id();
+    let t = Instant::now();
+    let (version, offsets) = wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        &format!("{name} instrumented"),
+        || instrumented(running, pid).ok_or("not yet"),
+    );
+    assert_eq!(version, f.grpc, "grpc-go version read from the build info");
+    // Stripped binaries have no DWARF: the table must have served them.
+    let want_source = if f.variant == "stripped" {
+        format!("table {}", f.grpc)
+    } else {
+        "dwarf".to_string()
+    };
+    assert_eq!(offsets, want_source, "{name}: where the offsets came from");
+    let seen = drive(&f.client, server.addr);
+    let expected = expected_series(&seen);
+    let real: u64 = expected
+        .iter()
+        .filter(|e| e.0 == "rpc_server_requests_total")
+        .map(|e| e.4)
+        .sum();
+    assert_eq!(
+        real,
+        u64::from(ROUNDS) * 11,
+        "the client's mix: 11 calls a round besides the health check"
+    );
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    let text = wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        &format!("{name}: counts match the client"),
+        || {
+            let text = scrape(running.addr);
+            let mut wrong = Vec::new();
+            for (metric, service, method, code, n) in &expected {
+                let code = code.to_string();
+                let mut labels = w.to_vec();
+                labels.extend([
+                    ("rpc_system", "grpc"),
+                    ("rpc_service", service.as_str()),
+                    ("rpc_method", method.as_str()),
+                    ("rpc_grpc_status_code", code.as_str()),
+                ]);
+                let got = metric_sum(&text, metric, &labels).unwrap_or(0.0) as u64;
+                if got != *n {
+                    wrong.push(format!(
+                        "{metric} {service}/{method} {code}: {got}, client {n}"
+                    ));
+                }
+            }
+            // Nothing beyond what the client did (a status counted twice, a foreign key).
+            let total = metric_sum(&text, "rpc_server_requests_total", &w).unwrap_or(0.0) as u64;
+            if total != real {
+                wrong.push(format!(
+                    "rpc_server_requests_total for the workload: {total}, client {real}"
+                ));
+            }
+            if wrong.is_empty() {
+                Ok(text)
+            } else {
+                let rpc: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("rpc_server_") && l.contains(workload.as_str()))
+                    .filter(|l| !l.contains("_bucket"))
+                    .collect();
+                Err(format!("{}\n{}", wrong.join("; "), rpc.join("\n")))
+            }
+        },
+    );
+    // Every real call has its duration (its start was seen: no `no_start`), health checks
+    // none.
+    let durations =
+        metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+    assert_eq!(durations, real, "{name}: one duration per real call");
+    assert_eq!(
+        metric_sum(&text, "collector_grpc_rpcs_no_start_total", &w),
+        None,
+        "{name}: every call's start was seen"
+    );
+    // The deadline call lasted at least its deadline (measured from handleStream's entry,
+    // not from the status write).
+    let mut dl = w.to_vec();
+    dl.extend([("rpc_method", "Say"), ("rpc_grpc_status_code", "4")]);
+    let sum =
+        metric_sum(&text, "rpc_server_duration_seconds_sum", &dl).expect("deadline durations");
+    assert!(
+        sum >= f64::from(ROUNDS) * DEADLINE_MS / 1000.0,
+        "{name}: {ROUNDS} deadline calls of ≥ {DEADLINE_MS} ms sum to {sum} s"
+    );
+    println!(
+        "{name}: instrumented {:?} after start, {} calls counted exactly ({offsets})",
+        t.elapsed(),
+        real
+    );
+    drop(server);
 }
 
 /// `GET /v1/workload?kind=cgroup&name=..`, the verdict of one workload.

@@ -43,14 +43,21 @@ const MODULES: &[&str] = &["veth", "nf_tables", "nft_numgen", "nft_fwd_netdev"];
 /// Integration-test targets (`tests/tests/<name>.rs`) that face the kernel and run in the guest.
 /// The others (e.g. `export`: exporters against Prometheus and an OTLP receiver) do not depend
 /// on the kernel and only run on the host.
-const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http", "http_wire"];
+const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http", "http_wire", "grpc"];
 /// Test-name filter per guest target: the Go uprobe checks that face the kernel (the 21-build
 /// matrix and the load tests run on the host only) and the socket parser's framing cases.
-const GUEST_FILTERS: &[(&str, &str)] = &[("go_http", "guest_"), ("http_wire", "guest_")];
+const GUEST_FILTERS: &[(&str, &str)] = &[
+    ("go_http", "guest_"),
+    ("http_wire", "guest_"),
+    ("grpc", "guest_"),
+];
 /// Go fixtures the guest uses (one unstripped, one stripped build of the newest Go), and where
 /// their list is written inside the guest.
 const GUEST_GO_VARIANTS: &[&str] = &["default", "stripped"];
 const GUEST_GO_LIST: &str = "/go-fixtures.txt";
+/// The gRPC test servers and clients (tests/go/grpc/build.sh), built on the host, listed for
+/// the guest (`COLLECTOR_GRPC_FIXTURES`, read by tests/tests/grpc.rs).
+const GUEST_GRPC_LIST: &str = "/grpc-fixtures.txt";
 /// Host tools the harness runs inside the guest (looked up in PATH).
 const TOOLS: &[&str] = &["ip", "nft", "nstat", "bpftool"];
 /// Rungs every signal's hooks must attach on in the guest (Debian 6.1 has kprobes, fentry,
@@ -478,6 +485,26 @@ fn build_initramfs(
         go_list.push_str(&format!("{version} {variant} {}\n", path.display()));
     }
     fs::write(stage.join(GUEST_GO_LIST.trim_start_matches('/')), go_list)?;
+    let mut grpc_list = String::new();
+    for line in grpc_fixtures(root)? {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, _, server, client] = f.as_slice() else {
+            bail!("tests/go/grpc/build.sh printed {line:?}");
+        };
+        for bin in [server, client] {
+            let bin = Path::new(bin);
+            let staged = in_stage(&stage, bin);
+            if !staged.exists() {
+                copy_file(bin, &staged)?;
+            }
+        }
+        grpc_list.push_str(&line);
+        grpc_list.push('\n');
+    }
+    fs::write(
+        stage.join(GUEST_GRPC_LIST.trim_start_matches('/')),
+        grpc_list,
+    )?;
     let mut libs = BTreeSet::new();
     for bin in &dynamic {
         copy_file(bin, &in_stage(&stage, bin))?;
@@ -617,7 +644,7 @@ for m in {wanted}; do
   [ -d /sys/module/$m ] || fail "module $m did not load"
 done
 echo "{MARK}setup-done nproc=$(nproc) mem=$(awk '/MemTotal/ {{print $2}}' /proc/meminfo)kB"
-export RUST_BACKTRACE=1 COLLECTOR_TEST_REQUIRE_RUNGS={GUEST_REQUIRED_RUNGS} COLLECTOR_GO_FIXTURES={GUEST_GO_LIST}{record}
+export RUST_BACKTRACE=1 COLLECTOR_TEST_REQUIRE_RUNGS={GUEST_REQUIRED_RUNGS} COLLECTOR_GO_FIXTURES={GUEST_GO_LIST} COLLECTOR_GRPC_FIXTURES={GUEST_GRPC_LIST}{record}
 rc=0
 run_test() {{
   name=$1; shift
@@ -880,6 +907,35 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// tests/go/grpc/build.sh's lines for the guest: the newest grpc-go's default and stripped
+/// servers (static, CGO_ENABLED=0) with their client.
+fn grpc_fixtures(root: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new(root.join("tests/go/grpc/build.sh"))
+        .output()
+        .context("running tests/go/grpc/build.sh")?;
+    ensure!(
+        out.status.success(),
+        "building the gRPC fixtures: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let newest = lines
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .context("tests/go/grpc/build.sh printed nothing")?
+        .to_owned();
+    Ok(lines
+        .into_iter()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            f.next() == Some(newest.as_str()) && matches!(f.next(), Some("default" | "stripped"))
+        })
+        .collect())
 }
 
 /// The newest Go's fixtures of `GUEST_GO_VARIANTS`, built (or found cached) on the host.
