@@ -10,7 +10,7 @@ use collector::{
         Metrics,
         grpc::RpcLabels,
         http::{OutcomeLabels, RequestLabels},
-        otlp::{HTTP_DURATION, TCP_INSTRUMENTS, VERDICT},
+        otlp::{HTTP_DURATION, RPC_DURATION, TCP_INSTRUMENTS, VERDICT},
         prometheus::{
             KernelDropLabels, KindLabels, NodeLabels, ProgramLabels, ReasonLabels, ResultLabels,
             SignalLabels,
@@ -319,7 +319,7 @@ fn render_doc() -> String {
             }
         ));
     }
-    for (name, unit, description, attrs) in [HTTP_DURATION, VERDICT] {
+    for (name, unit, description, attrs) in [HTTP_DURATION, RPC_DURATION, VERDICT] {
         doc.push_str(&format!(
             "| `{name}` | `{unit}` | {attrs} | {description} |\n"
         ));

@@ -6,8 +6,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
 };
+
+use opentelemetry::KeyValue;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -37,6 +39,8 @@ pub struct RpcLabels {
 pub struct GrpcMetrics {
     /// Series created per workload, so a forgotten workload leaves none behind.
     created: Mutex<HashMap<WorkloadLabels, HashSet<RpcLabels>>>,
+    /// `rpc.server.duration` (ms) for the OTLP push, when enabled.
+    pub otel_duration: OnceLock<opentelemetry::metrics::Histogram<f64>>,
     pub duration: Family<RpcLabels, Histogram>,
     pub requests: Family<RpcLabels, Counter>,
     pub probe_requests: Family<RpcLabels, Counter>,
@@ -51,6 +55,7 @@ impl GrpcMetrics {
     pub fn register(r: &mut Registry) -> Self {
         let m = Self {
             created: Mutex::new(HashMap::new()),
+            otel_duration: OnceLock::new(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
             requests: Family::default(),
             probe_requests: Family::default(),
@@ -131,6 +136,9 @@ impl GrpcMetrics {
             self.remember(labels);
         }
         self.duration.get_or_create(labels).observe(seconds);
+        if let Some(h) = self.otel_duration.get() {
+            h.record(seconds * 1e3, &otel_attributes(labels));
+        }
     }
 
     /// Removes every gRPC series of a forgotten workload.
@@ -149,5 +157,57 @@ impl GrpcMetrics {
         self.unrecorded.remove(w);
         self.no_start.remove(w);
         self.methods_capped.remove(w);
+    }
+}
+
+/// The semantic convention's attributes of a call, and the workload's (lifted onto its own
+/// OTLP resource by the exporter).
+pub fn otel_attributes(l: &RpcLabels) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("rpc.system", l.rpc_system),
+        KeyValue::new("rpc.service", l.rpc_service.clone()),
+        KeyValue::new("rpc.method", l.rpc_method.clone()),
+        KeyValue::new("rpc.grpc.status_code", i64::from(l.rpc_grpc_status_code)),
+    ];
+    attrs.extend(super::otlp::resource_attributes(&l.workload));
+    attrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Workload, WorkloadKind};
+
+    /// Catches: OTLP attributes named otherwise than the RPC semantic conventions, or the status
+    /// code sent as a string (the convention's type is an integer).
+    #[test]
+    fn otlp_attributes_follow_the_rpc_conventions() {
+        let w = WorkloadLabels::from(&Workload {
+            kind: WorkloadKind::Cgroup,
+            name: "/svc".into(),
+            pod_uid: None,
+            container_id: None,
+            kubernetes: None,
+        });
+        let attrs = otel_attributes(&RpcLabels {
+            workload: w,
+            rpc_system: "grpc",
+            rpc_service: "pkg.Svc".into(),
+            rpc_method: "Do".into(),
+            rpc_grpc_status_code: 14,
+        });
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|a| a.key.as_str() == k)
+                .map(|a| a.value.clone())
+        };
+        assert_eq!(get("rpc.system"), Some("grpc".into()));
+        assert_eq!(get("rpc.service"), Some("pkg.Svc".into()));
+        assert_eq!(get("rpc.method"), Some("Do".into()));
+        assert_eq!(
+            get("rpc.grpc.status_code"),
+            Some(opentelemetry::Value::I64(14))
+        );
     }
 }

@@ -721,6 +721,14 @@ pub const HTTP_DURATION: (&str, &str, &str, &str) = (
     "Duration of HTTP server requests (histogram: the semantic convention's explicit buckets, or base-2 exponential with --otlp-histogram exponential; probe paths excluded)",
     "`http.request.method`, `http.route`, `http.response.status_code`, `error.type`",
 );
+/// gRPC server calls (`--go-grpc-uprobes all`), as the semantic convention names it: in
+/// milliseconds (Prometheus' `rpc_server_duration_seconds` is the same records in seconds).
+pub const RPC_DURATION: (&str, &str, &str, &str) = (
+    "rpc.server.duration",
+    "ms",
+    "Duration of gRPC server calls (histogram; health checks excluded)",
+    "`rpc.system` (grpc), `rpc.service`, `rpc.method`, `rpc.grpc.status_code`",
+);
 pub const VERDICT: (&str, &str, &str, &str) = (
     "collector.verdict",
     "1",
@@ -834,6 +842,19 @@ fn register_instruments(provider: &SdkMeterProvider, metrics: Arc<Metrics>) {
         .with_boundaries(super::http::DURATION_BUCKETS.to_vec())
         .build();
     let _ = metrics.http.otel_duration.set(duration);
+    // Semantic convention rpc.server.duration (ms), the HTTP boundaries scaled to ms.
+    let rpc = meter
+        .f64_histogram(RPC_DURATION.0)
+        .with_unit(RPC_DURATION.1)
+        .with_description(RPC_DURATION.2)
+        .with_boundaries(
+            super::http::DURATION_BUCKETS
+                .iter()
+                .map(|b| b * 1000.0)
+                .collect(),
+        )
+        .build();
+    let _ = metrics.grpc.otel_duration.set(rpc);
     for (name, unit, description, read) in TCP_INSTRUMENTS {
         let m = metrics.clone();
         let read = *read;
