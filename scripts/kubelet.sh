@@ -2,14 +2,15 @@
 # Builds the node half of the single-node cluster test (tests/src/k8s.rs, `Node`), next to the
 # control plane of scripts/k8s-control-plane.sh and from the same k8s.io/kubernetes release:
 #
-#   /var/cache/collector-k8s/<K8S_VERSION>/bin/{kubelet,kube-controller-manager}
+#   /var/cache/collector-k8s/<K8S_VERSION>/bin/{kubelet,kube-controller-manager,kube-scheduler}
 #   /var/cache/collector-k8s/<K8S_VERSION>/images/pause.oci.tar  (the sandbox image, no registry)
 #   /var/cache/collector-k8s/debian/{containerd,containernetworking-plugins}_<version>/  (unpacked)
 #
 # containerd and the CNI plugins are Debian's packages, downloaded and unpacked with dpkg-deb,
 # not installed: the host's runc (used as is), podman configuration and init are not touched,
 # and nothing starts at boot. The controller-manager is there for the EndpointSlice controller
-# (a Service's endpoints follow its pods' readiness).
+# (a Service's endpoints follow its pods' readiness) and the DaemonSet controller, the scheduler
+# for DaemonSet pods (the controller gives them node affinity, the scheduler binds them).
 #
 # Idempotent (a warm run only compares stamps). Prints the bin directory on stdout, then, on a
 # second line, the directory of the unpacked Debian packages. Needs gcc and buildah
@@ -21,7 +22,7 @@ BIN=$("$repo/scripts/k8s-control-plane.sh")
 TOP=$(dirname "$BIN")
 K8S_VERSION=$(basename "$TOP")
 DEB="$(dirname "$TOP")/debian"
-BINARIES=(kubelet kube-controller-manager)
+BINARIES=(kubelet kube-controller-manager kube-scheduler)
 DEBS=(containerd containernetworking-plugins)
 stamp_text="k8s=$K8S_VERSION node script=1"
 

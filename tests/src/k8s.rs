@@ -22,6 +22,9 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
+/// The `kubernetes` Service's cluster IP: the first of `--service-cluster-ip-range`.
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
 /// How long kube-apiserver may take to answer /readyz (it bootstraps RBAC roles and priority
 /// classes into a fresh etcd first; ~10 s on two cores).
 const APISERVER_READY: Duration = Duration::from_secs(120);
@@ -159,7 +162,11 @@ impl ControlPlane {
             &dir,
             "apiserver",
             "/CN=kube-apiserver",
-            Some("IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"),
+            // The `kubernetes` Service's cluster IP too: a pod's in-cluster client dials it
+            // (see `Node::start`, which routes it to this server on the node).
+            Some(&format!(
+                "IP:127.0.0.1,IP:{KUBERNETES_SERVICE_IP},DNS:localhost,DNS:kubernetes.default.svc"
+            )),
         )?;
         signed_cert(&dir, "admin", "/O=system:masters/CN=test-admin", None)?;
         run(Command::new("openssl")
@@ -468,6 +475,9 @@ umount -l "$dir/cgroup-bind"
 mount -t tmpfs tmpfs /run/containerd
 mount -t tmpfs tmpfs /run/netns
 mount -t tmpfs tmpfs /var/lib/cni
+# A node's tracefs, as the host has it (the new sysfs has an empty mount point): pods that
+# mount /sys/kernel/tracing (the collector's classic tracepoint rung) see the real one.
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 echo ready
 exec sleep infinity
 "#;
@@ -521,9 +531,10 @@ fn setns_net(ns: &fs::File) -> Result<()> {
     Ok(())
 }
 
-/// Forwards `127.0.0.1:port` inside `netns` to `127.0.0.1:port` of this (the root) namespace:
-/// how the kubelet in the node's namespace reaches the API server without a veth or route in
-/// the root namespace. The listener is made in `netns`, the connections to the API server from
+/// Forwards `port` of every address inside `netns` to `127.0.0.1:port` of this (the root)
+/// namespace: how the kubelet in the node's namespace reaches the API server (on its loopback),
+/// and pods (through the node's address, see `Node::start`), without a veth or route in the
+/// root namespace. The listener is made in `netns`, the connections to the API server from
 /// the root namespace (a socket keeps the namespace it was made in). Ends when `stop` is set.
 fn forward_into_netns(
     netns: &str,
@@ -538,7 +549,7 @@ fn forward_into_netns(
     std::thread::spawn(move || {
         let listener = (|| -> Result<TcpListener> {
             setns_net(&ns)?;
-            let l = TcpListener::bind(("127.0.0.1", port))?;
+            let l = TcpListener::bind(("0.0.0.0", port))?;
             setns_net(&home)?;
             l.set_nonblocking(true)?;
             Ok(l)
@@ -607,8 +618,17 @@ pub struct Node {
     containerd: Option<Child>,
     kubelet: Option<Child>,
     controller_manager: Option<Child>,
+    scheduler: Option<Child>,
     pause_image: String,
     forward_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// `iptables args` in network namespace `netns`.
+fn inside_iptables(netns: &str, args: &[&str]) -> Result<()> {
+    run(Command::new("ip")
+        .args(["netns", "exec", netns, "iptables"])
+        .args(args))
+    .map(drop)
 }
 
 /// The host's cgroup hierarchies: every cgroup and cgroup2 mount under /sys/fs/cgroup (the
@@ -647,6 +667,7 @@ impl Node {
             containerd: None,
             kubelet: None,
             controller_manager: None,
+            scheduler: None,
             pause_image: String::new(),
             forward_stop: Default::default(),
         };
@@ -674,6 +695,28 @@ impl Node {
             .and_then(|p| p.parse().ok())
             .context("API server port")?;
         forward_into_netns(&node.netns, port, node.forward_stop.clone())?;
+        // What kube-proxy does for the one Service a pod's in-cluster client needs: the
+        // `kubernetes` Service's cluster IP and port, to the API server through the forwarder
+        // above (on the node's address). No other cluster IP is routed here.
+        inside_iptables(
+            &node.netns,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &format!("{KUBERNETES_SERVICE_IP}/32"),
+                "-p",
+                "tcp",
+                "--dport",
+                "443",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{NODE_IP}:{port}"),
+            ],
+        )?;
 
         // The kubelet's cgroup root must exist in every hierarchy; a new v1 cpuset group
         // starts with no CPUs and memory nodes, so it inherits the root's.
@@ -762,7 +805,10 @@ state = "{state}"
                 "plugins": [
                     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
                      "hairpinMode": true,
+                     // A default route through the bridge, as every CNI gives pods: what
+                     // leaves the pod subnet (the `kubernetes` Service) goes to the node.
                      "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],
+                              "routes": [{"dst": "0.0.0.0/0"}],
                               "dataDir": d("cni-ipam")}},
                     {"type": "loopback"}
                 ]
@@ -895,6 +941,9 @@ syncFrequency: 5s
                 .arg(format!("--controllers={}", controllers.join(",")))
                 .args(["--leader-elect=false", "--bind-address=127.0.0.1"])
                 .arg(format!("--secure-port={kcm_port}"))
+                // What the root-ca-cert-publisher writes into every namespace's
+                // kube-root-ca.crt (a pod's projected service account volume needs it).
+                .arg(format!("--root-ca-file={}", cp.ca().display()))
                 .arg(format!("--cert-dir={}", d("controller-manager-certs")))
                 .stdin(Stdio::null())
                 .stdout(kcm_log.try_clone()?)
@@ -934,6 +983,32 @@ syncFrequency: 5s
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Starts kube-scheduler (of the same release, as the admin): pods without `nodeName`,
+    /// such as a DaemonSet's (its controller gives them node affinity only), are bound by it.
+    pub fn start_scheduler(&mut self, cp: &ControlPlane) -> Result<()> {
+        ensure!(self.scheduler.is_none(), "kube-scheduler already runs");
+        let (bin, _) = node_bin()?;
+        let port = free_port()?;
+        let log = fs::File::create(self.dir.join("scheduler.log"))?;
+        self.scheduler = Some(
+            Command::new(bin.join("kube-scheduler"))
+                .arg("--kubeconfig")
+                .arg(&cp.admin)
+                .args(["--leader-elect=false", "--bind-address=127.0.0.1"])
+                .arg(format!("--secure-port={port}"))
+                .arg(format!(
+                    "--cert-dir={}",
+                    self.dir.join("scheduler-certs").display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting kube-scheduler")?,
+        );
+        Ok(())
     }
 
     /// Loads an OCI archive into the CRI's image store (containerd namespace `k8s.io`).
@@ -1042,13 +1117,22 @@ fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for log in ["kubelet.log", "containerd.log", "controller-manager.log"] {
+            for log in [
+                "kubelet.log",
+                "containerd.log",
+                "controller-manager.log",
+                "scheduler.log",
+            ] {
                 eprintln!("harness: node {log} tail:\n{}", self.log_tail(log));
             }
         }
-        for c in [&mut self.controller_manager, &mut self.kubelet]
-            .into_iter()
-            .filter_map(Option::take)
+        for c in [
+            &mut self.scheduler,
+            &mut self.controller_manager,
+            &mut self.kubelet,
+        ]
+        .into_iter()
+        .filter_map(Option::take)
         {
             let mut c = c;
             let _ = c.kill();
@@ -1095,4 +1179,73 @@ impl Drop for Node {
             eprintln!("harness: removing {}: {e}", self.dir.display());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools the chart tests share: helm, the prometheus-operator CRDs, images from one binary
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a script of scripts/ that prints one path (builds on first use, cached after).
+fn script_path(name: &str) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({})",
+        script.display(),
+        out.status
+    );
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// helm, built from its Go module by scripts/helm.sh.
+pub fn helm_bin() -> Result<PathBuf> {
+    script_path("helm.sh")
+}
+
+/// The directory of prometheus-operator's CRDs (`monitoring.coreos.com_<plural>.yaml`),
+/// generated from the operator's API module by scripts/monitoring-crds.sh.
+pub fn monitoring_crds() -> Result<PathBuf> {
+    script_path("monitoring-crds.sh")
+}
+
+/// An OCI archive `<dir>/<name>.oci.tar` of an image from scratch holding `binary` as
+/// `/<name>`, its entrypoint, named `reference` (buildah, as `./x image` builds the
+/// collector's): what a node imports instead of pulling.
+pub fn single_binary_image(
+    dir: &Path,
+    binary: &Path,
+    name: &str,
+    reference: &str,
+) -> Result<PathBuf> {
+    let archive = dir.join(format!("{name}.oci.tar"));
+    let buildah = |args: &[&str]| -> Result<String> {
+        let out = run(Command::new("buildah").args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let c = buildah(&["from", "scratch"])?;
+    let built = (|| -> Result<()> {
+        buildah(&[
+            "copy",
+            &c,
+            &binary.display().to_string(),
+            &format!("/{name}"),
+        ])?;
+        buildah(&["config", "--entrypoint", &format!(r#"["/{name}"]"#), &c])?;
+        buildah(&[
+            "commit",
+            "-q",
+            &c,
+            &format!("oci-archive:{}:{reference}", archive.display()),
+        ])?;
+        Ok(())
+    })();
+    buildah(&["rm", &c])?;
+    built.map(|()| archive)
 }
