@@ -63,6 +63,7 @@ use collector_common::{
 
 use crate::{
     http::count,
+    klog::klog,
     maps::{
         EVENTS, HTTP_SAMPLING, SOCK_OWNERS, WIRE_BUSY, WIRE_CONNS, WIRE_NEW_CONN, WIRE_NEW_TARGET,
         WIRE_PROGS_RX, WIRE_PROGS_TX, WIRE_SCRATCH, WIRE_TARGETS, count_drop,
@@ -101,6 +102,14 @@ impl Dir {
         match self {
             Dir::Rx => WIRE_PROG_INGRESS,
             Dir::Tx => WIRE_PROG_EGRESS,
+        }
+    }
+
+    /// The stream's messages, as the kernel's log lines name them.
+    const fn messages(self) -> &'static str {
+        match self {
+            Dir::Rx => "request",
+            Dir::Tx => "response",
         }
     }
 
@@ -578,8 +587,9 @@ fn ends_chunked(line: &[u8; LINE_MAX], len: usize) -> Option<bool> {
 
 /// Charges loss to the connection's owner and resynchronises both directions: the queue can
 /// no longer be paired with the responses, so its requests are dropped (counted as lost).
+/// Returns how many were charged (for the kernel's log line).
 #[inline(always)]
-fn desync(c: &mut WireConn, why: KernelDrop) {
+fn desync(c: &mut WireConn, why: KernelDrop) -> u64 {
     count_drop(why);
     let pending = c.head.wrapping_sub(c.answered);
     let lost = 1 + u64::from(if pending <= PIPELINE {
@@ -594,6 +604,7 @@ fn desync(c: &mut WireConn, why: KernelDrop) {
     // discards the queue on both sides: the worst a race does is pair one response wrongly.
     c.answered = c.head;
     c.tail = c.head;
+    lost
 }
 
 #[inline(always)]
@@ -760,6 +771,12 @@ fn emit_record(c: &WireConn, target: *const Target, s: WireSlot, status: u16) {
     let Some(mut entry) = EVENTS.reserve::<HttpEvent>(0) else {
         count_drop(KernelDrop::RecordReserve);
         count(&c.owner, |h| h.unrecorded += 1);
+        klog!(
+            Warn,
+            "http_record_reserve_failed: EVENTS full, a request of cgroup {} process {} is counted, not recorded",
+            c.owner.cgroup_id,
+            c.owner.tgid
+        );
         return;
     };
     // SAFETY: plain helper.
@@ -1385,6 +1402,11 @@ fn wire(ctx: &SkBuffContext, dir: Dir, seg: Segment, known: Option<&'static mut 
         match stop {
             Stop::Steps => {}
             Stop::Bad => {
+                // No kernel log line on this side of the step loop (here or in `hand_over`):
+                // every state the verifier brings out of the loop passes these drops, and on
+                // Debian's 6.1 their log code took the program over the 1M-instruction limit
+                // (two VM runs: with all five lines, then with this one alone). The drops are
+                // counted all the same (`http_wire_desync`, `http_wire_windows`).
                 desync(c, KernelDrop::WireDesync);
                 return;
             }
@@ -1414,6 +1436,7 @@ fn hand_over(
     dir: Dir,
     prog: u32,
 ) {
+    // No kernel log line here (see `wire`, `Stop::Bad`).
     if !more_calls(seg, cur) {
         desync(c, KernelDrop::WireWindows);
         return;
@@ -1457,7 +1480,15 @@ fn act(ctx: &SkBuffContext, slot: u32) {
     if fetch(&cur.stop) == Stop::ResponseHead as u32 {
         let body = response_done(c, seg.cookie);
         if body == u32::MAX {
-            desync(c, KernelDrop::WireDesync);
+            let lost = desync(c, KernelDrop::WireDesync);
+            klog!(
+                Info,
+                "http_wire_desync: a {} response declares a Content-Length of 4 GiB or more, more than the parser frames; {} requests charged as lost to cgroup {} process {}, resyncing at the next message",
+                status,
+                lost,
+                c.owner.cgroup_id,
+                c.owner.tgid
+            );
             return;
         }
         // The common case: the whole (small) body is in this segment.
@@ -1520,6 +1551,12 @@ fn new_conn(ctx: &SkBuffContext, dir: Dir, seg: &Segment) -> Option<&'static mut
         // Out of memory for socket storage: this connection's request goes uncounted.
         count_drop(KernelDrop::WireConnStore);
         count(&fresh.owner, |h| h.lost += 1);
+        klog!(
+            Warn,
+            "http_wire_conn_store_failed: no socket storage for a new connection of cgroup {} process {}: not followed, its request charged as lost",
+            fresh.owner.cgroup_id,
+            fresh.owner.tgid
+        );
         return None;
     }
     // SAFETY: the socket's storage, live as long as the socket (which this packet holds).
@@ -1598,7 +1635,18 @@ fn resume(ctx: &SkBuffContext, c: &mut WireConn, dir: Dir, seg: &Segment) -> Opt
     if h.state == state::BODY_CLOSE {
         return None;
     }
-    desync(c, KernelDrop::WireDesync);
+    let st = h.state;
+    let lost = desync(c, KernelDrop::WireDesync);
+    klog!(
+        Info,
+        "http_wire_desync: {} bytes missing before a {} segment, not inside a body of known length (state {}); {} requests charged as lost to cgroup {} process {}, resyncing at the next message",
+        gap,
+        dir.messages(),
+        st,
+        lost,
+        c.owner.cgroup_id,
+        c.owner.tgid
+    );
     None
 }
 
@@ -1716,12 +1764,13 @@ fn leave(dir: Dir, slot: u32) {
 /// No slot was free: this segment goes unparsed, and what it carried is charged as lost to
 /// the connection's owner — a followed direction loses its place (the usual desync), and a
 /// request that would have started or resynchronised a connection counts one lost request.
+/// Returns how many requests were charged (for the kernel's log line).
 #[inline(always)]
-fn busy(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
+fn busy(ctx: &SkBuffContext, seg: &Segment, dir: Dir) -> u64 {
     // A lone FIN or RST carries nothing: the connection's state stays until the LRU evicts it.
     if seg.len == 0 {
         count_drop(KernelDrop::WireBusy);
-        return;
+        return 0;
     }
     let starts_request =
         || dir == Dir::Rx && first_bytes(ctx, seg).is_some_and(|(b, n)| looks_like_request(&b, n));
@@ -1729,18 +1778,20 @@ fn busy(ctx: &SkBuffContext, seg: &Segment, dir: Dir) {
         count_drop(KernelDrop::WireBusy);
         if starts_request() {
             count(&owner(ctx), |h| h.lost += 1);
+            return 1;
         }
-        return;
+        return 0;
     };
     let st = half(c, dir).state;
     if st != state::UNSYNCED && st != state::OFF {
-        desync(c, KernelDrop::WireBusy);
-        return;
+        return desync(c, KernelDrop::WireBusy);
     }
     count_drop(KernelDrop::WireBusy);
     if st == state::UNSYNCED && starts_request() {
         count(&c.owner, |h| h.lost += 1);
+        return 1;
     }
+    0
 }
 
 /// One program's part of a parse (the first, or a tail call: `enter` tells them apart).
@@ -1770,7 +1821,17 @@ fn parse(ctx: &SkBuffContext, dir: Dir) {
             wire(ctx, dir, seg, known);
             leave(dir, slot);
         }
-        None => busy(ctx, &seg, dir),
+        None => {
+            let lost = busy(ctx, &seg, dir);
+            klog!(
+                Info,
+                "http_wire_busy: all {} {} scratch slots of this CPU in use, a segment of {} bytes went unparsed, {} requests charged as lost",
+                WIRE_SLOTS,
+                dir.messages(),
+                seg.len,
+                lost
+            );
+        }
     }
 }
 
