@@ -292,11 +292,15 @@ fn requests(node: &Node, addr: SocketAddr, n: usize) {
     assert_eq!(codes, vec![Some(200); n], "the server's answers");
 }
 
+/// The collector's `/metrics`, read from the node.
+fn metrics(node: &Node, collector: SocketAddr) -> String {
+    node.in_netns(move || scrape(collector)).expect("scrape")
+}
+
 /// The collector's count of the server pod's `/ok` requests (0 when it has no such series).
-fn counted(node: &Node, collector: SocketAddr, server_uid: &str) -> f64 {
-    let text = node.in_netns(move || scrape(collector)).expect("scrape");
+fn counted(text: &str, server_uid: &str) -> f64 {
     metric_sum(
-        &text,
+        text,
         "http_server_request_duration_seconds_count",
         &[
             ("pod_uid", server_uid),
@@ -310,9 +314,31 @@ fn counted(node: &Node, collector: SocketAddr, server_uid: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// The collector's own counters of records it could not count (each reason, each CPU).
+const LOSSES: &[&str] = &[
+    "collector_kernel_drops",
+    "collector_kernel_program_misses",
+    "collector_events_rejected",
+    "collector_events_dropped",
+    "collector_http_requests_lost",
+];
+
+fn losses(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| LOSSES.iter().any(|m| l.starts_with(m)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Rounds of requests before giving up on a round the collector lost nothing in.
+const ROUNDS: usize = 5;
+
 /// Waits until the collector is connected to the API with exactly its own and the server's pod
 /// (the pod's name and namespace come from there), sends `n` requests and checks that exactly
-/// `n` more are counted for the server pod.
+/// `n` more are counted for the server pod. The collector sees every workload of the host: a
+/// heavy load elsewhere on a shared machine can fill its ring buffer, which it counts as
+/// losses. A round with losses is repeated (never more than `n` counted, even then); the exact
+/// count is asserted on a round without any.
 fn collects_exactly(
     node: &Node,
     collector: SocketAddr,
@@ -332,24 +358,115 @@ fn collects_exactly(
                 .ok_or((code, body))
         },
     );
-    let before = counted(node, collector, server_uid);
-    requests(node, server, n);
-    let want = before + n as f64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counted(node, collector, server_uid) < want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let text = metrics(node, collector);
+        let (before, lost_before) = (counted(&text, server_uid), losses(&text));
+        requests(node, server, n);
+        let want = before + n as f64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while counted(&metrics(node, collector), server_uid) < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // A few harvests more: a request counted twice would show now.
+        std::thread::sleep(Duration::from_secs(1));
+        let text = metrics(node, collector);
+        let (got, lost) = (
+            counted(&text, server_uid) - before,
+            losses(&text) - lost_before,
+        );
+        let series = || {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("http_server_request_duration_seconds_count")
+                        && l.contains(server_uid)
+                        || LOSSES.iter().any(|m| l.starts_with(m))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            got <= n as f64,
+            "{got} requests counted for pod {server_uid}, {n} sent:\n{}",
+            series()
+        );
+        if lost == 0.0 {
+            assert_eq!(
+                got,
+                n as f64,
+                "requests to pod {server_uid}, the collector losing nothing meanwhile:\n{}",
+                series()
+            );
+            return;
+        }
+        rounds.push(format!("{got} of {n} counted, {lost} records lost"));
     }
-    // A few harvests more: a request counted twice would show now.
-    std::thread::sleep(Duration::from_secs(1));
-    let text = node.in_netns(move || scrape(collector)).expect("scrape");
+    panic!(
+        "the collector lost records in each of {ROUNDS} rounds (another load on this host?): \
+         {rounds:?}"
+    );
+}
+
+/// The chart's Service (`internalTrafficPolicy: Local`, "the collector on my node") has exactly
+/// the collector pod at `addr` on this node as its ready endpoint, on port `http`. (No
+/// kube-proxy runs here to route its cluster IP: what it routes to is checked.)
+fn service_endpoint_is(cp: &ControlPlane, node: &Node, addr: SocketAddr) {
+    let service = get_json(cp, &["service", RELEASE, "-n", NS]);
     assert_eq!(
-        counted(node, collector, server_uid) - before,
-        n as f64,
-        "requests to pod {server_uid}; the collector's request series:\n{}",
-        text.lines()
-            .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        service["spec"]["internalTrafficPolicy"], "Local",
+        "{service}"
+    );
+    let want = json!([{
+        "addresses": [addr.ip().to_string()],
+        "nodeName": node.name,
+        "ready": true,
+        "ports": [{"name": "http", "port": COLLECTOR_PORT}],
+    }]);
+    wait_until_ok_blocking(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "the collector Service's endpoint",
+        || {
+            let list = get_json(
+                cp,
+                &[
+                    "endpointslices",
+                    "-n",
+                    NS,
+                    "-l",
+                    &format!("kubernetes.io/service-name={RELEASE}"),
+                ],
+            );
+            let seen: Vec<Value> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|slice| {
+                    let ports: Vec<Value> = slice["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| json!({"name": p["name"], "port": p["port"]}))
+                        .collect();
+                    slice["endpoints"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |e| {
+                            json!({
+                                "addresses": e["addresses"],
+                                "nodeName": e["nodeName"],
+                                "ready": e["conditions"]["ready"],
+                                "ports": ports,
+                            })
+                        })
+                })
+                .collect();
+            (Value::Array(seen.clone()) == want)
+                .then_some(())
+                .ok_or(seen)
+        },
     );
 }
 
@@ -418,7 +535,12 @@ fn helm_install_collects_a_pods_requests_in_both_modes_and_uninstalls_clean() {
     let mut node = Node::start(
         &cp,
         &prefix,
-        &["daemonset", "garbagecollector", "root-ca-cert-publisher"],
+        &[
+            "daemonset",
+            "garbagecollector",
+            "root-ca-cert-publisher",
+            "endpointslice",
+        ],
     )
     .expect("node");
     node.start_scheduler(&cp).expect("scheduler");
@@ -473,6 +595,7 @@ fn helm_install_collects_a_pods_requests_in_both_modes_and_uninstalls_clean() {
         true
     );
     collects_exactly(&node, privileged_addr, server_addr, &server_uid, 50);
+    service_endpoint_is(&cp, &node, privileged_addr);
 
     // The other mode: the DaemonSet rolls its pod.
     helm.ok(&[
