@@ -595,7 +595,9 @@ fn forward_into_netns(
 /// addresses from [`POD_SUBNET`] on a CNI bridge there, reachable only from that namespace, see
 /// [`Node::in_netns`]) and a private mount namespace, with pod cgroups under `/<prefix>` of
 /// each host cgroup hierarchy (`cgroupfs` driver). Plus kube-controller-manager with the
-/// controllers asked for (EndpointSlices need `endpointslice`).
+/// controllers asked for (EndpointSlices need `endpointslice`), and kube-scheduler if asked for
+/// ([`Node::start_scheduler`]). Pods reach the API server in-cluster: the `kubernetes` Service's
+/// cluster IP is routed to it by the node (in place of kube-proxy, for that one Service).
 ///
 /// On cgroup v1 and hybrid hosts the kubelet runs with `failCgroupV1: false` (1.35+ refuse v1
 /// by default); containerd restricts `oom_score_adj` to its own (lowering it is not permitted
