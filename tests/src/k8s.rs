@@ -625,14 +625,6 @@ pub struct Node {
     forward_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// `iptables args` in network namespace `netns`.
-fn inside_iptables(netns: &str, args: &[&str]) -> Result<()> {
-    run(Command::new("ip")
-        .args(["netns", "exec", netns, "iptables"])
-        .args(args))
-    .map(drop)
-}
-
 /// The host's cgroup hierarchies: every cgroup and cgroup2 mount under /sys/fs/cgroup (the
 /// v1 controllers and the hybrid `unified` one, or the v2 root alone).
 fn cgroup_hierarchies() -> Result<Vec<PathBuf>> {
@@ -700,25 +692,15 @@ impl Node {
         // What kube-proxy does for the one Service a pod's in-cluster client needs: the
         // `kubernetes` Service's cluster IP and port, to the API server through the forwarder
         // above (on the node's address). No other cluster IP is routed here.
-        inside_iptables(
-            &node.netns,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                &format!("{KUBERNETES_SERVICE_IP}/32"),
-                "-p",
-                "tcp",
-                "--dport",
-                "443",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("{NODE_IP}:{port}"),
-            ],
-        )?;
+        // nft (bootstrapped; iptables may be absent): a nat table of the node's namespace.
+        run(Command::new("ip")
+            .args(["netns", "exec", &node.netns, "nft"])
+            .arg(format!(
+                "add table ip node; \
+                 add chain ip node prerouting {{ type nat hook prerouting priority dstnat; }}; \
+                 add rule ip node prerouting ip daddr {KUBERNETES_SERVICE_IP} tcp dport 443 \
+                 dnat to {NODE_IP}:{port}"
+            )))?;
 
         // The kubelet's cgroup root must exist in every hierarchy; a new v1 cpuset group
         // starts with no CPUs and memory nodes, so it inherits the root's.
