@@ -216,7 +216,7 @@ fn grpc_write_status_impl(ctx: ProbeContext) -> u32 {
         (*ev).duration_ns = bpf_ktime_get_boot_ns().saturating_sub(start);
         (*ev).method = key.method;
     }
-    rec.submit(0);
+    rec.submit(crate::emit::record_wake_flags());
     0
 }
 

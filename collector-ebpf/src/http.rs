@@ -553,7 +553,7 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         (*ev).route_len = read_go_string(r_ptr, r_len, (*ev).route.as_mut_ptr(), ROUTE_MAX) as u16;
         (*ev).flags = f;
     }
-    slot.submit(0);
+    slot.submit(crate::emit::record_wake_flags());
 }
 
 /// Each probe twice: a per-point uprobe (any kernel) and a `uprobe.multi` variant (≥ 6.6) whose

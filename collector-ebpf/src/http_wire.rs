@@ -31,10 +31,7 @@ use core::{ffi::c_void, ptr::NonNull};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{
-        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_SK_STORAGE_GET_F_CREATE, bpf_sock,
-    },
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
         generated::{
@@ -55,9 +52,7 @@ use collector_common::{
             WINDOW, WireConn, WireHalf, WireScratch, WireSlot, conn, msg, slot, state,
         },
     },
-    maps::{
-        EVENTS_BYTES, KernelDrop, WIRE_PROG_ACTION, WIRE_PROG_EGRESS, WIRE_PROG_INGRESS, WIRE_SLOTS,
-    },
+    maps::{KernelDrop, WIRE_PROG_ACTION, WIRE_PROG_EGRESS, WIRE_PROG_INGRESS, WIRE_SLOTS},
     tcp::OwnerKey,
 };
 
@@ -814,14 +809,7 @@ fn emit_record(c: &WireConn, target: *const Target, s: WireSlot, status: u16) {
             k += 1;
         }
     }
-    // Records wake the reader only when the ring is half full: the reader drains on a short
-    // timer, and a wake-up per request costs more than the request (measured: ~12 µs).
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > u64::from(EVENTS_BYTES / 2) {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(wake as u64);
+    entry.submit(crate::emit::record_wake_flags());
 }
 
 /// What a complete line means for the stream.
