@@ -59,7 +59,7 @@ build_one() {
   local args=(build -trimpath -buildvcs=false -o "$tmp")
   [ -n "$flags" ] && args+=("$flags")
   if ! (cd "$src" && env GOTOOLCHAIN=local GOPROXY=off CGO_ENABLED=0 GOFLAGS=-mod=mod \
-      GOCACHE="$target/go-cache" GOPATH="$target/go-path" GOENV=off \
+      GOCACHE="${COLLECTOR_GOCACHE:-/var/cache/collector-go/build}" GOPATH="$target/go-path" GOENV=off \
       "$target/go/$v/bin/go" "${args[@]}" . ) >"$dir/build.log" 2>&1; then
     echo "build-fixtures: go$v $variant failed:" >&2
     cat "$dir/build.log" >&2

@@ -5,6 +5,9 @@
 #
 # Modules come from the Go module proxy into a cache outside the clone
 # ($GRPC_GOMODCACHE, default /var/cache/collector-go-grpc/mod); a warm cache needs no network.
+# Go's build cache is outside the clone too ($COLLECTOR_GOCACHE, default
+# /var/cache/collector-go/build, shared with tests/go/build-fixtures.sh): a fresh clone links
+# the fixtures instead of compiling grpc-go twelve times.
 # Output: $TARGET/go-fixtures/grpc-<version>-<variant>/server and .../grpc-<version>/client.
 # A binary is rebuilt only when its stamp (versions, flags, sources, this script) changes.
 # Toolchains come from `WITH_GO=1 scripts/bootstrap.sh` ($TARGET/go/<version>/bin/go).
@@ -38,7 +41,7 @@ for line in "${lines[@]}"; do
   mkdir -p "$work/server" "$work/client"
   cp "$here/server/main.go" "$work/server/main.go"
   cp "$here/client/main.go" "$work/client/main.go"
-  export GOMODCACHE=$cache GOCACHE=$target/go-cache GOTOOLCHAIN=local CGO_ENABLED=0 GOENV=off
+  export GOMODCACHE=$cache GOCACHE=${COLLECTOR_GOCACHE:-/var/cache/collector-go/build} GOTOOLCHAIN=local CGO_ENABLED=0 GOENV=off
   export GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org} GOSUMDB=${GOSUMDB:-sum.golang.org}
   if [ ! -f "$work/go.sum" ] || [ "$(cat "$work/.modstamp" 2>/dev/null)" != "$gv|$go_v" ]; then
     printf 'module collector.test/grpc\n\ngo %s\n\nrequire google.golang.org/grpc %s\n' \
