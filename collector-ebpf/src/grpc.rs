@@ -220,22 +220,6 @@ fn grpc_write_status_impl(ctx: ProbeContext) -> u32 {
     0
 }
 
-macro_rules! uprobes {
-    ($($name:ident, $multi:ident => $imp:ident;)+) => {
-        $(
-            #[uprobe]
-            pub fn $name(ctx: ProbeContext) -> u32 {
-                $imp(ctx)
-            }
-
-            #[uprobe(multi)]
-            pub fn $multi(ctx: ProbeContext) -> u32 {
-                $imp(ctx)
-            }
-        )+
-    };
-}
-
 uprobes! {
     grpc_stream_start, grpc_stream_start_m => grpc_stream_start_impl;
     grpc_write_status, grpc_write_status_m => grpc_write_status_impl;

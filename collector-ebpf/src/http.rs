@@ -556,24 +556,6 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     slot.submit(crate::emit::record_wake_flags());
 }
 
-/// Each probe twice: a per-point uprobe (any kernel) and a `uprobe.multi` variant (≥ 6.6) whose
-/// single link for all points detaches in one step instead of one RCU grace period per point.
-macro_rules! uprobes {
-    ($($name:ident, $multi:ident => $imp:ident;)+) => {
-        $(
-            #[uprobe]
-            pub fn $name(ctx: ProbeContext) -> u32 {
-                $imp(ctx)
-            }
-
-            #[uprobe(multi)]
-            pub fn $multi(ctx: ProbeContext) -> u32 {
-                $imp(ctx)
-            }
-        )+
-    };
-}
-
 uprobes! {
     http_serve_start, http_serve_start_m => http_serve_start_impl;
     http_write_header, http_write_header_m => http_write_header_impl;

@@ -9,6 +9,25 @@
 // `http_wire::opaque`). The object is built with the pinned nightly.
 #![feature(asm_experimental_arch)]
 
+/// Each uprobe twice: a per-point uprobe (any kernel) and a `uprobe.multi` variant (≥ 6.6)
+/// whose single link for all points detaches in one step instead of one RCU grace period per
+/// point. Defined before the modules that use it (`http`, `grpc`).
+macro_rules! uprobes {
+    ($($name:ident, $multi:ident => $imp:ident;)+) => {
+        $(
+            #[uprobe]
+            pub fn $name(ctx: ProbeContext) -> u32 {
+                $imp(ctx)
+            }
+
+            #[uprobe(multi)]
+            pub fn $multi(ctx: ProbeContext) -> u32 {
+                $imp(ctx)
+            }
+        )+
+    };
+}
+
 mod emit;
 mod globals;
 mod grpc;

@@ -1394,6 +1394,46 @@ impl Drop for Killed {
     }
 }
 
+/// A server that says where it listens on the first line of its stdout; killed (and reaped)
+/// when dropped.
+pub struct AnnouncedServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for AnnouncedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HostCgroup {
+    /// Runs `bin args` in this cgroup and reads its address from its first stdout line,
+    /// `<prefix><addr>` (within 20 s); the rest of its output is drained so it never blocks
+    /// on a full pipe.
+    pub fn spawn_announced(&self, bin: &Path, args: &[&str], prefix: &str) -> AnnouncedServer {
+        let mut child = self.spawn(bin, args).expect("spawn server");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(Ok(l))) => l,
+            other => panic!("{}: no listening line: {other:?}", bin.display()),
+        };
+        let addr = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{}: {line:?} is not {prefix:?}<addr>", bin.display()))
+            .parse()
+            .expect("addr");
+        AnnouncedServer { child, addr }
+    }
+}
+
 /// A TCP port on loopback that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,6 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -46,39 +45,12 @@ fn go_minor(version: &str) -> u32 {
 }
 
 /// Kills the server at the end of the test.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = AnnouncedServer;
 
 fn start_server(cgroup: &HostCgroup, bin: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["-listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut child = cgroup.spawn(bin, &args).expect("spawn Go server");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(Ok(l))) => l,
-        other => panic!("{}: no listening line: {other:?}", bin.display()),
-    };
-    let addr = line
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .parse()
-        .expect("addr");
-    Server { child, addr }
+    cgroup.spawn_announced(bin, &args, "listening on ")
 }
 
 /// One HTTP/1.1 request on its own connection; returns the status (None when the server closed

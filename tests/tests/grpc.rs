@@ -8,11 +8,9 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -74,39 +72,10 @@ fn fixtures() -> Vec<Fixture> {
         .collect()
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = AnnouncedServer;
 
 fn start_server(cgroup: &HostCgroup, bin: &Path) -> Server {
-    let mut child = cgroup
-        .spawn(bin, &["-listen", "127.0.0.1:0"])
-        .expect("spawn gRPC server");
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(Ok(l))) => l,
-        other => panic!("{}: no listening line: {other:?}", bin.display()),
-    };
-    let addr = line
-        .strip_prefix("listening ")
-        .expect("listening line")
-        .parse()
-        .expect("addr");
-    Server { child, addr }
+    cgroup.spawn_announced(bin, &["-listen", "127.0.0.1:0"], "listening ")
 }
 
 /// What the client saw: (full method, code) → calls.
