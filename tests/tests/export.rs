@@ -830,7 +830,7 @@ async fn otlp_exponential_duration_histogram_is_exact() {
         (0.020..0.150).contains(&min) && (0.150..1.0).contains(&max),
         "{p}"
     );
-    // The same records as the Prometheus histogram: the same sum, to the bit.
+    // The same records as the Prometheus histogram: the same sum, to rounding.
     let text = running.metrics.render();
     let prom_sum: f64 = text
         .lines()
@@ -849,6 +849,13 @@ async fn otlp_exponential_duration_histogram_is_exact() {
                 && l.contains(&format!("workload=\"{workload}\""))
         })
         .collect();
-    assert_eq!(sum, prom_sum, "{slow:#?}");
+    // Both add the same durations, but each keeps its own running sum (prometheus-client's,
+    // the OpenTelemetry SDK's aggregator), which CI once saw differ in the last bits (…99 vs
+    // …995); a record missing or counted twice in either is ≥ 20 ms (every /slow request
+    // sleeps that long).
+    assert!(
+        (sum - prom_sum).abs() <= 8.0 * f64::EPSILON * sum.abs().max(prom_sum.abs()),
+        "OTLP {sum} vs Prometheus {prom_sum}: {slow:#?}"
+    );
     running.shutdown().await;
 }
