@@ -21,8 +21,7 @@ use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated,
+        bpf_get_prandom_u32, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, generated,
     },
     macros::{map, uprobe},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -37,7 +36,10 @@ use collector_common::{
     maps::KernelDrop,
 };
 
-use crate::maps::{EVENTS, count_drop};
+use crate::{
+    http::read_user,
+    maps::{EVENTS, count_drop},
+};
 
 #[map]
 pub static GRPC_OFFSETS: Array<GrpcOffsets> = Array::with_max_entries(GRPC_OFFSETS_SLOTS, 0);
@@ -62,15 +64,6 @@ static ZERO_COUNTS: GrpcCounts = GrpcCounts {
     unrecorded: 0,
     no_start: 0,
 };
-
-#[inline(always)]
-fn read_user<T>(addr: u64) -> Option<T> {
-    if addr == 0 {
-        return None;
-    }
-    // SAFETY: fault-safe copy from the current process.
-    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
-}
 
 #[inline(always)]
 fn grpc_stream_start_impl(ctx: ProbeContext) -> u32 {

@@ -189,8 +189,10 @@ fn key(goroutine: u64) -> InflightKey {
     }
 }
 
+/// A fault-safe read from the current process; `None` for a null address. Shared by the Go
+/// uprobes (`grpc` too).
 #[inline(always)]
-fn read_user<T>(addr: u64) -> Option<T> {
+pub(crate) fn read_user<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }

@@ -377,11 +377,15 @@ fn request_slice(slice: Duration) -> std::io::Result<()> {
         deadline: u64,
         period: u64,
     }
-    // SAFETY: plain syscall; errno is read right after.
+    // SAFETY: plain syscall; errno is read right after. -1 is also a valid nice value, so only
+    // errno tells a failure apart.
     let nice = unsafe {
         *libc::__errno_location() = 0;
         libc::getpriority(libc::PRIO_PROCESS, 0)
     };
+    if nice == -1 && std::io::Error::last_os_error().raw_os_error() != Some(0) {
+        return Err(std::io::Error::last_os_error());
+    }
     let attr = SchedAttr {
         size: size_of::<SchedAttr>() as u32,
         policy: libc::SCHED_OTHER as u32,
