@@ -14,13 +14,28 @@ pub struct GoHttpOffsets {
     pub request_pattern: u32,
     pub request_proto_major: u32,
     pub url_path: u32,
+    /// HTTP/2 responses of net/http's own server (`http2responseWriter`, in
+    /// `net/http/internal/http2` since Go 1.27): the hash of the `ResponseWriter`'s dynamic
+    /// type as Go stores it in the itab (`itab.hash`, at `ITAB_HASH`), so the writer is read
+    /// only when it is that type; 0 when the binary's layout is unknown (HTTP/2 responses are
+    /// then `unobserved`).
+    pub h2_writer_hash: u32,
+    /// Offset of `rws` (`*responseWriterState`) in the writer the interface's data word points at.
+    pub h2_writer_rws: u32,
+    /// Offset of `status` (an `int`) in the writer state.
+    pub h2_rws_status: u32,
     /// 0: empty slot. Otherwise the slot's generation, new each time userspace fills it, so
     /// a request that started under one binary's offsets and ends after the slot was
     /// released (or given to another binary) is recognised (`Inflight::generation`) and
     /// counted without reading memory at offsets that are not its binary's.
     pub valid: u32,
+    pub _pad: u32,
 }
-assert_layout!(GoHttpOffsets, 24);
+assert_layout!(GoHttpOffsets, 40);
+
+/// Offset of `hash` (u32) in a Go itab (`runtime.itab`, `internal/abi.ITab` since Go 1.22):
+/// after the interface and type pointers in every Go release the uprobes support.
+pub const ITAB_HASH: u64 = 16;
 
 /// In-flight request key: the goroutine (`g` in R14) of a process.
 #[repr(C)]
@@ -51,8 +66,11 @@ pub struct Inflight {
     pub slot: u32,
     /// The slot's `GoHttpOffsets::valid` at the start (0: the slot was empty then).
     pub generation: u32,
+    /// The `ResponseWriter`'s itab (RBX at `ServeHTTP` entry): which writer type `response`
+    /// is, checked before an HTTP/2 status is read through it.
+    pub writer_itab: u64,
 }
-assert_layout!(Inflight, 40);
+assert_layout!(Inflight, 48);
 
 /// A status written to a request's response from a goroutine other than the one serving it:
 /// keyed by the response, picked up when the request ends.
@@ -73,7 +91,7 @@ pub mod flags {
     pub const ABORTED: u16 = 2;
     /// `route` holds `Request.Pattern` rather than the URL path.
     pub const PATTERN: u16 = 4;
-    /// HTTP/2 (ProtoMajor 2): status is not observed on that path, see `unobserved`.
+    /// HTTP/2 (ProtoMajor 2). Its status is read from net/http's HTTP/2 writer; see `UNOBSERVED`.
     pub const HTTP2: u16 = 8;
     /// The path was longer than `ROUTE_MAX` and is cut.
     pub const TRUNCATED: u16 = 16;
@@ -83,6 +101,10 @@ pub mod flags {
     /// With `WIRE`: `route` holds the start of the start line, method included (the line
     /// began in an earlier segment, only its first bytes were kept).
     pub const WIRE_LINE: u16 = 64;
+    /// The status was not observed (`HttpCounts::unobserved`): an HTTP/2 response written by a
+    /// writer whose layout is not known — another HTTP/2 server than net/http's own (such as
+    /// golang.org/x/net/http2's), or a binary without the writer's offsets.
+    pub const UNOBSERVED: u16 = 128;
 }
 
 pub const METHOD_MAX: usize = 8;
@@ -139,7 +161,7 @@ pub struct HttpCounts {
     pub unrecorded: u64,
     pub panics: u64,
     pub aborted: u64,
-    /// HTTP/2 requests (status not observed on that path).
+    /// Requests whose status could not be observed (`flags::UNOBSERVED`).
     pub unobserved: u64,
     /// By status class: index 0 = 1xx … 4 = 5xx (status 0 counts as 200).
     pub by_class: [u64; 5],

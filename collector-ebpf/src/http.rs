@@ -5,7 +5,10 @@
 //!   (TLS terminates below it, so HTTPS needs nothing more); RDI = `*Request`.
 //! - Every RET of `serverHandler.ServeHTTP`: the request finished. No uretprobes: the kernel
 //!   would rewrite return addresses on goroutine stacks that Go moves.
-//! - `net/http.(*response).WriteHeader` entry: the status (RBX); HTTP/1 only.
+//! - `net/http.(*response).WriteHeader` entry: the status (RBX); HTTP/1 only. An HTTP/2
+//!   status is read from memory at the RET of `ServeHTTP` instead, no trap of its own: the
+//!   bundled server keeps it in its writer state (`http2responseWriterState.status`), reached
+//!   through the `ResponseWriter` (RBX:RCX at entry) once its itab says it is that writer.
 //! - `runtime.gopanic` entry: the request's goroutine is panicking.
 //! - Every RET of `net/http.(*conn).serve`: the connection goroutine is done. A request still in
 //!   flight then never returned — the handler panicked (net/http recovered in `serve`) or the
@@ -42,8 +45,8 @@ use aya_ebpf::{
 use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
     http::{
-        GoHttpOffsets, HttpCounts, HttpEvent, Inflight, InflightKey, METHOD_MAX, ROUTE_MAX,
-        ResponseKey, flags,
+        GoHttpOffsets, HttpCounts, HttpEvent, ITAB_HASH, Inflight, InflightKey, METHOD_MAX,
+        ROUTE_MAX, ResponseKey, flags,
     },
     maps::{
         HTTP_INFLIGHT_PER_SERVER, HTTP_INFLIGHT_SERVERS_ENTRIES, HTTP_STATUS_ASIDE_ENTRIES,
@@ -236,6 +239,7 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
         flags: 0,
         slot,
         generation: HTTP_OFFSETS.get(slot).map_or(0, |o| o.valid),
+        writer_itab: r.rbx,
     };
     let budget = server_entries(k.tgid);
     if let Some(n) = budget
@@ -427,7 +431,8 @@ pub(crate) fn count(owner: &OwnerKey, f: impl FnOnce(&mut HttpCounts)) {
 }
 
 /// Counts the request by outcome (status 0 counts as 200); `unknown_proto`: HTTP/2 could not
-/// be ruled out, so a request without a status is `unobserved`, not a made-up 200.
+/// be ruled out (its status is not in `Inflight`), so a request without a status is
+/// `unobserved`, not a made-up 200.
 #[inline(always)]
 fn count_outcome(c: &mut HttpCounts, f: u16, status: u32, unknown_proto: bool) {
     c.requests += 1;
@@ -435,7 +440,7 @@ fn count_outcome(c: &mut HttpCounts, f: u16, status: u32, unknown_proto: bool) {
         c.panics += 1;
     } else if f & flags::ABORTED != 0 {
         c.aborted += 1;
-    } else if f & flags::HTTP2 != 0 || (unknown_proto && status == 0) {
+    } else if f & flags::UNOBSERVED != 0 || (unknown_proto && status == 0) {
         c.unobserved += 1;
     } else {
         let s = if status == 0 { 200 } else { status };
@@ -443,6 +448,26 @@ fn count_outcome(c: &mut HttpCounts, f: u16, status: u32, unknown_proto: bool) {
         if (1..=5).contains(&class) {
             c.by_class[class - 1] += 1;
         }
+    }
+}
+
+/// The status of an HTTP/2 request whose handler returned, from net/http's HTTP/2 writer state
+/// (0: nothing written yet — net/http then sends 200 as the handler's end flushes, as on
+/// HTTP/1). `None` when the writer is not net/http's own (another HTTP/2 server, such as
+/// golang.org/x/net/http2's, wrote through a type of its own), its layout is unknown, or what
+/// is read is not a status `WriteHeader` accepts (100–999).
+#[inline(always)]
+fn http2_status(entry: &Inflight, off: &GoHttpOffsets) -> Option<u32> {
+    if off.h2_writer_hash == 0
+        || read_user::<u32>(entry.writer_itab + ITAB_HASH)? != off.h2_writer_hash
+    {
+        return None;
+    }
+    let rws = read_user::<u64>(entry.response + off.h2_writer_rws as u64)?;
+    match read_user::<i64>(rws + off.h2_rws_status as u64)? {
+        0 => Some(0),
+        s @ 100..=999 => Some(s as u32),
+        _ => None,
     }
 }
 
@@ -491,6 +516,12 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     let req = entry.request;
     if read_user::<i64>(req + off.request_proto_major as u64) == Some(2) {
         f |= flags::HTTP2;
+        if f & (flags::PANICKED | flags::ABORTED) == 0 {
+            match http2_status(entry, off) {
+                Some(s) => status = s,
+                None => f |= flags::UNOBSERVED,
+            }
+        }
     }
     count(&owner, |c| count_outcome(c, f, status, false));
     let every = HTTP_SAMPLING.get(0).copied().unwrap_or(1);
@@ -519,7 +550,7 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
             ts_ns: bpf_ktime_get_ns(),
         };
         (*ev).tgid = k.tgid;
-        (*ev).status = if f & flags::HTTP2 != 0 {
+        (*ev).status = if f & flags::UNOBSERVED != 0 {
             0
         } else {
             status as u16

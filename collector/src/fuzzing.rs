@@ -627,6 +627,7 @@ mod tests {
                     request_pattern: Some(208),
                     request_proto_major: 40,
                     url_path: 56,
+                    http2: None,
                 }),
                 "{name}"
             );

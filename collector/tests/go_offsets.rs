@@ -136,6 +136,12 @@ fn every_fixture_has_offsets() {
             minor >= (1, 23),
             "{what}: Request.Pattern exists since Go 1.23: {offsets:?}"
         );
+        // net/http's own HTTP/2 writer: its offsets (DWARF or table) and the type hash the
+        // kernel checks (table). Without them HTTP/2 responses go unobserved.
+        assert!(
+            offsets.http2.is_some_and(|h| h.writer_hash != 0),
+            "{what}: HTTP/2 writer layout unknown: {offsets:?}"
+        );
         let (row, generated_with) = from_table(&bin.go_version).unwrap();
         assert_eq!(
             parse_minor(generated_with),

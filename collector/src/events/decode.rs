@@ -103,7 +103,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 Outcome::Panic
             } else if ev.flags & flags::ABORTED != 0 {
                 Outcome::Aborted
-            } else if ev.flags & flags::HTTP2 != 0 {
+            } else if ev.flags & flags::UNOBSERVED != 0 {
                 Outcome::UnobservedProtocol
             } else {
                 // net/http sends 200 when the handler wrote nothing.
@@ -353,7 +353,10 @@ mod tests {
         for (f, want) in [
             (flags::PANICKED | flags::ABORTED, Outcome::Panic),
             (flags::ABORTED, Outcome::Aborted),
-            (flags::HTTP2, Outcome::UnobservedProtocol),
+            (flags::HTTP2 | flags::UNOBSERVED, Outcome::UnobservedProtocol),
+            (flags::UNOBSERVED, Outcome::UnobservedProtocol),
+            // HTTP/2 with its status read from net/http's writer.
+            (flags::HTTP2, Outcome::Completed { status: 200 }),
         ] {
             let Event::Http(r) = decode(&bytes_of(&http_event(0, f, "/"))).expect("valid") else {
                 panic!()

@@ -1,6 +1,6 @@
 // Command offsets prints, as one JSON object, the byte offsets and sizes of the Go struct
 // fields the collector's net/http uprobes read, as laid out by the Go toolchain that built
-// it. `cargo xtask go-offsets` builds and runs it with every Go release in tests/go/versions
+// it (net/http's HTTP/2 writer from a live request: h2.go). `cargo xtask go-offsets` builds and runs it with every Go release in tests/go/versions
 // and writes collector/src/probes/go_http/offsets_table.json from the results.
 //
 // It also checks each field's type, so a field that changed type (and would be read wrong
@@ -28,6 +28,7 @@ type output struct {
 	RequestPattern    *uintptr `json:"request_pattern"`
 	URLSize           uintptr  `json:"url_size"`
 	URLPath           uintptr  `json:"url_path"`
+	h2Layout
 }
 
 // checkType fails unless struct type t has a field name of type want.
@@ -65,6 +66,7 @@ func main() {
 		RequestPattern:    patternOffset(&r),
 		URLSize:           unsafe.Sizeof(u),
 		URLPath:           unsafe.Offsetof(u.Path),
+		h2Layout:          h2Offsets(),
 	}
 	if out.RequestPattern != nil {
 		checkType(req, "Pattern", str)

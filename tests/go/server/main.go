@@ -67,6 +67,7 @@ func main() {
 	addr := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	cert := flag.String("tls-cert", "", "serve HTTPS with this PEM certificate (and -tls-key)")
 	key := flag.String("tls-key", "", "PEM private key for -tls-cert")
+	h2c := flag.Bool("h2c", false, "also serve HTTP/2 without TLS (h2c, prior knowledge): Go >= 1.24's Server.Protocols")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -176,6 +177,9 @@ func main() {
 	}
 	fmt.Fprintf(os.Stdout, "listening on %s\n", ln.Addr())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if *h2c {
+		enableH2C(srv)
+	}
 	if *cert != "" {
 		// TLS (and HTTP/2 through ALPN) sits below ServeHTTP.
 		log.Fatal(srv.ServeTLS(ln, *cert, *key))

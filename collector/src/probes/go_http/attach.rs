@@ -147,6 +147,8 @@ enum Tracked {
         links: Vec<(&'static str, UProbeLinkId)>,
         pids: HashSet<u32>,
         go_version: String,
+        /// `Instrumented::http2`.
+        http2: String,
         path: PathBuf,
     },
     Skipped {
@@ -161,6 +163,9 @@ pub struct Instrumented {
     pub path: String,
     pub go_version: String,
     pub pids: Vec<u32>,
+    /// Whether HTTP/2 responses get their status, and if not why (they are then counted
+    /// `unobserved_protocol`).
+    pub http2: String,
 }
 
 pub struct GoHttpProbes {
@@ -284,6 +289,7 @@ impl GoHttpProbes {
                 Tracked::Instrumented {
                     pids,
                     go_version,
+                    http2,
                     path,
                     ..
                 } => {
@@ -293,6 +299,7 @@ impl GoHttpProbes {
                         path: path.display().to_string(),
                         go_version: go_version.clone(),
                         pids,
+                        http2: http2.clone(),
                     })
                 }
                 Tracked::Skipped { .. } => None,
@@ -424,8 +431,13 @@ impl GoHttpProbes {
             request_pattern: offsets.request_pattern.unwrap_or(0),
             request_proto_major: offsets.request_proto_major,
             url_path: offsets.url_path,
+            h2_writer_hash: offsets.http2.map_or(0, |h| h.writer_hash),
+            h2_writer_rws: offsets.http2.map_or(0, |h| h.writer_rws),
+            h2_rws_status: offsets.http2.map_or(0, |h| h.rws_status),
             valid: self.generation,
+            _pad: 0,
         };
+        let http2 = http2_coverage(&bin, offsets.http2);
         self.generation = self.generation.checked_add(1).unwrap_or(1);
         if let Err(e) = self.offsets.set(slot, &value, 0) {
             self.free_slots.push(slot);
@@ -465,12 +477,13 @@ impl GoHttpProbes {
         }
         drop(ebpf);
         let points: usize = points.iter().map(Vec::len).sum();
-        info!(pid, exe = %bin.path.display(), go = %bin.go_version, offsets = ?source, points, attach = ?t.elapsed(), "Go net/http server instrumented");
+        info!(pid, exe = %bin.path.display(), go = %bin.go_version, offsets = ?source, points, attach = ?t.elapsed(), http2 = %http2, "Go net/http server instrumented");
         Ok(Tracked::Instrumented {
             slot,
             links,
             pids: HashSet::from([pid]),
             go_version: bin.go_version.clone(),
+            http2,
             // Where the attached file lives (" (deleted)" when unlinked), not what the pid runs now.
             path: std::fs::read_link(&target).unwrap_or_else(|_| exe.to_path_buf()),
         })
@@ -654,6 +667,31 @@ fn take_links(ebpf: &mut Ebpf, links: &mut Vec<(&'static str, UProbeLinkId)>) ->
         }
     }
     out
+}
+
+/// The x/net HTTP/2 server's handler goroutine: linked in when a program uses
+/// golang.org/x/net/http2 (`ConfigureServer`, the h2c package) to serve.
+const XNET_HTTP2_RUN_HANDLER: &str = "golang.org/x/net/http2.(*serverConn).runHandler";
+
+/// What becomes of a binary's HTTP/2 responses, for the log and `/v1/go-http`.
+fn http2_coverage(bin: &GoBinary, offsets: Option<super::offsets::Http2Offsets>) -> String {
+    let own = match offsets {
+        Some(h) if h.writer_hash != 0 => "status observed".to_owned(),
+        Some(_) | None if HTTP2_RUN_HANDLER.iter().all(|f| bin.function(f).is_none()) => {
+            "net/http's HTTP/2 server is not linked in".to_owned()
+        }
+        _ => format!(
+            "unobserved_protocol: the layout of net/http's HTTP/2 writer in {} is unknown (no DWARF with it, or no row of this Go minor in the offsets table)",
+            bin.go_version
+        ),
+    };
+    if bin.function(XNET_HTTP2_RUN_HANDLER).is_some() {
+        format!(
+            "{own}; golang.org/x/net/http2's server is linked in too: its HTTP/2 requests are unobserved_protocol where they pass net/http's ServeHTTP (ConfigureServer) and not seen at all where they do not (the h2c package)"
+        )
+    } else {
+        own
+    }
 }
 
 /// File offsets for each entry of `PROBES` (empty when an optional one is unavailable).

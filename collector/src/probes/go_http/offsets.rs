@@ -12,6 +12,16 @@
 //! Within a minor the offsets cannot move: every field up to the ones read here is exported,
 //! and Go patch releases do not change exported API. A Go version the table does not cover and
 //! a binary without DWARF is an error, never a guess.
+//!
+//! HTTP/2 ([`Http2Offsets`], optional): where net/http's own HTTP/2 server keeps a response's
+//! status — `rws` in its writer (`net/http.http2responseWriter`,
+//! `net/http/internal/http2.responseWriter` since Go 1.27) and `status` in the writer state —
+//! and the hash Go stores in the itab of that writer's dynamic type, which the kernel compares
+//! before reading through a `ResponseWriter`. The fields are unexported, so the table takes them
+//! from a live HTTP/2 request in the generator (reflection, checked by reading back a status it
+//! wrote); DWARF, where present, gives the two offsets of the binary itself. The hash is the
+//! compiler's hash of the type's name, the same for every binary of a Go minor: it always comes
+//! from the table. Without them HTTP/2 responses are counted `unobserved_protocol`.
 
 use std::{
     fs::File,
@@ -55,7 +65,34 @@ pub struct GoOffsets {
     pub request_proto_major: u32,
     /// `net/url.URL.Path`: a string.
     pub url_path: u32,
+    /// net/http's HTTP/2 writer; `None` when its layout is not known for this binary.
+    pub http2: Option<Http2Offsets>,
 }
+
+/// Where net/http's own HTTP/2 server keeps a response's status (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Offsets {
+    /// `itab.hash` of the `ResponseWriter`'s dynamic type when it is net/http's HTTP/2 writer;
+    /// 0 when unknown (DWARF gives the offsets, the table the hash).
+    pub writer_hash: u32,
+    /// Offset of `rws` (`*responseWriterState`) in the writer struct.
+    pub writer_rws: u32,
+    /// Offset of `status` (`int`) in the writer state.
+    pub rws_status: u32,
+}
+
+/// net/http's HTTP/2 writer and writer state, as DWARF names them: the bundled copy up to Go
+/// 1.26, `net/http/internal/http2` since Go 1.27.
+const H2_STRUCTS: [(&str, &str); 2] = [
+    (
+        "net/http.http2responseWriter",
+        "net/http.http2responseWriterState",
+    ),
+    (
+        "net/http/internal/http2.responseWriter",
+        "net/http/internal/http2.responseWriterState",
+    ),
+];
 
 /// Where [`offsets_for`] found the offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +177,16 @@ pub fn offsets_for(bin: &GoBinary) -> Result<(GoOffsets, OffsetsSource), Offsets
                 ))),
             });
         }
+        // The writer's type hash is the table's (the compiler's hash of its name, per minor).
+        let mut offsets = offsets;
+        offsets.http2 = offsets.http2.and_then(|h| {
+            let (row, _) = from_table(&bin.go_version).ok()?;
+            let hash = row.http2?.writer_hash;
+            Some(Http2Offsets {
+                writer_hash: hash,
+                ..h
+            })
+        });
         return Ok((offsets, OffsetsSource::Dwarf));
     }
     let (offsets, version) = from_table(&bin.go_version)?;
@@ -237,17 +284,25 @@ fn dwarf_offsets(elf: &Elf) -> Result<Option<GoOffsets>, OffsetsError> {
     }
     let loaded = gimli::DwarfSections::load(|id| sections.load(id))?;
     let dwarf = loaded.borrow(|s| EndianSlice::new(s, LittleEndian));
-    let mut structs = find_structs(
+    let mut structs = find_structs_optional(
         &dwarf,
         &[
             (REQUEST, &["Method", "URL", "ProtoMajor", "Pattern"]),
             (URL, &["Path"]),
+            (H2_STRUCTS[0].0, &["rws"]),
+            (H2_STRUCTS[0].1, &["status"]),
+            (H2_STRUCTS[1].0, &["rws"]),
+            (H2_STRUCTS[1].1, &["status"]),
         ],
     )?
     .into_iter();
-    let (Some(req), Some(url)) = (structs.next(), structs.next()) else {
-        return Err(OffsetsError::DwarfLayout("struct lookup".into()));
+    let (Some(Some(req)), Some(Some(url))) = (structs.next(), structs.next()) else {
+        return Err(OffsetsError::DwarfLayout(format!(
+            "no struct {REQUEST} or {URL}"
+        )));
     };
+    // A binary built without HTTP/2 (the nethttpomithttp2 tag) has neither pair.
+    let h2: Vec<Option<StructInfo>> = structs.collect();
 
     let field = |s: &StructInfo, name: &str, ty: &str, size: u64| -> Result<u32, OffsetsError> {
         let m =
@@ -278,12 +333,23 @@ fn dwarf_offsets(elf: &Elf) -> Result<Option<GoOffsets>, OffsetsError> {
     } else {
         None
     };
+    let mut http2 = None;
+    for (pair, (_, state_name)) in h2.chunks(2).zip(H2_STRUCTS) {
+        if let [Some(writer), Some(state)] = pair {
+            http2 = Some(Http2Offsets {
+                writer_hash: 0,
+                writer_rws: field(writer, "rws", &format!("*{state_name}"), 8)?,
+                rws_status: field(state, "status", "int", 8)?,
+            });
+        }
+    }
     Ok(Some(GoOffsets {
         request_method: field(&req, "Method", "string", 16)?,
         request_url: field(&req, "URL", "*net/url.URL", 8)?,
         request_pattern: pattern,
         request_proto_major: field(&req, "ProtoMajor", "int", 8)?,
         url_path: field(&url, "Path", "string", 16)?,
+        http2,
     }))
 }
 
@@ -425,6 +491,20 @@ fn find_structs(
     dwarf: &gimli::Dwarf<Reader<'_>>,
     specs: &[StructSpec<'_>],
 ) -> Result<Vec<StructInfo>, OffsetsError> {
+    find_structs_optional(dwarf, specs)?
+        .into_iter()
+        .zip(specs)
+        .map(|(f, (name, _))| {
+            f.ok_or_else(|| OffsetsError::DwarfLayout(format!("no struct {name}")))
+        })
+        .collect()
+}
+
+/// [`find_structs`], with `None` for a struct the DWARF does not define.
+fn find_structs_optional(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    specs: &[StructSpec<'_>],
+) -> Result<Vec<Option<StructInfo>>, OffsetsError> {
     let mut found: Vec<Option<StructInfo>> = specs.iter().map(|_| None).collect();
     let mut units = dwarf.units();
     while let Some(header) = units.next()? {
@@ -487,13 +567,7 @@ fn find_structs(
             merge(&mut found[i], done)?;
         }
     }
-    found
-        .into_iter()
-        .zip(specs)
-        .map(|(f, (name, _))| {
-            f.ok_or_else(|| OffsetsError::DwarfLayout(format!("no struct {name}")))
-        })
-        .collect()
+    Ok(found)
 }
 
 fn merge(found: &mut Option<StructInfo>, new: StructInfo) -> Result<(), OffsetsError> {
@@ -590,6 +664,32 @@ struct TableRow {
     request_size: u32,
     url_path: u32,
     url_size: u32,
+    /// net/http's HTTP/2 writer (`Http2Offsets`): all three or none (a row generated before
+    /// they were added).
+    #[serde(default)]
+    h2_writer_hash: Option<u32>,
+    #[serde(default)]
+    h2_writer_rws: Option<u32>,
+    #[serde(default)]
+    h2_rws_status: Option<u32>,
+}
+
+impl TableRow {
+    fn http2(&self) -> Result<Option<Http2Offsets>, String> {
+        match (self.h2_writer_hash, self.h2_writer_rws, self.h2_rws_status) {
+            (None, None, None) => Ok(None),
+            (Some(hash), Some(rws), Some(status))
+                if hash != 0 && rws % 8 == 0 && status % 8 == 0 =>
+            {
+                Ok(Some(Http2Offsets {
+                    writer_hash: hash,
+                    writer_rws: rws,
+                    rws_status: status,
+                }))
+            }
+            _ => Err(format!("row {}: inconsistent h2_* fields", self.minor)),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -625,6 +725,7 @@ fn parse_table(json: &str) -> Result<Vec<TableRow>, String> {
         if !ok {
             return Err(format!("row {} is inconsistent", r.minor));
         }
+        r.http2()?;
         if parse_minor(&format!("go{}", r.minor)).is_none()
             || parse_minor(&r.generated_with).map(|(a, b)| format!("{a}.{b}"))
                 != Some(r.minor.clone())
@@ -661,6 +762,7 @@ pub fn from_table(go_version: &str) -> Result<(GoOffsets, &'static str), Offsets
             request_pattern: row.request_pattern,
             request_proto_major: row.request_proto_major,
             url_path: row.url_path,
+            http2: row.http2().map_err(OffsetsError::Table)?,
         },
         row.generated_with.as_str(),
     ))
@@ -722,6 +824,28 @@ mod tests {
             assert!(parse_table(&row(&bad)).is_err(), "{bad}");
         }
         assert!(parse_table(&row(good).replace("go1.23.9", "go1.24.1")).is_err());
+        // net/http's HTTP/2 writer: all three fields or none; a zero hash would read as
+        // "unknown" in the kernel.
+        let h2 = format!(
+            r#"{good}, "h2_writer_hash": 1085964447, "h2_writer_rws": 0, "h2_rws_status": 72"#
+        );
+        let rows = parse_table(&row(&h2)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            rows[0].http2(),
+            Ok(Some(Http2Offsets {
+                writer_hash: 1085964447,
+                writer_rws: 0,
+                rws_status: 72
+            }))
+        );
+        assert_eq!(parse_table(&row(good)).map(|r| r[0].http2()), Ok(Ok(None)));
+        for bad in [
+            format!(r#"{good}, "h2_writer_hash": 1085964447"#),
+            h2.replace("1085964447", "0"),
+            h2.replace(": 72", ": 73"),
+        ] {
+            assert!(parse_table(&row(&bad)).is_err(), "{bad}");
+        }
         assert!(parse_table(&row(good).replace("amd64", "arm64")).is_err());
         assert!(parse_table("[]").is_err());
     }

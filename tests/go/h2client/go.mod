@@ -1,0 +1,3 @@
+module example.invalid/collector/h2client
+
+go 1.24
