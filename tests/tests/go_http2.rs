@@ -536,3 +536,80 @@ async fn guest_h2c_statuses_and_panics_on_this_kernel() {
     }
     running.shutdown().await;
 }
+
+/// The default request source, the socket parser (HTTP/1.x only), next to an h2c listener that
+/// also serves HTTP/1.1: the HTTP/1.1 requests are counted exactly, the HTTP/2 connections
+/// (preface `PRI * HTTP/2.0`) are neither counted, nor charged as lost, nor left as aborted
+/// requests. Catches a parser that takes the preface for a request line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_parser_leaves_h2c_connections_alone() {
+    require_root();
+    let fixtures = go_fixtures();
+    let (_, _, path) = fixtures
+        .iter()
+        .filter(|(_, variant, _)| variant == "default")
+        .max_by_key(|(v, ..)| go_minor(v))
+        .expect("fixtures");
+    let client = h2client();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    assert!(config.http.socket && !config.http.uprobes, "the defaults");
+    let running = app::start(config).await.expect("collector starts");
+    let prefix = unique_prefix("h2w");
+    let cgroup = HostCgroup::create(&prefix, "h2c").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = cgroup.spawn_announced(path, &["-listen", "127.0.0.1:0", "-h2c"], "listening on ");
+    // The parser follows connections from their first request line: nothing to wait for.
+    let seen = run_client(&client, server.addr, true);
+    assert_eq!(seen.len() as u64, MIX.iter().map(|m| m.3).sum::<u64>());
+    for _ in 0..2 {
+        assert_eq!(http1(server.addr, "/ok"), Some(200), "HTTP/1.1");
+    }
+    // More HTTP/2 after the HTTP/1.1: a connection the parser wrongly followed would only now
+    // show its requests as aborted or lost, when it closes.
+    run_client(&client, server.addr, true);
+    drop(server);
+    // A marker after everything closed: a request to a new server of the same workload. The
+    // kernel charges a connection's leftovers when it closes, before the marker is answered,
+    // and a harvest reads every counter at once: once the marker is counted, so is the rest.
+    let marker = cgroup.spawn_announced(path, &["-listen", "127.0.0.1:0"], "listening on ");
+    assert_eq!(http1(marker.addr, "/ok"), Some(200), "marker");
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    let text = wait_until_ok_blocking(DEADLINE, POLL, "HTTP/1.1 and the marker counted", || {
+        let text = scrape(running.addr);
+        match metric_sum(&text, "collector_http_requests_total", &w) {
+            Some(t) if t >= 3.0 => Ok(text),
+            t => Err(format!("{t:?} of 3")),
+        }
+    });
+    let outcome = |o: &str| {
+        metric_sum(
+            &text,
+            "collector_http_requests_total",
+            &[w[0], w[1], ("outcome", o)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    assert_eq!(
+        [
+            "2xx",
+            "4xx",
+            "5xx",
+            "panic",
+            "aborted",
+            "unobserved_protocol"
+        ]
+        .map(outcome),
+        [3, 0, 0, 0, 0, 0],
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "collector_http_requests_lost_total", &w),
+        None,
+        "nothing charged as lost\n{text}"
+    );
+    running.shutdown().await;
+}
