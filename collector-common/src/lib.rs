@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod maps;
 pub mod process;
+pub mod router;
 pub mod tcp;
 
 /// Compile-time layout check used by every ABI type: size and 8-byte alignment (the ring

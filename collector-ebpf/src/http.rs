@@ -564,6 +564,14 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
         (*ev).method = [0; METHOD_MAX];
         (*ev).method_len =
             read_go_string(m_ptr, m_len, (*ev).method.as_mut_ptr(), METHOD_MAX) as u8;
+        // A router's template (gin, echo, chi, gorilla/mux) when its probe saw one for this
+        // request; else ServeMux's pattern; else the path.
+        if let Some((n, cut)) = crate::router::take(k, entry, (*ev).route.as_mut_ptr()) {
+            (*ev).route_len = n;
+            (*ev).flags = f | flags::PATTERN | if cut { flags::TRUNCATED } else { 0 };
+            slot.submit(crate::emit::record_wake_flags());
+            return;
+        }
         let mut r_ptr = 0;
         let mut r_len = 0;
         if off.request_pattern != 0 {

@@ -35,6 +35,7 @@ mod http;
 mod http_wire;
 mod klog;
 mod maps;
+mod router;
 mod sock;
 mod tcp;
 

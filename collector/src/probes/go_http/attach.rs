@@ -37,12 +37,14 @@ use aya::{
 use collector_common::{
     http::{GoHttpOffsets, Inflight, InflightKey},
     maps::{HTTP_INFLIGHT_SERVERS, HTTP_OFFSETS_SLOTS},
+    router::{ROUTER_SPECS, ROUTER_SPECS_SLOTS, RouterSpec},
 };
 use tracing::{debug, info, warn};
 
 use super::{
     GoBinary, analyze_file,
     offsets::{OffsetsError, offsets_for},
+    routers,
 };
 use crate::export::{Metrics, prometheus::ReasonLabels};
 
@@ -182,6 +184,9 @@ pub struct GoHttpProbes {
     inflight: BpfHashMap<MapData, InflightKey, Inflight>,
     /// tgid → its entries in `inflight` (the per-server budget), kept by the kernel.
     servers: BpfHashMap<MapData, u32, i64>,
+    /// Route templates of Go routers (`routers`): `None` when the program did not load (the
+    /// requests keep their paths).
+    routers: Option<RouterProbes>,
     /// `GoHttpOffsets::valid` of the next slot filled: never 0, never reused soon, so a request
     /// that outlives its slot's binary is recognised in the kernel.
     generation: u32,
@@ -253,6 +258,13 @@ impl GoHttpProbes {
                 source,
             })?
         };
+        let routers = match RouterProbes::new(&ebpf, multi) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(error = %e, "router template uprobe not loaded: Go routers' requests keep their paths");
+                None
+            }
+        };
         info!(multi, "Go net/http uprobes loaded");
         let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
         let reaper = std::thread::spawn(move || {
@@ -267,6 +279,7 @@ impl GoHttpProbes {
             offsets,
             inflight,
             servers,
+            routers,
             generation: 1,
             files: HashMap::new(),
             free_slots: (0..HTTP_OFFSETS_SLOTS).rev().collect(),
@@ -475,6 +488,9 @@ impl GoHttpProbes {
                 }
             }
         }
+        if let Some(r) = self.routers.as_mut() {
+            r.attach(&mut ebpf, &bin, &target, pid, &mut links);
+        }
         drop(ebpf);
         let points: usize = points.iter().map(Vec::len).sum();
         info!(pid, exe = %bin.path.display(), go = %bin.go_version, offsets = ?source, points, attach = ?t.elapsed(), http2 = %http2, "Go net/http server instrumented");
@@ -545,6 +561,9 @@ impl GoHttpProbes {
                 drop(ebpf);
                 self.reap(taken);
                 self.release(slot);
+                if let Some(r) = self.routers.as_mut() {
+                    r.release(id);
+                }
                 info!(exe = %path.display(), "last process gone: Go net/http uprobes detached");
             }
         }
@@ -748,5 +767,127 @@ mod tests {
         );
         assert_eq!(process_start_ns(&dir, 43, 100), None, "no such process");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The router template probe (`routers`) and its slots in `ROUTER_SPECS`.
+struct RouterProbes {
+    prog: &'static str,
+    specs: Array<MapData, RouterSpec>,
+    free: Vec<u32>,
+    /// Slots in use, by the (st_dev, st_ino) of the file whose routers they describe.
+    by_file: HashMap<(u64, u64), Vec<u32>>,
+    /// `RouterSpec::valid` of the next slot filled (as `GoHttpProbes::generation`).
+    generation: u32,
+}
+
+impl RouterProbes {
+    fn new(ebpf: &Arc<Mutex<Ebpf>>, multi: bool) -> Result<Self, AttachError> {
+        let prog = if multi {
+            "router_probe_m"
+        } else {
+            "router_probe"
+        };
+        let mut e = ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let p: &mut UProbe = e
+            .program_mut(prog)
+            .ok_or(AttachError::MissingProgram { prog })?
+            .try_into()
+            .map_err(|source| AttachError::Load { prog, source })?;
+        p.load()
+            .map_err(|source| AttachError::Load { prog, source })?;
+        let map = e
+            .take_map(ROUTER_SPECS)
+            .ok_or(AttachError::MissingMap { map: ROUTER_SPECS })?;
+        let specs = Array::try_from(map).map_err(|source| AttachError::Map {
+            map: ROUTER_SPECS,
+            source,
+        })?;
+        Ok(Self {
+            prog,
+            specs,
+            free: (0..ROUTER_SPECS_SLOTS).rev().collect(),
+            by_file: HashMap::new(),
+            generation: 1,
+        })
+    }
+
+    /// Probes every router `bin` links whose template can be found; the links join the
+    /// binary's (`links`) and are detached with them. A router that cannot be probed is
+    /// logged and left out: its requests keep their paths.
+    fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        bin: &GoBinary,
+        target: &Path,
+        pid: u32,
+        links: &mut Vec<(&'static str, UProbeLinkId)>,
+    ) {
+        for router in routers::present(bin) {
+            let not_probed = |e: &dyn std::fmt::Display| {
+                warn!(pid, router = router.name, error = %e, "Go router not probed: its requests keep their paths");
+            };
+            let (mut spec, source) = match routers::spec_for(bin, router) {
+                Ok(s) => s,
+                Err(e) => {
+                    not_probed(&e);
+                    continue;
+                }
+            };
+            let offsets = match bin.probe_points(router.function) {
+                Ok(p) => match router.point {
+                    routers::Point::Entry => vec![p.entry_file_offset],
+                    routers::Point::Returns => p.ret_file_offsets,
+                },
+                Err(e) => {
+                    not_probed(&e);
+                    continue;
+                }
+            };
+            let Some(slot) = self.free.pop() else {
+                not_probed(&"every ROUTER_SPECS slot is in use");
+                continue;
+            };
+            spec.valid = self.generation;
+            self.generation = self.generation.checked_add(1).unwrap_or(1);
+            if let Err(e) = self.specs.set(slot, &spec, 0) {
+                self.free.push(slot);
+                not_probed(&e);
+                continue;
+            }
+            let points = offsets.iter().map(|o| UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(*o),
+                cookie: Some(u64::from(slot)),
+            });
+            let result = match ebpf.program_mut(self.prog).map(<&mut UProbe>::try_from) {
+                Some(Ok(p)) => p
+                    .attach(points, target, UProbeScope::AllProcesses)
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!("{} missing", self.prog)),
+            };
+            match result {
+                Ok(link) => {
+                    links.push((self.prog, link));
+                    self.by_file
+                        .entry((bin.dev, bin.ino))
+                        .or_default()
+                        .push(slot);
+                    info!(pid, router = router.name, source = ?source, points = offsets.len(), "Go router probed for route templates");
+                }
+                Err(e) => {
+                    let _ = self.specs.set(slot, &RouterSpec::default(), 0);
+                    self.free.push(slot);
+                    not_probed(&e);
+                }
+            }
+        }
+    }
+
+    /// Empties the slots of a file whose links were dropped.
+    fn release(&mut self, file: (u64, u64)) {
+        for slot in self.by_file.remove(&file).unwrap_or_default() {
+            let _ = self.specs.set(slot, &RouterSpec::default(), 0);
+            self.free.push(slot);
+        }
     }
 }

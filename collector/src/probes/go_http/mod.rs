@@ -19,6 +19,7 @@ pub mod elf;
 pub mod offsets;
 pub mod pclntab;
 pub mod ret_scan;
+pub mod routers;
 
 use std::{io, path::PathBuf};
 

@@ -1,0 +1,327 @@
+//! Route templates of Go routers (gin, echo v4 and v5, chi v1 and v5, gorilla/mux) through
+//! the net/http uprobes: servers built from the real modules (tests/go/routers: the newest
+//! releases with the newest Go, older ones — and each router's older major — with the oldest
+//! Go), default, stripped and PIE; exact counts per (method, route template, status) against
+//! what the client sent, over fresh, keep-alive and concurrent connections.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use collector::{app, config::Config};
+use integration_tests::*;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(200);
+/// Clients at once, each with its own keep-alive connection: routers pool their per-request
+/// contexts, so contexts pass from one request to the next while others are in flight.
+const CONCURRENT: usize = 8;
+
+/// (set, variant, server) from tests/go/routers/build.sh.
+fn fixtures() -> Vec<(String, String, PathBuf)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/routers/build.sh");
+    let out = Command::new(script)
+        .output()
+        .expect("run tests/go/routers/build.sh");
+    assert!(
+        out.status.success(),
+        "building router fixtures (needs `WITH_GO=1 scripts/bootstrap.sh`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((
+                it.next()?.to_owned(),
+                it.next()?.to_owned(),
+                PathBuf::from(it.next()?),
+            ))
+        })
+        .collect()
+}
+
+/// A router of the test server (`-router`), and the templates it registered for the server's
+/// routes, in its own syntax.
+struct Case {
+    router: &'static str,
+    /// Only in the set built with the newest modules (echo v5 needs Go ≥ 1.25).
+    new_only: bool,
+    /// `/users/{id}`, `/users/{id}/orders`, `/api/v1/items/{name}`, `/boom/{n}`, `/quiet/{id}`.
+    templates: [&'static str; 5],
+}
+
+const COLON: [&str; 5] = [
+    "/users/:id",
+    "/users/:id/orders",
+    "/api/v1/items/:name",
+    "/boom/:n",
+    "/quiet/:id",
+];
+const BRACES: [&str; 5] = [
+    "/users/{id}",
+    "/users/{id}/orders",
+    "/api/v1/items/{name}",
+    "/boom/{n}",
+    "/quiet/{id}",
+];
+
+const CASES: [Case; 6] = [
+    Case {
+        router: "gin",
+        new_only: false,
+        templates: COLON,
+    },
+    Case {
+        router: "echo4",
+        new_only: false,
+        templates: COLON,
+    },
+    Case {
+        router: "echo5",
+        new_only: true,
+        templates: COLON,
+    },
+    Case {
+        router: "chi",
+        new_only: false,
+        templates: BRACES,
+    },
+    Case {
+        router: "chi1",
+        new_only: false,
+        templates: BRACES,
+    },
+    Case {
+        router: "gorilla",
+        new_only: false,
+        templates: BRACES,
+    },
+];
+
+/// A request of the mix: method, path, the index of its template (None: no route matches,
+/// the path is normalised), status.
+type Req = (&'static str, &'static str, Option<usize>, u16);
+
+const MIX: [Req; 12] = [
+    ("GET", "/users/1", Some(0), 200),
+    ("GET", "/users/abc", Some(0), 200),
+    ("GET", "/users/12345678", Some(0), 200),
+    ("POST", "/users/7/orders", Some(1), 201),
+    ("POST", "/users/x/orders", Some(1), 201),
+    ("GET", "/api/v1/items/x", Some(2), 200),
+    ("GET", "/api/v1/items/y", Some(2), 200),
+    ("GET", "/boom/1", Some(3), 500),
+    ("GET", "/boom/zz", Some(3), 500),
+    ("GET", "/quiet/5", Some(4), 200),
+    ("GET", "/quiet/q", Some(4), 200),
+    ("GET", "/nowhere/123", None, 404),
+];
+
+fn read_response(r: &mut BufReader<TcpStream>) -> u16 {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line {line:?}"));
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header");
+        if h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).expect("body");
+    status
+}
+
+/// Requests one after the other on one keep-alive connection; returns their statuses.
+fn keep_alive(addr: SocketAddr, requests: &[Req]) -> Vec<u16> {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    requests
+        .iter()
+        .map(|(method, path, ..)| {
+            write!(
+                w,
+                "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
+            )
+            .expect("write");
+            read_response(&mut r)
+        })
+        .collect()
+}
+
+async fn start_collector() -> app::Running {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    config.http.socket = false;
+    config.http.uprobes = true;
+    app::start(config).await.expect("collector starts")
+}
+
+fn instrumented(addr: SocketAddr, pid: u32) -> bool {
+    let mut s = TcpStream::connect(addr).expect("collector");
+    write!(s, "GET /v1/go-http HTTP/1.0\r\n\r\n").expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).expect("read");
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v.as_array().into_iter().flatten().any(|e| {
+        e["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p.as_u64() == Some(u64::from(pid)))
+            && e["reason"].is_null()
+    })
+}
+
+/// Bug caught, for each router: its requests labelled with the normalised path
+/// (`/users/{id}` for `/users/1` but `/users/abc` for `/users/abc`, no `:id`), i.e. no
+/// template read (probe not attached, wrong function, wrong register or offset for that
+/// version or build); a template taken from another request (a pooled context read after it
+/// was reused: the concurrent part); a mounted router's pattern joined wrongly
+/// (`/api/v1/*/items/{name}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_templates_are_the_routes_of_every_router_version_and_build() {
+    require_root();
+    // RUST_LOG=info shows what discovery probed and why a router was left out.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let fixtures = fixtures();
+    assert_eq!(fixtures.len(), 6, "2 module sets × 3 variants");
+    let running = start_collector().await;
+    let prefix = unique_prefix("rt");
+    let mut checked = 0;
+    for (i, (set, variant, path)) in fixtures.iter().enumerate() {
+        for (j, case) in CASES.iter().enumerate() {
+            if case.new_only && set != "new" {
+                continue;
+            }
+            let name = format!("{set}-{variant}-{}", case.router);
+            let cgroup = HostCgroup::create(&prefix, &format!("{i}-{j}")).expect("cgroup");
+            let workload = cgroup.workload();
+            let server = cgroup.spawn_announced(
+                path,
+                &["-listen", "127.0.0.1:0", "-router", case.router],
+                "listening on ",
+            );
+            let pid = server.child.id();
+            wait_until_ok_blocking(
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                &format!("{name} instrumented"),
+                || {
+                    if instrumented(running.addr, pid) {
+                        Ok(())
+                    } else {
+                        Err(format!("pid {pid} not listed"))
+                    }
+                },
+            );
+            let mut expected: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+            let mut expect = |reqs: &[Req], got: &[u16]| {
+                for ((method, path, tpl, status), got) in reqs.iter().zip(got) {
+                    assert_eq!(got, status, "{name}: {method} {path}");
+                    let route = match tpl {
+                        Some(t) => case.templates[*t].to_string(),
+                        None => "/nowhere/{id}".to_string(),
+                    };
+                    *expected
+                        .entry((method.to_string(), route, status.to_string()))
+                        .or_default() += 1;
+                }
+            };
+            // Each request on a fresh connection.
+            for r in &MIX {
+                let got = keep_alive(server.addr, std::slice::from_ref(r));
+                expect(std::slice::from_ref(r), &got);
+            }
+            // Keep-alive: the connection's goroutine serves them all.
+            expect(&MIX, &keep_alive(server.addr, &MIX));
+            // Concurrent keep-alive clients, each the mix rotated.
+            let clients: Vec<_> = (0..CONCURRENT)
+                .map(|k| {
+                    let addr = server.addr;
+                    let mut reqs = MIX.to_vec();
+                    reqs.rotate_left(k % MIX.len());
+                    std::thread::spawn(move || {
+                        let got = keep_alive(addr, &reqs);
+                        (reqs, got)
+                    })
+                })
+                .collect();
+            for c in clients {
+                let (reqs, got) = c.join().expect("client");
+                expect(&reqs, &got);
+            }
+            let want: u64 = expected.values().sum();
+            let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+            let text = wait_until_ok_blocking(DEADLINE, POLL, &format!("{name}: counted"), || {
+                let text = scrape(running.addr);
+                let total =
+                    metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+                let records = metric_sum(&text, "http_server_request_duration_seconds_count", &w)
+                    .unwrap_or(0.0) as u64;
+                if total == want && records == want {
+                    Ok(text)
+                } else {
+                    Err(format!("exact {total}/{want}, records {records}/{want}"))
+                }
+            });
+            let mut got: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+            for ((method, route, code), _) in &expected {
+                let labels = [
+                    w[0],
+                    w[1],
+                    ("method", method.as_str()),
+                    ("route", route.as_str()),
+                    ("status_code", code.as_str()),
+                ];
+                let n = metric_sum(&text, "http_server_request_duration_seconds_count", &labels)
+                    .unwrap_or(0.0) as u64;
+                got.insert((method.clone(), route.clone(), code.clone()), n);
+            }
+            assert_eq!(
+                got,
+                expected,
+                "{name}: per (method, route, status)\n{}",
+                text.lines()
+                    .filter(
+                        |l| l.starts_with("http_server_request_duration_seconds_count")
+                            && l.contains(workload.as_str())
+                    )
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            eprintln!("{name}: {want} requests, every template exact");
+            checked += 1;
+            drop(server);
+        }
+    }
+    assert_eq!(checked, 3 * 6 + 3 * 5, "router × build cases");
+    running.shutdown().await;
+}
