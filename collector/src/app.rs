@@ -255,7 +255,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let ebpf = Arc::new(Mutex::new(ebpf));
     let go_http = if config.http.uprobes {
         match GoHttpProbes::new(ebpf.clone(), go_offsets, go_inflight, metrics.clone()) {
-            Ok(p) => Some(p),
+            Ok(mut p) => {
+                if !config.http.router_templates {
+                    p.without_router_templates();
+                }
+                Some(p)
+            }
             Err(e) => {
                 warn!(error = %e, "Go net/http instrumentation unavailable");
                 None

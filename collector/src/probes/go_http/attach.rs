@@ -294,6 +294,11 @@ impl GoHttpProbes {
         })
     }
 
+    /// Route templates off (`--no-go-router-templates`): Go routers are not probed.
+    pub fn without_router_templates(&mut self) {
+        self.routers = None;
+    }
+
     pub fn instrumented(&self) -> Vec<Instrumented> {
         let mut out: Vec<_> = self
             .files
