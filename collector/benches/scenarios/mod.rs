@@ -401,9 +401,16 @@ impl Aggregation {
 
     /// Per-record work: every record through `Aggregator::on_event` (measured).
     pub fn feed(&mut self, events: Vec<Event>) {
-        for ev in events {
+        // Batches as the reader sends them (`events::batch::BATCH_BYTES` of records), each
+        // ended as `Aggregator::run` ends it: the verdict inputs handed over.
+        let per_batch = collector::events::batch::BATCH_BYTES / (4 + size_of::<HttpEvent>());
+        for (i, ev) in events.into_iter().enumerate() {
             self.agg.on_event(ev, self.now);
+            if (i + 1) % per_batch == 0 {
+                self.agg.end_batch(self.now);
+            }
         }
+        self.agg.end_batch(self.now);
     }
 
     /// Next cumulative kernel counters: every key sent something; half of them serve HTTP

@@ -72,12 +72,20 @@ impl<'a> Iterator for Records<'a> {
 /// received (by kind) or rejected (by reason, and lost), as the reader did when it decoded.
 pub fn decode_batch(batch: &RecordBatch, metrics: &Metrics, mut on_event: impl FnMut(Event)) {
     let m = &metrics.collector;
+    // Counted per kind once per batch, not per record (a label-set lookup each).
+    let mut received = [0u64; 4];
+    let mut kinds = [""; 4];
     for record in batch.records() {
         match decode(record) {
             Ok(event) => {
-                m.events_received
-                    .get_or_create(&KindLabels { kind: event.kind() })
-                    .inc();
+                let i = match &event {
+                    Event::Http(_) => 0,
+                    Event::Grpc(_) => 1,
+                    Event::Process { .. } => 2,
+                    Event::Exec { .. } => 3,
+                };
+                received[i] += 1;
+                kinds[i] = event.kind();
                 on_event(event);
             }
             Err(e) => {
@@ -87,6 +95,13 @@ pub fn decode_batch(batch: &RecordBatch, metrics: &Metrics, mut on_event: impl F
                 m.records_lost.fetch_add(1, Ordering::Relaxed);
                 debug!(error = %e, "ring-buffer record rejected");
             }
+        }
+    }
+    for (kind, n) in kinds.into_iter().zip(received) {
+        if n > 0 {
+            m.events_received
+                .get_or_create(&KindLabels { kind })
+                .inc_by(n);
         }
     }
 }

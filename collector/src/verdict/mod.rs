@@ -113,6 +113,16 @@ pub struct Snapshot {
 
 pub type SharedVerdicts = Arc<RwLock<Snapshot>>;
 
+/// One per-request record's verdict input (`Engine::on_requests`).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInput {
+    /// A probe path: counted apart from real traffic.
+    pub probe: bool,
+    /// None: panic, aborted or unobserved.
+    pub status: Option<u16>,
+    pub duration: Duration,
+}
+
 /// One harvest's exact HTTP counters of a workload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpDelta {
@@ -201,6 +211,12 @@ impl Engine {
 
     fn entry(&mut self, w: &WorkloadLabels, now: Instant) -> (&mut Entry, u64) {
         let epoch = self.epoch(now).max(self.open);
+        // Looked up before `entry`: that takes an owned key, a clone of four strings, on every
+        // call, and the workload is almost always there.
+        if self.entries.contains_key(w) {
+            let entry = self.entries.get_mut(w).expect("checked above");
+            return (entry, epoch);
+        }
         let entry = self.entries.entry(w.clone()).or_insert_with(|| Entry {
             series: Series::default(),
             tracker: Tracker::default(),
@@ -241,25 +257,43 @@ impl Engine {
         duration: Duration,
         now: Instant,
     ) {
+        self.on_requests(
+            w,
+            &[RequestInput {
+                probe,
+                status,
+                duration,
+            }],
+            now,
+        );
+    }
+
+    /// Per-request records of one workload, as the aggregator gathers them per batch: one
+    /// workload lookup for all of them.
+    pub fn on_requests(&mut self, w: &WorkloadLabels, requests: &[RequestInput], now: Instant) {
+        if requests.is_empty() {
+            return;
+        }
         let thresholds = self.config.rules.latency_thresholds_ms();
-        let b = self.bucket(w, now);
-        if probe {
-            b.probe_records += 1;
-            if !status.is_some_and(|s| (200..300).contains(&s)) {
-                b.probe_bad_records += 1;
+        let (entry, epoch) = self.entry(w, now);
+        entry.http_seen = true;
+        let b = entry.series.at(epoch);
+        for r in requests {
+            if r.probe {
+                b.probe_records += 1;
+                if !r.status.is_some_and(|s| (200..300).contains(&s)) {
+                    b.probe_bad_records += 1;
+                }
+                if r.status.is_some_and(|s| s >= 500) {
+                    b.probe_5xx_records += 1;
+                }
+                continue;
             }
-            if status.is_some_and(|s| s >= 500) {
-                b.probe_5xx_records += 1;
-            }
-        } else {
-            b.latency.observe(duration);
-            let ms = duration.as_secs_f64() * 1e3;
+            b.latency.observe(r.duration);
+            let ms = r.duration.as_secs_f64() * 1e3;
             for (slow, t) in b.slow.iter_mut().zip(thresholds) {
                 *slow += u64::from(ms > t);
             }
-        }
-        if let Some(e) = self.entries.get_mut(w) {
-            e.http_seen = true;
         }
     }
 
