@@ -39,7 +39,7 @@ use crate::{
     probes::{
         AttachReport, ProbeSet, btf,
         go_grpc::{self, attach::GoGrpcProbes},
-        go_http::attach::{GoHttpProbes, Instrumented},
+        go_http::{attach::GoHttpProbes, listing::GoServer},
         http_wire,
         offsets::Prepared,
         tracefs,
@@ -474,12 +474,12 @@ fn fan_out_exec(
 fn spawn_discovery(
     mut probes: GoHttpProbes,
     exec_rx: std::sync::mpsc::Receiver<u32>,
-    state: Arc<Mutex<Vec<Instrumented>>>,
+    state: Arc<Mutex<Vec<GoServer>>>,
 ) -> std::thread::JoinHandle<()> {
     use std::sync::mpsc::RecvTimeoutError;
     std::thread::spawn(move || {
         let publish =
-            |p: &GoHttpProbes| *state.lock().unwrap_or_else(|e| e.into_inner()) = p.instrumented();
+            |p: &GoHttpProbes| *state.lock().unwrap_or_else(|e| e.into_inner()) = p.servers();
         probes.rescan(std::time::Instant::now());
         publish(&probes);
         let mut last_scan = std::time::Instant::now();

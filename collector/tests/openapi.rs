@@ -9,6 +9,7 @@ use std::{
 };
 
 use collector::kubernetes::{Kubernetes, KubernetesConfig};
+use collector::probes::go_http::listing::{GoServer, SkipReason, Skipped};
 use collector::{
     api::{self, ApiState},
     export::{Metrics, prometheus::WorkloadLabels},
@@ -246,7 +247,15 @@ fn every_documented_response_is_served_and_every_route_documented() {
     let mut state = ApiState {
         metrics: Arc::new(Metrics::new(100)),
         probes: Arc::new(Vec::new()),
-        go_http: Arc::new(Mutex::new(Vec::new())),
+        // A skipped Go server: the instrumented shape is produced by the root tests.
+        go_http: Arc::new(Mutex::new(vec![GoServer::Skipped(Skipped {
+            path: "/usr/bin/prometheus".into(),
+            go_version: Some("go1.19.8".into()),
+            pids: vec![42],
+            instrumented: false,
+            reason: SkipReason::NoOffsets,
+            detail: "no DWARF, and the offsets table has no row for Go 1.19".into(),
+        })])),
         verdicts: engine.shared(),
         readiness_fail_on: Arc::new(vec![State::Unhealthy]),
         kubernetes: None,

@@ -238,7 +238,8 @@ async fn start_collector() -> app::Running {
     app::start(config).await.expect("collector starts")
 }
 
-/// Waits until Go discovery lists `pid` as instrumented.
+/// Waits until Go discovery lists `pid` as instrumented (`/v1/go-http` lists skipped servers
+/// too, with `instrumented: false`).
 fn wait_instrumented(addr: SocketAddr, pid: u32, within: Duration, what: impl AsRef<str>) {
     wait_until_ok_blocking(within, Duration::from_millis(20), what.as_ref(), || {
         let (found, body) = instrumented(addr, pid);
@@ -261,11 +262,12 @@ fn instrumented(addr: SocketAddr, pid: u32) -> (bool, String) {
         .unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     let found = v.as_array().into_iter().flatten().any(|e| {
-        e["pids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p.as_u64() == Some(u64::from(pid)))
+        e["instrumented"] == true
+            && e["pids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.as_u64() == Some(u64::from(pid)))
     });
     (found, body)
 }

@@ -274,9 +274,11 @@ fn collects_exactly(prefix: &str, image: &str, go: &GoServer, security: &[String
                 list.as_array()?
                     .iter()
                     .any(|i| {
-                        i["pids"]
-                            .as_array()
-                            .is_some_and(|p| p.contains(&pid.into()))
+                        // Skipped servers are listed too, `instrumented: false`.
+                        i["instrumented"] == true
+                            && i["pids"]
+                                .as_array()
+                                .is_some_and(|p| p.contains(&pid.into()))
                     })
                     .then_some(())
             },

@@ -1207,6 +1207,8 @@ fn instrumented_pids(api: &str) -> BTreeSet<u64> {
     v.as_array()
         .into_iter()
         .flatten()
+        // Skipped servers are listed too, `instrumented: false`.
+        .filter(|f| f["instrumented"] == true)
         .flat_map(|f| f["pids"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p.as_u64())
         .collect()

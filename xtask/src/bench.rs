@@ -245,6 +245,14 @@ struct Tools {
     log_dir: PathBuf,
     /// Whether the collector knows `NEW_FLAGS_MARKER`.
     new_flags: bool,
+    /// The gRPC test server and client (tests/go/grpc), newest grpc-go of its versions.
+    grpc: GrpcTools,
+}
+
+struct GrpcTools {
+    version: String,
+    server: PathBuf,
+    client: PathBuf,
 }
 
 pub fn bench(root: &Path, opts: &Options) -> anyhow::Result<()> {
@@ -351,6 +359,7 @@ pub fn bench(root: &Path, opts: &Options) -> anyhow::Result<()> {
     }
     doc["open_rate"] = json!(open_rate);
     doc["rounds"] = Value::Array(rows);
+    doc["grpc"] = grpc_stage(&tools, &plan, opts, rounds).context("gRPC")?;
 
     let mut ramps = serde_json::Map::new();
     let mut scale = serde_json::Map::new();
@@ -385,6 +394,160 @@ pub fn bench(root: &Path, opts: &Options) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The gRPC configuration: the default collector with the grpc-go uprobes (opt-in).
+const GRPC_CONFIG: Config = Config {
+    name: "grpc",
+    args: Some(&["--go-grpc-uprobes", "all"]),
+    legacy_args: None,
+    by_default: false,
+};
+
+/// Unary calls per measurement (8 client goroutines on one connection, closed loop).
+const GRPC_CONCURRENCY: usize = 8;
+
+/// gRPC cost per call: the grpc-go test server on CPU 0, its client on CPU 1 (unary OK calls,
+/// closed loop), without the collector and with the gRPC uprobes, rounds interleaved. Per
+/// call: throughput, kernel program time and traps (bpf_stats), collector CPU; and the calls
+/// the collector counted against the client's.
+fn grpc_stage(tools: &Tools, plan: &Plan, opts: &Options, rounds: usize) -> anyhow::Result<Value> {
+    let calls = if plan.saturate < Duration::from_secs(5) {
+        10_000
+    } else {
+        60_000
+    };
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        for config in [None, Some(&GRPC_CONFIG)] {
+            let name = config.map_or("off", |c| c.name);
+            eprintln!("bench: gRPC, round {round}/{rounds}, {name}");
+            let log = tools.log_dir.join(format!("collector-grpc-{round}.log"));
+            let collector = config
+                .map(|c| Collector::start(tools, opts, c, &log))
+                .transpose()?;
+            let (server, addr) = spawn_listening(
+                pinned(0, &tools.grpc.server)
+                    .arg("-listen")
+                    .arg("127.0.0.1:0"),
+            )?;
+            let mut row = json!({"round": round, "config": name, "calls": calls});
+            if collector.is_some() {
+                row["instrumented_after_s"] = json!(wait_grpc_instrumented(&log, server.0.id()));
+            }
+            // Warm-up (connection, caches), then a harvest so the counts start after it.
+            grpc_client(tools, addr, calls / 10)?;
+            if collector.is_some() {
+                thread::sleep(SETTLE);
+            }
+            let ids = collector.as_ref().map(|c| owned_bpf_ids(c.pid).0);
+            let stats = BpfStats::enable()?;
+            let before = ids.as_ref().map(prog_stats).transpose()?;
+            let cpu0 = collector.as_ref().map(|c| cpu_seconds(c.pid)).transpose()?;
+            let ctr0 = collector.as_ref().map(grpc_counted).transpose()?;
+            let elapsed = grpc_client(tools, addr, calls)?;
+            let after = ids.as_ref().map(prog_stats).transpose()?;
+            drop(stats);
+            row["calls_per_s"] = json!(calls as f64 / elapsed.as_secs_f64());
+            if let (Some(c), Some(cpu0), Some(before), Some(after), Some(ctr0)) =
+                (&collector, cpu0, before, after, ctr0)
+            {
+                let cpu = cpu_seconds(c.pid)? - cpu0;
+                row["bpf"] = prog_delta(&before, &after, calls as f64);
+                row["collector_us_per_call"] = json!(cpu * 1e6 / calls as f64);
+                // Counts are harvested every second: wait for the last harvest.
+                thread::sleep(SETTLE);
+                row["counted"] = json!(grpc_counted(c)? - ctr0);
+            }
+            drop(server);
+            if let Some(c) = collector {
+                row["stop"] = c.stop()?;
+            }
+            rows.push(row);
+        }
+    }
+    let figure = |cfg: &str, get: &dyn Fn(&Value) -> Option<f64>| {
+        spread(
+            rows.iter()
+                .filter(|r| r["config"] == cfg)
+                .filter_map(get)
+                .collect(),
+        )
+        .map(|(med, lo, hi)| json!({"median": med, "min": lo, "max": hi}))
+    };
+    let off = figure("off", &|r| r["calls_per_s"].as_f64());
+    let on = figure("grpc", &|r| r["calls_per_s"].as_f64());
+    let ratio = match (&off, &on) {
+        (Some(a), Some(b)) => b["median"]
+            .as_f64()
+            .zip(a["median"].as_f64())
+            .map(|(b, a)| b / a),
+        _ => None,
+    };
+    Ok(json!({
+        "grpc_go": tools.grpc.version,
+        "concurrency": GRPC_CONCURRENCY,
+        "mix": "unary-ok",
+        "rounds": rows,
+        "summary": {
+            "calls_per_s_off": off,
+            "calls_per_s_grpc": on,
+            "throughput_ratio": ratio,
+            "kernel_us_per_call": figure("grpc", &|r| r["bpf"]["us_per_request"].as_f64()),
+            "traps_per_call": figure("grpc", &|r| r["bpf"]["traps_per_request"].as_f64()),
+            "collector_us_per_call": figure("grpc", &|r| r["collector_us_per_call"].as_f64()),
+        },
+    }))
+}
+
+/// Runs the gRPC client for `calls` unary calls; its own elapsed time.
+fn grpc_client(tools: &Tools, addr: SocketAddr, calls: usize) -> anyhow::Result<Duration> {
+    let out = pinned(1, &tools.grpc.client)
+        .arg("-addr")
+        .arg(addr.to_string())
+        .arg("-rounds")
+        .arg(calls.to_string())
+        .arg("-concurrency")
+        .arg(GRPC_CONCURRENCY.to_string())
+        .arg("-mix")
+        .arg("unary-ok")
+        .stdout(Stdio::null())
+        .output()
+        .context("running the gRPC client")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "gRPC client failed ({}): {}",
+        out.status,
+        err.trim()
+    );
+    err.lines()
+        .find_map(|l| l.strip_prefix("elapsed_ns "))
+        .and_then(|n| n.trim().parse().ok())
+        .map(Duration::from_nanos)
+        .with_context(|| format!("gRPC client printed no elapsed_ns: {}", err.trim()))
+}
+
+/// Calls the collector counted (`rpc_server_requests_total`, all codes and methods).
+fn grpc_counted(c: &Collector) -> anyhow::Result<f64> {
+    Ok(metric_sum(&c.metrics()?, "rpc_server_requests_total").unwrap_or(0.0))
+}
+
+/// Seconds until the collector's log says it instrumented `pid` (None: not within 5 s).
+fn wait_grpc_instrumented(log: &Path, pid: u32) -> Option<f64> {
+    let t = Instant::now();
+    let needle = format!("pid={pid} ");
+    while t.elapsed() < INSTRUMENT_WAIT {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("grpc-go server instrumented") && l.contains(&needle))
+        {
+            return Some(t.elapsed().as_secs_f64());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 fn select_configs(names: &[String]) -> anyhow::Result<Vec<&'static Config>> {
@@ -473,6 +636,7 @@ fn prepare(root: &Path, opts: &Options, stamp: &str) -> anyhow::Result<Tools> {
     go_build(&go, &root.join("tests/go/server"), &server)?;
     go_build(&go, &root.join("tests/go/loadgen"), &loadgen)?;
 
+    let grpc = grpc_fixtures(root)?;
     let help = cmd_stdout(Command::new(&collector).arg("--help"))?;
     let out_dir = target.join("bench");
     let log_dir = out_dir.join(format!("logs-{stamp}"));
@@ -487,7 +651,37 @@ fn prepare(root: &Path, opts: &Options, stamp: &str) -> anyhow::Result<Tools> {
         out_dir,
         log_dir,
         new_flags: help.contains(NEW_FLAGS_MARKER),
+        grpc,
     })
+}
+
+/// Builds (or finds built) the gRPC fixtures with tests/go/grpc/build.sh and picks the newest
+/// grpc-go version's default server and its client.
+fn grpc_fixtures(root: &Path) -> anyhow::Result<GrpcTools> {
+    let script = root.join("tests/go/grpc/build.sh");
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} failed ({})",
+        script.display(),
+        out.status
+    );
+    // "<grpc version> <variant> <server> <client>" per server; versions in ascending order.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [v, "default", server, client] => Some(GrpcTools {
+                version: v.to_string(),
+                server: server.into(),
+                client: client.into(),
+            }),
+            _ => None,
+        })
+        .last()
+        .with_context(|| format!("{} listed no default server", script.display()))
 }
 
 /// The newest toolchain of tests/go/versions installed by `WITH_GO=1 scripts/bootstrap.sh`.
@@ -1172,13 +1366,21 @@ fn with_server<T>(
     f(addr)
 }
 
-/// Seconds until `/v1/go-http` names the binary, `None` if it never did within the wait.
+/// Seconds until `/v1/go-http` lists the binary as instrumented, `None` if it never did within
+/// the wait (a skipped one is listed too, `instrumented: false`).
 fn wait_instrumented(c: &Collector, binary: &Path) -> Option<f64> {
     let t = Instant::now();
     let name = binary.display().to_string();
     while t.elapsed() < INSTRUMENT_WAIT {
         if let Ok((200, body)) = http_get(c.api, "/v1/go-http", Duration::from_secs(2))
-            && String::from_utf8_lossy(&body).contains(&name)
+            && serde_json::from_slice::<Value>(&body)
+                .ok()
+                .as_ref()
+                .and_then(Value::as_array)
+                .is_some_and(|list| {
+                    list.iter()
+                        .any(|s| s["instrumented"] == true && s["path"] == name.as_str())
+                })
         {
             return Some(t.elapsed().as_secs_f64());
         }
@@ -2101,6 +2303,67 @@ fn render(doc: &Value, markdown: bool) -> String {
         &rows,
         markdown,
     );
+
+    h(&mut s, "gRPC (grpc-go uprobes, unary calls)");
+    let g = &doc["grpc"];
+    if g.is_null() {
+        s += "gRPC: not measured in this run\n";
+    } else {
+        let sm = &g["summary"];
+        let med = |v: &Value| {
+            v["median"].as_f64().map_or_else(
+                || "-".to_string(),
+                |m| {
+                    format!(
+                        "{} ({}–{})",
+                        fmt_num(m),
+                        fmt_num(v["min"].as_f64().unwrap_or(m)),
+                        fmt_num(v["max"].as_f64().unwrap_or(m))
+                    )
+                },
+            )
+        };
+        let counted: Vec<String> = g["rounds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["config"] == "grpc")
+            .map(|r| format!("{}/{}", r["counted"], r["calls"]))
+            .collect();
+        s += &table(
+            &["figure", "median (min–max)"].map(String::from),
+            &[
+                vec![
+                    "calls/s without the collector".into(),
+                    med(&sm["calls_per_s_off"]),
+                ],
+                vec![
+                    "calls/s with --go-grpc-uprobes all".into(),
+                    med(&sm["calls_per_s_grpc"]),
+                ],
+                vec![
+                    "throughput ratio".into(),
+                    fmt_ratio(sm["throughput_ratio"].as_f64()),
+                ],
+                vec![
+                    "kernel µs per call (bpf_stats)".into(),
+                    med(&sm["kernel_us_per_call"]),
+                ],
+                vec!["traps per call".into(), med(&sm["traps_per_call"])],
+                vec![
+                    "collector CPU µs per call".into(),
+                    med(&sm["collector_us_per_call"]),
+                ],
+                vec!["calls counted / made, per round".into(), counted.join(", ")],
+            ],
+            markdown,
+        );
+        s += &format!(
+            "grpc-go {}, {} client goroutines on one connection, closed loop\n",
+            g["grpc_go"].as_str().unwrap_or("?"),
+            g["concurrency"]
+        );
+    }
 
     h(&mut s, "Peers");
     let peers = doc["peers"].as_array().cloned().unwrap_or_default();

@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::{
     export::Metrics,
     kubernetes::Kubernetes,
-    probes::{AttachReport, go_http::attach::Instrumented},
+    probes::{AttachReport, go_http::listing::GoServer},
     verdict::{SharedVerdicts, WorkloadHealth, rules::State as Verdict},
 };
 
@@ -34,8 +34,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub probes: Arc<Vec<AttachReport>>,
-    /// Go executables with net/http uprobes, published by Go discovery.
-    pub go_http: Arc<Mutex<Vec<Instrumented>>>,
+    /// Go executables found running, instrumented or not, published by Go discovery.
+    pub go_http: Arc<Mutex<Vec<GoServer>>>,
     /// Verdicts as of the last evaluation, published by the aggregator.
     pub verdicts: SharedVerdicts,
     /// States for which readiness endpoints answer 503.
@@ -111,7 +111,7 @@ async fn probes(State(s): State<ApiState>) -> Json<Vec<AttachReport>> {
     Json(s.probes.as_ref().clone())
 }
 
-async fn go_http(State(s): State<ApiState>) -> Json<Vec<Instrumented>> {
+async fn go_http(State(s): State<ApiState>) -> Json<Vec<GoServer>> {
     Json(s.go_http.lock().unwrap_or_else(|e| e.into_inner()).clone())
 }
 

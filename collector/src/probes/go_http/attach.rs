@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     GoBinary, analyze_file,
+    listing::{GoServer, SkipReason, Skipped},
     offsets::{OffsetsError, offsets_for},
     routers,
 };
@@ -112,8 +113,13 @@ enum Point {
 
 /// Why a process's file was not instrumented.
 enum Skip {
-    /// Remembered (as `Tracked::Skipped`) for this file.
-    Skipped(String),
+    /// Remembered (as `Tracked::Skipped`) for this file; `reason` None: not a Go program (never
+    /// listed).
+    Skipped {
+        reason: Option<SkipReason>,
+        detail: String,
+        go_version: Option<String>,
+    },
     /// Not remembered: the process's file changed under the analysis; the next exec notice or
     /// scan looks at it again.
     Retry(String),
@@ -153,10 +159,35 @@ enum Tracked {
         http2: String,
         path: PathBuf,
     },
+    /// Listed by `/v1/go-http` while a process runs it, unless `reason` is None (not Go).
     Skipped {
-        reason: String,
+        reason: Option<SkipReason>,
+        detail: String,
+        go_version: Option<String>,
+        path: PathBuf,
+        pids: HashSet<u32>,
         last_seen: Instant,
     },
+}
+
+fn skipped(reason: SkipReason, detail: impl Into<String>, go_version: Option<&str>) -> Skip {
+    Skip::Skipped {
+        reason: Some(reason),
+        detail: detail.into(),
+        go_version: go_version.map(str::to_owned),
+    }
+}
+
+/// An error and its sources, for a person: "a: b: c".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// What the API reports about one instrumented executable.
@@ -339,8 +370,17 @@ impl GoHttpProbes {
             return;
         }
         let exe = self.proc_root.join(pid.to_string()).join("exe");
-        // Kernel threads and processes that exited already have no exe.
-        let Ok(file) = File::open(&exe) else { return };
+        let file = match File::open(&exe) {
+            Ok(f) => f,
+            // Its identity can still be stat'ed (the process is ours to see, its binary not
+            // ours to read): listed as unreadable rather than silently absent.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                self.observe_unreadable(pid, &exe, &e, now);
+                return;
+            }
+            // Kernel threads and processes that exited already have no exe.
+            Err(_) => return,
+        };
         let Ok(meta) = file.metadata() else { return };
         // The key is the identity of the descriptor analysed and attached through, not of a
         // separate stat: the process may exec between the two.
@@ -350,8 +390,11 @@ impl GoHttpProbes {
                 pids.insert(pid);
                 return;
             }
-            Some(Tracked::Skipped { last_seen, .. }) => {
+            Some(Tracked::Skipped {
+                last_seen, pids, ..
+            }) => {
                 *last_seen = now;
+                pids.insert(pid);
                 return;
             }
             None => {}
@@ -365,8 +408,16 @@ impl GoHttpProbes {
                 );
                 return;
             }
-            Err(Skip::Skipped(reason)) => Tracked::Skipped {
+            Err(Skip::Skipped {
                 reason,
+                detail,
+                go_version,
+            }) => Tracked::Skipped {
+                reason,
+                detail,
+                go_version,
+                path: std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone()),
+                pids: HashSet::from([pid]),
                 last_seen: now,
             },
         };
@@ -374,12 +425,46 @@ impl GoHttpProbes {
         self.update_gauges();
     }
 
-    fn skip(&self, reason: &'static str) {
+    fn skip(&self, reason: SkipReason) {
         self.metrics
             .collector
             .go_binaries_skipped
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&ReasonLabels {
+                reason: reason.code(),
+            })
             .inc();
+    }
+
+    /// A process whose executable we may not open (`observe`).
+    fn observe_unreadable(&mut self, pid: u32, exe: &Path, error: &std::io::Error, now: Instant) {
+        let Some(id) = self.file_id(pid) else { return };
+        match self.files.get_mut(&id) {
+            Some(Tracked::Instrumented { pids, .. }) => {
+                pids.insert(pid);
+                return;
+            }
+            Some(Tracked::Skipped {
+                last_seen, pids, ..
+            }) => {
+                *last_seen = now;
+                pids.insert(pid);
+                return;
+            }
+            None => {}
+        }
+        self.skip(SkipReason::Unreadable);
+        warn!(pid, %error, "executable not readable: a Go server there is not instrumented");
+        self.files.insert(
+            id,
+            Tracked::Skipped {
+                reason: Some(SkipReason::Unreadable),
+                detail: format!("opening the executable: {error}"),
+                go_version: None,
+                path: std::fs::read_link(exe).unwrap_or_else(|_| exe.to_path_buf()),
+                pids: HashSet::from([pid]),
+                last_seen: now,
+            },
+        );
     }
 
     /// Analyses `file` (opened from `exe`, identity `id`) and attaches to it.
@@ -392,17 +477,29 @@ impl GoHttpProbes {
     ) -> Result<Tracked, Skip> {
         let bin = match analyze_file(exe, file) {
             Ok(b) => b,
-            Err(e) if e.is_not_go() => return Err(Skip::Skipped("not a Go binary".into())),
+            Err(e) if e.is_not_go() => {
+                return Err(Skip::Skipped {
+                    reason: None,
+                    detail: "not a Go binary".into(),
+                    go_version: None,
+                });
+            }
             Err(e) => {
-                self.skip("unanalyzable");
-                warn!(pid, error = %e, "Go binary not instrumented");
-                return Err(Skip::Skipped(e.to_string()));
+                let reason = SkipReason::of_analysis(&e);
+                self.skip(reason);
+                warn!(pid, error = %e, reason = reason.code(), "Go binary not instrumented");
+                return Err(skipped(reason, error_chain(e.kind()), e.go_version()));
             }
         };
+        let go = Some(bin.go_version.as_str());
         if bin.function(SERVE_HTTP).is_none() {
-            self.skip("no_net_http_server");
+            self.skip(SkipReason::NoNetHttpServer);
             debug!(pid, "Go binary without a net/http server");
-            return Err(Skip::Skipped("no net/http server".into()));
+            return Err(skipped(
+                SkipReason::NoNetHttpServer,
+                format!("no net/http server ({} is not linked in)", SERVE_HTTP),
+                go,
+            ));
         }
         let (offsets, source) = match offsets_for(&bin) {
             Ok(o) => o,
@@ -411,17 +508,17 @@ impl GoHttpProbes {
                 return Err(Skip::Retry(e.to_string()));
             }
             Err(e) => {
-                self.skip("no_offsets");
+                self.skip(SkipReason::NoOffsets);
                 warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented: struct offsets unknown");
-                return Err(Skip::Skipped(e.to_string()));
+                return Err(skipped(SkipReason::NoOffsets, error_chain(e.kind()), go));
             }
         };
         let points = match probe_points(&bin) {
             Ok(p) => p,
             Err(e) => {
-                self.skip("unverified_addresses");
+                self.skip(SkipReason::UnverifiedAddresses);
                 warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented");
-                return Err(Skip::Skipped(e));
+                return Err(skipped(SkipReason::UnverifiedAddresses, e, go));
             }
         };
         // The file the offsets were computed from, by a path the kernel resolves to it alone;
@@ -429,19 +526,27 @@ impl GoHttpProbes {
         let target = match bin.uprobe_target() {
             Ok(t) if (bin.dev, bin.ino) == id => t,
             Ok(_) => {
-                self.skip("identity_mismatch");
+                self.skip(SkipReason::IdentityMismatch);
                 warn!(pid, "analysed file is not the one keyed: not attaching");
                 return Err(Skip::Retry("analysed file is not the one keyed".into()));
             }
             Err(e) => {
-                self.skip("identity_mismatch");
+                self.skip(SkipReason::IdentityMismatch);
                 warn!(pid, error = %e, "Go binary not instrumented");
                 return Err(Skip::Retry(e.to_string()));
             }
         };
         let Some(slot) = self.free_slots.pop() else {
-            self.skip("slots_exhausted");
-            return Err(Skip::Skipped("all offset slots in use".into()));
+            self.skip(SkipReason::SlotsExhausted);
+            warn!(
+                pid,
+                "Go net/http server not instrumented: all offset slots in use"
+            );
+            return Err(skipped(
+                SkipReason::SlotsExhausted,
+                format!("all {HTTP_OFFSETS_SLOTS} offset slots in use"),
+                go,
+            ));
         };
         let value = GoHttpOffsets {
             request_method: offsets.request_method,
@@ -459,7 +564,13 @@ impl GoHttpProbes {
         self.generation = self.generation.checked_add(1).unwrap_or(1);
         if let Err(e) = self.offsets.set(slot, &value, 0) {
             self.free_slots.push(slot);
-            return Err(Skip::Skipped(format!("writing offsets: {e}")));
+            self.skip(SkipReason::AttachFailed);
+            warn!(pid, error = %e, "writing Go net/http offsets");
+            return Err(skipped(
+                SkipReason::AttachFailed,
+                format!("writing offsets: {e}"),
+                go,
+            ));
         }
         let mut links = Vec::new();
         let t = Instant::now();
@@ -487,9 +598,13 @@ impl GoHttpProbes {
                     drop(ebpf);
                     self.reap(taken);
                     self.release(slot);
-                    self.skip("attach_failed");
+                    self.skip(SkipReason::AttachFailed);
                     warn!(pid, prog, error = %e, "attaching Go net/http uprobes");
-                    return Err(Skip::Skipped(format!("attaching {prog}: {e}")));
+                    return Err(skipped(
+                        SkipReason::AttachFailed,
+                        format!("attaching {prog}: {e}"),
+                        Some(bin.go_version.as_str()),
+                    ));
                 }
             }
         }
@@ -544,8 +659,11 @@ impl GoHttpProbes {
                         gone.push(*id);
                     }
                 }
-                Tracked::Skipped { last_seen, .. } => {
-                    if live.contains_key(id) {
+                Tracked::Skipped {
+                    last_seen, pids, ..
+                } => {
+                    *pids = live.get(id).cloned().unwrap_or_default();
+                    if !pids.is_empty() {
                         *last_seen = now;
                     } else if now.saturating_duration_since(*last_seen) > SKIP_TTL {
                         gone.push(*id);
@@ -668,13 +786,51 @@ impl GoHttpProbes {
         }
     }
 
-    /// For tests and the API: why a file was not instrumented.
+    /// For tests: why a file was not instrumented.
     pub fn skipped_reason(&self, pid: u32) -> Option<String> {
         let id = self.file_id(pid)?;
         match self.files.get(&id)? {
-            Tracked::Skipped { reason, .. } => Some(reason.clone()),
+            Tracked::Skipped { detail, .. } => Some(detail.clone()),
             Tracked::Instrumented { .. } => None,
         }
+    }
+
+    /// What `/v1/go-http` lists: every Go executable a live process runs, instrumented or
+    /// not (see `listing`), by path.
+    pub fn servers(&self) -> Vec<GoServer> {
+        let mut out: Vec<GoServer> = self
+            .instrumented()
+            .into_iter()
+            .map(|server| GoServer::Instrumented {
+                instrumented: true,
+                server,
+            })
+            .collect();
+        for t in self.files.values() {
+            if let Tracked::Skipped {
+                reason: Some(reason),
+                detail,
+                go_version,
+                path,
+                pids,
+                ..
+            } = t
+                && !pids.is_empty()
+            {
+                let mut pids: Vec<u32> = pids.iter().copied().collect();
+                pids.sort_unstable();
+                out.push(GoServer::Skipped(Skipped {
+                    path: path.display().to_string(),
+                    go_version: go_version.clone(),
+                    pids,
+                    instrumented: false,
+                    reason: *reason,
+                    detail: detail.clone(),
+                }));
+            }
+        }
+        out.sort_by(|a, b| a.path().cmp(b.path()).then_with(|| a.pids().cmp(b.pids())));
+        out
     }
 }
 
@@ -699,15 +855,15 @@ const XNET_HTTP2_RUN_HANDLER: &str = "golang.org/x/net/http2.(*serverConn).runHa
 
 /// What becomes of a binary's HTTP/2 responses, for the log and `/v1/go-http`.
 fn http2_coverage(bin: &GoBinary, offsets: Option<super::offsets::Http2Offsets>) -> String {
-    let own = match offsets {
-        Some(h) if h.writer_hash != 0 => "status observed".to_owned(),
-        Some(_) | None if HTTP2_RUN_HANDLER.iter().all(|f| bin.function(f).is_none()) => {
-            "net/http's HTTP/2 server is not linked in".to_owned()
-        }
-        _ => format!(
+    let own = if offsets.is_some_and(|h| h.writer_hash != 0) {
+        "status observed".to_owned()
+    } else if HTTP2_RUN_HANDLER.iter().all(|f| bin.function(f).is_none()) {
+        "net/http's HTTP/2 server is not linked in".to_owned()
+    } else {
+        format!(
             "unobserved_protocol: the layout of net/http's HTTP/2 writer in {} is unknown (no DWARF with it, or no row of this Go minor in the offsets table)",
             bin.go_version
-        ),
+        )
     };
     if bin.function(XNET_HTTP2_RUN_HANDLER).is_some() {
         format!(

@@ -240,8 +240,8 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
     };
     let Some(pcln) = pclntab::read(&elf, special("runtime.pclntab"), special("runtime.text"))?
     else {
-        return Err(GoBinaryError::Malformed {
-            reason: "Go build info but no .gopclntab",
+        return Err(GoBinaryError::NoPclntab {
+            go_version: info.go_version,
         });
     };
     let BuildInfo {

@@ -16,6 +16,7 @@ pub mod attach;
 pub mod binary;
 pub mod buildinfo;
 pub mod elf;
+pub mod listing;
 pub mod offsets;
 pub mod pclntab;
 pub mod ret_scan;
@@ -84,6 +85,10 @@ pub enum GoBinaryError {
     },
     #[error("malformed binary: {reason}")]
     Malformed { reason: &'static str },
+    #[error(
+        "Go build info but no .gopclntab (and no .symtab naming runtime.pclntab): function addresses cannot be verified"
+    )]
+    NoPclntab { go_version: String },
     #[error("{what} at {vaddr:#x} is not in a file-backed PT_LOAD segment")]
     Unmapped { what: &'static str, vaddr: u64 },
     #[error("function {function} not found")]
@@ -128,6 +133,14 @@ impl GoBinaryError {
         match self {
             Self::InFile { source, .. } => source.kind(),
             other => other,
+        }
+    }
+
+    /// The Go version, when the analysis read it before it failed.
+    pub fn go_version(&self) -> Option<&str> {
+        match self.kind() {
+            Self::NoPclntab { go_version } => Some(go_version),
+            _ => None,
         }
     }
 
