@@ -20,7 +20,7 @@ use collector_common::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::probes::{Signal, go_http::attach::Instrumented, misses};
+use crate::probes::{Signal, go_http::listing::GoServer, misses};
 use crate::{
     events::{Event, HttpRequest},
     export::{
@@ -223,9 +223,10 @@ pub struct Aggregator<S> {
     sampler: Option<sampling::Sampler>,
     /// `Metrics::collector.records_lost` at the last harvest.
     records_lost_seen: u64,
-    /// Go servers discovery instrumented (what `/v1/go-http` lists): registered with the
-    /// verdict engine at every harvest, so an idle one answers `unknown` (`no_traffic`).
-    go_http: Option<Arc<Mutex<Vec<Instrumented>>>>,
+    /// Go servers discovery found (what `/v1/go-http` lists): the instrumented ones are
+    /// registered with the verdict engine at every harvest, so an idle one answers `unknown`
+    /// (`no_traffic`).
+    go_http: Option<Arc<Mutex<Vec<GoServer>>>>,
     /// Owner keys of the instrumented pids (read once per pid from /proc).
     go_owners: HashMap<u32, OwnerKey>,
     /// gRPC calls (grpc-go uprobes), when enabled.
@@ -309,7 +310,7 @@ impl<S: StatsSource> Aggregator<S> {
     }
 
     /// Registers the Go servers discovery instrumented as known workloads (see `go_http`).
-    pub fn with_go_http(mut self, instrumented: Arc<Mutex<Vec<Instrumented>>>) -> Self {
+    pub fn with_go_http(mut self, instrumented: Arc<Mutex<Vec<GoServer>>>) -> Self {
         self.go_http = Some(instrumented);
         self
     }
@@ -528,7 +529,9 @@ impl<S: StatsSource> Aggregator<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .flat_map(|i| i.pids.iter().copied())
+            // A skipped server's requests are not seen: registering it would claim they are.
+            .filter(|s| s.is_instrumented())
+            .flat_map(|s| s.pids().iter().copied())
             .collect();
         self.go_owners.retain(|pid, _| pids.contains(pid));
         for pid in pids {
