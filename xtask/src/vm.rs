@@ -43,11 +43,12 @@ const MODULES: &[&str] = &["veth", "nf_tables", "nft_numgen", "nft_fwd_netdev"];
 /// Integration-test targets (`tests/tests/<name>.rs`) that face the kernel and run in the guest.
 /// The others (e.g. `export`: exporters against Prometheus and an OTLP receiver) do not depend
 /// on the kernel and only run on the host.
-const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http", "http_wire", "grpc"];
+const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http", "go_http2", "http_wire", "grpc"];
 /// Test-name filter per guest target: the Go uprobe checks that face the kernel (the 21-build
 /// matrix and the load tests run on the host only) and the socket parser's framing cases.
 const GUEST_FILTERS: &[(&str, &str)] = &[
     ("go_http", "guest_"),
+    ("go_http2", "guest_"),
     ("http_wire", "guest_"),
     ("grpc", "guest_"),
 ];
@@ -59,7 +60,8 @@ const GUEST_GO_LIST: &str = "/go-fixtures.txt";
 /// the guest (`COLLECTOR_GRPC_FIXTURES`, read by tests/tests/grpc.rs).
 const GUEST_GRPC_LIST: &str = "/grpc-fixtures.txt";
 /// Host tools the harness runs inside the guest (looked up in PATH).
-const TOOLS: &[&str] = &["ip", "nft", "nstat", "bpftool"];
+/// (curl: the HTTP/2 guest test's h2c client.)
+const TOOLS: &[&str] = &["ip", "nft", "nstat", "bpftool", "curl"];
 /// Rungs every signal's hooks must attach on in the guest (Debian 6.1 has kprobes, fentry,
 /// BTF and tracefs); handed to the tests, which otherwise only insist on what the host has.
 const GUEST_REQUIRED_RUNGS: &str = "kprobe,fentry,tp_btf,raw_tp,tracepoint";
