@@ -119,6 +119,18 @@ pub fn needs(config: &Config) -> Vec<Need> {
             or: Some(DAC_OVERRIDE),
             reason: "reading Go server binaries that are not world-readable for --go-http-uprobes all",
         });
+    } else if config.http.grpc_uprobes {
+        // gRPC discovery finds and reads the servers' binaries the same way.
+        needs.push(Need {
+            capability: SYS_PTRACE,
+            or: None,
+            reason: "finding Go servers through /proc/PID/exe for --go-grpc-uprobes all",
+        });
+        needs.push(Need {
+            capability: DAC_READ_SEARCH,
+            or: Some(DAC_OVERRIDE),
+            reason: "reading Go server binaries that are not world-readable for --go-grpc-uprobes all",
+        });
     }
     needs
 }
@@ -219,6 +231,25 @@ mod tests {
             names(&missing(&needs, set(&[BPF, PERFMON, SYS_PTRACE]))),
             ["CAP_DAC_READ_SEARCH"]
         );
+    }
+
+    #[test]
+    fn grpc_uprobes_alone_need_ptrace_and_dac_read_search_too() {
+        let mut config = Config::default();
+        config.http.grpc_uprobes = true;
+        assert_eq!(
+            names(&needs(&config)),
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_NET_ADMIN",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
+        );
+        // With the net/http uprobes too, each capability once.
+        config.http.uprobes = true;
+        assert_eq!(names(&needs(&config)).len(), 5);
     }
 
     #[test]

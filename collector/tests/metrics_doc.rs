@@ -127,6 +127,11 @@ fn populated() -> Metrics {
             reason: "channel_full",
         })
         .inc();
+    c.go_binaries_skipped
+        .get_or_create(&ReasonLabels {
+            reason: "no_offsets",
+        })
+        .inc();
     c.otlp_exports
         .get_or_create(&ResultLabels { result: "success" })
         .inc();

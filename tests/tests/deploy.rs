@@ -128,6 +128,15 @@ fn schema_rejects_wrong_values_naming_them() {
             "at '/config/go_http_uprobes'",
         ),
         (
+            "config.go_grpc_uprobes=some",
+            "at '/config/go_grpc_uprobes'",
+        ),
+        // A bare YAML off is a boolean, not the mode.
+        (
+            "config.go_grpc_uprobes=false",
+            "at '/config/go_grpc_uprobes'",
+        ),
+        (
             "config.harvest_interval=soon",
             "at '/config/harvest_interval'",
         ),
@@ -337,6 +346,14 @@ fn check_daemonset(file: &str, objects: &[Value], values: &str) {
         // Exactly what collector/src/capabilities.rs requires of that configuration.
         let expected: &[&str] = if values.contains("go_http_uprobes: all") {
             &["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]
+        } else if values.contains("go_grpc_uprobes: all") {
+            &[
+                "BPF",
+                "PERFMON",
+                "NET_ADMIN",
+                "SYS_PTRACE",
+                "DAC_READ_SEARCH",
+            ]
         } else {
             &["BPF", "PERFMON", "NET_ADMIN"]
         };

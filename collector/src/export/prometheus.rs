@@ -239,7 +239,7 @@ impl Metrics {
         );
         registry.register(
             "collector_go_binaries_skipped",
-            "Go executables not instrumented, by reason",
+            "Go executables not instrumented with net/http uprobes, by reason (the reason codes of /v1/go-http)",
             c.go_binaries_skipped.clone(),
         );
         registry.register(

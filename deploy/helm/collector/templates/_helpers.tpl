@@ -42,7 +42,7 @@ it; tests/tests/image.rs runs the image with exactly these and with each one rem
 {{- if ne (toString .Values.config.http_socket) "false" }}
 - NET_ADMIN
 {{- end }}
-{{- if eq (toString .Values.config.go_http_uprobes) "all" }}
+{{- if or (eq (toString .Values.config.go_http_uprobes) "all") (eq (toString .Values.config.go_grpc_uprobes) "all") }}
 - SYS_PTRACE
 - DAC_READ_SEARCH
 {{- end }}
