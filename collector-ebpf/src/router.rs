@@ -60,7 +60,17 @@ fn go_reg(ctx: &ProbeContext, i: u32) -> u64 {
             core::ptr::read_volatile(&raw const (*r).r11),
         ]
     };
-    v.get(i as usize).copied().unwrap_or(0)
+    // Compared one by one rather than indexed: a stack read at a variable offset is refused
+    // by older verifiers.
+    let mut out = 0;
+    let mut j = 0;
+    while j < v.len() {
+        if i as usize == j {
+            out = v[j];
+        }
+        j += 1;
+    }
+    out
 }
 
 #[inline(always)]

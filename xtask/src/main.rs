@@ -5,6 +5,7 @@ mod callgrind;
 mod fuzz;
 mod go_offsets;
 mod grpc_offsets;
+mod router_offsets;
 mod image;
 mod vm;
 
@@ -160,6 +161,13 @@ enum Cmd {
     /// Regenerate the grpc-go struct offsets table (go_grpc/offsets_table.json) from the gRPC
     /// test server built against every grpc-go version in tests/go/grpc/versions.
     GrpcOffsets {
+        /// Fail if the committed table differs from what would be generated; write nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Regenerate the Go routers' offsets table (go_http/routers_table.json) from the router
+    /// test server built against every module set in tests/go/routers/versions.
+    RouterOffsets {
         /// Fail if the committed table differs from what would be generated; write nothing.
         #[arg(long)]
         check: bool,
@@ -457,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::GrpcOffsets { check } => grpc_offsets::grpc_offsets(&root(), check),
+        Cmd::RouterOffsets { check } => router_offsets::router_offsets(&root(), check),
         Cmd::GoOffsets { check, also } => {
             go_offsets::go_offsets(&root(), &go_offsets::Options { check, also })
         }
