@@ -27,6 +27,12 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("collector has no parent dir"))?
         .join("collector-ebpf");
     let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
+    // aya_build watches the eBPF package only: a layout change in collector-common (shared by
+    // both sides) must rebuild the object too, or a stale object with the old layout is
+    // embedded ("invalid value size" at load).
+    let common = PathBuf::from(root_dir).with_file_name("collector-common");
+    println!("cargo::rerun-if-changed={}", common.join("src").display());
+    println!("cargo::rerun-if-changed={}", common.join("Cargo.toml").display());
     aya_build::build_ebpf(
         [Package {
             name: "collector-ebpf",

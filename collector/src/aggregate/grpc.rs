@@ -25,10 +25,14 @@ use collector_common::{
 use tracing::debug;
 
 use super::sampling::Sampler;
-use crate::verdict::{Engine, HttpDelta};
+use crate::verdict::{Engine, HttpDelta, RequestInput};
 use crate::{
     events::GrpcCall,
-    export::{Metrics, grpc::RpcLabels, prometheus::WorkloadLabels},
+    export::{
+        Metrics,
+        grpc::{RpcLabels, RpcSeries},
+        prometheus::WorkloadLabels,
+    },
     identity::IdentityResolver,
     probes::go_grpc::{HEALTH_SERVICE, split_method},
 };
@@ -78,6 +82,29 @@ pub struct GrpcAggregate {
     sampler: Option<Sampler>,
     /// Codes that are server failures in verdicts.
     error_codes: Vec<u16>,
+    /// What calls resolve to, until the next harvest (as `aggregate::RecordMemo` for HTTP).
+    memo: HashMap<CallKey, CallMemo, foldhash::fast::RandomState>,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CallKey {
+    owner: OwnerKey,
+    method: String,
+    truncated: bool,
+    code: u16,
+}
+
+struct CallMemo {
+    workload: WorkloadLabels,
+    probe: bool,
+    /// The call's status in verdicts (`verdict_status`).
+    status: u16,
+    /// None for health checks (probe traffic has no duration series).
+    series: Option<RpcSeries>,
+    /// `rpc_server_methods_capped` of the workload, when the method was capped.
+    capped: Option<prometheus_client::metrics::counter::Counter>,
+    /// This batch's call durations, for the verdict engine.
+    pending: Vec<std::time::Duration>,
 }
 
 impl GrpcAggregate {
@@ -94,6 +121,7 @@ impl GrpcAggregate {
             max_methods,
             sampler,
             error_codes,
+            memo: HashMap::default(),
         }
     }
 
@@ -115,7 +143,7 @@ impl GrpcAggregate {
         truncated: bool,
         code: u16,
         metrics: &Metrics,
-    ) -> (RpcLabels, bool) {
+    ) -> (RpcLabels, bool, bool) {
         let (service, name) = match split_method(method) {
             Some((s, m)) if !truncated => (s.to_owned(), m.to_owned()),
             _ => (OTHER.to_owned(), OTHER.to_owned()),
@@ -123,6 +151,7 @@ impl GrpcAggregate {
         let probe = service == HEALTH_SERVICE;
         let known = self.methods.entry(workload.clone()).or_default();
         let pair = (service, name);
+        let mut capped = false;
         let (service, name) = if known.contains(&pair) || pair.0 == OTHER {
             pair
         } else if known.len() < self.max_methods {
@@ -130,6 +159,7 @@ impl GrpcAggregate {
             pair
         } else {
             metrics.grpc.methods_capped.get_or_create(&workload).inc();
+            capped = true;
             (OTHER.to_owned(), OTHER.to_owned())
         };
         (
@@ -141,6 +171,7 @@ impl GrpcAggregate {
                 rpc_grpc_status_code: code,
             },
             probe,
+            capped,
         )
     }
 
@@ -153,6 +184,9 @@ impl GrpcAggregate {
         verdict: &mut Engine,
         now: Instant,
     ) {
+        // Handles go before anything can be forgotten (see `memo`).
+        self.end_batch(verdict, now);
+        self.memo.clear();
         if let Some(next) = self.sampler.as_mut().and_then(|s| s.tick(now)) {
             debug!(every = next, "gRPC record sampling changed");
         }
@@ -184,7 +218,7 @@ impl GrpcAggregate {
             let workload = metrics.labels_for(&identity.workload_of(&owner, now));
             let method = String::from_utf8_lossy(key.method_bytes()).into_owned();
             let overflow = key.flags & flags::OVERFLOW != 0;
-            let (labels, probe) = self.labels(
+            let (labels, probe, _) = self.labels(
                 workload.clone(),
                 if overflow { "" } else { &method },
                 key.flags & flags::TRUNCATED != 0,
@@ -233,33 +267,75 @@ impl GrpcAggregate {
     /// One call's record: its duration (health checks have none: probe traffic).
     pub fn on_record(
         &mut self,
-        call: &GrpcCall,
+        call: GrpcCall,
         identity: &mut IdentityResolver,
         metrics: &Metrics,
-        verdict: &mut Engine,
         now: Instant,
     ) {
         if let Some(s) = self.sampler.as_mut() {
             s.on_record();
         }
-        let owner = OwnerKey {
-            cgroup_id: call.cgroup_id,
-            tgid: call.tgid,
-            _pad: 0,
+        let key = CallKey {
+            owner: OwnerKey {
+                cgroup_id: call.cgroup_id,
+                tgid: call.tgid,
+                _pad: 0,
+            },
+            method: call.method,
+            truncated: call.truncated,
+            code: call.code,
         };
-        let workload = metrics.labels_for(&identity.workload_of(&owner, now));
-        let (labels, probe) =
-            self.labels(workload, &call.method, call.truncated, call.code, metrics);
         let duration = std::time::Duration::from_nanos(call.duration_ns);
-        verdict.on_request(
-            &labels.workload,
+        if let Some(m) = self.memo.get_mut(&key) {
+            if let Some(c) = &m.capped {
+                c.inc();
+            }
+            if let Some(series) = &m.series {
+                metrics.grpc.observe_series(series, duration.as_secs_f64());
+            }
+            m.pending.push(duration);
+            return;
+        }
+        // The key's first call: `labels` charges a capped method itself.
+        let workload = metrics.labels_for(&identity.workload_of(&key.owner, now));
+        let (labels, probe, capped) =
+            self.labels(workload, &key.method, key.truncated, key.code, metrics);
+        let memo = CallMemo {
+            series: (!probe).then(|| metrics.grpc.series(&labels)),
+            capped: capped.then(|| {
+                metrics
+                    .grpc
+                    .methods_capped
+                    .get_or_create(&labels.workload)
+                    .clone()
+            }),
+            status: self.verdict_status(key.code),
             probe,
-            Some(self.verdict_status(call.code)),
-            duration,
-            now,
-        );
-        if !probe {
-            metrics.grpc.observe(&labels, duration.as_secs_f64());
+            workload: labels.workload,
+            pending: vec![duration],
+        };
+        if let Some(series) = &memo.series {
+            metrics.grpc.observe_series(series, duration.as_secs_f64());
+        }
+        self.memo.insert(key, memo);
+    }
+
+    /// Hands the batch's per-call verdict inputs to the engine (`Aggregator::end_batch`).
+    pub fn end_batch(&mut self, verdict: &mut Engine, now: Instant) {
+        for m in self.memo.values_mut() {
+            if m.pending.is_empty() {
+                continue;
+            }
+            let inputs: Vec<RequestInput> = m
+                .pending
+                .drain(..)
+                .map(|duration| RequestInput {
+                    probe: m.probe,
+                    status: Some(m.status),
+                    duration,
+                })
+                .collect();
+            verdict.on_requests(&m.workload, &inputs, now);
         }
     }
 

@@ -359,13 +359,7 @@ impl<S: StatsSource> Aggregator<S> {
             Event::Http(r) => self.on_request(r, now),
             Event::Grpc(c) => {
                 if let Some(g) = self.grpc.as_mut() {
-                    g.on_record(
-                        &c,
-                        &mut self.identity,
-                        &self.metrics,
-                        &mut self.verdict,
-                        now,
-                    );
+                    g.on_record(c, &mut self.identity, &self.metrics, now);
                 }
             }
             // Exec events go to Go discovery, not here.
@@ -445,6 +439,9 @@ impl<S: StatsSource> Aggregator<S> {
 
     /// Hands the batch's per-request verdict inputs to the engine: one lookup per workload.
     pub fn end_batch(&mut self, now: Instant) {
+        if let Some(g) = self.grpc.as_mut() {
+            g.end_batch(&mut self.verdict, now);
+        }
         for w in self.memo.workloads.values_mut() {
             if w.pending.is_empty() {
                 continue;

@@ -51,6 +51,13 @@ pub struct GrpcMetrics {
     pub binaries_skipped: Family<ReasonLabels, Counter>,
 }
 
+/// One call series resolved once (`GrpcMetrics::series`).
+#[derive(Clone)]
+pub struct RpcSeries {
+    duration: Histogram,
+    otel: Option<Vec<KeyValue>>,
+}
+
 impl GrpcMetrics {
     pub fn register(r: &mut Registry) -> Self {
         let m = Self {
@@ -132,12 +139,32 @@ impl GrpcMetrics {
 
     /// One call's duration (never for health checks).
     pub fn observe(&self, labels: &RpcLabels, seconds: f64) {
-        if self.duration.get(labels).is_none() {
-            self.remember(labels);
+        self.observe_series(&self.series(labels), seconds);
+    }
+
+    /// The duration series of `labels`, created (and remembered for `forget`) when new, with
+    /// its OTLP attributes built once: what the aggregator's per-call memo keeps (see
+    /// `export::http::RequestSeries`). Holders drop it before a workload can be forgotten.
+    pub fn series(&self, labels: &RpcLabels) -> RpcSeries {
+        let existing = self.duration.get(labels).map(|h| h.clone());
+        let duration = match existing {
+            Some(h) => h,
+            None => {
+                self.remember(labels);
+                self.duration.get_or_create(labels).clone()
+            }
+        };
+        RpcSeries {
+            duration,
+            otel: self.otel_duration.get().map(|_| otel_attributes(labels)),
         }
-        self.duration.get_or_create(labels).observe(seconds);
-        if let Some(h) = self.otel_duration.get() {
-            h.record(seconds * 1e3, &otel_attributes(labels));
+    }
+
+    /// One call of `series`.
+    pub fn observe_series(&self, series: &RpcSeries, seconds: f64) {
+        series.duration.observe(seconds);
+        if let (Some(h), Some(attrs)) = (self.otel_duration.get(), &series.otel) {
+            h.record(seconds * 1e3, attrs);
         }
     }
 
