@@ -710,7 +710,15 @@ fn push_request(c: &mut WireConn) {
 /// The response head of the oldest unanswered request was read: count it.
 #[inline(always)]
 fn answer(c: &mut WireConn, status: u16) {
-    wire_count(&c.owner, Charge::Answered, u64::from(status / 100));
+    // Inline, not `wire_count`: this runs for every response, and a call costs several ns
+    // here (return thunks); the action program holds this one copy of `count`.
+    let class = (status / 100) as usize;
+    count(&c.owner, |h| {
+        h.requests += 1;
+        if (1..=5).contains(&class) {
+            h.by_class[class - 1] += 1;
+        }
+    });
     if c.answered != c.head {
         c.answered = c.answered.wrapping_add(1);
     }
@@ -827,47 +835,30 @@ fn half(c: &mut WireConn, dir: Dir) -> &mut WireHalf {
     }
 }
 
-/// `on_line` through the global function `http_wire_line`, its result decoded.
+/// A `Line` in an integer, as `http_wire_scan` returns it (0 is "no line ended"): the kind
+/// in the low byte, a request line's method length and line length in the next two (both
+/// under 256: the method token is shorter than 8 bytes, `line_len` saturates at 255).
 #[inline(always)]
-fn line_of(h: &mut WireHalf, dir: Dir, acc: &mut u64) -> Line {
-    let r = http_wire_line(h, acc, dir as u64);
-    match r & 0xff {
-        1 => Line::RequestLine(((r >> 8) & 0xff) as usize, ((r >> 16) & 0xff) as usize),
-        2 => Line::HeadDone,
-        3 => Line::MessageDone,
-        4 => Line::Bad,
-        5 => Line::NotHttp,
-        _ => Line::More,
+fn line_code(line: Line) -> i64 {
+    match line {
+        Line::More => 1,
+        Line::RequestLine(n, len) => 2 | ((n as i64 & 0xff) << 8) | ((len as i64 & 0xff) << 16),
+        Line::HeadDone => 3,
+        Line::MessageDone => 4,
+        Line::Bad => 5,
+        Line::NotHttp => 6,
     }
 }
 
-/// `on_line` as a global function, checked once by the verifier on its own (see
-/// `http_wire_scan`): its header matching and number parsing (loops over the kept line)
-/// were otherwise walked again for every state a step reaches it in. The result is the
-/// `Line` encoded in an integer (`line_of` decodes it): the kind in the low byte, a request
-/// line's method length and line length in the next two.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn http_wire_line(h: *mut WireHalf, acc: *mut u64, dir: u64) -> i64 {
-    // SAFETY: the caller's connection half and scratch number (map values, never null from
-    // `line_of`; the verifier makes a global function check anyway).
-    let (Some(h), Some(acc)) = (unsafe { h.as_mut() }, unsafe { acc.as_mut() }) else {
-        return 4;
-    };
-    let dir = if dir == Dir::Tx as u64 {
-        Dir::Tx
-    } else {
-        Dir::Rx
-    };
-    match on_line(h, dir, acc) {
-        Line::More => 0,
-        // Both under 256: the method token is shorter than 8 bytes, and `line_len`
-        // saturates at 255.
-        Line::RequestLine(n, len) => 1 | ((n as i64 & 0xff) << 8) | ((len as i64 & 0xff) << 16),
-        Line::HeadDone => 2,
-        Line::MessageDone => 3,
-        Line::Bad => 4,
-        Line::NotHttp => 5,
+#[inline(always)]
+fn line_of(r: i64) -> Line {
+    match r & 0xff {
+        2 => Line::RequestLine(((r >> 8) & 0xff) as usize, ((r >> 16) & 0xff) as usize),
+        3 => Line::HeadDone,
+        4 => Line::MessageDone,
+        5 => Line::Bad,
+        6 => Line::NotHttp,
+        _ => Line::More,
     }
 }
 
@@ -1271,10 +1262,8 @@ fn step(
             store(&mut cur.win_len, n);
         }
         store(&mut cur.scan, (pos - win_start) & (WINDOW as u32 - 1));
-        if !scan_line(cur, half(c, dir)) {
-            return None;
-        }
-        match line_of(half(c, dir), dir, &mut cur.acc) {
+        let line = scan_line(cur, half(c, dir), dir)?;
+        match line {
             Line::More => {}
             Line::RequestLine(n, len) => remember_target(ctx, c, seg, n, len),
             Line::HeadDone => match dir {
@@ -1303,30 +1292,37 @@ fn step(
 
 /// Scans the loaded window from `cur.scan` for the end of the current line, keeping the
 /// line's first `LINE_MAX` bytes in `h.line` and skipping header lines that cannot matter for
-/// framing; true when a line ended (`cur.pos` is then past its '\n'), false when the window
-/// did first (`cur.pos` is then its end).
+/// framing. When a line ended (`cur.pos` is then past its '\n'), what it means (`on_line`);
+/// None when the window ended first (`cur.pos` is then its end).
 #[inline(always)]
-fn scan_line(cur: &mut WireScratch, h: &mut WireHalf) -> bool {
-    http_wire_scan(cur, h) == 1
+fn scan_line(cur: &mut WireScratch, h: &mut WireHalf, dir: Dir) -> Option<Line> {
+    match http_wire_scan(cur, h, dir as u64) {
+        0 => None,
+        r => Some(line_of(r)),
+    }
 }
 
 /// `scan_line`, as a global function: the verifier checks it once, on its own, with its
 /// arguments unknown, instead of once for every state a step can call it in (the walk of its
 /// 64 iterations for each of them was 80 % of each scan program's verification, ≈ 0.9 s of
-/// CPU per program at a start). It reads and writes only what its arguments point to.
+/// CPU per program at a start). It reads and writes only what its arguments point to. The
+/// line is classified in the same call (`on_line`, after the loop, where the loop's states
+/// merge): a call costs several ns here (return thunks), so one per step. Returns 0 when no
+/// line ended, else the line's `line_code`.
 ///
 /// A word (8 bytes) at a time; the scan index and `line_len` are read and written through
 /// volatile accesses: kept in registers they would be exact values the verifier follows
 /// separately for every line length at every offset.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn http_wire_scan(cur: *mut WireScratch, h: *mut WireHalf) -> i64 {
+pub extern "C" fn http_wire_scan(cur: *mut WireScratch, h: *mut WireHalf, dir: u64) -> i64 {
     // SAFETY: the caller's scratch and connection half (map values, never null from
     // `scan_line`; the verifier makes a global function check anyway).
     let (Some(cur), Some(h)) = (unsafe { cur.as_mut() }, unsafe { h.as_mut() }) else {
         return 0;
     };
     let (win_start, win_len) = (fetch(&cur.win_start), fetch(&cur.win_len));
+    let mut newline = false;
     // The loop counts `k`, a constant in each iteration the verifier walks: with the
     // index itself as the loop variable, kernels before 6.11 (which do not link a register
     // with its copy plus a constant) never saw the loop end and gave up after 8,192 jumps.
@@ -1403,13 +1399,22 @@ pub extern "C" fn http_wire_scan(cur: *mut WireScratch, h: *mut WireHalf) -> i64
                 continue;
             }
             store(&mut cur.pos, win_start + i + take + 1);
-            return 1;
+            newline = true;
+            break;
         }
     }
-    // The window ended (or the iterations did, on a window of very short lines) before
-    // the line did.
-    store(&mut cur.pos, win_start + fetch(&cur.scan));
-    0
+    if !newline {
+        // The window ended (or the iterations did, on a window of very short lines) before
+        // the line did.
+        store(&mut cur.pos, win_start + fetch(&cur.scan));
+        return 0;
+    }
+    let dir = if dir == Dir::Tx as u64 {
+        Dir::Tx
+    } else {
+        Dir::Rx
+    };
+    line_code(on_line(h, dir, &mut cur.acc))
 }
 
 /// What `wire_count` adds to an owner's `HttpCounts`.
@@ -1419,8 +1424,6 @@ enum Charge {
     Lost,
     /// `n` requests aborted (counted as requests too).
     Aborted,
-    /// One request answered with a status of class `n` (1–5; others count only as requests).
-    Answered,
     /// `n` requests without a record.
     Unrecorded,
 }
@@ -1448,16 +1451,6 @@ pub extern "C" fn http_wire_count(cgroup_id: u64, tgid: u64, what: u64, n: u64) 
         } else if what == Charge::Aborted as u64 {
             h.requests += n;
             h.aborted += n;
-        } else if what == Charge::Answered as u64 {
-            h.requests += 1;
-            // Classes 1–5; `get_mut`, not an index: a bounds check the compiler cannot drop
-            // would be a call to a panic, which the kernel refuses.
-            if let Some(c) = (n as usize)
-                .checked_sub(1)
-                .and_then(|i| h.by_class.get_mut(i))
-            {
-                *c += 1;
-            }
         } else {
             h.unrecorded += n;
         }
