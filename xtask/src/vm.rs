@@ -43,7 +43,15 @@ const MODULES: &[&str] = &["veth", "nf_tables", "nft_numgen", "nft_fwd_netdev"];
 /// Integration-test targets (`tests/tests/<name>.rs`) that face the kernel and run in the guest.
 /// The others (e.g. `export`: exporters against Prometheus and an OTLP receiver) do not depend
 /// on the kernel and only run on the host.
-const GUEST_TESTS: &[&str] = &["harness", "tcp", "go_http", "go_http2", "http_wire", "grpc"];
+const GUEST_TESTS: &[&str] = &[
+    "harness",
+    "tcp",
+    "go_http",
+    "go_http2",
+    "http_wire",
+    "grpc",
+    "go_routers",
+];
 /// Test-name filter per guest target: the Go uprobe checks that face the kernel (the 21-build
 /// matrix and the load tests run on the host only) and the socket parser's framing cases.
 const GUEST_FILTERS: &[(&str, &str)] = &[
@@ -51,6 +59,7 @@ const GUEST_FILTERS: &[(&str, &str)] = &[
     ("go_http2", "guest_"),
     ("http_wire", "guest_"),
     ("grpc", "guest_"),
+    ("go_routers", "guest_"),
 ];
 /// Go fixtures the guest uses (one unstripped, one stripped build of the newest Go), and where
 /// their list is written inside the guest.
@@ -59,6 +68,11 @@ const GUEST_GO_LIST: &str = "/go-fixtures.txt";
 /// The gRPC test servers and clients (tests/go/grpc/build.sh), built on the host, listed for
 /// the guest (`COLLECTOR_GRPC_FIXTURES`, read by tests/tests/grpc.rs).
 const GUEST_GRPC_LIST: &str = "/grpc-fixtures.txt";
+/// The router test servers (tests/go/routers/build.sh) for the guest: the newest modules'
+/// unstripped build and the oldest's stripped one (`COLLECTOR_ROUTER_FIXTURES`, read by
+/// tests/tests/go_routers.rs).
+const GUEST_ROUTERS_LIST: &str = "/router-fixtures.txt";
+const GUEST_ROUTERS: &[(&str, &str)] = &[("new", "default"), ("old", "stripped")];
 /// Host tools the harness runs inside the guest (looked up in PATH).
 /// (curl: the HTTP/2 guest test's h2c client.)
 const TOOLS: &[&str] = &["ip", "nft", "nstat", "bpftool", "curl"];
@@ -507,6 +521,15 @@ fn build_initramfs(
         stage.join(GUEST_GRPC_LIST.trim_start_matches('/')),
         grpc_list,
     )?;
+    let mut routers_list = String::new();
+    for (set, variant, path) in router_fixtures(root)? {
+        copy_file(&path, &in_stage(&stage, &path))?;
+        routers_list.push_str(&format!("{set} {variant} {}\n", path.display()));
+    }
+    fs::write(
+        stage.join(GUEST_ROUTERS_LIST.trim_start_matches('/')),
+        routers_list,
+    )?;
     let mut libs = BTreeSet::new();
     for bin in &dynamic {
         copy_file(bin, &in_stage(&stage, bin))?;
@@ -646,7 +669,7 @@ for m in {wanted}; do
   [ -d /sys/module/$m ] || fail "module $m did not load"
 done
 echo "{MARK}setup-done nproc=$(nproc) mem=$(awk '/MemTotal/ {{print $2}}' /proc/meminfo)kB"
-export RUST_BACKTRACE=1 COLLECTOR_TEST_REQUIRE_RUNGS={GUEST_REQUIRED_RUNGS} COLLECTOR_GO_FIXTURES={GUEST_GO_LIST} COLLECTOR_GRPC_FIXTURES={GUEST_GRPC_LIST}{record}
+export RUST_BACKTRACE=1 COLLECTOR_TEST_REQUIRE_RUNGS={GUEST_REQUIRED_RUNGS} COLLECTOR_GO_FIXTURES={GUEST_GO_LIST} COLLECTOR_GRPC_FIXTURES={GUEST_GRPC_LIST} COLLECTOR_ROUTER_FIXTURES={GUEST_ROUTERS_LIST}{record}
 rc=0
 run_test() {{
   name=$1; shift
@@ -747,7 +770,9 @@ struct Outcome {
 
 fn boot(kernel: &Kernel, initrd: &Path, opts: &Options) -> anyhow::Result<Outcome> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-M", "q35", "-smp", "2", "-m", "1024"])
+    // 1.5 GiB: the initramfs (≈ 330 MiB with the Go fixtures) is unpacked into memory while
+    // the archive itself is still held there; at 1 GiB unpacking failed ("write error").
+    cmd.args(["-accel", "tcg", "-M", "q35", "-smp", "2", "-m", "1536"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(&kernel.vmlinux)
         .arg("-initrd")
@@ -909,6 +934,35 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// tests/go/routers/build.sh's servers of `GUEST_ROUTERS`, built (or found cached) on the host.
+fn router_fixtures(root: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+    let out = Command::new(root.join("tests/go/routers/build.sh"))
+        .output()
+        .context("running tests/go/routers/build.sh")?;
+    ensure!(
+        out.status.success(),
+        "building the router fixtures: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Vec<(String, String, PathBuf)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [set, variant, path] = f.as_slice() else {
+                return None;
+            };
+            GUEST_ROUTERS
+                .contains(&(*set, *variant))
+                .then(|| (set.to_string(), variant.to_string(), PathBuf::from(path)))
+        })
+        .collect();
+    ensure!(
+        found.len() == GUEST_ROUTERS.len(),
+        "tests/go/routers/build.sh did not print every one of {GUEST_ROUTERS:?}"
+    );
+    Ok(found)
 }
 
 /// tests/go/grpc/build.sh's lines for the guest: the newest grpc-go's default and stripped
