@@ -776,6 +776,66 @@ mod tests {
         assert!(!lossy.contains(&"stats_map_full"));
     }
 
+    /// Catches the record memo kept past a harvest: a workload's records would stay on the
+    /// labels resolved at its first record forever (a renamed process, a pod the API names
+    /// later), and a forgotten workload's removed series would swallow its observations.
+    #[test]
+    fn records_follow_identity_changes_from_the_next_harvest() {
+        let mut fake = Fake::default();
+        let metrics = Arc::new(Metrics::new(100));
+        let identity = IdentityResolver::new(None, PathBuf::from("/nonexistent-proc"));
+        let mut agg = Aggregator::new(
+            &mut fake,
+            metrics.clone(),
+            identity,
+            http::RouteTable::new(&[], 10),
+        );
+        let now = Instant::now();
+        let announce = |comm: &str| Event::Process {
+            tgid: 99,
+            cgroup_id: 1,
+            comm: comm.into(),
+        };
+        let request = || {
+            Event::Http(HttpRequest {
+                tgid: 99,
+                cgroup_id: 1,
+                duration_ns: 1_000_000,
+                method: "GET".into(),
+                route: "/a".into(),
+                route_is_pattern: false,
+                outcome: crate::events::Outcome::Completed { status: 200 },
+            })
+        };
+        agg.on_event(announce("first"), now);
+        for _ in 0..3 {
+            agg.on_event(request(), now);
+        }
+        agg.end_batch(now);
+        agg.on_event(announce("second"), now);
+        // Until the next harvest, the name resolved for the first record.
+        agg.on_event(request(), now);
+        agg.harvest(now);
+        for _ in 0..2 {
+            agg.on_event(request(), now);
+        }
+        agg.end_batch(now);
+        let text = metrics.render_text();
+        let count = |name: &str| {
+            let series = format!(
+                "http_server_request_duration_seconds_count{{workload_kind=\"process_comm\",workload=\"{name}\",pod_uid=\"\",container_id=\"\",method=\"GET\",route=\"/a\",status_code=\"200\",error_type=\"\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        assert_eq!(
+            (count("first"), count("second")),
+            (Some(4), Some(2)),
+            "{text}"
+        );
+    }
+
     #[test]
     fn harvest_exports_process_workloads_and_per_cpu_drops() {
         let mut fake = Fake::default();
