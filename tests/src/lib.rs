@@ -1441,3 +1441,33 @@ pub fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// A self-signed certificate and key for `localhost` in `dir` (openssl, installed by
+/// scripts/bootstrap.sh), for the Go test server's `-tls-cert`/`-tls-key`.
+pub fn tls_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (installed by scripts/bootstrap.sh)");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}

@@ -227,34 +227,6 @@ fn records_of(text: &str, w: &[(&str, &str)]) -> u64 {
     .sum()
 }
 
-fn tls_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (installed by scripts/bootstrap.sh)");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 /// Checks the exact counts, records and durations of one server against what the client saw
 /// (`seen`), plus `http1_ok` HTTP/1.1 requests to /ok answered 200.
 fn check_counts(running: &app::Running, name: &str, workload: &str, seen: &[Seen], http1_ok: u64) {
