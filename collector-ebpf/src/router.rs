@@ -156,11 +156,27 @@ uprobes! {
     router_probe, router_probe_m => router_probe_impl;
 }
 
+/// A value the compiler cannot reason about (a register moved onto itself), so the bounds
+/// applied after it stay in the code, on the register the helper call uses.
+#[inline(always)]
+fn opaque(mut v: usize) -> usize {
+    // SAFETY: a register move onto itself.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack)) };
+    v
+}
+
 /// Copies `n` (≤ `ROUTE_MAX`) bytes of user memory at `src` into `dst`; false on a fault.
 #[inline(always)]
 fn copy_user(dst: *mut u8, n: usize, src: u64) -> bool {
+    // Masked, then clamped, on the register passed: with the callers' clamp alone, Debian's
+    // 6.1 verifier refused the size ("R2 min value is negative").
+    let mut size = opaque(n) & 0xff;
+    if size > ROUTE_MAX {
+        size = ROUTE_MAX;
+    }
     // SAFETY: the caller gives `dst` room for `ROUTE_MAX` bytes; the helper checks the source.
-    n == 0 || unsafe { generated::bpf_probe_read_user(dst.cast(), n as u32, src as *const _) } == 0
+    size == 0
+        || unsafe { generated::bpf_probe_read_user(dst.cast(), size as u32, src as *const _) } == 0
 }
 
 /// The template the router recorded for request `entry` of goroutine `k`, copied into
