@@ -32,7 +32,10 @@ fn main() -> anyhow::Result<()> {
     // embedded ("invalid value size" at load).
     let common = PathBuf::from(root_dir).with_file_name("collector-common");
     println!("cargo::rerun-if-changed={}", common.join("src").display());
-    println!("cargo::rerun-if-changed={}", common.join("Cargo.toml").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        common.join("Cargo.toml").display()
+    );
     aya_build::build_ebpf(
         [Package {
             name: "collector-ebpf",

@@ -5,8 +5,8 @@ mod callgrind;
 mod fuzz;
 mod go_offsets;
 mod grpc_offsets;
-mod router_offsets;
 mod image;
+mod router_offsets;
 mod vm;
 
 use std::{

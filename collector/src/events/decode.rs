@@ -353,7 +353,10 @@ mod tests {
         for (f, want) in [
             (flags::PANICKED | flags::ABORTED, Outcome::Panic),
             (flags::ABORTED, Outcome::Aborted),
-            (flags::HTTP2 | flags::UNOBSERVED, Outcome::UnobservedProtocol),
+            (
+                flags::HTTP2 | flags::UNOBSERVED,
+                Outcome::UnobservedProtocol,
+            ),
             (flags::UNOBSERVED, Outcome::UnobservedProtocol),
             // HTTP/2 with its status read from net/http's writer.
             (flags::HTTP2, Outcome::Completed { status: 200 }),

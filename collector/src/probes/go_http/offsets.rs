@@ -798,7 +798,9 @@ mod tests {
         let minors: Vec<&str> = rows.iter().map(|r| r.minor.as_str()).collect();
         assert_eq!(
             minors,
-            ["1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"]
+            [
+                "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"
+            ]
         );
         for r in rows {
             let has_pattern = parse_minor(&r.generated_with).is_some_and(|m| m >= (1, 23));
