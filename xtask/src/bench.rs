@@ -680,7 +680,7 @@ fn grpc_fixtures(root: &Path) -> anyhow::Result<GrpcTools> {
             }),
             _ => None,
         })
-        .last()
+        .next_back()
         .with_context(|| format!("{} listed no default server", script.display()))
 }
 

@@ -898,39 +898,6 @@ fn probe_points(bin: &GoBinary) -> Result<Vec<Vec<u64>>, String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: u64 = 60_000_000_000;
-
-    #[test]
-    fn live_requests_are_never_swept_however_long_they_run() {
-        // A stream that has run for a day in a process started before it.
-        assert!(!inflight_is_stale(10 * MIN, Some(MIN)));
-        assert!(!inflight_is_stale(MIN, Some(MIN)));
-        // The process is gone, or its pid belongs to a process started after the request.
-        assert!(inflight_is_stale(10 * MIN, None));
-        assert!(inflight_is_stale(10 * MIN, Some(11 * MIN)));
-    }
-
-    #[test]
-    fn process_start_reads_field_22_after_the_command_name() {
-        let dir = std::env::temp_dir().join(format!("go-http-stat-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("42")).expect("dir");
-        // A command name with spaces and a ')' of its own; starttime 12345 ticks.
-        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
-        std::fs::write(dir.join("42/stat"), stat).expect("stat");
-        assert_eq!(
-            process_start_ns(&dir, 42, 100),
-            Some(123_450_000_000),
-            "12345 ticks at 100 Hz"
-        );
-        assert_eq!(process_start_ns(&dir, 43, 100), None, "no such process");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// The router template probe (`routers`) and its slots in `ROUTER_SPECS`.
 struct RouterProbes {
     prog: &'static str,
@@ -1050,5 +1017,38 @@ impl RouterProbes {
             let _ = self.specs.set(slot, &RouterSpec::default(), 0);
             self.free.push(slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000_000_000;
+
+    #[test]
+    fn live_requests_are_never_swept_however_long_they_run() {
+        // A stream that has run for a day in a process started before it.
+        assert!(!inflight_is_stale(10 * MIN, Some(MIN)));
+        assert!(!inflight_is_stale(MIN, Some(MIN)));
+        // The process is gone, or its pid belongs to a process started after the request.
+        assert!(inflight_is_stale(10 * MIN, None));
+        assert!(inflight_is_stale(10 * MIN, Some(11 * MIN)));
+    }
+
+    #[test]
+    fn process_start_reads_field_22_after_the_command_name() {
+        let dir = std::env::temp_dir().join(format!("go-http-stat-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("42")).expect("dir");
+        // A command name with spaces and a ')' of its own; starttime 12345 ticks.
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
+        std::fs::write(dir.join("42/stat"), stat).expect("stat");
+        assert_eq!(
+            process_start_ns(&dir, 42, 100),
+            Some(123_450_000_000),
+            "12345 ticks at 100 Hz"
+        );
+        assert_eq!(process_start_ns(&dir, 43, 100), None, "no such process");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
