@@ -97,6 +97,8 @@ struct CallKey {
 struct CallMemo {
     workload: WorkloadLabels,
     probe: bool,
+    /// Charged to overflow by `--max-workloads` (each call a capped observation).
+    workload_capped: bool,
     /// The call's status in verdicts (`verdict_status`).
     status: u16,
     /// None for health checks (probe traffic has no duration series).
@@ -290,6 +292,9 @@ impl GrpcAggregate {
             if let Some(c) = &m.capped {
                 c.inc();
             }
+            if m.workload_capped {
+                metrics.capped_observation();
+            }
             if let Some(series) = &m.series {
                 metrics.grpc.observe_series(series, duration.as_secs_f64());
             }
@@ -297,7 +302,8 @@ impl GrpcAggregate {
             return;
         }
         // The key's first call: `labels` charges a capped method itself.
-        let workload = metrics.labels_for(&identity.workload_of(&key.owner, now));
+        let (workload, workload_capped) =
+            metrics.labels_or_capped(&identity.workload_of(&key.owner, now));
         let (labels, probe, capped) =
             self.labels(workload, &key.method, key.truncated, key.code, metrics);
         let memo = CallMemo {
@@ -311,6 +317,7 @@ impl GrpcAggregate {
             }),
             status: self.verdict_status(key.code),
             probe,
+            workload_capped,
             workload: labels.workload,
             pending: vec![duration],
         };

@@ -257,6 +257,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct WorkloadMemo {
     labels: WorkloadLabels,
+    /// Charged to overflow by `--max-workloads`: every record is a capped observation.
+    capped: bool,
     /// This batch's per-request verdict inputs (`Aggregator::end_batch`).
     pending: Vec<crate::verdict::RequestInput>,
 }
@@ -379,13 +381,19 @@ impl<S: StatsSource> Aggregator<S> {
             _pad: 0,
         };
         let workload = match self.memo.workloads.get_mut(&owner) {
-            Some(w) => w,
+            Some(w) => {
+                if w.capped {
+                    self.metrics.capped_observation();
+                }
+                w
+            }
             None => {
-                let labels = self
+                let (labels, capped) = self
                     .metrics
-                    .labels_for(&self.identity.workload_of(&owner, now));
+                    .labels_or_capped(&self.identity.workload_of(&owner, now));
                 self.memo.workloads.entry(owner).or_insert(WorkloadMemo {
                     labels,
+                    capped,
                     pending: Vec::new(),
                 })
             }
@@ -834,6 +842,49 @@ mod tests {
             (Some(4), Some(2)),
             "{text}"
         );
+    }
+
+    /// Catches the record memo counting a workload charged to overflow once per harvest
+    /// instead of once per record (`collector_workloads_capped_total` counts observations).
+    #[test]
+    fn every_record_of_a_capped_workload_counts_as_capped() {
+        let mut fake = Fake::default();
+        let metrics = Arc::new(Metrics::new(1));
+        let identity = IdentityResolver::new(None, PathBuf::from("/nonexistent-proc"));
+        let mut agg = Aggregator::new(
+            &mut fake,
+            metrics.clone(),
+            identity,
+            http::RouteTable::new(&[], 10),
+        );
+        let now = Instant::now();
+        for (tgid, comm) in [(98, "admitted"), (99, "capped")] {
+            agg.on_event(
+                Event::Process {
+                    tgid,
+                    cgroup_id: 1,
+                    comm: comm.into(),
+                },
+                now,
+            );
+        }
+        let before = metrics.collector.workloads_capped.get();
+        for _ in 0..3 {
+            agg.on_event(
+                Event::Http(HttpRequest {
+                    tgid: 99,
+                    cgroup_id: 1,
+                    duration_ns: 1_000_000,
+                    method: "GET".into(),
+                    route: "/a".into(),
+                    route_is_pattern: false,
+                    outcome: crate::events::Outcome::Completed { status: 200 },
+                }),
+                now,
+            );
+        }
+        agg.end_batch(now);
+        assert_eq!(metrics.collector.workloads_capped.get() - before, 3);
     }
 
     #[test]

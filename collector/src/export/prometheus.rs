@@ -322,18 +322,31 @@ impl Metrics {
 
     /// The label set for a workload, or the overflow bucket once `max_workloads` is reached.
     pub fn labels_for(&self, w: &Workload) -> WorkloadLabels {
+        self.labels_or_capped(w).0
+    }
+
+    /// `labels_for`, and whether the workload was charged to overflow because of the cap (the
+    /// observation is counted in `collector_workloads_capped_total`). For callers that keep
+    /// the labels for later observations: each of those is another capped observation
+    /// (`capped_observation`).
+    pub fn labels_or_capped(&self, w: &Workload) -> (WorkloadLabels, bool) {
         let labels = WorkloadLabels::from(w);
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.contains(&labels) {
-            return labels;
+            return (labels, false);
         }
         if known.len() >= self.max_workloads {
             self.collector.workloads_capped.inc();
-            return WorkloadLabels::from(&Workload::overflow());
+            return (WorkloadLabels::from(&Workload::overflow()), true);
         }
         known.insert(labels.clone());
         self.collector.workloads.set(known.len() as i64);
-        labels
+        (labels, false)
+    }
+
+    /// One more observation of a workload `labels_or_capped` charged to overflow.
+    pub fn capped_observation(&self) {
+        self.collector.workloads_capped.inc();
     }
 
     /// Forgets a workload the verdict engine expired (no data for `expire_windows` windows):
