@@ -3,6 +3,7 @@
 //! counts, panics, durations against the client's own clock, probe paths apart, HTTPS, and a
 //! server started after the collector.
 
+use collector_common::http::GoHttpOffsets;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
@@ -1062,7 +1063,12 @@ fn map_ids(name: &str) -> Vec<u64> {
 /// A slot of an `HTTP_OFFSETS` map and its value's bytes (a `GoHttpOffsets`).
 type OffsetSlot = (u32, Vec<u8>);
 
-/// The non-empty slots of an `HTTP_OFFSETS` map (`valid`, the value's last u32, non-zero).
+/// Bytes of `GoHttpOffsets::valid` (0: an empty slot) in a slot's value: from the layout,
+/// which grows with the fields the uprobes read (a fixed 20..24 broke when HTTP/2's came).
+const VALID: std::ops::Range<usize> =
+    std::mem::offset_of!(GoHttpOffsets, valid)..std::mem::offset_of!(GoHttpOffsets, valid) + 4;
+
+/// The non-empty slots of an `HTTP_OFFSETS` map (`valid` non-zero).
 fn filled_offset_slots(id: u64) -> Vec<OffsetSlot> {
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "id", &id.to_string()])
@@ -1083,7 +1089,8 @@ fn filled_offset_slots(id: u64) -> Vec<OffsetSlot> {
             let key = hex(&e["key"]);
             let value = hex(&e["value"]);
             let slot = u32::from_le_bytes(key.get(..4)?.try_into().ok()?);
-            (value.len() == 24 && value[20..24] != [0; 4]).then_some((slot, value))
+            (value.len() == size_of::<GoHttpOffsets>() && value[VALID] != [0; 4])
+                .then_some((slot, value))
         })
         .collect()
 }
@@ -1124,7 +1131,7 @@ async fn a_request_ending_on_an_emptied_offsets_slot_is_counted() {
     let (id, slots) = &ours[0];
     assert_eq!(slots.len(), 1, "{slots:?}");
     let (slot, mut value) = slots[0].clone();
-    value[20..24].copy_from_slice(&[0; 4]);
+    value[VALID].copy_from_slice(&[0; 4]);
     let arg = |b: &[u8]| b.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let status = Command::new("bpftool")
         .args(["map", "update", "id", &id.to_string(), "key"])
