@@ -251,7 +251,12 @@ fn join(slice: u64, route: *mut u8) -> Option<(u16, bool)> {
         let piece = read_user::<[u64; 2]>(items + 16 * i)?;
         if pos >= 2 {
             // SAFETY: pos ≤ ROUTE_MAX, inside the 2 × ROUTE_MAX scratch.
-            let tail = unsafe { [*buf.add((pos - 2) & 0xff), *buf.add((pos - 1) & 0xff)] };
+            let tail = unsafe {
+                [
+                    *buf.add(opaque(pos - 2) & 0xff),
+                    *buf.add(opaque(pos - 1) & 0xff),
+                ]
+            };
             if tail == *b"/*" {
                 pos -= 2;
             }
@@ -275,8 +280,10 @@ fn join(slice: u64, route: *mut u8) -> Option<(u16, bool)> {
         cut = true;
     }
     for _ in 0..2 {
-        // SAFETY: as above.
-        if pos > 1 && unsafe { *buf.add((pos - 1) & 0xff) } == b'/' {
+        // SAFETY: as above. The mask behind `opaque`: LLVM drops a plain `& 0xff` it can prove
+        // redundant after `pos > 1`, and 6.1's verifier, which lost that bound through a
+        // spilled copy, refused the index as possibly negative.
+        if pos > 1 && unsafe { *buf.add(opaque(pos - 1) & 0xff) } == b'/' {
             pos -= 1;
         }
     }
