@@ -784,9 +784,22 @@ mod tests {
         assert!(!lossy.contains(&"stats_map_full"));
     }
 
+    /// A 1 ms `GET /a` answered 200 by process `tgid` in cgroup 1.
+    fn get_a(tgid: u32) -> Event {
+        Event::Http(HttpRequest {
+            tgid,
+            cgroup_id: 1,
+            duration_ns: 1_000_000,
+            method: "GET".into(),
+            route: "/a".into(),
+            route_is_pattern: false,
+            outcome: crate::events::Outcome::Completed { status: 200 },
+        })
+    }
+
     /// Catches the record memo kept past a harvest: a workload's records would stay on the
     /// labels resolved at its first record forever (a renamed process, a pod the API names
-    /// later), and a forgotten workload's removed series would swallow its observations.
+    /// later).
     #[test]
     fn records_follow_identity_changes_from_the_next_harvest() {
         let mut fake = Fake::default();
@@ -804,17 +817,7 @@ mod tests {
             cgroup_id: 1,
             comm: comm.into(),
         };
-        let request = || {
-            Event::Http(HttpRequest {
-                tgid: 99,
-                cgroup_id: 1,
-                duration_ns: 1_000_000,
-                method: "GET".into(),
-                route: "/a".into(),
-                route_is_pattern: false,
-                outcome: crate::events::Outcome::Completed { status: 200 },
-            })
-        };
+        let request = || get_a(99);
         agg.on_event(announce("first"), now);
         for _ in 0..3 {
             agg.on_event(request(), now);
@@ -870,18 +873,7 @@ mod tests {
         }
         let before = metrics.collector.workloads_capped.get();
         for _ in 0..3 {
-            agg.on_event(
-                Event::Http(HttpRequest {
-                    tgid: 99,
-                    cgroup_id: 1,
-                    duration_ns: 1_000_000,
-                    method: "GET".into(),
-                    route: "/a".into(),
-                    route_is_pattern: false,
-                    outcome: crate::events::Outcome::Completed { status: 200 },
-                }),
-                now,
-            );
+            agg.on_event(get_a(99), now);
         }
         agg.end_batch(now);
         assert_eq!(metrics.collector.workloads_capped.get() - before, 3);
