@@ -15,6 +15,47 @@ pub mod process;
 pub mod router;
 pub mod tcp;
 
+/// The attach cookie of every Go uprobe link (net/http, gRPC, routers): the slot of the
+/// link's table entry (`GoHttpOffsets`, `GrpcOffsets`, `RouterSpec`) and the generation
+/// (`valid`) the slot held when the link was made.
+///
+/// Why the generation: links are detached on a reaper thread (a uprobe's unregistration waits
+/// for RCU, milliseconds each), so a slot is filled again — for another binary, or another
+/// router of the same one — while the old links still fire. A link whose generation is no
+/// longer its slot's is stale and does nothing; with the slot alone it read memory at the
+/// new entry's offsets, beside the live link of the same point.
+pub mod cookie {
+    pub const fn encode(slot: u32, generation: u32) -> u64 {
+        ((generation as u64) << 32) | slot as u64
+    }
+
+    /// (slot, generation).
+    pub const fn decode(cookie: u64) -> (u32, u32) {
+        (cookie as u32, (cookie >> 32) as u32)
+    }
+
+    /// A link of `generation` whose slot holds `valid` now is stale: it fires beside the live
+    /// link of the same point until the reaper detaches it, and must do nothing. An emptied
+    /// slot (0) is no other generation: what ends on it is still counted, without reading.
+    pub const fn is_stale(generation: u32, valid: u32) -> bool {
+        valid != 0 && valid != generation
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_cookie_is_its_slot_and_generation() {
+            assert_eq!(decode(encode(7, u32::MAX)), (7, u32::MAX));
+            assert_eq!(decode(encode(u32::MAX, 1)), (u32::MAX, 1));
+            assert!(is_stale(1, 2));
+            assert!(!is_stale(2, 2));
+            assert!(!is_stale(2, 0));
+        }
+    }
+}
+
 /// Compile-time layout check used by every ABI type: size and 8-byte alignment (the ring
 /// buffer's `reserve::<T>()` requires `align_of::<T>() <= 8`).
 #[macro_export]

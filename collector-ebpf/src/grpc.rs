@@ -28,6 +28,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use collector_common::{
+    cookie,
     event::{EVENT_VERSION, EventHeader, EventKind},
     grpc::{
         GRPC_COUNTS_ENTRIES, GRPC_INFLIGHT_ENTRIES, GRPC_METHOD_MAX, GRPC_OFFSETS_SLOTS,
@@ -65,8 +66,21 @@ static ZERO_COUNTS: GrpcCounts = GrpcCounts {
     no_start: 0,
 };
 
+/// This link's offsets (`valid` 0: the slot was emptied); `None` for a stale link
+/// (`collector_common::cookie::is_stale`), which does nothing.
+#[inline(always)]
+fn link(ctx: &ProbeContext) -> Option<&'static GrpcOffsets> {
+    // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it (`cookie::encode`).
+    let (slot, generation) = cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let off = GRPC_OFFSETS.get(slot)?;
+    (!cookie::is_stale(generation, off.valid)).then_some(off)
+}
+
 #[inline(always)]
 fn grpc_stream_start_impl(ctx: ProbeContext) -> u32 {
+    if link(&ctx).is_none() {
+        return 0;
+    }
     // SAFETY: a uprobe's context is the user pt_regs.
     let stream = unsafe { (*ctx.regs).rdi };
     if stream == 0 {
@@ -107,13 +121,11 @@ fn count(key: &GrpcCountKey, f: impl FnOnce(&mut GrpcCounts)) {
 
 #[inline(always)]
 fn grpc_write_status_impl(ctx: ProbeContext) -> u32 {
-    // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it to the binary's slot.
-    let slot = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    // SAFETY: a uprobe's context is the user pt_regs.
-    let (stream, st) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx) };
-    let Some(off) = GRPC_OFFSETS.get(slot) else {
+    let Some(off) = link(&ctx) else {
         return 0;
     };
+    // SAFETY: a uprobe's context is the user pt_regs.
+    let (stream, st) = unsafe { ((*ctx.regs).rbx, (*ctx.regs).rcx) };
     if off.valid == 0 {
         // Detached meanwhile: nothing can be read safely.
         count_drop(KernelDrop::HttpNoOffsets);

@@ -43,6 +43,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::{
+    cookie,
     event::{EVENT_VERSION, EventHeader, EventKind},
     http::{
         GoHttpOffsets, HttpCounts, HttpEvent, ITAB_HASH, Inflight, InflightKey, METHOD_MAX,
@@ -218,10 +219,21 @@ fn read_go_string(ptr: u64, len: u64, dst: *mut u8, max: usize) -> usize {
     if rc == 0 { n } else { 0 }
 }
 
+/// This link's offsets slot and the generation the slot holds now (0: emptied); `None` for a
+/// stale link (`collector_common::cookie::is_stale`), which does nothing.
+#[inline(always)]
+fn link(ctx: &ProbeContext) -> Option<(u32, u32)> {
+    // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it (`cookie::encode`).
+    let (slot, generation) = cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    let valid = HTTP_OFFSETS.get(slot).map_or(0, |o| o.valid);
+    (!cookie::is_stale(generation, valid)).then_some((slot, valid))
+}
+
 #[inline(always)]
 fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
-    // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it to the binary's slot.
-    let slot = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some((slot, generation)) = link(&ctx) else {
+        return 0;
+    };
     let r = regs(&ctx);
     let k = key(r.g);
     // A status set aside for an earlier request whose response sat at the same address.
@@ -238,7 +250,7 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
         status: 0,
         flags: 0,
         slot,
-        generation: HTTP_OFFSETS.get(slot).map_or(0, |o| o.valid),
+        generation,
         writer_itab: r.rbx,
     };
     let budget = server_entries(k.tgid);
@@ -298,6 +310,9 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn http_write_header_impl(ctx: ProbeContext) -> u32 {
+    if link(&ctx).is_none() {
+        return 0;
+    }
     let r = regs(&ctx);
     let code = r.rbx as u32;
     // 1xx informational headers (except 101) precede the real status.
@@ -333,6 +348,9 @@ fn http_write_header_impl(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
+    if link(&ctx).is_none() {
+        return 0;
+    }
     let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
     let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() else {
@@ -354,6 +372,9 @@ fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
 /// returns): a request it still has in flight never returned from ServeHTTP.
 #[inline(always)]
 fn http_goroutine_done_impl(ctx: ProbeContext) -> u32 {
+    if link(&ctx).is_none() {
+        return 0;
+    }
     let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
     if let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() {
@@ -375,6 +396,9 @@ fn ended_early(entry: &Inflight) -> u16 {
 
 #[inline(always)]
 fn go_panic_impl(ctx: ProbeContext) -> u32 {
+    if link(&ctx).is_none() {
+        return 0;
+    }
     if let Some(p) = HTTP_INFLIGHT.get_ptr_mut(&key(regs(&ctx).g)) {
         // SAFETY: as in http_write_header.
         unsafe { (*p).flags |= flags::PANICKED as u32 };

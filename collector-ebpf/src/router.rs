@@ -20,6 +20,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use collector_common::{
+    cookie,
     http::{Inflight, InflightKey, ROUTE_MAX},
     router::{
         JOIN_PIECES, JoinScratch, NO_DEREF, ROUTER_SPECS_SLOTS, ROUTER_TEMPLATES_ENTRIES,
@@ -75,12 +76,14 @@ fn go_reg(ctx: &ProbeContext, i: u32) -> u64 {
 
 #[inline(always)]
 fn router_probe_impl(ctx: ProbeContext) -> u32 {
-    // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it to the spec's slot.
-    let slot = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it (`cookie::encode`).
+    let (slot, generation) = cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
     let Some(spec) = ROUTER_SPECS.get(slot) else {
         return 0;
     };
-    if spec.kind == 0 {
+    // A stale link: its slot now holds another router's spec (of this binary, often: the
+    // slots of a binary let go and attached again are handed out anew).
+    if spec.kind == 0 || cookie::is_stale(generation, spec.valid) {
         return 0;
     }
     // SAFETY: a uprobe's context is the user pt_regs.

@@ -3,7 +3,7 @@
 //! The same rules as `go_http::attach` (whose analysis this reuses): `/proc/<pid>/exe` is
 //! opened once and the key (st_dev, st_ino), the analysis and the attach target all come from
 //! that descriptor; only addresses `GoBinary::probe_points` verified are used; each attachment
-//! gets a slot in `GRPC_OFFSETS` (the probes' attach cookie); files nobody runs are detached.
+//! gets a slot in `GRPC_OFFSETS` (with its generation, the probes' attach cookie); files nobody runs are detached.
 //! Discovery runs on this module's own thread: exec notices from the kernel (forwarded from
 //! the ring reader) check a new process at once; a /proc scan every second is the safety net
 //! and finds processes that predate the collector.
@@ -26,7 +26,10 @@ use aya::{
     },
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
-use collector_common::grpc::{GRPC_OFFSETS_SLOTS, GrpcOffsets};
+use collector_common::{
+    cookie,
+    grpc::{GRPC_OFFSETS_SLOTS, GrpcOffsets},
+};
 use tracing::{debug, info, warn};
 
 use super::{HANDLE_STREAM, WRITE_STATUS, offsets};
@@ -330,7 +333,7 @@ impl GoGrpcProbes {
                     .attach(
                         [UProbeAttachPoint {
                             location: UProbeAttachLocation::AbsoluteOffset(offset),
-                            cookie: Some(u64::from(slot)),
+                            cookie: Some(cookie::encode(slot, offs.valid)),
                         }],
                         &target,
                         UProbeScope::AllProcesses,

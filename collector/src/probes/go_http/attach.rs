@@ -14,7 +14,8 @@
 //! the pid), in every process running that file (`tests/tests/go_attach_race.rs`).
 //!
 //! Each attachment gets a slot in `HTTP_OFFSETS` holding that binary's struct offsets; the slot
-//! is every uprobe's attach cookie. Only addresses `GoBinary::probe_points` verified are used.
+//! and its generation are every uprobe's attach cookie (`collector_common::cookie`: links are
+//! detached on the reaper thread, and a stale link must not read through a refilled slot). Only addresses `GoBinary::probe_points` verified are used.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,6 +36,7 @@ use aya::{
     sys::{UProbeMultiFeature, is_uprobe_multi_supported},
 };
 use collector_common::{
+    cookie,
     http::{GoHttpOffsets, Inflight, InflightKey},
     maps::{HTTP_INFLIGHT_SERVERS, HTTP_OFFSETS_SLOTS},
     router::{ROUTER_SPECS, ROUTER_SPECS_SLOTS, RouterSpec},
@@ -582,7 +584,7 @@ impl GoHttpProbes {
             }
             let attach_points = offs.iter().map(|o| UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(*o),
-                cookie: Some(u64::from(slot)),
+                cookie: Some(cookie::encode(slot, value.valid)),
             });
             let result = match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
                 Some(Ok(p)) => p
@@ -985,7 +987,7 @@ impl RouterProbes {
             }
             let points = offsets.iter().map(|o| UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(*o),
-                cookie: Some(u64::from(slot)),
+                cookie: Some(cookie::encode(slot, spec.valid)),
             });
             let result = match ebpf.program_mut(self.prog).map(<&mut UProbe>::try_from) {
                 Some(Ok(p)) => p
