@@ -447,14 +447,6 @@ async fn guest_router_templates_on_this_kernel() {
             if case.new_only && set != "new" {
                 continue;
             }
-            // Known gap, issue #14: on Debian's 6.1 the old stripped gorilla/mux build (1.7.4,
-            // Go 1.21) got its template on only half of the requests (2 of 4 per route, the
-            // others their normalised path; every other case here passes, and this one passes
-            // on 6.18). Left out of the guest run until it is understood, not hidden: the
-            // issue stays open on it.
-            if set == "old" && case.router == "gorilla" {
-                continue;
-            }
             let name = format!("{set}-{variant}-{}", case.router);
             let cgroup = HostCgroup::create(&prefix, &format!("{i}-{j}")).expect("cgroup");
             // Generous: software emulation makes everything slower.
