@@ -414,6 +414,96 @@ async fn a_server_restarted_at_once_has_templates_from_its_first_request() {
     running.shutdown().await;
 }
 
+/// `--no-go-router-templates` (Helm's `config.go_router_templates: false`): routers are not
+/// probed, so every route is the request's normalised path, and the net/http counts stay
+/// exact. Bug caught: the switch not reaching Go discovery (the flag parsed, the templates
+/// still read), or switching the net/http probes off with the routers'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_templates_off_gives_normalised_paths() {
+    require_root();
+    let fixtures = fixtures();
+    let (_, _, path) = fixtures
+        .iter()
+        .find(|(set, variant, _)| set == "new" && variant == "default")
+        .expect("the newest modules' default build");
+    let cli = <collector::config::Cli as clap::Parser>::parse_from([
+        "collector",
+        "--listen",
+        "127.0.0.1:0",
+        "--harvest-interval",
+        "200ms",
+        "--no-http-socket",
+        "--go-http-uprobes",
+        "all",
+        "--no-go-router-templates",
+    ]);
+    let env: BTreeMap<String, String> = BTreeMap::new();
+    let config = collector::config::Config::load(&cli, &env).expect("config");
+    assert!(!config.http.router_templates, "the flag reaches the config");
+    let running = app::start(config).await.expect("collector starts");
+    let prefix = unique_prefix("rn");
+    let cgroup = HostCgroup::create(&prefix, "off").expect("cgroup");
+    let workload = cgroup.workload();
+    let server = cgroup.spawn_announced(
+        path,
+        &["-listen", "127.0.0.1:0", "-router", "chi"],
+        "listening on ",
+    );
+    let pid = server.child.id();
+    wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        "instrumented",
+        || {
+            if instrumented(running.addr, pid) {
+                Ok(())
+            } else {
+                Err(format!("pid {pid} not listed"))
+            }
+        },
+    );
+    let mut expected: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for r in &MIX {
+        let got = keep_alive(server.addr, std::slice::from_ref(r));
+        assert_eq!(got, [r.3], "{} {}", r.0, r.1);
+        *expected
+            .entry((
+                r.0.to_owned(),
+                collector::aggregate::http::normalize_path(r.1),
+                r.3.to_string(),
+            ))
+            .or_default() += 1;
+    }
+    let want = MIX.len() as u64;
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    let text = wait_until_ok_blocking(DEADLINE, POLL, "counted", || {
+        let text = scrape(running.addr);
+        let records = metric_sum(&text, "http_server_request_duration_seconds_count", &w)
+            .unwrap_or(0.0) as u64;
+        if records == want {
+            Ok(text)
+        } else {
+            Err(format!("records {records}/{want}"))
+        }
+    });
+    for ((method, route, code), n) in &expected {
+        let labels = [
+            w[0],
+            w[1],
+            ("method", method.as_str()),
+            ("route", route.as_str()),
+            ("status_code", code.as_str()),
+        ];
+        assert_eq!(
+            metric_sum(&text, "http_server_request_duration_seconds_count", &labels),
+            Some(*n as f64),
+            "{method} {route} {code}\n{text}"
+        );
+    }
+    drop(server);
+    running.shutdown().await;
+}
+
 /// The router probe program on the kernel under test (`./x vm-test` runs it on Debian's 6.1:
 /// verifier, uprobe.multi or per-point links, attach cookies): every router of the binaries
 /// the guest was given, fresh and keep-alive connections. Bug caught: the program refused by
