@@ -328,7 +328,11 @@ pub mod wire {
         pub method: u8,
         /// `slot` flags.
         pub flags: u8,
-        pub _pad: [u8; 6],
+        pub _pad: [u8; 2],
+        /// The request's index (`WireConn::head` when it was queued). A request queued behind
+        /// `PIPELINE` others gets no slot: its index's slot still holds an earlier request's,
+        /// which this tells apart.
+        pub index: u32,
     }
     assert_layout!(WireSlot, 16);
 

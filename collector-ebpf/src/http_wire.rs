@@ -703,6 +703,7 @@ fn push_request(c: &mut WireConn) {
         s.start_ns = c.rx.start_ns;
         s.method = c.rx.method;
         s.flags = f;
+        s.index = c.head;
     }
     c.head = c.head.wrapping_add(1);
 }
@@ -735,6 +736,19 @@ fn finish_response(c: &mut WireConn, cookie: u64, status: u16) {
     let Some(s) = c.slots.get((index % PIPELINE) as usize).copied() else {
         return;
     };
+    if s.index != index {
+        // Queued behind `PIPELINE` others: no slot of its own (the one read is an earlier
+        // request's), so no record; its target, if one was kept, goes.
+        store(&mut c.tail, index.wrapping_add(1));
+        wire_count(&c.owner, Charge::Unrecorded, 1);
+        let key = TargetKey {
+            cookie,
+            index,
+            _pad: 0,
+        };
+        let _ = WIRE_TARGETS.remove(&key);
+        return;
+    }
     if s.flags & slot::SAMPLED == 0 {
         store(&mut c.tail, index.wrapping_add(1));
         wire_count(&c.owner, Charge::Unrecorded, 1);
@@ -1019,9 +1033,12 @@ fn response_done(c: &mut WireConn, cookie: u64) -> u32 {
         return 0;
     }
     let waiting = c.answered != c.head;
+    // A request queued behind `PIPELINE` others has no slot (the one there is an earlier
+    // request's, maybe a HEAD's): its method is unknown, and its response framed by its headers.
     let (slot_flags, method) = c
         .slots
         .get((c.answered % PIPELINE) as usize)
+        .filter(|s| s.index == c.answered)
         .map_or((0, 0), |s| (s.flags, s.method));
     answer(c, status);
     if status == 101 || (waiting && method == METHOD_CONNECT && (200..300).contains(&status)) {

@@ -101,7 +101,7 @@ impl HttpMetrics {
         };
         r.register_with_unit(
             "http_server_request_duration",
-            "Duration of HTTP server requests (probe paths excluded), by method, route (the path template without the method: with the Go uprobes the router's template (gin, echo, chi, gorilla/mux) or the Go mux pattern's path, else the normalised path), status code and error type",
+            "Duration of HTTP server requests (probe paths excluded), by method, route (the path template without the method: with the Go uprobes the router's template (gin, echo, chi, gorilla/mux) or the Go mux pattern's path, else the normalised path, as the socket parser gives for any HTTP/1.x server, fasthttp and fiber included), status code and error type",
             Unit::Seconds,
             m.duration.clone(),
         );
