@@ -24,6 +24,8 @@ use collector_common::maps::{
 use thiserror::Error;
 use tracing::{debug, warn};
 
+use super::ladder::Programs;
+
 #[derive(Debug, Error)]
 pub enum WireError {
     #[error("cannot open the cgroup2 root {path}")]
@@ -67,66 +69,34 @@ const PROGRAMS: [Entry; 3] = [
     ),
 ];
 
-/// Loads and attaches both programs at `cgroup_root`. On error nothing of ours stays attached
-/// (the links of a half-done attach go with the programs when `Ebpf` is dropped, and a failed
-/// start drops it).
-pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path) -> Result<(), WireError> {
-    let root = File::open(cgroup_root).map_err(|source| WireError::Root {
-        path: cgroup_root.display().to_string(),
-        source,
-    })?;
-    // Off the start path: the scan reads every process's fdinfo and waits 500 ms.
-    std::thread::spawn(report_stale_program_arrays);
-    let fds = load(ebpf)?;
-    // The program arrays before the attachment: a tail call into an empty slot would leave
-    // a segment half parsed.
-    for ((_, _, array, index), fd) in PROGRAMS.iter().zip(&fds) {
-        let map = ebpf
-            .map_mut(array)
-            .ok_or(WireError::MissingProgram(array))?;
-        let mut progs = ProgramArray::try_from(map).map_err(WireError::ProgArray)?;
-        progs.set(*index, fd, 0).map_err(WireError::ProgArray)?;
-    }
-    for (name, attach_type, _, _) in PROGRAMS {
-        let Some(attach_type) = attach_type else {
-            continue;
-        };
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(name)
+/// The parser's programs, taken out of the object's (`take`) so they are verified beside the
+/// TCP ladders (`ProbeSet::attach`).
+pub struct Taken<'a>(Vec<(usize, &'static str, &'a mut CgroupSkb)>);
+
+/// The parser's programs, verified: a descriptor of each, in `PROGRAMS` order.
+pub struct Loaded(Vec<ProgramFd>);
+
+/// Takes the parser's three programs out of `programs`.
+pub fn take<'a>(programs: &mut Programs<'a>) -> Result<Taken<'a>, WireError> {
+    let mut progs = Vec::new();
+    for (i, (name, ..)) in PROGRAMS.iter().enumerate() {
+        let prog: &mut CgroupSkb = programs
+            .remove(name)
             .ok_or(WireError::MissingProgram(name))?
             .try_into()
             .map_err(|source| WireError::Program { prog: name, source })?;
-        // Through a BPF link (aya uses one on ≥ 5.7): a cgroup link takes no flags and always
-        // runs beside the other programs attached there; passing BPF_F_ALLOW_MULTI fails.
-        prog.attach(&root, attach_type, CgroupAttachMode::Single)
-            .map_err(|source| WireError::Program { prog: name, source })?;
+        progs.push((i, *name, prog));
     }
-    Ok(())
+    Ok(Taken(progs))
 }
 
 /// Loads the three programs, each on its own thread: their verification is most of the
-/// collector's start-up (over a second on a 2-core machine) and the kernel verifies
-/// independent loads in parallel. Returns a descriptor of each, in `PROGRAMS` order.
-fn load(ebpf: &mut Ebpf) -> Result<Vec<ProgramFd>, WireError> {
-    let mut progs: Vec<(usize, &'static str, &mut CgroupSkb)> = Vec::new();
-    for (name, prog) in ebpf.programs_mut() {
-        let Some(i) = PROGRAMS.iter().position(|(n, ..)| *n == name) else {
-            continue;
-        };
-        let name = PROGRAMS[i].0;
-        let prog: &mut CgroupSkb = prog
-            .try_into()
-            .map_err(|source| WireError::Program { prog: name, source })?;
-        progs.push((i, name, prog));
-    }
-    if let Some((name, ..)) = PROGRAMS
-        .iter()
-        .find(|(n, ..)| !progs.iter().any(|(_, p, _)| p == n))
-    {
-        return Err(WireError::MissingProgram(name));
-    }
+/// collector's start-up (over a second on a 2-core machine before the verifier-shaped code)
+/// and the kernel verifies independent loads in parallel.
+pub fn load(taken: Taken<'_>) -> Result<Loaded, WireError> {
     let mut loaded: Vec<(usize, Result<ProgramFd, WireError>)> = std::thread::scope(|s| {
-        let threads: Vec<_> = progs
+        let threads: Vec<_> = taken
+            .0
             .into_iter()
             .map(|(i, name, prog)| {
                 s.spawn(move || {
@@ -151,7 +121,47 @@ fn load(ebpf: &mut Ebpf) -> Result<Vec<ProgramFd>, WireError> {
             .collect()
     });
     loaded.sort_by_key(|(i, _)| *i);
-    loaded.into_iter().map(|(_, fd)| fd).collect()
+    loaded
+        .into_iter()
+        .map(|(_, fd)| fd)
+        .collect::<Result<_, _>>()
+        .map(Loaded)
+}
+
+/// Attaches both loaded programs at `cgroup_root`. On error nothing of ours stays attached
+/// (the links of a half-done attach go with the programs when `Ebpf` is dropped, and a failed
+/// start drops it).
+pub fn attach(ebpf: &mut Ebpf, cgroup_root: &Path, loaded: Loaded) -> Result<(), WireError> {
+    let root = File::open(cgroup_root).map_err(|source| WireError::Root {
+        path: cgroup_root.display().to_string(),
+        source,
+    })?;
+    // Off the start path: the scan reads every process's fdinfo and waits 500 ms.
+    std::thread::spawn(report_stale_program_arrays);
+    // The program arrays before the attachment: a tail call into an empty slot would leave
+    // a segment half parsed.
+    for ((_, _, array, index), fd) in PROGRAMS.iter().zip(&loaded.0) {
+        let map = ebpf
+            .map_mut(array)
+            .ok_or(WireError::MissingProgram(array))?;
+        let mut progs = ProgramArray::try_from(map).map_err(WireError::ProgArray)?;
+        progs.set(*index, fd, 0).map_err(WireError::ProgArray)?;
+    }
+    for (name, attach_type, _, _) in PROGRAMS {
+        let Some(attach_type) = attach_type else {
+            continue;
+        };
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or(WireError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| WireError::Program { prog: name, source })?;
+        // Through a BPF link (aya uses one on ≥ 5.7): a cgroup link takes no flags and always
+        // runs beside the other programs attached there; passing BPF_F_ALLOW_MULTI fails.
+        prog.attach(&root, attach_type, CgroupAttachMode::Single)
+            .map_err(|source| WireError::Program { prog: name, source })?;
+    }
+    Ok(())
 }
 
 /// Logs the arrays [`stale_program_arrays`] finds, with their count and ids.
