@@ -420,6 +420,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "aggregator",
         tokio::spawn(aggregator.run(rx, config.harvest_interval)),
     ));
+    // `--api-auth-kubernetes` reviews tokens with the collector's own credentials.
+    let kube_client = kubernetes.as_ref().map(|k| k.client());
     let router = api::router(api::ApiState {
         metrics: metrics.clone(),
         probes: probes.clone(),
@@ -429,8 +431,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         kubernetes,
     })
     .merge(api::debug::router(kernel_log));
-    let server = api::server::Server::prepare(router, &config.api, addr, &metrics)
-        .context("preparing the API server")?;
+    let server = api::server::Server::prepare_with_kubernetes(
+        router,
+        &config.api,
+        addr,
+        &metrics,
+        kube_client,
+    )
+    .context("preparing the API server")?;
     let mut http_shutdown = shutdown_rx;
     let stop = async move {
         let _ = http_shutdown.changed().await;

@@ -84,6 +84,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
 
+    /// Also accept on /v1/* the bearer tokens the Kubernetes API server authenticates
+    /// (TokenReview), for paths RBAC lets their user `get` (SubjectAccessReview of the
+    /// non-resource URL, e.g. nonResourceURLs ["/v1/*"]). Needs the Kubernetes API
+    /// (--node-name) and the right to create tokenreviews and subjectaccessreviews
+    /// (deploy/api-auth-rbac.yaml). [default: off]
+    #[arg(long)]
+    pub api_auth_kubernetes: bool,
+
     /// PEM certificate chain to serve the API over TLS (with --api-tls-key).
     #[arg(long, value_name = "FILE")]
     pub api_tls_cert: Option<PathBuf>,
@@ -390,6 +398,8 @@ pub struct FileVerdict {
 #[serde(deny_unknown_fields)]
 pub struct FileApi {
     pub token_file: Option<PathBuf>,
+    /// `--api-auth-kubernetes`.
+    pub kubernetes_auth: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -841,6 +851,12 @@ impl Config {
             .unwrap_or(DEFAULT_HTTP_EVENT_BUDGET);
         let verdict = verdict_config(cli, file.verdict.unwrap_or_default())?;
         let kubernetes = kubernetes_config(cli, file.kubernetes.unwrap_or_default(), env)?;
+        if api.kubernetes_auth && kubernetes.is_none() {
+            return Err(invalid(
+                "api_auth_kubernetes",
+                "needs the Kubernetes API: --node-name (NODE_NAME)",
+            ));
+        }
         let readiness = readiness_config(cli, file.readiness.unwrap_or_default())?;
         Ok(Config {
             listen,
@@ -1057,6 +1073,7 @@ fn api_config(cli: &Cli, file: FileApi) -> Result<crate::api::server::ServerConf
         "api_token_file",
         cli.api_token_file.clone().or(file.token_file),
     )?;
+    api.kubernetes_auth = cli.api_auth_kubernetes || file.kubernetes_auth.unwrap_or(false);
     let cert = file_option("api_tls_cert", cli.api_tls_cert.clone().or(file.tls_cert))?;
     let key = file_option("api_tls_key", cli.api_tls_key.clone().or(file.tls_key))?;
     api.tls = match (cert, key) {
@@ -1402,6 +1419,30 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// Catches: Kubernetes authentication switched on with no Kubernetes API to ask (every
+    /// /v1/* request would be refused at run time instead of a start-up error), or the file key
+    /// ignored.
+    #[test]
+    fn api_auth_kubernetes_needs_the_kubernetes_api() {
+        let merge = |args: &[&str], f: &str, e: &[(&str, &str)]| {
+            Config::merge(&cli(args), file(f), &env(e)).map(|c| c.api.kubernetes_auth)
+        };
+        let err = merge(&["--api-auth-kubernetes"], "", &[]).expect_err("no Kubernetes");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    option: "api_auth_kubernetes",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(merge(&["--api-auth-kubernetes"], "", &[("NODE_NAME", "n1")]).expect("ok"));
+        assert!(merge(&[], "[api]\nkubernetes_auth = true", &[("NODE_NAME", "n1")]).expect("ok"));
+        assert!(!merge(&[], "", &[("NODE_NAME", "n1")]).expect("ok"));
     }
 
     /// Catches: Kubernetes switched on without a node (or off despite NODE_NAME), and a node

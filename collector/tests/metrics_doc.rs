@@ -135,6 +135,19 @@ fn populated() -> Metrics {
     c.otlp_exports
         .get_or_create(&ResultLabels { result: "success" })
         .inc();
+    c.api
+        .auth
+        .reviews
+        .get_or_create(&collector::api::kube_auth::ReviewLabels {
+            review: "token",
+            result: "authenticated",
+        })
+        .inc();
+    c.api
+        .auth
+        .cache_hits
+        .get_or_create(&collector::api::kube_auth::KindLabels { review: "token" })
+        .inc();
     let node = NodeLabels { node: "n".into() };
     c.kubernetes.connected.get_or_create(&node).set(1);
     c.kubernetes.pods.get_or_create(&node).set(1);

@@ -419,6 +419,7 @@ fn check_collector_accepts_its_configuration(file: &str, objects: &[Value], ca: 
             config.otlp.as_ref().map(|o| o.histogram),
             Some(collector::config::OtlpHistogram::Exponential)
         );
+        assert!(config.api.kubernetes_auth, "apiAuthKubernetes: true");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -433,7 +434,12 @@ fn rendered_objects_are_accepted_by_the_api_server_and_match_deploy() {
     // deploy/*.yaml as they are applied by hand: their RBAC and admission policy are the truth
     // the chart must repeat. rbac.yaml creates the namespace.
     let mut plain = String::new();
-    for f in ["rbac.yaml", "watchdog.yaml", "admission.yaml"] {
+    for f in [
+        "rbac.yaml",
+        "api-auth-rbac.yaml",
+        "watchdog.yaml",
+        "admission.yaml",
+    ] {
         plain.push_str(&std::fs::read_to_string(repo().join("deploy").join(f)).expect(f));
         plain.push_str("\n---\n");
     }
@@ -481,6 +487,21 @@ fn rendered_objects_are_accepted_by_the_api_server_and_match_deploy() {
             rules_of(&deploy_objects, "ClusterRole", "collector"),
             "{file}: the chart's ClusterRole differs from deploy/rbac.yaml"
         );
+        // --api-auth-kubernetes: the reviews the collector makes and the readers' role.
+        let api_auth = values.contains("apiAuthKubernetes: true");
+        for name in ["collector-api-auth", "collector-api-reader"] {
+            let rendered = objects
+                .iter()
+                .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name);
+            assert_eq!(rendered.is_some(), api_auth, "{file}: ClusterRole {name}");
+            if let Some(r) = rendered {
+                assert_eq!(
+                    r["rules"],
+                    *rules_of(&deploy_objects, "ClusterRole", name),
+                    "{file}: the chart's {name} differs from deploy/api-auth-rbac.yaml"
+                );
+            }
+        }
         assert_eq!(
             rules_of(&objects, "Role", "collector-lease"),
             rules_of(&deploy_objects, "Role", "collector-lease"),

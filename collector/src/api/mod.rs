@@ -3,6 +3,7 @@
 //! collector/tests/openapi.rs). How it is served (token, TLS, limits): `server`.
 
 pub mod debug;
+pub mod kube_auth;
 pub mod server;
 
 use std::{

@@ -1,4 +1,5 @@
-//! Serving the API router: optional bearer token for `/v1/*`, optional TLS, and the limits that
+//! Serving the API router: optional bearer token for `/v1/*` (a static one, and/or Kubernetes
+//! TokenReview + SubjectAccessReview: `kube_auth`), optional TLS, and the limits that
 //! keep a hostile or broken client from starving `/metrics` (header read timeout, idle timeout,
 //! a connection cap that sheds the longest-idle connection first, request size limits).
 //!
@@ -33,6 +34,7 @@ use tokio::{
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use super::kube_auth::{self, AuthTelemetry, Decision, KubeAuth};
 use crate::export::Metrics;
 
 /// Connections served at once by default; past it the longest-idle one is closed, or the new one
@@ -58,6 +60,9 @@ const MAX_TOKEN_BYTES: u64 = 4096;
 pub struct ServerConfig {
     /// File holding the bearer token required for `/v1/*`; None: no authentication.
     pub token_file: Option<PathBuf>,
+    /// `/v1/*` also (or only) accepts tokens the Kubernetes API server authenticates, for paths
+    /// RBAC lets their user read (`kube_auth`).
+    pub kubernetes_auth: bool,
     /// PEM certificate chain and private key; None: plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             token_file: None,
+            kubernetes_auth: false,
             tls: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -89,6 +95,13 @@ pub enum ServerError {
     BadToken { path: PathBuf, why: &'static str },
     #[error("TLS certificate or key: {0}")]
     Tls(String),
+    #[error(
+        "--api-auth-kubernetes needs the Kubernetes API (--node-name or NODE_NAME, and a \
+         kubeconfig or the in-cluster service account)"
+    )]
+    KubernetesAuthWithoutKubernetes,
+    #[error("--api-auth-kubernetes: the server must be prepared on a tokio runtime")]
+    NoRuntime,
     #[error("accepting connections: {0}")]
     Accept(#[source] std::io::Error),
 }
@@ -137,14 +150,34 @@ impl ApiToken {
     }
 }
 
+/// Who may call `/v1/*`: the bearer of the static token, and/or whoever the Kubernetes API
+/// server authenticates and RBAC allows. Neither: anyone.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    pub token: Option<ApiToken>,
+    pub kubernetes: Option<Arc<KubeAuth>>,
+}
+
 /// Requires `Authorization: Bearer <token>` on `/v1/*`; `/metrics`, `/healthz` and `/readyz`
 /// stay open so scrapers and kubelet probes need no secret. 401 otherwise.
 pub fn with_auth(router: Router, token: Option<ApiToken>) -> Router {
+    with_authenticator(
+        router,
+        Auth {
+            token,
+            kubernetes: None,
+        },
+    )
+}
+
+/// [`with_auth`] with Kubernetes reviews: 401 for a token that authenticates no one, 403 for a
+/// user RBAC does not allow the path, 503 when the API server cannot be asked.
+pub fn with_authenticator(router: Router, auth: Auth) -> Router {
     let router = router.layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
-    match token {
-        Some(t) => router.layer(middleware::from_fn_with_state(t, require_token)),
-        None => router,
+    if auth.token.is_none() && auth.kubernetes.is_none() {
+        return router;
     }
+    router.layer(middleware::from_fn_with_state(auth, require_token))
 }
 
 /// Whether a path needs the token: everything but the scrape and liveness endpoints (unknown
@@ -153,7 +186,18 @@ pub fn protected(path: &str) -> bool {
     !matches!(path, "/metrics" | "/healthz" | "/readyz")
 }
 
-async fn require_token(State(token): State<ApiToken>, req: Request, next: Next) -> Response {
+fn refused(status: StatusCode, message: String) -> Response {
+    let mut r = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     if !protected(req.uri().path()) {
         return next.run(req).await;
     }
@@ -165,14 +209,38 @@ async fn require_token(State(token): State<ApiToken>, req: Request, next: Next) 
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
-    match presented {
-        Some(p) if token.matches(p.as_bytes()) => next.run(req).await,
-        _ => (
+    let unauthorized = || {
+        refused(
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({ "error": "a valid bearer token is required" })),
+            "a valid bearer token is required".into(),
         )
-            .into_response(),
+    };
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return unauthorized();
+    };
+    if auth
+        .token
+        .as_ref()
+        .is_some_and(|t| t.matches(presented.as_bytes()))
+    {
+        return next.run(req).await;
+    }
+    let Some(kube) = &auth.kubernetes else {
+        return unauthorized();
+    };
+    let verb = kube_auth::verb(req.method());
+    let path = req.uri().path().to_owned();
+    match kube.decide(presented, verb, &path).await {
+        Decision::Allowed => next.run(req).await,
+        Decision::Unauthenticated => unauthorized(),
+        Decision::Forbidden { user } => refused(
+            StatusCode::FORBIDDEN,
+            format!("{user} may not {verb} {path}"),
+        ),
+        Decision::Unavailable => refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Kubernetes API server could not review the token; try again".into(),
+        ),
     }
 }
 
@@ -218,6 +286,8 @@ pub struct Telemetry {
     pub open: Gauge,
     pub rejected: Counter,
     pub shed: Counter,
+    /// Kubernetes reviews and cache hits (`--api-auth-kubernetes`).
+    pub auth: AuthTelemetry,
 }
 
 impl Server {
@@ -227,6 +297,31 @@ impl Server {
         listen: SocketAddr,
         metrics: &Metrics,
     ) -> Result<Self, ServerError> {
+        Self::prepare_with_kubernetes(router, config, listen, metrics, None)
+    }
+
+    /// `kubernetes`: the collector's client, required by `config.kubernetes_auth`; to be called
+    /// on the runtime that made it (reviews run there).
+    pub fn prepare_with_kubernetes(
+        router: Router,
+        config: &ServerConfig,
+        listen: SocketAddr,
+        metrics: &Metrics,
+        kubernetes: Option<kube::Client>,
+    ) -> Result<Self, ServerError> {
+        let kubernetes = match (config.kubernetes_auth, kubernetes) {
+            (false, _) => None,
+            (true, None) => return Err(ServerError::KubernetesAuthWithoutKubernetes),
+            (true, Some(client)) => {
+                let runtime =
+                    tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
+                Some(Arc::new(KubeAuth::new(
+                    client,
+                    runtime,
+                    metrics.collector.api.auth.clone(),
+                )))
+            }
+        };
         let token = config
             .token_file
             .as_deref()
@@ -238,22 +333,24 @@ impl Server {
             )?))),
             None => None,
         };
-        if !listen.ip().is_loopback() && token.is_none() && tls.is_none() {
+        if !listen.ip().is_loopback() && token.is_none() && kubernetes.is_none() && tls.is_none() {
             warn!(
                 %listen,
-                "the API listens beyond loopback with neither --api-token-file nor TLS: anyone \
-                 who can reach it reads process ids, executable and cgroup paths"
+                "the API listens beyond loopback with neither --api-token-file, \
+                 --api-auth-kubernetes nor TLS: anyone who can reach it reads process ids, \
+                 executable and cgroup paths"
             );
         }
         info!(
             %listen,
             token = token.is_some(),
+            kubernetes_auth = kubernetes.is_some(),
             tls = tls.is_some(),
             max_connections = config.max_connections,
             "API server"
         );
         Ok(Self {
-            router: with_auth(router, token),
+            router: with_authenticator(router, Auth { token, kubernetes }),
             tls,
             config: config.clone(),
             telemetry: metrics.collector.api.clone(),

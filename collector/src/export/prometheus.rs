@@ -268,6 +268,16 @@ impl Metrics {
             c.api.shed.clone(),
         );
         registry.register(
+            "collector_api_auth_reviews",
+            "Kubernetes reviews of /v1/* bearer tokens (--api-auth-kubernetes), by review (token: TokenReview, access: SubjectAccessReview) and result (authenticated, unauthenticated; allowed, denied; error: no answer, the request got 503)",
+            c.api.auth.reviews.clone(),
+        );
+        registry.register(
+            "collector_api_auth_cache_hits",
+            "/v1/* requests whose token (review=token) or access (review=access) decision came from the cache instead of a Kubernetes review",
+            c.api.auth.cache_hits.clone(),
+        );
+        registry.register(
             "collector_kubernetes_connected",
             "1 while the pod and EndpointSlice watches of this node are established, 0 while the Kubernetes API is unreachable (pods then keep the names last seen; new pods are exported by UID)",
             c.kubernetes.connected.clone(),
