@@ -64,7 +64,8 @@ pub struct Inflight {
     pub flags: u32,
     /// `HTTP_OFFSETS` slot of the binary.
     pub slot: u32,
-    /// The slot's `GoHttpOffsets::valid` at the start (0: the slot was empty then).
+    /// The generation of the link that started it (its cookie's, `crate::cookie`): the
+    /// request's offsets are read only while the slot still holds it (`GoHttpOffsets::valid`).
     pub generation: u32,
     /// The `ResponseWriter`'s itab (RBX at `ServeHTTP` entry): which writer type `response`
     /// is, checked before an HTTP/2 status is read through it.

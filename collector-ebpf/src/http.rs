@@ -219,21 +219,43 @@ fn read_go_string(ptr: u64, len: u64, dst: *mut u8, max: usize) -> usize {
     if rc == 0 { n } else { 0 }
 }
 
-/// This link's offsets slot and the generation the slot holds now (0: emptied); `None` for a
-/// stale link (`collector_common::cookie::is_stale`), which does nothing.
+/// This link's cookie (offsets slot, generation: `collector_common::cookie`) and the generation
+/// its slot holds now (0: emptied).
 #[inline(always)]
-fn link(ctx: &ProbeContext) -> Option<(u32, u32)> {
+fn link(ctx: &ProbeContext) -> (u32, u32, u32) {
     // SAFETY: kernel ≥ 5.15 passes the attach cookie; userspace sets it (`cookie::encode`).
     let (slot, generation) = cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
-    let valid = HTTP_OFFSETS.get(slot).map_or(0, |o| o.valid);
-    (!cookie::is_stale(generation, valid)).then_some((slot, valid))
+    (slot, generation, slot_generation(slot))
+}
+
+#[inline(always)]
+fn slot_generation(slot: u32) -> u32 {
+    HTTP_OFFSETS.get(slot).map_or(0, |o| o.valid)
+}
+
+/// Whether this link ends `entry`: the link that started it, or, that one being no longer live
+/// (its slot emptied or refilled: detached, or on its way out), a live link of the same point.
+/// Until the reaper has detached a binary's old links, they fire beside the new ones.
+#[inline(always)]
+fn ends(ctx: &ProbeContext, entry: &Inflight) -> bool {
+    // SAFETY: as in `link`.
+    let (slot, generation) = cookie::decode(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) });
+    if slot == entry.slot && generation == entry.generation {
+        return true;
+    }
+    slot_generation(slot) == generation && slot_generation(entry.slot) != entry.generation
 }
 
 #[inline(always)]
 fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
-    let Some((slot, generation)) = link(&ctx) else {
+    let (slot, generation, valid) = link(&ctx);
+    // A stale link, its slot filled again since: the live link of this point tracks the request.
+    if cookie::is_stale(generation, valid) {
         return 0;
-    };
+    }
+    // Its slot emptied (the binary let go, its links not yet detached): the request is tracked
+    // only if no live link of this point tracks it, and ends counted without its offsets.
+    let emptied = valid == 0;
     let r = regs(&ctx);
     let k = key(r.g);
     // A status set aside for an earlier request whose response sat at the same address.
@@ -272,6 +294,13 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
     // The insert's error, if it failed.
     let full = match HTTP_INFLIGHT.insert(&k, &entry, BPF_NOEXIST as u64) {
         Ok(()) => None,
+        Err(e) if e == EEXIST && emptied => {
+            // Tracked already, by the live link of this point: never replaced from here.
+            if let Some(n) = budget {
+                n.add(-1);
+            }
+            None
+        }
         Err(e) if e == EEXIST => {
             // Not a new entry (it was counted in the budget when inserted): morestack re-ran
             // the entry probe for this request, or the goroutine's previous request never
@@ -310,9 +339,6 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn http_write_header_impl(ctx: ProbeContext) -> u32 {
-    if link(&ctx).is_none() {
-        return 0;
-    }
     let r = regs(&ctx);
     let code = r.rbx as u32;
     // 1xx informational headers (except 101) precede the real status.
@@ -348,9 +374,6 @@ fn http_write_header_impl(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
-    if link(&ctx).is_none() {
-        return 0;
-    }
     let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
     let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() else {
@@ -363,6 +386,9 @@ fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
         );
         return 0;
     };
+    if !ends(&ctx, &entry) {
+        return 0;
+    }
     untrack(&k);
     finish(&k, &entry, 0);
     0
@@ -372,12 +398,11 @@ fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
 /// returns): a request it still has in flight never returned from ServeHTTP.
 #[inline(always)]
 fn http_goroutine_done_impl(ctx: ProbeContext) -> u32 {
-    if link(&ctx).is_none() {
-        return 0;
-    }
     let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
-    if let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() {
+    if let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied()
+        && ends(&ctx, &entry)
+    {
         untrack(&k);
         finish(&k, &entry, ended_early(&entry));
     }
@@ -396,9 +421,6 @@ fn ended_early(entry: &Inflight) -> u16 {
 
 #[inline(always)]
 fn go_panic_impl(ctx: ProbeContext) -> u32 {
-    if link(&ctx).is_none() {
-        return 0;
-    }
     if let Some(p) = HTTP_INFLIGHT.get_ptr_mut(&key(regs(&ctx).g)) {
         // SAFETY: as in http_write_header.
         unsafe { (*p).flags |= flags::PANICKED as u32 };
