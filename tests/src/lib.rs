@@ -1142,18 +1142,25 @@ pub const GO_FIXTURES_ENV: &str = "COLLECTOR_GO_FIXTURES";
 /// Where no Go toolchain exists (the kernel-matrix guest), `GO_FIXTURES_ENV` names a file with
 /// the same "version variant path" lines, for binaries built on the host.
 pub fn go_fixtures() -> Vec<(String, String, PathBuf)> {
-    let listing = match std::env::var_os(GO_FIXTURES_ENV) {
+    fixture_listing(Some(GO_FIXTURES_ENV), "go/build-fixtures.sh")
+}
+
+/// The "<a> <b> <path>" lines a fixture build script under tests/ (`script`, relative to the
+/// tests crate) prints, run here (it builds what is missing, cached), or read from the file
+/// `env` names when set (the guest, given binaries built on the host).
+pub fn fixture_listing(env: Option<&str>, script: &str) -> Vec<(String, String, PathBuf)> {
+    let listing = match env.and_then(std::env::var_os) {
         Some(file) => {
-            fs::read_to_string(&file).unwrap_or_else(|e| panic!("{GO_FIXTURES_ENV}: {e}"))
+            fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", env.unwrap_or_default()))
         }
         None => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/build-fixtures.sh");
-            let out = Command::new(script)
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+            let out = Command::new(&path)
                 .output()
-                .expect("run tests/go/build-fixtures.sh");
+                .unwrap_or_else(|e| panic!("run tests/{script}: {e}"));
             assert!(
                 out.status.success(),
-                "building Go fixtures (needs `WITH_GO=1 scripts/bootstrap.sh`): {}",
+                "tests/{script} (needs `WITH_GO=1 scripts/bootstrap.sh`): {}",
                 String::from_utf8_lossy(&out.stderr)
             );
             String::from_utf8_lossy(&out.stdout).into_owned()
@@ -1170,6 +1177,108 @@ pub fn go_fixtures() -> Vec<(String, String, PathBuf)> {
             ))
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// An HTTP/1.1 client that frames responses itself (the socket parser's tests)
+// ---------------------------------------------------------------------------------------------
+
+/// One client connection that sends raw requests and reads responses the way HTTP/1.1 frames
+/// them (length, chunked, none for HEAD, 1xx, 204 and 304), so a test controls keep-alive,
+/// pipelining and the bytes on the wire.
+pub struct Http1Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Http1Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The body came in chunked coding.
+    pub chunked: bool,
+}
+
+impl Http1Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        Self {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        }
+    }
+
+    pub fn send(&mut self, raw: &str) {
+        self.w.write_all(raw.as_bytes()).expect("write");
+    }
+
+    pub fn get(&mut self, path: &str) -> Http1Response {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        self.read(false)
+    }
+
+    /// One line, without its CRLF.
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read line");
+        l.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    /// Reads one response (interim 1xx responses are returned too, like any other);
+    /// `head_request`: the response to a HEAD, which has no body whatever its headers say.
+    pub fn read(&mut self, head_request: bool) -> Http1Response {
+        let status_line = self.line();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line {status_line:?}"));
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            let h = self.line();
+            if h.is_empty() {
+                break;
+            }
+            let (name, value) = h.split_once(':').expect("header");
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.trim().ends_with("chunked"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+            return Http1Response {
+                status,
+                body,
+                chunked,
+            };
+        }
+        if chunked {
+            loop {
+                let size = usize::from_str_radix(self.line().split(';').next().unwrap_or(""), 16)
+                    .expect("chunk size");
+                if size == 0 {
+                    while !self.line().is_empty() {}
+                    break;
+                }
+                let mut chunk = vec![0; size + 2];
+                self.r.read_exact(&mut chunk).expect("chunk");
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.r.read_exact(&mut body).expect("body");
+        }
+        Http1Response {
+            status,
+            body,
+            chunked,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

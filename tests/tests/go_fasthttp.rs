@@ -14,10 +14,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -35,26 +33,7 @@ const SLOW_MS: u64 = 30;
 
 /// (set, variant, server) from tests/go/fasthttp/build.sh.
 fn fixtures() -> Vec<(String, String, PathBuf)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/fasthttp/build.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run tests/go/fasthttp/build.sh");
-    assert!(
-        out.status.success(),
-        "building fasthttp fixtures (needs `WITH_GO=1 scripts/bootstrap.sh`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((
-                it.next()?.to_owned(),
-                it.next()?.to_owned(),
-                PathBuf::from(it.next()?),
-            ))
-        })
-        .collect()
+    fixture_listing(None, "go/fasthttp/build.sh")
 }
 
 /// Server implementations (`-impl`), and whether only the newest module set has it (fiber v3
@@ -138,126 +117,39 @@ fn is_slow(r: &Req) -> bool {
     r.path.starts_with("/slow/")
 }
 
-/// One client connection that reads responses the way HTTP/1.1 frames them.
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
+/// `req` as the client writes it (`close`: with `Connection: close`).
+fn raw(req: &Req, close: bool) -> String {
+    let conn = if close { "Connection: close\r\n" } else { "" };
+    let (framing, body) = match req.body {
+        Body::None => (String::new(), String::new()),
+        Body::Length(b) => (format!("Content-Length: {}\r\n", b.len()), b.to_owned()),
+        Body::Chunked(b) => (
+            "Transfer-Encoding: chunked\r\n".to_owned(),
+            format!("{:x}\r\n{b}\r\n0\r\n\r\n", b.len()),
+        ),
+    };
+    format!(
+        "{} {} HTTP/1.1\r\nHost: t\r\n{conn}{framing}\r\n{body}",
+        req.method, req.path
+    )
 }
 
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    len: usize,
-    chunked: bool,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        s.set_nodelay(true).expect("nodelay");
-        Client {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-        }
-    }
-
-    fn raw(req: &Req, close: bool) -> String {
-        let conn = if close { "Connection: close\r\n" } else { "" };
-        let (framing, body) = match req.body {
-            Body::None => (String::new(), String::new()),
-            Body::Length(b) => (format!("Content-Length: {}\r\n", b.len()), b.to_owned()),
-            Body::Chunked(b) => (
-                "Transfer-Encoding: chunked\r\n".to_owned(),
-                format!("{:x}\r\n{b}\r\n0\r\n\r\n", b.len()),
-            ),
-        };
-        format!(
-            "{} {} HTTP/1.1\r\nHost: t\r\n{conn}{framing}\r\n{body}",
-            req.method, req.path
-        )
-    }
-
-    fn send(&mut self, raw: &str) {
-        self.w.write_all(raw.as_bytes()).expect("write");
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read line");
-        l.trim_end_matches(['\r', '\n']).to_string()
-    }
-
-    /// Reads one response (an interim 1xx one too, like any other).
-    fn read(&mut self, head_request: bool) -> Response {
-        let status_line = self.line();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("status line {status_line:?}"));
-        let (mut length, mut chunked) = (None, false);
-        loop {
-            let h = self.line();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').expect("header");
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "transfer-encoding" => chunked = value.trim().ends_with("chunked"),
-                _ => {}
-            }
-        }
-        let mut len = 0;
-        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-            return Response {
-                status,
-                len,
-                chunked,
-            };
-        }
-        if chunked {
-            loop {
-                let size = usize::from_str_radix(self.line().split(';').next().unwrap_or(""), 16)
-                    .expect("chunk size");
-                if size == 0 {
-                    while !self.line().is_empty() {}
-                    break;
-                }
-                let mut chunk = vec![0; size + 2];
-                self.r.read_exact(&mut chunk).expect("chunk");
-                len += size;
-            }
-        } else if let Some(n) = length {
-            let mut body = vec![0; n];
-            self.r.read_exact(&mut body).expect("body");
-            len = n;
-        }
-        Response {
-            status,
-            len,
-            chunked,
-        }
-    }
-
-    fn read_for(&mut self, req: &Req, what: &str) {
-        let r = self.read(req.method == "HEAD");
-        let ok = match req.got {
-            Got::Any => !r.chunked,
-            Got::Chunked(n) => r.chunked && r.len == n,
-            Got::Length(n) => !r.chunked && r.len == n,
-        };
-        assert!(
-            r.status == req.status && ok,
-            "{what}: {} {}: {r:?}, not {} {:?}",
-            req.method,
-            req.path,
-            req.status,
-            req.got
-        );
-    }
+/// Reads the response to `req` on `c`: its status and framing as the server sends them.
+fn read_for(c: &mut Http1Client, req: &Req, what: &str) {
+    let r = c.read(req.method == "HEAD");
+    let ok = match req.got {
+        Got::Any => !r.chunked,
+        Got::Chunked(n) => r.chunked && r.body.len() == n,
+        Got::Length(n) => !r.chunked && r.body.len() == n,
+    };
+    assert!(
+        r.status == req.status && ok,
+        "{what}: {} {}: {r:?}, not {} {:?}",
+        req.method,
+        req.path,
+        req.status,
+        req.got
+    );
 }
 
 /// What the client sent and saw: requests per outcome; per (method, normalised path, status)
@@ -322,12 +214,12 @@ impl Tally {
 
 /// The mix, one request after the other on one keep-alive connection.
 fn keep_alive(addr: SocketAddr, reqs: &[Req], what: &str) -> Tally {
-    let mut c = Client::connect(addr);
+    let mut c = Http1Client::connect(addr);
     let mut sent = Tally::default();
     for req in reqs {
         let t = Instant::now();
-        c.send(&Client::raw(req, false));
-        c.read_for(req, what);
+        c.send(&raw(req, false));
+        read_for(&mut c, req, what);
         sent.add(req, t.elapsed());
     }
     sent
@@ -376,9 +268,9 @@ fn check_case(
     // 1. Each request on its own connection, which the server closes (`Connection: close`).
     for req in &MIX {
         let t = Instant::now();
-        let mut c = Client::connect(addr);
-        c.send(&Client::raw(req, true));
-        c.read_for(req, name);
+        let mut c = Http1Client::connect(addr);
+        c.send(&raw(req, true));
+        read_for(&mut c, req, name);
         sent.add(req, t.elapsed());
     }
 
@@ -386,7 +278,7 @@ fn check_case(
     // answers 100 itself, before the handler reads the body).
     sent.merge(keep_alive(addr, &MIX, name));
     {
-        let mut c = Client::connect(addr);
+        let mut c = Http1Client::connect(addr);
         let req = Req {
             method: "POST",
             path: "/users/9/orders",
@@ -398,12 +290,12 @@ fn check_case(
         c.send("POST /users/9/orders HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n");
         assert_eq!(c.read(false).status, 100, "{name}: 100 Continue");
         c.send(&"x".repeat(2000));
-        c.read_for(&req, name);
+        read_for(&mut c, &req, name);
         sent.add(&req, t.elapsed());
         // And the connection goes on.
         let t = Instant::now();
-        c.send(&Client::raw(&MIX[0], false));
-        c.read_for(&MIX[0], name);
+        c.send(&raw(&MIX[0], false));
+        read_for(&mut c, &MIX[0], name);
         sent.add(&MIX[0], t.elapsed());
     }
 
@@ -412,12 +304,12 @@ fn check_case(
     // `PIPELINE` (8) requests waiting for their responses: the 5 behind them are counted when
     // answered, but have no record (their method and arrival time were not kept).
     {
-        let mut c = Client::connect(addr);
-        let batch: String = MIX.iter().map(|r| Client::raw(r, false)).collect();
+        let mut c = Http1Client::connect(addr);
+        let batch: String = MIX.iter().map(|r| raw(r, false)).collect();
         let t = Instant::now();
         c.send(&batch);
         for req in &MIX {
-            c.read_for(req, name);
+            read_for(&mut c, req, name);
         }
         let all = t.elapsed();
         for (i, req) in MIX.iter().enumerate() {

@@ -9,7 +9,6 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -27,34 +26,7 @@ const FIXTURES_ENV: &str = "COLLECTOR_ROUTER_FIXTURES";
 
 /// (set, variant, server) from tests/go/routers/build.sh (or the guest's listing).
 fn fixtures() -> Vec<(String, String, PathBuf)> {
-    let listing = match std::env::var_os(FIXTURES_ENV) {
-        Some(file) => {
-            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{FIXTURES_ENV}: {e}"))
-        }
-        None => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/go/routers/build.sh");
-            let out = Command::new(script)
-                .output()
-                .expect("run tests/go/routers/build.sh");
-            assert!(
-                out.status.success(),
-                "building router fixtures (needs `WITH_GO=1 scripts/bootstrap.sh`): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
-    listing
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((
-                it.next()?.to_owned(),
-                it.next()?.to_owned(),
-                PathBuf::from(it.next()?),
-            ))
-        })
-        .collect()
+    fixture_listing(Some(FIXTURES_ENV), "go/routers/build.sh")
 }
 
 /// A router of the test server (`-router`), and the templates it registered for the server's

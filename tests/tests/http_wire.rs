@@ -4,7 +4,7 @@
 //! collector — on a Go server and on Python's http.server (not Go: no uprobe could see it).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},
     path::Path,
     sync::Mutex,
@@ -25,100 +25,6 @@ use integration_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
-
-/// One keep-alive client connection that reads responses the way HTTP/1.1 frames them.
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Response {
-    status: u16,
-    body: Vec<u8>,
-    /// The body came in chunked coding.
-    chunked: bool,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        s.set_nodelay(true).expect("nodelay");
-        Client {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-        }
-    }
-
-    fn send(&mut self, raw: &str) {
-        self.w.write_all(raw.as_bytes()).expect("write");
-    }
-
-    fn get(&mut self, path: &str) -> Response {
-        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
-        self.read(false)
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read line");
-        l.trim_end_matches(['\r', '\n']).to_string()
-    }
-
-    /// Reads one response (interim 1xx responses are returned too, like any other).
-    fn read(&mut self, head_request: bool) -> Response {
-        let status_line = self.line();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("status line {status_line:?}"));
-        let (mut length, mut chunked) = (None, false);
-        loop {
-            let h = self.line();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').expect("header");
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "transfer-encoding" => chunked = value.trim().ends_with("chunked"),
-                _ => {}
-            }
-        }
-        let mut body = Vec::new();
-        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-            return Response {
-                status,
-                body,
-                chunked,
-            };
-        }
-        if chunked {
-            loop {
-                let size = usize::from_str_radix(self.line().split(';').next().unwrap_or(""), 16)
-                    .expect("chunk size");
-                if size == 0 {
-                    while !self.line().is_empty() {}
-                    break;
-                }
-                let mut chunk = vec![0; size + 2];
-                self.r.read_exact(&mut chunk).expect("chunk");
-                body.extend_from_slice(&chunk[..size]);
-            }
-        } else if let Some(n) = length {
-            body.resize(n, 0);
-            self.r.read_exact(&mut body).expect("body");
-        }
-        Response {
-            status,
-            body,
-            chunked,
-        }
-    }
-}
 
 fn start_go_server(cgroup: &HostCgroup) -> (Killed, SocketAddr) {
     start_go_server_on(cgroup, "127.0.0.1:0")
@@ -209,7 +115,7 @@ async fn guest_go_server_framing_cases_count_exactly() {
 
     // A keep-alive connection that predates the collector: its first requests are never
     // seen; the ones after the start are, from the first request line on.
-    let mut early = Client::connect(addr);
+    let mut early = Http1Client::connect(addr);
     for _ in 0..3 {
         assert_eq!(early.get("/ok").status, 200);
     }
@@ -225,7 +131,7 @@ async fn guest_go_server_framing_cases_count_exactly() {
     assert_eq!(records(&text, &w, "GET", "/ok", "200"), 10);
 
     // 2. Keep-alive: 50 × 200, 10 × 503, 5 HEAD (headers say a length, no body follows).
-    let mut ka = Client::connect(addr);
+    let mut ka = Http1Client::connect(addr);
     for _ in 0..50 {
         assert_eq!(ka.get("/ok?x=1").status, 200);
     }
@@ -245,7 +151,7 @@ async fn guest_go_server_framing_cases_count_exactly() {
     assert_eq!(records(&text, &w, "GET", "/items/{id}", "200"), 1);
 
     // 3. Pipelining: eight requests in one write, answered in order.
-    let mut p = Client::connect(addr);
+    let mut p = Http1Client::connect(addr);
     let mut batch = String::new();
     for path in ["/ok", "/err", "/ok", "/ok", "/err", "/ok", "/ok", "/ok"] {
         batch.push_str(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
@@ -324,7 +230,7 @@ async fn go_server_over_ipv6_counts_exactly() {
     assert!(addr.is_ipv6(), "{addr}");
 
     let (mut ok, mut unavailable) = (0, 0);
-    let mut cl = Client::connect(addr);
+    let mut cl = Http1Client::connect(addr);
     for i in 0..40 {
         let path = if i % 4 == 0 { "/err" } else { "/ok" };
         match cl.get(path).status {
@@ -340,7 +246,7 @@ async fn go_server_over_ipv6_counts_exactly() {
         r.body.len()
     );
     for _ in 0..5 {
-        assert_eq!(Client::connect(addr).get("/ok").status, 200);
+        assert_eq!(Http1Client::connect(addr).get("/ok").status, 200);
     }
     let text = expect_counts(
         running.addr,
@@ -398,7 +304,7 @@ async fn python_http_server_counts_exactly() {
     // http.server speaks HTTP/1.0: one request per connection, the server closes.
     let (mut ok, mut missing) = (0, 0);
     for i in 0..30 {
-        let mut cl = Client::connect(addr);
+        let mut cl = Http1Client::connect(addr);
         let path = if i % 3 == 0 { "/missing" } else { "/file.txt" };
         let r = cl.get(path);
         match r.status {
@@ -475,7 +381,7 @@ async fn nginx_counts_exactly() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_listening(addr, "nginx listening");
 
-    let mut ka = Client::connect(addr);
+    let mut ka = Http1Client::connect(addr);
     for _ in 0..20 {
         let r = ka.get("/file.txt");
         assert_eq!((r.status, r.body.len(), r.chunked), (200, 120_000, false));
@@ -494,7 +400,7 @@ async fn nginx_counts_exactly() {
     }
     // HTTP/1.0: nginx closes after each response.
     for _ in 0..5 {
-        let mut once = Client::connect(addr);
+        let mut once = Http1Client::connect(addr);
         once.send("GET /ok HTTP/1.0\r\n\r\n");
         assert_eq!(once.read(false).status, 200);
     }
@@ -576,7 +482,7 @@ async fn status_line_split_across_segments_counts_once() {
     let w = cg(&workload);
     let running = start_socket_collector(Config::default()).await;
     let (_server, addr) = start_line_server(&cgroup, "split");
-    let mut ka = Client::connect(addr);
+    let mut ka = Http1Client::connect(addr);
     for _ in 0..6 {
         let r = ka.get("/made");
         assert_eq!((r.status, r.body.as_slice()), (201, b"ok".as_slice()));
@@ -602,7 +508,7 @@ async fn line_protocol_that_is_not_http_is_ignored() {
     let (_server, addr) = start_line_server(&cgroup, "lines");
     let mut http = 0;
     for round in 0..4 {
-        let mut kv = Client::connect(addr);
+        let mut kv = Http1Client::connect(addr);
         for cmd in [
             "GET foo",
             "SET foo bar",
@@ -617,7 +523,7 @@ async fn line_protocol_that_is_not_http_is_ignored() {
         }
         // The server answers one connection at a time.
         drop(kv);
-        let mut h = Client::connect(addr);
+        let mut h = Http1Client::connect(addr);
         for _ in 0..=round {
             assert_eq!(h.get("/kv").status, 200);
             http += 1;
@@ -664,7 +570,7 @@ async fn retransmitted_segments_count_once() {
     let body = "y".repeat(20_000);
     let mut sent = 0;
     for _ in 0..4 {
-        let mut ka = Client::connect(addr);
+        let mut ka = Http1Client::connect(addr);
         for _ in 0..10 {
             assert_eq!(ka.get("/ok").status, 200);
             let r = ka.get("/chunked?n=20");
@@ -778,7 +684,7 @@ async fn nested_parses_keep_their_own_scratch() {
 
     // Short responses, a chunked body over many windows (tail calls and the action program),
     // request bodies.
-    let mut ka = Client::connect(addr);
+    let mut ka = Http1Client::connect(addr);
     let body = "z".repeat(20_000);
     for _ in 0..5 {
         assert_eq!(ka.get("/ok").status, 200);
