@@ -275,6 +275,17 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
         generation,
         writer_itab: r.rbx,
     };
+    // morestack ran the entry again for a request already tracked (a new goroutine's small
+    // stack grows at ServeHTTP's prologue): kept as it is, before the budget is charged — at a
+    // full budget the re-run was counted lost although its request was tracked.
+    // SAFETY: copied out.
+    if let Some(old) = unsafe { HTTP_INFLIGHT.get(&k) }
+        && old.request == entry.request
+        && old.slot == entry.slot
+        && old.generation == entry.generation
+    {
+        return 0;
+    }
     let budget = server_entries(k.tgid);
     if let Some(n) = budget
         && let held = n.fetch_add(1)
