@@ -268,30 +268,28 @@ impl KubeAuth {
     }
 
     fn cached_user(&self, key: &Digest) -> Option<Option<Arc<User>>> {
-        let hit = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key, Instant::now());
-        if hit.is_some() {
-            self.telemetry
-                .cache_hits
-                .get_or_create(&KindLabels { review: "token" })
-                .inc();
-        }
-        hit
+        self.cached(&self.tokens, key, "token")
     }
 
     fn cached_access(&self, key: &Digest) -> Option<bool> {
-        let hit = self
-            .access
+        self.cached(&self.access, key, "access")
+    }
+
+    /// A live entry of `cache`, counted as a hit of `review`.
+    fn cached<V: Clone>(
+        &self,
+        cache: &Mutex<Cache<V>>,
+        key: &Digest,
+        review: &'static str,
+    ) -> Option<V> {
+        let hit = cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key, Instant::now());
         if hit.is_some() {
             self.telemetry
                 .cache_hits
-                .get_or_create(&KindLabels { review: "access" })
+                .get_or_create(&KindLabels { review })
                 .inc();
         }
         hit
