@@ -42,7 +42,7 @@ struct Fixture {
     path: PathBuf,
 }
 
-/// Builds (or finds cached) the 24 fixtures, once per test process.
+/// Builds (or finds cached) the 33 fixtures, once per test process.
 fn fixtures() -> &'static [Fixture] {
     static FIXTURES: OnceLock<Vec<Fixture>> = OnceLock::new();
     FIXTURES.get_or_init(|| {
@@ -78,7 +78,7 @@ fn fixtures() -> &'static [Fixture] {
                 }
             })
             .collect();
-        assert_eq!(list.len(), 24, "8 Go minors × 3 variants");
+        assert_eq!(list.len(), 33, "11 Go minors × 3 variants");
         list
     })
 }
@@ -93,6 +93,8 @@ fn nm_address(f: &Fixture, name: &str) -> u64 {
         .args(["tool", "nm", "-size"])
         .arg(&f.path)
         .env("GOTOOLCHAIN", "local")
+        // A user's go env file may set flags older toolchains refuse (-buildvcs before 1.18).
+        .env("GOENV", "off")
         .output()
         .unwrap();
     assert!(out.status.success(), "go tool nm failed");
@@ -190,12 +192,17 @@ fn check_fixture(f: &Fixture) -> Result<(), String> {
         format!("stripped = {}", bin.stripped)
     })?;
     // The pclntab path must stand on its own: text start from the table or the runtime's
-    // moduledata, never borrowed from .symtab's runtime.text.
+    // moduledata, never borrowed from .symtab's runtime.text; Go 1.17's table has absolute
+    // entries and no text start.
     check(
-        matches!(
-            bin.text_start,
-            TextStart::Header(_) | TextStart::Relocation(_) | TextStart::Moduledata(_)
-        ),
+        if f.version.starts_with("1.17.") {
+            bin.text_start == TextStart::Absolute
+        } else {
+            matches!(
+                bin.text_start,
+                TextStart::Header(_) | TextStart::Relocation(_) | TextStart::Moduledata(_)
+            )
+        },
         || format!("text start {:?}", bin.text_start),
     )?;
     if !stripped {
@@ -649,6 +656,19 @@ fn pcln_header(nfunc: u64, names: u64, functab: u64) -> Vec<u8> {
     h
 }
 
+/// A Go 1.16/1.17 pclntab header: magic 0xfffffffa, quantum 1, pointer size 8, `nfunc`, name
+/// table at `names` (offset 24), function table at `functab` (offset 56).
+fn pcln_header_116(nfunc: u64, names: u64, functab: u64) -> Vec<u8> {
+    let mut h = 0xffff_fffau32.to_le_bytes().to_vec();
+    h.extend_from_slice(&[0, 0, 1, 8]);
+    h.extend_from_slice(&nfunc.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&names.to_le_bytes());
+    h.resize(56, 0);
+    h.extend_from_slice(&functab.to_le_bytes());
+    h
+}
+
 /// Catches: a cut-off or lying `.gopclntab` (header, function count, table offsets, records)
 /// read out of bounds, panicking, or allocating what the header claims.
 #[test]
@@ -674,6 +694,36 @@ fn truncated_and_garbage_pclntab_are_clear_errors() {
         ),
         // Not a pclntab at all.
         ("bad-magic", vec![0xaa; 72], 72, &malformed),
+        // The Go 1.16/1.17 layout, cut off, lying about its count and its table.
+        (
+            "116-header-cut",
+            pcln_header_116(1, 64, 64)[..40].to_vec(),
+            40,
+            &malformed,
+        ),
+        (
+            "116-nfunc-huge",
+            pcln_header_116(u64::MAX, 64, 64),
+            64,
+            &malformed,
+        ),
+        (
+            "116-functab-outside",
+            pcln_header_116(1, 64, 1 << 40),
+            64,
+            &malformed,
+        ),
+        // Go 1.2–1.15's table.
+        (
+            "go1.2-magic",
+            {
+                let mut h = pcln_header(1, 72, 80);
+                h[..4].copy_from_slice(&0xffff_fffbu32.to_le_bytes());
+                h
+            },
+            72,
+            &|e| matches!(e.kind(), GoBinaryError::UnsupportedGo { .. }),
+        ),
         // A pclntab that claims more than the file holds.
         ("past-eof", pcln_header(1, 72, 80), 1 << 30, &|e| {
             matches!(e.kind(), GoBinaryError::Truncated { .. })
@@ -697,10 +747,15 @@ fn truncated_and_garbage_pclntab_are_clear_errors() {
         std::fs::remove_file(&p).unwrap();
         assert!(expect(&e), "{name}: {e:?}");
     }
-    // A valid header over a function table of garbage: an error, whatever the garbage.
+    // A valid header over a function table of garbage: an error, whatever the garbage. Odd
+    // rounds use the Go 1.16/1.17 layout (absolute 8-byte entries).
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..200 {
-        let mut pcln = pcln_header(16, 72, 200);
+        let mut pcln = if round % 2 == 0 {
+            pcln_header(16, 72, 200)
+        } else {
+            pcln_header_116(16, 72, 200)
+        };
         pcln.extend((0..400).map(|_| {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -735,5 +790,174 @@ fn fuzz_seeds_reach_probe_points() {
             assert_eq!(p.entry_check, expected, "{name} {function}");
             assert_eq!(p.ret_offsets, [6], "{name} {function}");
         }
+    }
+}
+
+/// `go tool nm` text symbols of `f` named exactly once, by name.
+fn nm_text_symbols(f: &Fixture) -> std::collections::BTreeMap<String, u64> {
+    let out = Command::new(go_tool(&f.version))
+        .args(["tool", "nm"])
+        .arg(&f.path)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOENV", "off")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go tool nm failed");
+    let mut seen: std::collections::BTreeMap<String, Option<u64>> = Default::default();
+    for l in String::from_utf8(out.stdout).unwrap().lines() {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        if let [addr, "T", name] = cols[..] {
+            let addr = u64::from_str_radix(addr, 16).unwrap();
+            seen.entry(name.to_owned())
+                .and_modify(|a| *a = None)
+                .or_insert(Some(addr));
+        }
+    }
+    seen.into_iter()
+        .filter_map(|(n, a)| Some((n, a?)))
+        .collect()
+}
+
+fn fixture(version: &str, variant: &str) -> &'static Fixture {
+    fixtures()
+        .iter()
+        .find(|f| f.version == version && f.variant == variant)
+        .unwrap_or_else(|| panic!("no fixture go{version} {variant}"))
+}
+
+/// Go 1.17's build info (pointers to Go strings, not inline) and `.gopclntab` (magic
+/// 0xfffffffa, absolute 8-byte entries) on the real toolchain's builds: the stripped build's
+/// table must name every function at the address `go tool nm` gives for the same toolchain's
+/// unstripped build (same text layout), thousands of them. Before Go 1.17 support both formats
+/// were refused as `unsupported_go`.
+#[test]
+fn go117_build_info_and_pclntab() {
+    let default_build = fixture("1.17.13", "default");
+    let nm = nm_text_symbols(default_build);
+    for variant in ["default", "stripped", "pie"] {
+        let f = fixture("1.17.13", variant);
+        let bin = analyze(&f.path).unwrap_or_else(|e| panic!("{variant}: {e:?}"));
+        assert_eq!(bin.go_version, "go1.17.13", "{variant}");
+        assert_eq!(
+            bin.module_path.as_deref(),
+            Some("example.invalid/collector/testserver"),
+            "{variant}"
+        );
+        assert!(
+            bin.deps.is_empty(),
+            "{variant}: stdlib only, {:?}",
+            bin.deps
+        );
+        assert_eq!(bin.text_start, TextStart::Absolute, "{variant}");
+        if variant == "stripped" {
+            let (mut compared, mut wrong) = (0, Vec::new());
+            // Names pclntab gives twice (an ABI0 wrapper beside its function) are never probed.
+            for (name, func) in bin.functions().filter(|(_, f)| !f.ambiguous) {
+                let (Some(&addr), Some(p)) = (nm.get(name), func.pclntab) else {
+                    continue;
+                };
+                compared += 1;
+                if p.start != addr {
+                    wrong.push(format!("{name}: pclntab {:#x}, nm {addr:#x}", p.start));
+                }
+            }
+            assert!(
+                wrong.is_empty(),
+                "{} wrong: {:?}",
+                wrong.len(),
+                &wrong[..wrong.len().min(5)]
+            );
+            assert!(compared > 4000, "only {compared} functions compared");
+        }
+    }
+}
+
+/// An externally linked Go 1.17 PIE leaves its pointers 0 in the file, their values only in
+/// `R_X86_64_RELATIVE` relocations (the internal linker writes both). The 1.17 PIE fixture
+/// with every relocated slot zeroed must analyse exactly as the original: build info through
+/// the relocated string pointers, pclntab entries through theirs.
+#[test]
+fn go117_pie_pointers_from_relocations() {
+    let f = fixture("1.17.13", "pie");
+    let original = analyze(&f.path).unwrap();
+    let out = Command::new("readelf")
+        .args(["-rW"])
+        .arg(&f.path)
+        .output()
+        .unwrap();
+    let mut bytes = std::fs::read(&f.path).unwrap();
+    let mut zeroed = 0;
+    for l in String::from_utf8(out.stdout).unwrap().lines() {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        if cols.get(2) != Some(&"R_X86_64_RELATIVE") {
+            continue;
+        }
+        let vaddr = u64::from_str_radix(cols[0], 16).unwrap();
+        let off = original.vaddr_to_file_offset(vaddr).unwrap() as usize;
+        bytes[off..off + 8].fill(0);
+        zeroed += 1;
+    }
+    assert!(zeroed > 10_000, "{zeroed} relocations");
+    let p = scratch("go117-pie-relocations-only", &bytes);
+    let bin = analyze(&p).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(bin.go_version, original.go_version);
+    assert_eq!(bin.module_path, original.module_path);
+    assert_eq!(bin.cross_check, original.cross_check);
+    for name in [SERVE_HTTP, WRITE_HEADER] {
+        assert_eq!(bin.function(name), original.function(name), "{name}");
+        assert_eq!(
+            bin.probe_points(name).unwrap(),
+            original.probe_points(name).unwrap(),
+            "{name}"
+        );
+    }
+    std::fs::remove_file(&p).unwrap();
+}
+
+/// Go before 1.17 passes arguments on the stack, so the uprobes' register reads would be wrong:
+/// refused as `unsupported_go` with that reason, whether the build info says so (the real 1.17
+/// fixture relabelled go1.16.15: the same build info and pclntab formats) or, with a version that
+/// names no release, because the 1.16/1.17 pclntab cannot tell which it is.
+#[test]
+fn go_before_117_is_refused_with_its_reason() {
+    let f = fixture("1.17.13", "stripped");
+    let original = std::fs::read(&f.path).unwrap();
+    let relabel = |to: &[u8; 9]| {
+        let mut bytes = original.clone();
+        let mut n = 0;
+        let mut i = 0;
+        while let Some(at) = bytes[i..].windows(9).position(|w| w == b"go1.17.13") {
+            bytes[i + at..i + at + 9].copy_from_slice(to);
+            i += at + 9;
+            n += 1;
+        }
+        assert!(n > 0, "no go1.17.13 in the binary");
+        bytes
+    };
+    for (to, reason) in [
+        (
+            b"go1.16.15",
+            "Go older than 1.17 passes arguments on the stack; the uprobes read the register ABI",
+        ),
+        (
+            b"go1.9.7xx",
+            "Go older than 1.17 passes arguments on the stack; the uprobes read the register ABI",
+        ),
+        (
+            b"gotip.xyz",
+            "a Go 1.16/1.17 pclntab without a Go 1.17 version in the build info",
+        ),
+    ] {
+        let label = String::from_utf8_lossy(to).into_owned();
+        let p = scratch(
+            &format!("relabelled-{}", label.replace(' ', "-")),
+            &relabel(to),
+        );
+        let e = analyze(&p).unwrap_err();
+        match e.kind() {
+            GoBinaryError::UnsupportedGo { reason: r } => assert_eq!(*r, reason, "{label}"),
+            other => panic!("{label}: {other:?}"),
+        }
+        std::fs::remove_file(&p).unwrap();
     }
 }

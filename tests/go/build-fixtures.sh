@@ -56,7 +56,10 @@ build_one() {
   fi
   mkdir -p "$dir"
   local tmp="$dir/server.tmp.$$"
-  local args=(build -trimpath -buildvcs=false -o "$tmp")
+  local args=(build -trimpath -o "$tmp")
+  # VCS stamping (Go 1.18+) would tie the binary to the checkout's state; Go 1.17 has neither
+  # the stamping nor the flag.
+  case "$v" in 1.17.*) ;; *) args+=(-buildvcs=false) ;; esac
   [ -n "$flags" ] && args+=("$flags")
   if ! (cd "$src" && env GOTOOLCHAIN=local GOPROXY=off CGO_ENABLED=0 GOFLAGS=-mod=mod \
       GOCACHE="${COLLECTOR_GOCACHE:-/var/cache/collector-go/build}" GOPATH="$target/go-path" GOENV=off \

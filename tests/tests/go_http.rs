@@ -1,4 +1,4 @@
-//! Go net/http servers observed through uprobes, for Go 1.19 and every minor 1.21–1.27, each built
+//! Go net/http servers observed through uprobes, for every Go minor 1.17–1.27, each built
 //! default, stripped and PIE (tests/go/build-fixtures.sh): exact per-(method, route, status)
 //! counts, panics, durations against the client's own clock, probe paths apart, HTTPS, and a
 //! server started after the collector.
@@ -277,7 +277,7 @@ fn instrumented(addr: SocketAddr, pid: u32) -> (bool, String) {
 async fn every_go_version_and_build_counts_requests_exactly() {
     require_root();
     let fixtures = fixtures();
-    assert_eq!(fixtures.len(), 24, "8 Go minors × 3 variants");
+    assert_eq!(fixtures.len(), 33, "11 Go minors × 3 variants");
     let running = start_collector().await;
     let prefix = unique_prefix("gh");
     for (i, f) in fixtures.iter().enumerate() {

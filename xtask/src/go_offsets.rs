@@ -219,8 +219,21 @@ fn run_program(
     let out_dir = target.join("go-offsets").join(safe);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let exe = out_dir.join("offsets");
-    let build = Command::new(go)
-        .args(["build", "-trimpath", "-buildvcs=false", "-o"])
+    let version = Command::new(go)
+        .args(["env", "GOVERSION"])
+        .env("GOTOOLCHAIN", "local")
+        .env("GOENV", "off")
+        .output()
+        .with_context(|| format!("running {}", go.display()))?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let mut build = Command::new(go);
+    build.args(["build", "-trimpath"]);
+    // VCS stamping (Go 1.18+) is off; Go 1.17 has neither the stamping nor the flag.
+    if parse_minor(&version).is_none_or(|m| m >= (1, 18)) {
+        build.arg("-buildvcs=false");
+    }
+    let build = build
+        .arg("-o")
         .arg(&exe)
         .arg(".")
         .current_dir(&src)

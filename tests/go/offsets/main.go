@@ -42,7 +42,7 @@ func checkType(t reflect.Type, name string, want reflect.Type) {
 	}
 }
 
-func fail(format string, args ...any) {
+func fail(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "offsets: "+format+"\n", args...)
 	os.Exit(1)
 }

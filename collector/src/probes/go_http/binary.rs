@@ -209,11 +209,6 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
     // exec on the node comes through here, and only Go binaries may cost a symbol table read.
     let info = match buildinfo::read(&elf)? {
         buildinfo::Found::Info(info) => info,
-        buildinfo::Found::PointerFormat => {
-            return Err(GoBinaryError::UnsupportedGo {
-                reason: "build info predates Go 1.18",
-            });
-        }
         buildinfo::Found::Absent => {
             return Err(match pclntab::section_magic(&elf)? {
                 Some(m) if pclntab::is_go_magic(m) => GoBinaryError::UnsupportedGo {
@@ -225,6 +220,12 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
             });
         }
     };
+    let minor = go_minor(&info.go_version);
+    if minor.is_some_and(|m| m < 17) {
+        return Err(GoBinaryError::UnsupportedGo {
+            reason: "Go older than 1.17 passes arguments on the stack; the uprobes read the register ABI",
+        });
+    }
     if let Some(m) = pclntab::section_magic(&elf)? {
         pclntab::check_magic(m)?;
     }
@@ -244,6 +245,12 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
             go_version: info.go_version,
         });
     };
+    // Go 1.16 wrote the 1.17 table too: only a version naming 1.17 tells them apart.
+    if pcln.text_start == TextStart::Absolute && minor != Some(17) {
+        return Err(GoBinaryError::UnsupportedGo {
+            reason: "a Go 1.16/1.17 pclntab without a Go 1.17 version in the build info",
+        });
+    }
     let BuildInfo {
         go_version,
         main_path: _,
@@ -311,6 +318,14 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
         functions,
         elf,
     })
+}
+
+/// `N` of a `go1.N…` version (`go1.17.13`, `go1.17rc1`, `go1.21.0 X:loopvar`); `None` for
+/// anything else (`devel …`).
+fn go_minor(go_version: &str) -> Option<u32> {
+    let rest = go_version.strip_prefix("go1.")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
 }
 
 fn unsupported_elf(reason: String) -> GoBinaryError {

@@ -24,16 +24,27 @@
 //! there, with the value in an `R_X86_64_RELATIVE` relocation. We take it from the header,
 //! then from that relocation, then from the `runtime.text` symbol — never from the `.text`
 //! section, which starts earlier than Go's text in externally linked binaries.
+//!
+//! Go 1.16 and 1.17 (magic 0xfffffffa) have no text start: the header is the same up to the
+//! function count, then holds, from offset 24, the offsets of the name table, cu table, file
+//! table, pc table and (at 56) the function table. Function table entries are pointer-sized
+//! pairs `(entry address, offset of the _func record)`, the last entry address being the end
+//! of the last function, and a `_func` starts with its entry address (again) and, at +8, the
+//! i32 name offset. Those addresses are absolute, hence relocated in a PIE like the text start
+//! above: a 0 in the file is read from its relocation. Only 1.17 is supported by the uprobes
+//! (the first register-ABI Go); the caller tells the two apart by the build info's version.
 
 use super::{
     GoBinaryError,
     elf::{Elf, c_str, le_u32, le_u64, malformed},
 };
 
+/// Go 1.16 and 1.17.
+const MAGIC_116: u32 = 0xffff_fffa;
 pub(crate) const MAGIC_118: u32 = 0xffff_fff0;
 pub(crate) const MAGIC_120: u32 = 0xffff_fff1;
-/// Pre-1.18 layouts (1.16–1.17, 1.2–1.15), recognised only to say so.
-const OLD_MAGICS: [u32; 2] = [0xffff_fffa, 0xffff_fffb];
+/// The Go 1.2–1.15 layout, recognised only to say so.
+const MAGIC_12: u32 = 0xffff_fffb;
 
 /// A function as pclntab describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +76,8 @@ pub enum TextStart {
     Moduledata(u64),
     /// The `runtime.text` symbol of `.symtab`.
     RuntimeTextSymbol(u64),
+    /// Go 1.16–1.17: the table holds absolute entry addresses, relative to nothing.
+    Absolute,
 }
 
 impl TextStart {
@@ -74,6 +87,7 @@ impl TextStart {
             | Self::Relocation(a)
             | Self::Moduledata(a)
             | Self::RuntimeTextSymbol(a) => a,
+            Self::Absolute => 0,
         }
     }
 }
@@ -96,18 +110,18 @@ pub(crate) fn section_magic(elf: &Elf) -> Result<Option<u32>, GoBinaryError> {
 
 /// Any pclntab magic Go ever wrote (1.2 through 1.20+).
 pub(crate) fn is_go_magic(magic: u32) -> bool {
-    magic == MAGIC_118 || magic == MAGIC_120 || OLD_MAGICS.contains(&magic)
+    [MAGIC_12, MAGIC_116, MAGIC_118, MAGIC_120].contains(&magic)
 }
 
 /// The magics we parse; older ones are unsupported, anything else is not a pclntab.
 pub(crate) fn check_magic(magic: u32) -> Result<(), GoBinaryError> {
-    if OLD_MAGICS.contains(&magic) {
+    if magic == MAGIC_12 {
         return Err(GoBinaryError::UnsupportedGo {
-            reason: "pclntab predates Go 1.18",
+            reason: "pclntab predates Go 1.16",
         });
     }
-    if magic != MAGIC_118 && magic != MAGIC_120 {
-        return Err(malformed("pclntab magic is not a Go 1.18+ one"));
+    if ![MAGIC_116, MAGIC_118, MAGIC_120].contains(&magic) {
+        return Err(malformed("pclntab magic is not a Go 1.16+ one"));
     }
     Ok(())
 }
@@ -148,11 +162,22 @@ pub(crate) fn read(
     let Some((vaddr, data)) = locate(elf, runtime_pclntab)? else {
         return Ok(None);
     };
-    check_magic(le_u32(&data, 0))?;
+    let magic = le_u32(&data, 0);
+    check_magic(magic)?;
     if data.get(4..8) != Some(&[0, 0, 1, 8][..]) {
         return Err(malformed(
             "pclntab header is not amd64 (quantum 1, pointer size 8)",
         ));
+    }
+    if magic == MAGIC_116 {
+        let relocs = elf.relative_relocations()?;
+        return read_116(&data, vaddr, &relocs).map(|funcs| {
+            Some(Pclntab {
+                vaddr,
+                text_start: TextStart::Absolute,
+                funcs,
+            })
+        });
     }
     if data.len() < 72 {
         return Err(malformed("pclntab header is truncated"));
@@ -239,6 +264,81 @@ pub(crate) fn read(
         text_start,
         funcs,
     }))
+}
+
+/// The functions of a Go 1.16/1.17 table (`data`, at `vaddr`; see the module docs).
+fn read_116(
+    data: &[u8],
+    vaddr: u64,
+    relocs: &[(u64, u64)],
+) -> Result<Vec<PclnFunc>, GoBinaryError> {
+    if data.len() < 64 {
+        return Err(malformed("pclntab header is truncated"));
+    }
+    let nfunc = le_u64(data, 8);
+    let funcname_off = le_u64(data, 24);
+    let functab_off = le_u64(data, 56);
+    let len = data.len() as u64;
+    // nfunc pairs of 8-byte fields, then the end address.
+    let table_len = nfunc
+        .checked_mul(16)
+        .and_then(|n| n.checked_add(8))
+        .ok_or_else(|| malformed("pclntab function count overflows"))?;
+    if functab_off
+        .checked_add(table_len)
+        .is_none_or(|end| end > len)
+        || funcname_off >= len
+    {
+        return Err(malformed("pclntab tables lie outside the table"));
+    }
+    // Both checked against data.len() above.
+    let (functab_off, funcname_off) = (functab_off as usize, funcname_off as usize);
+    let names = &data[funcname_off..];
+    // An address stored at `off` in the table: in place, or (0 in the file) its relocation's.
+    let address = |off: usize| -> Result<u64, GoBinaryError> {
+        match le_u64(data, off) {
+            0 => relocated(relocs, vaddr.saturating_add(off as u64))
+                .ok_or_else(|| malformed("pclntab entry address is 0 and not relocated")),
+            a => Ok(a),
+        }
+    };
+
+    let mut funcs = Vec::with_capacity(nfunc as usize);
+    let mut next_entry = address(functab_off)?;
+    for i in 0..nfunc as usize {
+        let at = functab_off + i * 16;
+        let entry = next_entry;
+        let func_off = le_u64(data, at + 8);
+        next_entry = address(at + 16)?;
+        if next_entry < entry {
+            return Err(malformed("pclntab function table is not sorted"));
+        }
+        // The _func record, relative to the function table: entry address, then name offset.
+        let rec = usize::try_from(func_off)
+            .ok()
+            .and_then(|o| functab_off.checked_add(o))
+            .filter(|&r| r.checked_add(12).is_some_and(|end| end <= data.len()));
+        let Some(rec) = rec else {
+            return Err(malformed("pclntab _func record lies outside the table"));
+        };
+        if address(rec)? != entry {
+            return Err(malformed(
+                "pclntab _func entry disagrees with the function table",
+            ));
+        }
+        let name_off = le_u32(data, rec + 8) as usize;
+        let Some(name) = c_str(names, name_off) else {
+            return Err(malformed(
+                "pclntab function name lies outside the name table",
+            ));
+        };
+        funcs.push(PclnFunc {
+            name: name.to_owned(),
+            entry,
+            end: next_entry,
+        });
+    }
+    Ok(funcs)
 }
 
 /// The link-time value of the pointer slot at `vaddr`, from its relocation.
