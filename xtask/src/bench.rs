@@ -578,8 +578,7 @@ fn config_args(c: &Config, new_flags: bool) -> Option<Vec<String>> {
 
 /// Builds (or finds) every binary the run needs.
 fn prepare(root: &Path, opts: &Options, stamp: &str) -> anyhow::Result<Tools> {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = super::cargo_target_dir(root);
     let (collector, collector_source) = match &opts.collector {
         Some(p) => {
             ensure!(p.is_file(), "--collector {}: no such file", p.display());

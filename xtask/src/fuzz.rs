@@ -14,7 +14,7 @@
 
 use std::{
     fs::File,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -77,7 +77,7 @@ pub fn fuzz(root: &Path, opts: &Options) -> anyhow::Result<()> {
         }
         opts.targets.iter().map(String::as_str).collect()
     };
-    let target_dir = cargo_target_dir(root).join("fuzz");
+    let target_dir = super::cargo_target_dir(root).join("fuzz");
     let target_dir_arg = target_dir.display().to_string();
     let logs = target_dir.join("logs");
     std::fs::create_dir_all(&logs).context("creating target/fuzz/logs")?;
@@ -221,10 +221,6 @@ fn is_done(line: &str) -> bool {
     line.split_whitespace().nth(1) == Some("DONE")
 }
 
-fn cargo_target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
 /// Runs `cargo +nightly fuzz <args>` in the repository root. With `log`, stderr (where
 /// libFuzzer reports) goes to that file.
 fn cargo_fuzz(root: &Path, args: &[&str], log: Option<&Path>) -> anyhow::Result<()> {
@@ -257,7 +253,7 @@ fn cargo_fuzz(root: &Path, args: &[&str], log: Option<&Path>) -> anyhow::Result<
 
 /// Copies the smallest built Go fixture into the corpus (once).
 fn seed_with_fixture(root: &Path, corpus: &Path) -> anyhow::Result<()> {
-    let Ok(dirs) = std::fs::read_dir(cargo_target_dir(root).join("go-fixtures")) else {
+    let Ok(dirs) = std::fs::read_dir(super::cargo_target_dir(root).join("go-fixtures")) else {
         eprintln!("fuzz: no Go fixtures built (tests/go/build-fixtures.sh); synthetic seeds only");
         return Ok(());
     };

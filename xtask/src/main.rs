@@ -10,7 +10,7 @@ mod router_offsets;
 mod vm;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Duration,
 };
@@ -200,6 +200,60 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Where cargo (and every xtask that keeps build outputs) writes: `$CARGO_TARGET_DIR`, else
+/// target/ in the checkout.
+fn cargo_target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// What a cold `./x test` leaves in the target directory (dev, release, musl, fuzz and
+/// callgrind trees, Go fixtures, the VM image), measured from a clean clone at `fc11e6a`
+/// (BENCHMARKS.md has none of this: it is a build figure), with a margin for growth.
+const COLD_TEST_FOOTPRINT_GIB: u64 = 30;
+
+/// Fails at once, with what to do, when the target directory's filesystem cannot hold what
+/// the test run is about to build: a full disk otherwise shows up half an hour in, as a
+/// linker or archiver error in whichever step happens to run out (CI's did, in the fuzz
+/// build).
+fn check_disk(target: &Path) -> anyhow::Result<()> {
+    const GIB: u64 = 1 << 30;
+    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let kib = |args: &[&str]| -> anyhow::Result<u64> {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .with_context(|| format!("running {}", args[0]))?;
+        // `df -Pk`: a header line, then "fs blocks used available …"; `du -sk`: "size\tpath".
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = match args[0] {
+            "df" => text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().nth(3)),
+            _ => text.split_whitespace().next(),
+        };
+        field
+            .and_then(|f| f.parse::<u64>().ok())
+            .with_context(|| format!("{} printed {text:?}", args.join(" ")))
+    };
+    let dir = target.to_string_lossy();
+    let free = kib(&["df", "-Pk", &dir])? * 1024;
+    let built = kib(&["du", "-sxk", &dir])? * 1024;
+    let need = (COLD_TEST_FOOTPRINT_GIB * GIB).saturating_sub(built);
+    if free < need {
+        bail!(
+            "{} has {:.1} GiB free; a cold `./x test` writes about {COLD_TEST_FOOTPRINT_GIB} GiB \
+             there and {:.1} GiB of it is built already: free {:.1} GiB more (or point \
+             CARGO_TARGET_DIR at a larger disk)",
+            target.display(),
+            free as f64 / GIB as f64,
+            built as f64 / GIB as f64,
+            (need - free) as f64 / GIB as f64,
+        );
+    }
+    Ok(())
+}
+
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("+ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -330,6 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&a)
         }
         Cmd::Test { unit_only, no_vm } => {
+            check_disk(&cargo_target_dir(&root()))?;
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
                 "clippy",
