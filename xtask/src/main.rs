@@ -207,9 +207,10 @@ fn cargo_target_dir(root: &Path) -> PathBuf {
 }
 
 /// What a cold `./x test` leaves in the target directory (dev, release, musl, fuzz and
-/// callgrind trees, Go fixtures, the VM image), measured from a clean clone at `fc11e6a`
-/// (BENCHMARKS.md has none of this: it is a build figure), with a margin for growth.
-const COLD_TEST_FOOTPRINT_GIB: u64 = 30;
+/// callgrind trees, Go toolchains and fixtures, the VM image): 11 GiB measured from a clean
+/// clone at `fc11e6a` (before the lean dev profile the dev tree alone was 21 GiB), with a
+/// margin for growth.
+const COLD_TEST_FOOTPRINT_GIB: u64 = 14;
 
 /// Fails at once, with what to do, when the target directory's filesystem cannot hold what
 /// the test run is about to build: a full disk otherwise shows up half an hour in, as a
