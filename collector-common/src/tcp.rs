@@ -118,7 +118,9 @@ impl TcpStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOwner {
     pub tgid: u32,
-    pub _pad: u32,
+    /// Sends by this owner since `announced_ns` was last compared with the clock: the clock is
+    /// read every `ANNOUNCE_CHECK_SENDS`-th send only (a helper call less on the others).
+    pub sends_unchecked: u32,
     /// The task's cgroup id at that moment: used when the socket's own cgroup reads as the
     /// root (hosts where the workload is not in the unified hierarchy).
     pub cgroup_id: u64,
@@ -129,6 +131,10 @@ pub struct SockOwner {
     pub announced_ns: u64,
 }
 assert_layout!(SockOwner, 32);
+
+/// How often a socket's sends compare the clock with `SockOwner::announced_ns`: a process is
+/// re-announced at most this many sends after its `emit::REANNOUNCE_NS` is up.
+pub const ANNOUNCE_CHECK_SENDS: u32 = 16;
 impl_pod!(SockOwner);
 
 /// What an entry probe hands to its return probe: the socket and one value read at entry.

@@ -1736,6 +1736,7 @@ fn new_conn(ctx: &SkBuffContext, dir: Dir, seg: &Segment) -> Option<&'static mut
     fresh.tail = 0;
     fresh.answered = 0;
     fresh.owner = owner(ctx);
+    fresh.cookie = seg.cookie;
     fresh.flags = conn::SERVER;
     fresh.rx.next_seq = seg.seq;
     fresh.rx.state = state::START;
@@ -1779,7 +1780,14 @@ fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
 /// The parser's state of this packet's connection, if it follows it.
 #[inline(always)]
 fn conn_of(ctx: &SkBuffContext) -> Option<&'static mut WireConn> {
-    let sk = full_sock(ctx)?;
+    // The packet's socket as it is, without `bpf_sk_fullsock`: the storage helper takes any
+    // socket and answers NULL for one that is not full, so the check is made once, not twice
+    // (a helper call less in every run: ~25 ns, four to five runs per request).
+    // SAFETY: a read of the program's own context.
+    let sk = unsafe { (*skb_ptr(ctx)).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
     // SAFETY: as in `new_conn`, without creating.
     let p = unsafe {
         bpf_sk_storage_get(
@@ -2000,7 +2008,7 @@ fn parse(ctx: &SkBuffContext, dir: Dir) {
         return;
     }
     let known = conn_of(ctx);
-    // Sockets the parser does not follow leave here too, before the cookie and the slot: the
+    // Sockets the parser does not follow leave here too, before the slot: the
     // client's side of every local connection (half the runs on a node whose clients are
     // local), and everything that is not HTTP/1.x. Only a request can start following one.
     if known.is_none()
@@ -2009,7 +2017,10 @@ fn parse(ctx: &SkBuffContext, dir: Dir) {
     {
         return;
     }
-    seg.cookie = cookie(ctx);
+    seg.cookie = match &known {
+        Some(c) => c.cookie,
+        None => cookie(ctx),
+    };
     match enter(ctx, dir) {
         Some(slot) => {
             seg.slot = slot;

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use collector_common::{
     maps::KernelDrop,
-    tcp::{OwnerKey, SockOwner, state},
+    tcp::{ANNOUNCE_CHECK_SENDS, OwnerKey, SockOwner, state},
 };
 
 use crate::{
@@ -119,11 +119,17 @@ pub fn record_owner(sk: u64) -> OwnerKey {
         // SAFETY: a live element; concurrent senders on one socket write the same values.
         let o = unsafe { &mut *p };
         if o.tgid == tgid && o.charged_cgroup != 0 {
-            // SAFETY: plain helper.
-            let now = unsafe { bpf_ktime_get_ns() };
-            if now.wrapping_sub(o.announced_ns) >= REANNOUNCE_NS {
-                o.announced_ns = now;
-                announce_process(tgid, now);
+            // The re-announcement is due every 30 s, so the clock (a helper call, ~25 ns with
+            // this machine's return thunks) is only read every `ANNOUNCE_CHECK_SENDS` sends.
+            o.sends_unchecked = o.sends_unchecked.wrapping_add(1);
+            if o.sends_unchecked >= ANNOUNCE_CHECK_SENDS {
+                o.sends_unchecked = 0;
+                // SAFETY: plain helper.
+                let now = unsafe { bpf_ktime_get_ns() };
+                if now.wrapping_sub(o.announced_ns) >= REANNOUNCE_NS {
+                    o.announced_ns = now;
+                    announce_process(tgid, now);
+                }
             }
             return OwnerKey {
                 cgroup_id: o.charged_cgroup,
@@ -140,7 +146,7 @@ pub fn record_owner(sk: u64) -> OwnerKey {
     }
     let owner = SockOwner {
         tgid,
-        _pad: 0,
+        sends_unchecked: 0,
         cgroup_id: task_cgroup,
         charged_cgroup: cgroup_id,
         announced_ns: now,
