@@ -1035,9 +1035,10 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<(
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    // One write: `write!` on the bare stream sends each formatted piece as its own segment,
+    // which the API measurement would then time as well (measured: +25 µs at p50).
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
