@@ -205,18 +205,13 @@ pub(crate) fn read(
     };
     let text = text_start.addr();
 
-    let len = data.len() as u64;
-    let table_len = nfunc
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(8))
-        .ok_or_else(|| malformed("pclntab function count overflows"))?;
-    if functab_off
-        .checked_add(table_len)
-        .is_none_or(|end| end > len)
-        || funcname_off >= len
-    {
-        return Err(malformed("pclntab tables lie outside the table"));
-    }
+    // nfunc pairs of 4-byte offsets, then the end offset.
+    let table_len = check_tables(
+        &data,
+        nfunc.checked_add(1).and_then(|n| n.checked_mul(8)),
+        functab_off,
+        funcname_off,
+    )?;
     // Both checked against data.len() above.
     let functab = &data[functab_off as usize..(functab_off + table_len) as usize];
     let names = &data[funcname_off as usize..];
@@ -266,6 +261,27 @@ pub(crate) fn read(
     }))
 }
 
+/// The function table (`table_len` bytes from `functab_off`, None when its size overflowed) and
+/// the start of the name table both lie inside `data`: what both table layouts check before
+/// slicing. Returns the function table's length.
+fn check_tables(
+    data: &[u8],
+    table_len: Option<u64>,
+    functab_off: u64,
+    funcname_off: u64,
+) -> Result<u64, GoBinaryError> {
+    let table_len = table_len.ok_or_else(|| malformed("pclntab function count overflows"))?;
+    let len = data.len() as u64;
+    if functab_off
+        .checked_add(table_len)
+        .is_none_or(|end| end > len)
+        || funcname_off >= len
+    {
+        return Err(malformed("pclntab tables lie outside the table"));
+    }
+    Ok(table_len)
+}
+
 /// The functions of a Go 1.16/1.17 table (`data`, at `vaddr`; see the module docs).
 fn read_116(
     data: &[u8],
@@ -278,19 +294,13 @@ fn read_116(
     let nfunc = le_u64(data, 8);
     let funcname_off = le_u64(data, 24);
     let functab_off = le_u64(data, 56);
-    let len = data.len() as u64;
     // nfunc pairs of 8-byte fields, then the end address.
-    let table_len = nfunc
-        .checked_mul(16)
-        .and_then(|n| n.checked_add(8))
-        .ok_or_else(|| malformed("pclntab function count overflows"))?;
-    if functab_off
-        .checked_add(table_len)
-        .is_none_or(|end| end > len)
-        || funcname_off >= len
-    {
-        return Err(malformed("pclntab tables lie outside the table"));
-    }
+    check_tables(
+        data,
+        nfunc.checked_mul(16).and_then(|n| n.checked_add(8)),
+        functab_off,
+        funcname_off,
+    )?;
     // Both checked against data.len() above.
     let (functab_off, funcname_off) = (functab_off as usize, funcname_off as usize);
     let names = &data[funcname_off..];
