@@ -36,6 +36,23 @@ use prometheus_client::{
 };
 use tracing::warn;
 
+/// A review's name in the metrics' `review` label and its Kubernetes kind in log lines.
+#[derive(Clone, Copy)]
+struct Review {
+    name: &'static str,
+    kind: &'static str,
+}
+
+const TOKEN: Review = Review {
+    name: "token",
+    kind: "TokenReview",
+};
+
+const ACCESS: Review = Review {
+    name: "access",
+    kind: "SubjectAccessReview",
+};
+
 /// How long an authenticated token, or an allowed access, is trusted without asking again.
 pub const ALLOW_TTL: Duration = Duration::from_secs(60);
 /// How long a refused token or access is refused without asking again: short, so a binding
@@ -201,62 +218,29 @@ impl KubeAuth {
     /// May the bearer of `token` `verb` `path`?
     pub async fn decide(&self, token: &str, verb: &str, path: &str) -> Decision {
         let token_key = digest(&[token.as_bytes()]);
-        let user = match self.cached_user(&token_key) {
-            Some(u) => u,
-            None => {
-                let Ok(_permit) = self.permits.acquire().await else {
-                    return Decision::Unavailable;
-                };
-                // Another request may have asked for this token while this one waited.
-                match self.cached_user(&token_key) {
-                    Some(u) => u,
-                    None => match self.token_review(token).await {
-                        Ok(u) => {
-                            let ttl = if u.is_some() { ALLOW_TTL } else { DENY_TTL };
-                            self.tokens
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(token_key, u.clone(), ttl, Instant::now());
-                            u
-                        }
-                        Err(e) => {
-                            self.count("token", "error");
-                            self.warn("TokenReview", &e);
-                            return Decision::Unavailable;
-                        }
-                    },
-                }
-            }
+        let Some(user) = self
+            .reviewed(&self.tokens, &token_key, TOKEN, Option::is_some, || {
+                self.token_review(token)
+            })
+            .await
+        else {
+            return Decision::Unavailable;
         };
         let Some(user) = user else {
             return Decision::Unauthenticated;
         };
         let access_key = digest(&[token.as_bytes(), verb.as_bytes(), path.as_bytes()]);
-        let allowed = match self.cached_access(&access_key) {
-            Some(a) => a,
-            None => {
-                let Ok(_permit) = self.permits.acquire().await else {
-                    return Decision::Unavailable;
-                };
-                match self.cached_access(&access_key) {
-                    Some(a) => a,
-                    None => match self.access_review(&user, verb, path).await {
-                        Ok(a) => {
-                            let ttl = if a { ALLOW_TTL } else { DENY_TTL };
-                            self.access
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(access_key, a, ttl, Instant::now());
-                            a
-                        }
-                        Err(e) => {
-                            self.count("access", "error");
-                            self.warn("SubjectAccessReview", &e);
-                            return Decision::Unavailable;
-                        }
-                    },
-                }
-            }
+        let Some(allowed) = self
+            .reviewed(
+                &self.access,
+                &access_key,
+                ACCESS,
+                |a| *a,
+                || self.access_review(&user, verb, path),
+            )
+            .await
+        else {
+            return Decision::Unavailable;
         };
         if allowed {
             Decision::Allowed
@@ -267,12 +251,45 @@ impl KubeAuth {
         }
     }
 
-    fn cached_user(&self, key: &Digest) -> Option<Option<Arc<User>>> {
-        self.cached(&self.tokens, key, "token")
-    }
-
-    fn cached_access(&self, key: &Digest) -> Option<bool> {
-        self.cached(&self.access, key, "access")
+    /// The cached answer for `key`, else one review's (`ask`), made under the concurrency
+    /// permit and cached for `ALLOW_TTL` when `allows` says so, else `DENY_TTL`. None: the
+    /// review failed (counted and logged), which must never read as an answer.
+    async fn reviewed<V: Clone, F>(
+        &self,
+        cache: &Mutex<Cache<V>>,
+        key: &Digest,
+        review: Review,
+        allows: impl Fn(&V) -> bool,
+        ask: impl FnOnce() -> F,
+    ) -> Option<V>
+    where
+        F: Future<Output = Result<V, ReviewError>>,
+    {
+        if let Some(v) = self.cached(cache, key, review.name) {
+            return Some(v);
+        }
+        let _permit = self.permits.acquire().await.ok()?;
+        // Another request may have asked for this key while this one waited.
+        if let Some(v) = self.cached(cache, key, review.name) {
+            return Some(v);
+        }
+        match ask().await {
+            Ok(v) => {
+                let ttl = if allows(&v) { ALLOW_TTL } else { DENY_TTL };
+                cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    *key,
+                    v.clone(),
+                    ttl,
+                    Instant::now(),
+                );
+                Some(v)
+            }
+            Err(e) => {
+                self.count(review.name, "error");
+                self.warn(review.kind, &e);
+                None
+            }
+        }
     }
 
     /// A live entry of `cache`, counted as a hit of `review`.
