@@ -34,6 +34,8 @@ pub enum EventKind {
     Exec = 3,
     /// `grpc::GrpcEvent`
     Grpc = 4,
+    /// `http::unseen::UnseenEvent`
+    Unseen = 5,
 }
 
 impl EventKind {
@@ -44,6 +46,7 @@ impl EventKind {
             2 => Some(Self::Http),
             3 => Some(Self::Exec),
             4 => Some(Self::Grpc),
+            5 => Some(Self::Unseen),
             _ => None,
         }
     }

@@ -29,7 +29,9 @@ pub struct GoHttpOffsets {
     /// released (or given to another binary) is recognised (`Inflight::generation`) and
     /// counted without reading memory at offsets that are not its binary's.
     pub valid: u32,
-    pub _pad: u32,
+    /// `Request.TLS` (a pointer, nil for plaintext): with `ProtoMajor`, what tells a request
+    /// the socket parser cannot read (`cookie::UNSEEN_ONLY`) from one it counts already.
+    pub request_tls: u32,
 }
 assert_layout!(GoHttpOffsets, 40);
 
@@ -197,6 +199,45 @@ impl HttpCounts {
 
 /// The socket-level HTTP/1.x parser (`collector-ebpf/src/http_wire.rs`): per-connection state
 /// kept in `maps::WIRE_CONNS`, the storage of its socket.
+/// Server sockets whose traffic the socket parser cannot read: what their first bytes were.
+/// The kernel tells userspace once per (cgroup, local port, kind) every `REPEAT_NS`, so the
+/// Go servers among them get uprobes (`--go-http-uprobes auto`) that count only such requests.
+pub mod unseen {
+    use crate::{assert_layout, event::EventHeader, impl_pod};
+
+    /// A TLS ClientHello: HTTPS (or any TLS) served by this socket.
+    pub const TLS: u8 = 1;
+    /// HTTP/2's connection preface in clear text (h2c with prior knowledge).
+    pub const H2C: u8 = 2;
+
+    /// Notices for one (cgroup, port, kind) come at most this often: userspace acts on the
+    /// first, the next ones only catch a server restarted as another binary.
+    pub const REPEAT_NS: u64 = 10_000_000_000;
+
+    /// `maps::WIRE_UNSEEN` key.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct UnseenKey {
+        /// The socket's cgroup (`bpf_skb_cgroup_id`).
+        pub cgroup_id: u64,
+        /// The socket's local port (the server's), host order.
+        pub port: u16,
+        pub kind: u8,
+        pub _pad: [u8; 5],
+    }
+    assert_layout!(UnseenKey, 16);
+
+    /// Ring record `EventKind::Unseen`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct UnseenEvent {
+        pub header: EventHeader,
+        pub key: UnseenKey,
+    }
+    assert_layout!(UnseenEvent, 32);
+    impl_pod!(UnseenEvent);
+}
+
 pub mod wire {
     use crate::{assert_layout, tcp::OwnerKey};
 

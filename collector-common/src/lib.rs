@@ -25,13 +25,23 @@ pub mod tcp;
 /// longer its slot's is stale and does nothing; with the slot alone it read memory at the
 /// new entry's offsets, beside the live link of the same point.
 pub mod cookie {
+    /// A flag in the slot word (slots are far fewer than 2^31): the net/http uprobes of this
+    /// link count only the requests the socket parser cannot read (TLS, HTTP/2); plaintext
+    /// HTTP/1.x requests are the parser's (`--go-http-uprobes auto`). In the cookie, not in
+    /// the offsets slot: a link whose slot was emptied must still not count them twice.
+    pub const UNSEEN_ONLY: u32 = 1 << 31;
+
     pub const fn encode(slot: u32, generation: u32) -> u64 {
         ((generation as u64) << 32) | slot as u64
     }
 
-    /// (slot, generation).
+    /// (slot, generation), without the flags.
     pub const fn decode(cookie: u64) -> (u32, u32) {
-        (cookie as u32, (cookie >> 32) as u32)
+        (cookie as u32 & !UNSEEN_ONLY, (cookie >> 32) as u32)
+    }
+
+    pub const fn unseen_only(cookie: u64) -> bool {
+        cookie as u32 & UNSEEN_ONLY != 0
     }
 
     /// A link of `generation` whose slot holds `valid` now is stale: it fires beside the live
@@ -48,7 +58,10 @@ pub mod cookie {
         #[test]
         fn a_cookie_is_its_slot_and_generation() {
             assert_eq!(decode(encode(7, u32::MAX)), (7, u32::MAX));
-            assert_eq!(decode(encode(u32::MAX, 1)), (u32::MAX, 1));
+            assert_eq!(decode(encode(UNSEEN_ONLY - 1, 1)), (UNSEEN_ONLY - 1, 1));
+            assert_eq!(decode(encode(7 | UNSEEN_ONLY, 3)), (7, 3));
+            assert!(unseen_only(encode(7 | UNSEEN_ONLY, 3)));
+            assert!(!unseen_only(encode(7, u32::MAX)));
             assert!(is_stale(1, 2));
             assert!(!is_stale(2, 2));
             assert!(!is_stale(2, 0));

@@ -59,6 +59,10 @@ pub const HTTP_SAMPLING: &str = "HTTP_SAMPLING";
 /// capacity to fight over: each followed socket carries its own 368 bytes, next to the several
 /// kilobytes its owner already pays for the socket itself.
 pub const WIRE_CONNS: &str = "WIRE_CONNS";
+/// LRU hash `http::unseen::UnseenKey` → when it was last told (ns): server sockets the parser
+/// cannot read, told to userspace at most once per `unseen::REPEAT_NS` each.
+pub const WIRE_UNSEEN: &str = "WIRE_UNSEEN";
+pub const WIRE_UNSEEN_ENTRIES: u32 = 4_096;
 /// LRU hash `http::wire::TargetKey` → `http::wire::Target`: targets of sampled requests waiting
 /// for their responses.
 pub const WIRE_TARGETS: &str = "WIRE_TARGETS";

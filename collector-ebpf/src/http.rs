@@ -246,6 +246,23 @@ fn ends(ctx: &ProbeContext, entry: &Inflight) -> bool {
     slot_generation(slot) == generation && slot_generation(entry.slot) != entry.generation
 }
 
+/// With `cookie::UNSEEN_ONLY` (`--go-http-uprobes auto`): whether the socket parser reads this
+/// request itself — plaintext HTTP/1.x (`ProtoMajor` 1, `TLS` nil) — so these probes leave it
+/// to the parser instead of counting it twice. A link whose slot was emptied cannot read the
+/// request and leaves every one (its binary is on its way out).
+#[inline(always)]
+fn parser_reads(slot: u32, request: u64, emptied: bool) -> bool {
+    if emptied {
+        return true;
+    }
+    let Some(o) = HTTP_OFFSETS.get(slot) else {
+        return true;
+    };
+    let major: Option<u64> = read_user(request.wrapping_add(u64::from(o.request_proto_major)));
+    let tls: Option<u64> = read_user(request.wrapping_add(u64::from(o.request_tls)));
+    major == Some(1) && tls == Some(0)
+}
+
 #[inline(always)]
 fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
     let (slot, generation, valid) = link(&ctx);
@@ -257,6 +274,12 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
     // only if no live link of this point tracks it, and ends counted without its offsets.
     let emptied = valid == 0;
     let r = regs(&ctx);
+    // SAFETY: as in `link`.
+    if cookie::unseen_only(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+        && parser_reads(slot, r.rdi, emptied)
+    {
+        return 0;
+    }
     let k = key(r.g);
     // A status set aside for an earlier request whose response sat at the same address.
     let _ = HTTP_STATUS_ASIDE.remove(&ResponseKey {
@@ -388,6 +411,11 @@ fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
     let k = key(regs(&ctx).g);
     // SAFETY: copied out before removal.
     let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied() else {
+        // SAFETY: as in `link`.
+        if cookie::unseen_only(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) {
+            // A request left to the socket parser (`parser_reads`): nothing missed.
+            return 0;
+        }
         // Begun before the probes were attached, or not tracked (already counted as lost).
         count_drop(KernelDrop::HttpNoStart);
         klog!(

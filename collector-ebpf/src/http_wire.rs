@@ -47,6 +47,7 @@ use collector_common::{
     event::{EVENT_VERSION, EventHeader, EventKind},
     http::{
         HttpEvent, METHOD_MAX, ROUTE_MAX, flags,
+        unseen::{self, UnseenEvent, UnseenKey},
         wire::{
             LINE_MAX, METHOD_CONNECT, METHOD_HEAD, PIPELINE, TARGET_LINE, Target, TargetKey,
             WINDOW, WireConn, WireHalf, WireScratch, WireSlot, conn, msg, slot, state,
@@ -61,7 +62,7 @@ use crate::{
     klog::{self, Level, klog},
     maps::{
         EVENTS, HTTP_SAMPLING, SOCK_OWNERS, WIRE_BUSY, WIRE_CONNS, WIRE_NEW_CONN, WIRE_NEW_TARGET,
-        WIRE_PROGS_RX, WIRE_PROGS_TX, WIRE_SCRATCH, WIRE_TARGETS, count_drop,
+        WIRE_PROGS_RX, WIRE_PROGS_TX, WIRE_SCRATCH, WIRE_TARGETS, WIRE_UNSEEN, count_drop,
     },
 };
 
@@ -339,6 +340,67 @@ fn first_bytes(ctx: &SkBuffContext, seg: &Segment) -> Option<([u8; 8], usize)> {
         )
     };
     (rc == 0).then_some((buf, k))
+}
+
+/// What a segment arriving at a socket the parser does not follow starts with, when it is a
+/// server's traffic the parser cannot read (`unseen`): a TLS record carrying a ClientHello
+/// (content type 22, version 3.x, handshake type 1: only a server receives one), or h2c's
+/// connection preface. 0 otherwise.
+#[inline(always)]
+fn unseen_kind(p: &[u8; 8], n: usize) -> u8 {
+    if n >= 6 && p[0] == 0x16 && p[1] == 0x03 && p[2] <= 0x04 && p[5] == 0x01 {
+        return unseen::TLS;
+    }
+    if n == 8 && *p == *b"PRI * HT" {
+        return unseen::H2C;
+    }
+    0
+}
+
+/// Tells userspace (once per `unseen::REPEAT_NS` for each cgroup, local port and kind) that a
+/// server socket speaks what the parser cannot read, so the Go servers among them get uprobes
+/// for those requests only. The local port is the server's: userspace finds the process that
+/// listens on it. Runs once per such connection (its first segment), never per request.
+#[inline(always)]
+fn http_wire_unseen(ctx: &SkBuffContext, kind: u8) {
+    let Some(sk) = full_sock(ctx) else {
+        return;
+    };
+    // SAFETY: a full socket the verifier knows as such; `src_port` is in host order.
+    let port = unsafe { (*sk).src_port } as u16;
+    let key = UnseenKey {
+        // SAFETY: the helper accepts the skb context in cgroup_skb programs.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb_ptr(ctx)) },
+        port,
+        kind,
+        _pad: [0; 5],
+    };
+    // SAFETY: plain helper.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: value copied out; a racing update only tells userspace twice.
+    if let Some(last) = unsafe { WIRE_UNSEEN.get(&key) }
+        && now.wrapping_sub(*last) < unseen::REPEAT_NS
+    {
+        return;
+    }
+    let _ = WIRE_UNSEEN.insert(&key, &now, 0);
+    let Some(mut entry) = EVENTS.reserve::<UnseenEvent>(0) else {
+        count_drop(KernelDrop::RingReserve);
+        // Told again with the next such connection.
+        let _ = WIRE_UNSEEN.remove(&key);
+        return;
+    };
+    entry.write(UnseenEvent {
+        header: EventHeader {
+            kind: EventKind::Unseen as u16,
+            version: EVENT_VERSION,
+            _pad: 0,
+            ts_ns: now,
+        },
+        key,
+    });
+    // Rare: wake the reader at once, so the uprobes are attached before many requests pass.
+    entry.submit(0);
 }
 
 /// Whether the first `n` bytes of a segment can start a status line: "HTTP/1.", or (a server
@@ -2011,11 +2073,22 @@ fn parse(ctx: &SkBuffContext, dir: Dir) {
     // Sockets the parser does not follow leave here too, before the slot: the
     // client's side of every local connection (half the runs on a node whose clients are
     // local), and everything that is not HTTP/1.x. Only a request can start following one.
-    if known.is_none()
-        && (dir == Dir::Tx
-            || !first_bytes(ctx, &seg).is_some_and(|(b, n)| looks_like_request(&b, n)))
-    {
-        return;
+    if known.is_none() {
+        if dir == Dir::Tx {
+            return;
+        }
+        let Some((b, n)) = first_bytes(ctx, &seg) else {
+            return;
+        };
+        if !looks_like_request(&b, n) {
+            // Bytes read for the request check anyway: a server socket speaking TLS or h2c
+            // costs one compare more here, and a notice per (cgroup, port) every 10 s.
+            let kind = unseen_kind(&b, n);
+            if kind != 0 {
+                http_wire_unseen(ctx, kind);
+            }
+            return;
+        }
     }
     seg.cookie = match &known {
         Some(c) => c.cookie,

@@ -9,12 +9,13 @@ use aya_ebpf::{
 use collector_common::{
     http::{
         GoHttpOffsets, HttpCounts, Inflight, InflightKey,
+        unseen::UnseenKey,
         wire::{Target, TargetKey, WireConn, WireScratch},
     },
     maps::{
         EVENTS_BYTES, FRAMES_ENTRIES, HTTP_COUNTS_ENTRIES, HTTP_INFLIGHT_ENTRIES,
         HTTP_OFFSETS_SLOTS, KernelDrop, SEEN_TGIDS_ENTRIES, SOCK_OWNERS_ENTRIES, TCP_STATS_ENTRIES,
-        WIRE_SLOTS, WIRE_TARGETS_ENTRIES,
+        WIRE_SLOTS, WIRE_TARGETS_ENTRIES, WIRE_UNSEEN_ENTRIES,
     },
     tcp::{Frames, OwnerKey, SockOwner, TcpStats},
 };
@@ -54,6 +55,11 @@ pub static RETRANS_FRAMES: LruHashMap<u64, Frames> =
 
 #[map]
 pub static SYNACK_FRAMES: LruHashMap<u64, Frames> = LruHashMap::with_max_entries(FRAMES_ENTRIES, 0);
+
+/// Server sockets the parser cannot read, last told to userspace (`maps::WIRE_UNSEEN`).
+#[map]
+pub static WIRE_UNSEEN: LruHashMap<UnseenKey, u64> =
+    LruHashMap::with_max_entries(WIRE_UNSEEN_ENTRIES, 0);
 
 /// The socket parser's state, stored with each followed socket (`maps::WIRE_CONNS`).
 #[btf_map]

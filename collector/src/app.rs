@@ -28,9 +28,9 @@ use tracing::{info, warn};
 use crate::{
     aggregate::{Aggregator, KernelMaps, grpc::GrpcAggregate, http::RouteTable, sampling::Sampler},
     api,
-    config::Config,
+    config::{Config, GoUprobes},
     events::{
-        self,
+        self, Notice,
         kernel_log::{self, KernelLogLevel, KernelLogSwitch},
     },
     export::{Metrics, otlp::OtlpExporter, prometheus::SignalLabels},
@@ -269,11 +269,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let go_offsets = Array::try_from(take(&mut ebpf, HTTP_OFFSETS)?)?;
     let go_inflight = aya::maps::HashMap::try_from(take(&mut ebpf, HTTP_INFLIGHT)?)?;
     let ebpf = Arc::new(Mutex::new(ebpf));
-    let go_http = if config.http.uprobes {
+    let go_http = if config.http.uprobes != GoUprobes::Off {
         match GoHttpProbes::new(ebpf.clone(), go_offsets, go_inflight, metrics.clone()) {
             Ok(mut p) => {
                 if !config.http.router_templates {
                     p.without_router_templates();
+                }
+                if config.http.uprobes == GoUprobes::Auto {
+                    p.auto();
                 }
                 Some(p)
             }
@@ -478,17 +481,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// or closed channel drops the notice: each discovery's /proc scan finds what it missed. The
 /// forwarder ends with the reader, closing both channels (discoveries then stop).
 fn fan_out_exec(
-    exec_rx: std::sync::mpsc::Receiver<u32>,
+    exec_rx: std::sync::mpsc::Receiver<Notice>,
     grpc: Option<std::sync::mpsc::SyncSender<u32>>,
-) -> std::sync::mpsc::Receiver<u32> {
+) -> std::sync::mpsc::Receiver<Notice> {
     let Some(grpc) = grpc else {
         return exec_rx;
     };
     let (http_tx, http_rx) = std::sync::mpsc::sync_channel(EXEC_CHANNEL);
     std::thread::spawn(move || {
-        for pid in exec_rx {
-            let _ = http_tx.try_send(pid);
-            let _ = grpc.try_send(pid);
+        for notice in exec_rx {
+            // gRPC discovery needs exec notices only (it probes grpc-go's own transport).
+            if let Notice::Exec(pid) = notice {
+                let _ = grpc.try_send(pid);
+            }
+            let _ = http_tx.try_send(notice);
         }
     });
     http_rx
@@ -497,7 +503,7 @@ fn fan_out_exec(
 /// Go discovery runs on its own thread: ELF analysis and uprobe attachment block.
 fn spawn_discovery(
     mut probes: GoHttpProbes,
-    exec_rx: std::sync::mpsc::Receiver<u32>,
+    exec_rx: std::sync::mpsc::Receiver<Notice>,
     state: Arc<Mutex<Vec<GoServer>>>,
 ) -> std::thread::JoinHandle<()> {
     use std::sync::mpsc::RecvTimeoutError;
@@ -509,7 +515,10 @@ fn spawn_discovery(
         let mut last_scan = std::time::Instant::now();
         loop {
             match exec_rx.recv_timeout(RESCAN_EVERY) {
-                Ok(pid) => probes.observe(pid, std::time::Instant::now()),
+                Ok(Notice::Exec(pid)) => probes.observe(pid, std::time::Instant::now()),
+                Ok(Notice::Unseen(server)) => {
+                    probes.on_unseen(server, std::time::Instant::now());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 // The reader stopped: shutting down.
                 Err(RecvTimeoutError::Disconnected) => break,

@@ -108,16 +108,16 @@ pub fn needs(config: &Config) -> Vec<Need> {
             reason: "attaching the HTTP socket parser to the cgroup hierarchy; or --no-http-socket",
         });
     }
-    if config.http.uprobes {
+    if config.http.uprobes != crate::config::GoUprobes::Off {
         needs.push(Need {
             capability: SYS_PTRACE,
             or: None,
-            reason: "finding Go servers through /proc/PID/exe for --go-http-uprobes all",
+            reason: "finding Go servers through /proc/PID/exe for --go-http-uprobes (auto, all); or --go-http-uprobes off",
         });
         needs.push(Need {
             capability: DAC_READ_SEARCH,
             or: Some(DAC_OVERRIDE),
-            reason: "reading Go server binaries that are not world-readable for --go-http-uprobes all",
+            reason: "reading Go server binaries that are not world-readable for --go-http-uprobes (auto, all); or --go-http-uprobes off",
         });
     } else if config.http.grpc_uprobes {
         // gRPC discovery finds and reads the servers' binaries the same way.
@@ -196,8 +196,25 @@ mod tests {
     }
 
     #[test]
-    fn the_default_configuration_needs_bpf_perfmon_and_net_admin() {
+    fn the_default_configuration_needs_ptrace_and_dac_read_search_for_auto_uprobes() {
         let needs = needs(&Config::default());
+        assert_eq!(
+            names(&needs),
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_NET_ADMIN",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_socket_parser_alone_needs_bpf_perfmon_and_net_admin() {
+        let mut config = Config::default();
+        config.http.uprobes = crate::config::GoUprobes::Off;
+        let needs = needs(&config);
         assert_eq!(names(&needs), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
         assert_eq!(missing(&needs, set(&[BPF, PERFMON, NET_ADMIN])), []);
         assert_eq!(
@@ -212,7 +229,7 @@ mod tests {
     fn go_uprobes_need_ptrace_and_dac_read_search_but_not_net_admin() {
         let mut config = Config::default();
         config.http.socket = false;
-        config.http.uprobes = true;
+        config.http.uprobes = crate::config::GoUprobes::All;
         let needs = needs(&config);
         assert_eq!(
             names(&needs),
@@ -236,6 +253,7 @@ mod tests {
     #[test]
     fn grpc_uprobes_alone_need_ptrace_and_dac_read_search_too() {
         let mut config = Config::default();
+        config.http.uprobes = crate::config::GoUprobes::Off;
         config.http.grpc_uprobes = true;
         assert_eq!(
             names(&needs(&config)),
@@ -248,13 +266,15 @@ mod tests {
             ]
         );
         // With the net/http uprobes too, each capability once.
-        config.http.uprobes = true;
+        config.http.uprobes = crate::config::GoUprobes::All;
         assert_eq!(names(&needs(&config)).len(), 5);
     }
 
     #[test]
     fn the_error_names_each_missing_capability_and_why() {
-        let needs = needs(&Config::default());
+        let mut config = Config::default();
+        config.http.uprobes = crate::config::GoUprobes::Off;
+        let needs = needs(&config);
         let error = CapabilityError::Missing {
             missing: missing(&needs, set(&[PERFMON])),
         };

@@ -141,9 +141,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_http_socket: bool,
 
-    /// Go net/http uprobes: "off", or "all" to instrument every Go server with uprobes (route
-    /// templates, HTTPS; about 3 traps per request, ~45 µs here). "all" needs
-    /// --no-http-socket: both would count the same requests. [default: off]
+    /// Go net/http uprobes: "auto" attaches them only to Go servers whose sockets speak TLS or
+    /// h2c (what the socket parser cannot read) and counts only those requests there
+    /// (plaintext HTTP/1.x stays the parser's, trap-free); "all" instruments every Go server
+    /// (route templates of Go routers too; about 3 traps per request, ~45 µs here) and needs
+    /// --no-http-socket; "off" leaves Go servers to the socket parser. [default: auto]
     #[arg(long, value_name = "MODE")]
     pub go_http_uprobes: Option<String>,
 
@@ -334,7 +336,7 @@ pub struct FileConfig {
     pub max_routes: Option<usize>,
     pub http_sample_every: Option<u32>,
     pub http_event_budget: Option<u64>,
-    /// Go net/http uprobes: "off" or "all".
+    /// Go net/http uprobes: "off", "auto" or "all".
     pub go_http_uprobes: Option<String>,
     /// With the Go net/http uprobes: route templates of Go routers (default true).
     pub go_router_templates: Option<bool>,
@@ -503,13 +505,28 @@ pub struct Config {
     pub readiness: crate::kubernetes::gate::ReadinessConfig,
 }
 
+/// Which Go net/http servers get uprobes (`--go-http-uprobes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GoUprobes {
+    /// None: Go servers are measured by the socket parser alone (plaintext HTTP/1.x).
+    Off,
+    /// Only the Go servers whose sockets speak what the socket parser cannot read (TLS, h2c),
+    /// and there only those requests: plaintext HTTP/1.x stays trap-free, and HTTPS and HTTP/2
+    /// are still counted. Next to the socket parser.
+    #[default]
+    Auto,
+    /// Every Go server, every request (route templates of Go routers, HTTPS), instead of the
+    /// socket parser: about three traps per request.
+    All,
+}
+
 /// HTTP request metrics: where they come from, and how records are bounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Parse HTTP/1.x from server sockets' packets (`probes::http_wire`).
     pub socket: bool,
-    /// Instrument every Go net/http server with uprobes (`probes::go_http`).
-    pub uprobes: bool,
+    /// Which Go net/http servers get uprobes (`probes::go_http`).
+    pub uprobes: GoUprobes,
     /// With `uprobes`: probe Go routers for route templates (`probes::go_http::routers`).
     pub router_templates: bool,
     /// Instrument every grpc-go server with uprobes (`probes::go_grpc`).
@@ -528,7 +545,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             socket: true,
-            uprobes: false,
+            uprobes: GoUprobes::Auto,
             router_templates: true,
             grpc_uprobes: false,
             grpc_error_codes: DEFAULT_GRPC_ERROR_CODES.to_vec(),
@@ -765,13 +782,14 @@ impl Config {
                 .as_deref()
                 .or(file.go_http_uprobes.as_deref())
             {
-                _ if cli.no_go_http => false,
-                None | Some("off") => false,
-                Some("all") => true,
+                _ if cli.no_go_http => GoUprobes::Off,
+                Some("off") => GoUprobes::Off,
+                None | Some("auto") => GoUprobes::Auto,
+                Some("all") => GoUprobes::All,
                 Some(other) => {
                     return Err(invalid(
                         "go_http_uprobes",
-                        format!("{other:?} (expected off or all)"),
+                        format!("{other:?} (expected off, auto or all)"),
                     ));
                 }
             },
@@ -791,11 +809,22 @@ impl Config {
             },
             ..HttpConfig::default()
         };
-        if http.socket && http.uprobes {
+        if http.socket && http.uprobes == GoUprobes::All {
             return Err(invalid(
                 "go_http_uprobes",
                 "\"all\" needs --no-http-socket (http_socket = false): both would count the same requests",
             ));
+        }
+        // Without the parser, "auto" would count nothing of plaintext HTTP/1.x: a Go server
+        // then has nothing to complement.
+        if !http.socket && http.uprobes == GoUprobes::Auto {
+            if cli.go_http_uprobes.is_some() || file.go_http_uprobes.is_some() {
+                return Err(invalid(
+                    "go_http_uprobes",
+                    "\"auto\" complements the socket parser, which --no-http-socket turns off: use \"all\"",
+                ));
+            }
+            http.uprobes = GoUprobes::Off;
         }
         let grpc_codes = if cli.grpc_error_codes.is_empty() {
             file.grpc_error_codes
@@ -1744,6 +1773,40 @@ mod tests {
         assert_eq!(c.ladder.order[&Signal::TcpSend][0], Rung::Kprobe);
         assert_eq!(c.ladder.order[&Signal::TcpState][0], Rung::TpBtf);
         assert!(c.ladder.required.is_empty());
+    }
+
+    /// Catches: `auto` not the default, a mode string read wrong, plaintext counted twice
+    /// (`all` beside the parser) or silently nothing (`auto` without it) accepted.
+    #[test]
+    fn go_uprobes_modes() {
+        let merge = |args: &[&str], f: &str| {
+            Config::merge(&cli(args), file(f), &no_env()).map(|c| (c.http.socket, c.http.uprobes))
+        };
+        let ok = |args: &[&str], f: &str| merge(args, f).ok();
+        assert_eq!(ok(&[], ""), Some((true, GoUprobes::Auto)));
+        assert_eq!(
+            ok(&["--go-http-uprobes", "off"], ""),
+            Some((true, GoUprobes::Off))
+        );
+        assert_eq!(
+            ok(&[], "go_http_uprobes = \"off\""),
+            Some((true, GoUprobes::Off))
+        );
+        assert_eq!(
+            ok(&["--no-http-socket", "--go-http-uprobes", "all"], ""),
+            Some((false, GoUprobes::All))
+        );
+        // No parser to complement: the default turns itself off, an explicit auto is refused.
+        assert_eq!(ok(&["--no-http-socket"], ""), Some((false, GoUprobes::Off)));
+        for (args, f) in [
+            (&["--no-http-socket", "--go-http-uprobes", "auto"][..], ""),
+            (&["--go-http-uprobes", "all"][..], ""),
+            (&["--go-http-uprobes", "some"][..], ""),
+            (&[][..], "http_socket = false\ngo_http_uprobes = \"auto\""),
+        ] {
+            let err = merge(args, f).expect_err("invalid");
+            assert!(err.to_string().contains("go_http_uprobes"), "{args:?} {f}: {err}");
+        }
     }
 
     #[test]

@@ -626,6 +626,7 @@ mod tests {
                     request_url: 16,
                     request_pattern: Some(208),
                     request_proto_major: 40,
+                    request_tls: 200,
                     url_path: 56,
                     http2: None,
                 }),

@@ -106,12 +106,14 @@ fn sane(o: &GoOffsets, what: &str) {
     if let Some(p) = o.request_pattern {
         assert!(p > o.request_proto_major, "{what}: {o:?}");
     }
+    assert!(o.request_tls > o.request_proto_major, "{what}: {o:?}");
     // Scheme, Opaque (strings), User (pointer) and Host (string) come first.
     assert!(o.url_path >= 56, "{what}: {o:?}");
     for v in [
         o.request_method,
         o.request_url,
         o.request_proto_major,
+        o.request_tls,
         o.url_path,
     ]
     .into_iter()

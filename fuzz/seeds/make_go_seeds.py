@@ -93,7 +93,7 @@ def dwarf():
         return t.encode() + b"\0"
 
     dies += uleb(1) + cstr("net/http")
-    for t in ["string", "int", "*net/url.URL"]:
+    for t in ["string", "int", "*net/url.URL", "*crypto/tls.ConnectionState"]:
         types[t] = header_len + len(dies)
         dies += uleb(2) + cstr(t)
     dies += uleb(3) + cstr("net/http.Request") + uleb(256)
@@ -101,6 +101,7 @@ def dwarf():
     loc = bytes([0x23]) + uleb(16)  # DW_OP_plus_uconst 16
     dies += uleb(6) + cstr("URL") + uleb(len(loc)) + loc + struct.pack("<I", types["*net/url.URL"])
     dies += uleb(5) + cstr("ProtoMajor") + uleb(40) + struct.pack("<I", types["int"])
+    dies += uleb(5) + cstr("TLS") + uleb(200) + struct.pack("<I", types["*crypto/tls.ConnectionState"])
     # ref_addr: an offset in .debug_info, from the start of the section (one unit: the same).
     dies += uleb(7) + cstr("Pattern") + uleb(208) + struct.pack("<I", types["string"])
     dies += b"\0"

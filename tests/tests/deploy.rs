@@ -346,7 +346,9 @@ fn check_daemonset(file: &str, objects: &[Value], values: &str) {
         // Exactly what collector/src/capabilities.rs requires of that configuration.
         let expected: &[&str] = if values.contains("go_http_uprobes: all") {
             &["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]
-        } else if values.contains("go_grpc_uprobes: all") {
+        } else if !values.contains("go_http_uprobes: \"off\"")
+            || values.contains("go_grpc_uprobes: all")
+        {
             &[
                 "BPF",
                 "PERFMON",

@@ -235,7 +235,7 @@ async fn start_collector() -> app::Running {
         ..Config::default()
     };
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     app::start(config).await.expect("collector starts")
 }
 
@@ -660,7 +660,7 @@ async fn sampling_keeps_request_counts_exact() {
         ..Config::default()
     };
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     config.http.sample_every = 5;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("gs");
@@ -812,7 +812,7 @@ async fn sampling_adapts_to_the_event_budget() {
         ..Config::default()
     };
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     config.http.event_budget = 100;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("ga");
@@ -1231,7 +1231,11 @@ async fn socket_source_async_status_and_requests_in_flight_at_start() {
     let server = start_server(&cgroup, &f.path, &[]);
     let addr = server.addr;
     let held = std::thread::spawn(move || keep_alive(addr, &[("GET", "/hold?key=wire")]));
-    assert!(!Config::default().http.uprobes);
+    // Auto: a plaintext server gets no uprobe, the parser alone counts it.
+    assert_eq!(
+        Config::default().http.uprobes,
+        collector::config::GoUprobes::Auto
+    );
     let running = start_socket_collector(Config::default()).await;
     assert_eq!(
         request(addr, "GET", "/release?key=wire&after=1").0,

@@ -20,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use collector::{app, config::Config};
+use collector::{
+    app,
+    config::{Config, GoUprobes},
+};
 use integration_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -105,16 +108,29 @@ struct Seen {
     took: Duration,
 }
 
-/// Runs the whole mix over one HTTP/2 connection, `conc` streams at a time.
-fn run_client(client: &Path, addr: SocketAddr, h2c: bool) -> Vec<Seen> {
+/// Runs the whole mix over one HTTP/2 connection, `conc` streams at a time; `proto`: "tls"
+/// (HTTP/2 over TLS), "h2c", or "http1" (HTTPS over HTTP/1.1 keep-alive connections).
+fn run_client(client: &Path, addr: SocketAddr, proto: &str) -> Vec<Seen> {
+    let requests: Vec<String> = MIX
+        .iter()
+        .map(|(method, path, _, n)| format!("{method}:{path}:{n}"))
+        .collect();
+    run_requests(client, addr, proto, &requests)
+}
+
+fn run_requests(client: &Path, addr: SocketAddr, proto: &str, requests: &[String]) -> Vec<Seen> {
     let mut cmd = Command::new(client);
     cmd.arg("-base").arg(addr.to_string()).arg("-conc").arg("4");
-    if h2c {
-        cmd.arg("-h2c");
+    match proto {
+        "h2c" => {
+            cmd.arg("-h2c");
+        }
+        "http1" => {
+            cmd.arg("-http1");
+        }
+        _ => {}
     }
-    for (method, path, _, n) in MIX {
-        cmd.arg(format!("{method}:{path}:{n}"));
-    }
+    cmd.args(requests);
     let out = cmd.output().expect("h2client");
     assert!(
         out.status.success(),
@@ -175,7 +191,7 @@ async fn start_collector() -> app::Running {
         ..Config::default()
     };
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     app::start(config).await.expect("collector starts")
 }
 
@@ -233,6 +249,7 @@ fn check_counts(running: &app::Running, name: &str, workload: &str, seen: &[Seen
     let mut expected: BTreeMap<(String, String, String, &str), u64> = BTreeMap::new();
     let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
     let mut slow_client = Duration::ZERO;
+    let mut slow_n = 0u32;
     for s in seen {
         let want = MIX
             .iter()
@@ -241,7 +258,8 @@ fn check_counts(running: &app::Running, name: &str, workload: &str, seen: &[Seen
             .2;
         assert_eq!(s.status, want, "{name}: {} {}", s.method, s.path);
         if s.path.starts_with("/slow") {
-            slow_client = s.took;
+            slow_client += s.took;
+            slow_n += 1;
         }
         let (code, err, outcome) = match s.status {
             Some(c) => (
@@ -330,7 +348,7 @@ fn check_counts(running: &app::Running, name: &str, workload: &str, seen: &[Seen
     let sum = metric_sum(&text, "http_server_request_duration_seconds_sum", &slow)
         .expect("slow request observed");
     assert!(
-        sum >= SLOW_MS as f64 / 1000.0 && sum <= slow_client.as_secs_f64(),
+        sum >= f64::from(slow_n) * SLOW_MS as f64 / 1000.0 && sum <= slow_client.as_secs_f64(),
         "{name}: server-side {sum}s, handler sleeps {SLOW_MS} ms, client saw {slow_client:?}"
     );
     eprintln!(
@@ -383,7 +401,7 @@ async fn http2_statuses_durations_and_panics_are_counted_exactly() {
                 &format!("{name} instrumented"),
             );
             assert_eq!(entry["http2"], "status observed", "{name}: {entry}");
-            let seen = run_client(&client, server.addr, mode == "h2c");
+            let seen = run_client(&client, server.addr, mode);
             // h2c shares its listener with HTTP/1.1: both counted, neither taken for the other.
             let http1_ok = if mode == "h2c" {
                 for _ in 0..2 {
@@ -509,10 +527,10 @@ async fn guest_h2c_statuses_and_panics_on_this_kernel() {
     running.shutdown().await;
 }
 
-/// The default request source, the socket parser (HTTP/1.x only), next to an h2c listener that
-/// also serves HTTP/1.1: the HTTP/1.1 requests are counted exactly, the HTTP/2 connections
-/// (preface `PRI * HTTP/2.0`) are neither counted, nor charged as lost, nor left as aborted
-/// requests. Catches a parser that takes the preface for a request line.
+/// The socket parser alone (`--go-http-uprobes off`), next to an h2c listener that also serves
+/// HTTP/1.1: the HTTP/1.1 requests are counted exactly, the HTTP/2 connections (preface
+/// `PRI * HTTP/2.0`) are neither counted, nor charged as lost, nor left as aborted requests.
+/// Catches a parser that takes the preface for a request line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_parser_leaves_h2c_connections_alone() {
     require_root();
@@ -523,26 +541,26 @@ async fn socket_parser_leaves_h2c_connections_alone() {
         .max_by_key(|(v, ..)| go_minor(v))
         .expect("fixtures");
     let client = h2client();
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         harvest_interval: Duration::from_millis(200),
         ..Config::default()
     };
-    assert!(config.http.socket && !config.http.uprobes, "the defaults");
+    config.http.uprobes = GoUprobes::Off;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("h2w");
     let cgroup = HostCgroup::create(&prefix, "h2c").expect("cgroup");
     let workload = cgroup.workload();
     let server = cgroup.spawn_announced(path, &["-listen", "127.0.0.1:0", "-h2c"], "listening on ");
     // The parser follows connections from their first request line: nothing to wait for.
-    let seen = run_client(&client, server.addr, true);
+    let seen = run_client(&client, server.addr, "h2c");
     assert_eq!(seen.len() as u64, MIX.iter().map(|m| m.3).sum::<u64>());
     for _ in 0..2 {
         assert_eq!(http1(server.addr, "/ok"), Some(200), "HTTP/1.1");
     }
     // More HTTP/2 after the HTTP/1.1: a connection the parser wrongly followed would only now
     // show its requests as aborted or lost, when it closes.
-    run_client(&client, server.addr, true);
+    run_client(&client, server.addr, "h2c");
     drop(server);
     // A marker after everything closed: a request to a new server of the same workload. The
     // kernel charges a connection's leftovers when it closes, before the marker is answered,
@@ -584,4 +602,151 @@ async fn socket_parser_leaves_h2c_connections_alone() {
         "nothing charged as lost\n{text}"
     );
     running.shutdown().await;
+}
+
+/// `pid`'s entry in `/v1/go-http` once it is there (instrumented or not).
+fn wait_listed(addr: SocketAddr, pid: u32, what: &str) -> serde_json::Value {
+    wait_until_ok_blocking(DEADLINE, Duration::from_millis(20), what, || {
+        let v = go_http_listing(addr);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e["pids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.as_u64() == Some(u64::from(pid)))
+            })
+            .cloned()
+            .ok_or_else(|| format!("pid {pid} not listed in {v}"))
+    })
+}
+
+/// The defaults: the socket parser, and `--go-http-uprobes auto`. A Go server that only speaks
+/// plaintext HTTP/1.x gets no uprobe (listed `not_needed`); once a socket of a server speaks
+/// TLS or h2c, the kernel tells userspace and that executable gets uprobes counting only what
+/// the parser cannot read. A second server of the same file (a workload of its own) is then
+/// counted exactly from its first request: HTTP/2 over TLS and HTTPS over HTTP/1.1 by the
+/// uprobes, plaintext HTTP/1.1 on the h2c listener by the parser, none twice.
+///
+/// Catches: uprobes attached to plaintext servers (the cost auto exists to avoid); TLS or h2c
+/// servers never instrumented (no notice, the port not matched to the process); plaintext
+/// requests counted by both sources (the `ProtoMajor`/`TLS` check in the kernel wrong, e.g.
+/// `Request.TLS` at a wrong offset: every HTTPS request then left out, or every plaintext one
+/// counted twice); HTTP/1.1-over-TLS requests missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_uprobes_count_tls_and_h2c_once_beside_the_socket_parser() {
+    require_root();
+    let fixtures = go_fixtures();
+    let minors: Vec<u32> = fixtures.iter().map(|(v, ..)| go_minor(v)).collect();
+    let (oldest, newest) = (
+        *minors.iter().min().expect("fixtures"),
+        *minors.iter().max().expect("fixtures"),
+    );
+    let fixture = |minor: u32, variant: &str| {
+        fixtures
+            .iter()
+            .find(|(v, var, _)| go_minor(v) == minor && var == variant)
+            .map(|(v, _, p)| (v.clone(), p.clone()))
+            .expect("fixture")
+    };
+    let client = h2client();
+    let dir = std::env::temp_dir().join(format!("go-h2a-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = tls_cert(&dir);
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    assert!(
+        config.http.socket && config.http.uprobes == GoUprobes::Auto,
+        "the defaults"
+    );
+    let running = app::start(config).await.expect("collector starts");
+    let prefix = unique_prefix("h2a");
+
+    // Plaintext HTTP/1.1 only: the parser's, no uprobes.
+    let (_, plain_path) = fixture(oldest, "stripped");
+    let plain_cg = HostCgroup::create(&prefix, "plain").expect("cgroup");
+    let plain = plain_cg.spawn_announced(&plain_path, &["-listen", "127.0.0.1:0"], "listening on ");
+    for _ in 0..3 {
+        assert_eq!(http1(plain.addr, "/ok"), Some(200), "plaintext");
+    }
+    let entry = wait_listed(running.addr, plain.child.id(), "plaintext server listed");
+    assert_eq!(
+        (&entry["instrumented"], &entry["reason"]),
+        (&serde_json::json!(false), &serde_json::json!("not_needed")),
+        "{entry}"
+    );
+
+    let mut checked = 0;
+    for (minor, variant, mode) in [
+        (newest, "default", "tls"),
+        (newest, "stripped", "h2c"),
+        (oldest, "pie", "tls"),
+    ] {
+        let (version, path) = fixture(minor, variant);
+        let name = format!("go{version}-{variant}-{mode}-auto");
+        let args: Vec<&str> = if mode == "tls" {
+            vec!["-listen", "127.0.0.1:0", "-tls-cert", cert, "-tls-key", key]
+        } else {
+            vec!["-listen", "127.0.0.1:0", "-h2c"]
+        };
+        // The file's first server: plaintext-clean until its first TLS or h2c connection.
+        let warm_cg = HostCgroup::create(&prefix, &format!("{checked}-warm")).expect("cgroup");
+        let warm = warm_cg.spawn_announced(&path, &args, "listening on ");
+        let entry = wait_listed(running.addr, warm.child.id(), &format!("{name}: listed"));
+        assert_eq!(entry["reason"], "not_needed", "{name}: {entry}");
+        let first = run_requests(&client, warm.addr, mode, &["GET:/ok:1".to_owned()]);
+        assert_eq!(first[0].status, Some(200), "{name}: first request");
+        let entry = wait_instrumented(
+            running.addr,
+            warm.child.id(),
+            Duration::from_secs(10),
+            &format!("{name}: instrumented after its first {mode} connection"),
+        );
+        let unseen = if mode == "tls" { "tls" } else { "h2c" };
+        assert_eq!(
+            (&entry["requests"], &entry["unseen"]),
+            (
+                &serde_json::json!("tls_and_http2"),
+                &serde_json::json!([unseen])
+            ),
+            "{name}: {entry}"
+        );
+        // A second server of the same file, a workload of its own: instrumented at once.
+        let cgroup = HostCgroup::create(&prefix, &format!("{checked}-{mode}")).expect("cgroup");
+        let server = cgroup.spawn_announced(&path, &args, "listening on ");
+        wait_instrumented(
+            running.addr,
+            server.child.id(),
+            Duration::from_secs(5),
+            &format!("{name}: second server instrumented"),
+        );
+        let mut seen = run_client(&client, server.addr, mode);
+        let http1_ok = if mode == "tls" {
+            // Without /panic: Go's HTTP/1.1 client retries a GET whose reused connection
+            // closed before the response, so the server would see it twice.
+            let requests: Vec<String> = MIX
+                .iter()
+                .filter(|m| m.2.is_some())
+                .map(|(method, path, _, n)| format!("{method}:{path}:{n}"))
+                .collect();
+            seen.extend(run_requests(&client, server.addr, "http1", &requests));
+            0
+        } else {
+            for _ in 0..2 {
+                assert_eq!(http1(server.addr, "/ok"), Some(200), "{name}: HTTP/1.1");
+            }
+            2
+        };
+        check_counts(&running, &name, &cgroup.workload(), &seen, http1_ok);
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,7 +27,7 @@ async fn start_collector() -> app::Running {
         ..Config::default()
     };
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     app::start(config).await.expect("collector starts")
 }
 

@@ -28,7 +28,16 @@ use integration_tests::{
 };
 
 /// The capabilities of each configuration, in the order the collector names them.
+/// The defaults: the socket parser, and Go uprobes for the servers it cannot read (`auto`).
+const DEFAULT_CAPS: &[&str] = &[
+    "BPF",
+    "PERFMON",
+    "NET_ADMIN",
+    "SYS_PTRACE",
+    "DAC_READ_SEARCH",
+];
 const SOCKET_PARSER_CAPS: &[&str] = &["BPF", "PERFMON", "NET_ADMIN"];
+const SOCKET_PARSER_ARGS: &[&str] = &["--go-http-uprobes", "off"];
 const GO_UPROBE_CAPS: &[&str] = &["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"];
 const GO_UPROBE_ARGS: &[&str] = &["--no-http-socket", "--go-http-uprobes", "all"];
 
@@ -372,8 +381,13 @@ fn privileged_socket_parser_charges_a_containers_requests_to_it() {
 }
 
 #[test]
+fn least_privileged_defaults_charge_a_containers_requests_to_it() {
+    collects_case(&least_privilege(DEFAULT_CAPS), &[]);
+}
+
+#[test]
 fn least_privileged_socket_parser_charges_a_containers_requests_to_it() {
-    collects_case(&least_privilege(SOCKET_PARSER_CAPS), &[]);
+    collects_case(&least_privilege(SOCKET_PARSER_CAPS), SOCKET_PARSER_ARGS);
 }
 
 #[test]
@@ -391,7 +405,8 @@ fn image_without_a_needed_capability_refuses_to_start_naming_it() {
     require_root();
     let image = load_image();
     for (caps, args) in [
-        (SOCKET_PARSER_CAPS, &[][..]),
+        (DEFAULT_CAPS, &[][..]),
+        (SOCKET_PARSER_CAPS, SOCKET_PARSER_ARGS),
         (GO_UPROBE_CAPS, GO_UPROBE_ARGS),
     ] {
         for missing in caps {

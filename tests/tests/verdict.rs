@@ -317,7 +317,7 @@ fn idle_instrumented_servers_are_known_and_processes_named_by_their_executable()
     // Instrumented means the Go uprobes (`/v1/go-http`); the socket parser, which would count
     // the same requests, is off.
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     let running = rt.block_on(app::start(config)).expect("collector starts");
     let api = format!("http://{}", running.addr);
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 pub const TABLE: &str = "collector/src/probes/go_http/offsets_table.json";
 
 /// The numeric fields the Go program prints and the table stores, in table order.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "request_method",
     "request_url",
     "request_proto_major",
@@ -34,6 +34,8 @@ const FIELDS: [&str; 10] = [
     "h2_writer_hash",
     "h2_writer_rws",
     "h2_rws_status",
+    // `Request.TLS`: with ProtoMajor, tells the requests the socket parser cannot read.
+    "request_tls",
 ];
 
 pub struct Options {
@@ -354,7 +356,7 @@ mod tests {
     #[test]
     fn rows_render_as_json() -> anyhow::Result<()> {
         let json: Value = serde_json::from_str(
-            r#"{"go_version":"go1.23.9","goarch":"amd64","request_size":304,"request_method":0,"request_url":16,"request_proto_major":40,"request_pattern":232,"url_size":144,"url_path":56}"#,
+            r#"{"go_version":"go1.23.9","goarch":"amd64","request_size":304,"request_method":0,"request_url":16,"request_proto_major":40,"request_pattern":232,"url_size":144,"url_path":56,"request_tls":208}"#,
         )?;
         let row = parse_row(&json, Some("1.23.9"))?;
         let text = render([&row].into_iter());

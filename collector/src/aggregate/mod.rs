@@ -365,7 +365,7 @@ impl<S: StatsSource> Aggregator<S> {
                 }
             }
             // Exec events go to Go discovery, not here.
-            Event::Exec { .. } => {}
+            Event::Exec { .. } | Event::Unseen(_) => {}
         }
     }
 

@@ -7,7 +7,7 @@ use collector_common::{
     process::{ExecEvent, ProcessEvent},
 };
 
-use super::{Event, GrpcCall, HttpRequest, Outcome};
+use super::{Event, GrpcCall, HttpRequest, Outcome, UnseenKind, UnseenServer};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -67,6 +67,24 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::Exec => {
             let ev: ExecEvent = read(bytes)?;
             Ok(Event::Exec { tgid: ev.tgid })
+        }
+        EventKind::Unseen => {
+            let ev: collector_common::http::unseen::UnseenEvent = read(bytes)?;
+            let kind = match ev.key.kind {
+                collector_common::http::unseen::TLS => UnseenKind::Tls,
+                collector_common::http::unseen::H2C => UnseenKind::H2c,
+                other => {
+                    return Err(DecodeError::Range {
+                        field: "unseen_kind",
+                        value: u64::from(other),
+                    });
+                }
+            };
+            Ok(Event::Unseen(UnseenServer {
+                cgroup_id: ev.key.cgroup_id,
+                port: ev.key.port,
+                kind,
+            }))
         }
         EventKind::Grpc => {
             let ev: collector_common::grpc::GrpcEvent = read(bytes)?;
@@ -234,6 +252,45 @@ mod tests {
             panic!("not http")
         };
         assert_eq!(r.method, "_OTHER");
+    }
+
+    /// Catches: a kind byte taken as it comes (a TLS notice read as h2c, an unknown kind
+    /// attaching uprobes), a port or cgroup read from the wrong place.
+    #[test]
+    fn unseen_notices_decode_with_checked_kinds() {
+        use collector_common::http::unseen::{self, UnseenEvent, UnseenKey};
+        let ev = |kind| UnseenEvent {
+            header: EventHeader {
+                kind: EventKind::Unseen as u16,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 1,
+            },
+            key: UnseenKey {
+                cgroup_id: 4242,
+                port: 8443,
+                kind,
+                _pad: [0; 5],
+            },
+        };
+        for (raw, kind) in [(unseen::TLS, UnseenKind::Tls), (unseen::H2C, UnseenKind::H2c)] {
+            assert_eq!(
+                decode(&bytes_of(&ev(raw))),
+                Ok(Event::Unseen(UnseenServer {
+                    cgroup_id: 4242,
+                    port: 8443,
+                    kind
+                }))
+            );
+        }
+        assert_eq!(
+            decode(&bytes_of(&ev(9))).map_err(|e| e.reason()),
+            Err("range")
+        );
+        assert_eq!(
+            decode(&bytes_of(&ev(unseen::TLS))[..24]).map_err(|e| e.reason()),
+            Err("short")
+        );
     }
 
     #[test]

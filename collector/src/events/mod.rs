@@ -1,11 +1,19 @@
 //! Ring-buffer records: read (reader), copied per drain into batches (batch) for the
-//! aggregator, which decodes them at the one checked boundary (decode); exec notices are
-//! decoded by the reader and go to Go discovery. Both over bounded channels.
+//! aggregator, which decodes them at the one checked boundary (decode); exec and unseen-server
+//! notices are decoded by the reader and go to Go discovery. Both over bounded channels.
 
 pub mod batch;
 pub mod decode;
 pub mod kernel_log;
 pub mod reader;
+
+/// What the reader hands Go discovery, decoded: a process that exec'd, or a server socket
+/// the socket parser cannot read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Exec(u32),
+    Unseen(UnseenServer),
+}
 
 /// A decoded kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +30,38 @@ pub enum Event {
     Http(HttpRequest),
     /// One grpc-go server call.
     Grpc(GrpcCall),
+    /// A server socket speaks what the socket parser cannot read (Go discovery attaches
+    /// uprobes to the Go server behind it, `--go-http-uprobes auto`).
+    Unseen(UnseenServer),
+}
+
+/// `collector_common::http::unseen::UnseenEvent`, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnseenServer {
+    /// The socket's cgroup.
+    pub cgroup_id: u64,
+    /// The server's local port.
+    pub port: u16,
+    pub kind: UnseenKind,
+}
+
+/// What the server socket received first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnseenKind {
+    /// A TLS ClientHello (HTTPS, HTTP/2 over TLS).
+    Tls,
+    /// HTTP/2's preface in clear text.
+    H2c,
+}
+
+impl UnseenKind {
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::H2c => "h2c",
+        }
+    }
 }
 
 /// How a request ended.
@@ -68,6 +108,7 @@ impl Event {
             Event::Exec { .. } => "exec",
             Event::Http(_) => "http",
             Event::Grpc(_) => "grpc",
+            Event::Unseen(_) => "unseen",
         }
     }
 }

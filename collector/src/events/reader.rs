@@ -21,7 +21,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    Event,
+    Event, Notice,
     batch::{BatchBuilder, RecordBatch},
     decode::{decode, kind_of},
 };
@@ -35,11 +35,12 @@ use crate::export::{
 /// the kernel forces a wake-up at half full anyway.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
-/// `exec_tx`: where exec notices go (Go discovery); None when Go instrumentation is off.
+/// `exec_tx`: where exec and unseen-server notices go (Go discovery); None when Go
+/// instrumentation is off.
 pub async fn run(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<RecordBatch>,
-    exec_tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    exec_tx: Option<std::sync::mpsc::SyncSender<Notice>>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -73,15 +74,18 @@ pub async fn run(
 struct Drain {
     batch: BatchBuilder,
     tx: mpsc::Sender<RecordBatch>,
-    exec_tx: Option<std::sync::mpsc::SyncSender<u32>>,
+    exec_tx: Option<std::sync::mpsc::SyncSender<Notice>>,
     metrics: Arc<Metrics>,
 }
 
 impl Drain {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            if kind_of(&item) == Some(EventKind::Exec) {
-                self.exec(&item);
+            if matches!(
+                kind_of(&item),
+                Some(EventKind::Exec | EventKind::Unseen)
+            ) {
+                self.notice(&item);
             } else {
                 self.batch.push(&item);
                 if self.batch.is_full() {
@@ -113,16 +117,22 @@ impl Drain {
         }
     }
 
-    fn exec(&self, record: &[u8]) {
+    fn notice(&self, record: &[u8]) {
         let m = &self.metrics.collector;
         match decode(record) {
             Ok(event) => {
                 m.events_received
                     .get_or_create(&KindLabels { kind: event.kind() })
                     .inc();
-                // Discovery is behind: the periodic /proc scan will find the process.
-                if let (Event::Exec { tgid }, Some(exec_tx)) = (event, &self.exec_tx)
-                    && exec_tx.try_send(tgid).is_err()
+                let notice = match event {
+                    Event::Exec { tgid } => Notice::Exec(tgid),
+                    Event::Unseen(server) => Notice::Unseen(server),
+                    _ => return,
+                };
+                // Discovery is behind: the periodic /proc scan will find the process; an
+                // unseen server is told again by its next connection after 10 s.
+                if let Some(exec_tx) = &self.exec_tx
+                    && exec_tx.try_send(notice).is_err()
                 {
                     m.events_dropped
                         .get_or_create(&ReasonLabels {

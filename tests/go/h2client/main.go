@@ -1,11 +1,12 @@
 // Command h2client sends HTTP/2 requests to the Go test server (tests/go/server) and prints,
 // as one JSON object, what each request got: status (0 when the stream was reset, as after a
 // handler panic), the protocol, and the client-side duration. Every request must be answered
-// over HTTP/2: a response over another protocol fails the run.
+// over HTTP/2 (over HTTP/1.1 with -http1): a response over another protocol fails the run.
 //
 // All requests share one connection (HTTP/2 multiplexing), -conc of them in flight at once.
 // TLS with ALPN h2 (certificate not verified: the test's own) or, with -h2c, HTTP/2 over
-// plain TCP with prior knowledge (Go >= 1.24's Transport.Protocols).
+// plain TCP with prior knowledge (Go >= 1.24's Transport.Protocols); -http1: HTTPS over
+// HTTP/1.1 keep-alive connections instead.
 //
 // Requests are arguments METHOD:PATH:COUNT, e.g. GET:/ok:5 "GET:/slow?ms=300:1".
 package main
@@ -42,6 +43,7 @@ func main() {
 	base := flag.String("base", "", "server address, host:port")
 	h2c := flag.Bool("h2c", false, "HTTP/2 over plain TCP (prior knowledge) instead of TLS")
 	conc := flag.Int("conc", 4, "requests in flight at once")
+	http1 := flag.Bool("http1", false, "HTTP/1.1 over TLS (keep-alive) instead of HTTP/2")
 	flag.Parse()
 
 	type job struct{ method, path string }
@@ -71,6 +73,8 @@ func main() {
 	if *h2c {
 		p.SetUnencryptedHTTP2(true)
 		scheme = "http"
+	} else if *http1 {
+		p.SetHTTP1(true)
 	} else {
 		p.SetHTTP2(true)
 	}
@@ -104,8 +108,8 @@ func main() {
 						// after writing): not a complete response.
 						r.Error = err.Error()
 					}
-					if resp.ProtoMajor != 2 {
-						fail("%s %s answered over %s, not HTTP/2", j.method, j.path, resp.Proto)
+					if want := map[bool]int{true: 1, false: 2}[*http1]; resp.ProtoMajor != want {
+						fail("%s %s answered over %s, not HTTP/%d", j.method, j.path, resp.Proto, want)
 					}
 				}
 				r.Micros = time.Since(start).Microseconds()

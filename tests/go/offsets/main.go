@@ -26,6 +26,7 @@ type output struct {
 	RequestURL        uintptr  `json:"request_url"`
 	RequestProtoMajor uintptr  `json:"request_proto_major"`
 	RequestPattern    *uintptr `json:"request_pattern"`
+	RequestTLS        uintptr  `json:"request_tls"`
 	URLSize           uintptr  `json:"url_size"`
 	URLPath           uintptr  `json:"url_path"`
 	h2Layout
@@ -55,6 +56,10 @@ func main() {
 	checkType(req, "Method", str)
 	checkType(req, "URL", reflect.TypeOf(&u))
 	checkType(req, "ProtoMajor", reflect.TypeOf(0))
+	checkType(req, "TLS", reflect.TypeOf(r.TLS))
+	if reflect.TypeOf(r.TLS).Kind() != reflect.Ptr {
+		fail("net/http.Request.TLS is %s, expected a pointer", reflect.TypeOf(r.TLS))
+	}
 	checkType(reflect.TypeOf(u), "Path", str)
 	out := output{
 		GoVersion:         runtime.Version(),
@@ -64,6 +69,7 @@ func main() {
 		RequestURL:        unsafe.Offsetof(r.URL),
 		RequestProtoMajor: unsafe.Offsetof(r.ProtoMajor),
 		RequestPattern:    patternOffset(&r),
+		RequestTLS:        unsafe.Offsetof(r.TLS),
 		URLSize:           unsafe.Sizeof(u),
 		URLPath:           unsafe.Offsetof(u.Path),
 		h2Layout:          h2Offsets(),

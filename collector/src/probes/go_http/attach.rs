@@ -18,7 +18,7 @@
 //! detached on the reaper thread, and a stale link must not read through a refilled slot). Only addresses `GoBinary::probe_points` verified are used.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     fs::File,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -49,7 +49,11 @@ use super::{
     offsets::{OffsetsError, offsets_for},
     routers,
 };
-use crate::export::{Metrics, prometheus::ReasonLabels};
+use crate::{
+    config::GoUprobes,
+    events::{UnseenKind, UnseenServer},
+    export::{Metrics, prometheus::ReasonLabels},
+};
 
 pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 pub const WRITE_HEADER: &str = "net/http.(*response).WriteHeader";
@@ -160,6 +164,8 @@ enum Tracked {
         /// `Instrumented::http2`.
         http2: String,
         path: PathBuf,
+        /// The uprobes count only what the socket parser cannot read (`GoUprobes::Auto`).
+        unseen_only: bool,
     },
     /// Listed by `/v1/go-http` while a process runs it, unless `reason` is None (not Go).
     Skipped {
@@ -201,6 +207,12 @@ pub struct Instrumented {
     /// Whether HTTP/2 responses get their status, and if not why (they are then counted
     /// `unobserved_protocol`).
     pub http2: String,
+    /// Which requests the uprobes count: `all`, or `tls_and_http2` (`--go-http-uprobes auto`:
+    /// plaintext HTTP/1.x is the socket parser's).
+    pub requests: &'static str,
+    /// What this server's sockets were seen speaking that the socket parser cannot read (the
+    /// reason it was instrumented under `auto`).
+    pub unseen: Vec<UnseenKind>,
 }
 
 pub struct GoHttpProbes {
@@ -230,6 +242,62 @@ pub struct GoHttpProbes {
     self_pid: u32,
     /// Clock ticks per second of /proc's process start times.
     clock_ticks: u64,
+    /// `All` or `Auto` (`Off` never builds this).
+    mode: GoUprobes,
+    /// Under `Auto`: files whose servers' sockets spoke TLS or h2c (`on_unseen`), with what and
+    /// when last told. Kept after their last process exits (a restarted server is the same
+    /// file, instrumented at once) until `SKIP_TTL` passes without a notice.
+    unseen: HashMap<(u64, u64), (BTreeSet<UnseenKind>, Instant)>,
+    /// Notices no known server matched yet (its process not discovered yet), retried at each
+    /// scan for `PENDING_TTL`.
+    pending: Vec<(UnseenServer, Instant)>,
+    cgroup2: Option<PathBuf>,
+}
+
+/// How long a notice waits for its server to be discovered (`GoHttpProbes::pending`).
+const PENDING_TTL: Duration = Duration::from_secs(30);
+/// Notices waiting at once; the kernel tells again every 10 s per (cgroup, port, kind).
+const PENDING_MAX: usize = 256;
+
+/// The socket inodes `pid` listens on at TCP `port` (its network namespace's /proc/net/tcp{,6},
+/// state 0A), kept only if the process holds them (a descriptor `socket:[inode]`): ports are
+/// per namespace and several processes may share one.
+fn listens_on(proc_root: &Path, pid: u32, port: u16) -> bool {
+    let dir = proc_root.join(pid.to_string());
+    let mut inodes = HashSet::new();
+    for table in ["net/tcp", "net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(table)) else {
+            continue;
+        };
+        inodes.extend(listening_inodes(&text, port));
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+    })
+}
+
+/// Inodes of the listening sockets on `port` in a /proc/net/tcp{,6} table.
+fn listening_inodes(table: &str, port: u16) -> impl Iterator<Item = u64> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = f.get(1)?.rsplit_once(':')?.1;
+        (u16::from_str_radix(local_port, 16).ok()? == port && *f.get(3)? == "0A")
+            .then(|| f.get(9)?.parse().ok())
+            .flatten()
+    })
 }
 
 /// Whether an in-flight entry that started at `entry_start_ns` (boot clock) can never end:
@@ -324,7 +392,109 @@ impl GoHttpProbes {
                 .ok()
                 .filter(|t| *t > 0)
                 .unwrap_or(100),
+            mode: GoUprobes::All,
+            unseen: HashMap::new(),
+            pending: Vec::new(),
+            cgroup2: crate::identity::cgroup::find_cgroup2_mount(),
         })
+    }
+
+    /// `GoUprobes::Auto`: a server is instrumented only once its sockets speak what the socket
+    /// parser cannot read (`on_unseen`), and its uprobes leave plaintext HTTP/1.x to the parser.
+    pub fn auto(&mut self) {
+        self.mode = GoUprobes::Auto;
+    }
+
+    /// A server socket spoke TLS or h2c (the kernel's notice, `Event::Unseen`): the Go
+    /// net/http servers listening on its port get uprobes for those requests.
+    pub fn on_unseen(&mut self, server: UnseenServer, now: Instant) {
+        if self.mode != GoUprobes::Auto {
+            return;
+        }
+        if !self.match_unseen(server, now) {
+            debug!(port = server.port, cgroup = server.cgroup_id, kind = server.kind.code(), "no known Go server listens there yet");
+            if self.pending.len() < PENDING_MAX {
+                self.pending.push((server, now));
+            }
+        }
+    }
+
+    /// Whether a Go net/http server we know listens on the notice's port; instruments those
+    /// not yet instrumented.
+    fn match_unseen(&mut self, server: UnseenServer, now: Instant) -> bool {
+        let candidates: Vec<((u64, u64), u32)> = self
+            .files
+            .iter()
+            .filter_map(|(id, t)| match t {
+                Tracked::Instrumented { pids, .. } => Some((*id, pids)),
+                Tracked::Skipped {
+                    reason: Some(SkipReason::NotNeeded),
+                    pids,
+                    ..
+                } => Some((*id, pids)),
+                Tracked::Skipped { .. } => None,
+            })
+            .flat_map(|(id, pids)| pids.iter().map(move |p| (id, *p)))
+            .filter(|(_, pid)| listens_on(&self.proc_root, *pid, server.port))
+            .collect();
+        if candidates.is_empty() {
+            return false;
+        }
+        // Ports are per network namespace: of several listeners, those in the socket's cgroup
+        // (all of them when none is, e.g. when our cgroup view differs from the kernel's).
+        let in_cgroup: Vec<_> = candidates
+            .iter()
+            .copied()
+            .filter(|(_, pid)| self.cgroup_id(*pid) == Some(server.cgroup_id))
+            .collect();
+        let chosen = if in_cgroup.is_empty() {
+            candidates
+        } else {
+            in_cgroup
+        };
+        for (id, pid) in chosen {
+            let (kinds, seen) = self.unseen.entry(id).or_insert((BTreeSet::new(), now));
+            kinds.insert(server.kind);
+            *seen = now;
+            if matches!(self.files.get(&id), Some(Tracked::Skipped { .. })) {
+                info!(
+                    pid,
+                    port = server.port,
+                    kind = server.kind.code(),
+                    "a Go server's socket speaks what the socket parser cannot read: attaching uprobes for those requests"
+                );
+                self.files.remove(&id);
+                self.observe(pid, now);
+            }
+        }
+        true
+    }
+
+    /// The cgroup v2 id (the directory's inode) of `pid`, as the kernel's `bpf_skb_cgroup_id`
+    /// gives it for its sockets.
+    fn cgroup_id(&self, pid: u32) -> Option<u64> {
+        let mount = self.cgroup2.as_ref()?;
+        let path = crate::identity::cgroup::proc_cgroup_v2_path(&self.proc_root, pid).ok()??;
+        std::fs::metadata(mount.join(path.trim_start_matches('/')))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    /// Notices that waited for their server's discovery (`rescan`); the unseen marks of files
+    /// gone for `SKIP_TTL`.
+    fn retry_unseen(&mut self, now: Instant) {
+        let pending = std::mem::take(&mut self.pending);
+        for (server, since) in pending {
+            if now.saturating_duration_since(since) < PENDING_TTL
+                && !self.match_unseen(server, now)
+            {
+                self.pending.push((server, since));
+            }
+        }
+        let files = &self.files;
+        self.unseen.retain(|id, (_, seen)| {
+            files.contains_key(id) || now.saturating_duration_since(*seen) <= SKIP_TTL
+        });
     }
 
     /// Route templates off (`--no-go-router-templates`): Go routers are not probed.
@@ -335,13 +505,14 @@ impl GoHttpProbes {
     pub fn instrumented(&self) -> Vec<Instrumented> {
         let mut out: Vec<_> = self
             .files
-            .values()
-            .filter_map(|t| match t {
+            .iter()
+            .filter_map(|(id, t)| match t {
                 Tracked::Instrumented {
                     pids,
                     go_version,
                     http2,
                     path,
+                    unseen_only,
                     ..
                 } => {
                     let mut pids: Vec<u32> = pids.iter().copied().collect();
@@ -351,6 +522,16 @@ impl GoHttpProbes {
                         go_version: go_version.clone(),
                         pids,
                         http2: http2.clone(),
+                        requests: if *unseen_only {
+                            "tls_and_http2"
+                        } else {
+                            "all"
+                        },
+                        unseen: self
+                            .unseen
+                            .get(id)
+                            .map(|(k, _)| k.iter().copied().collect())
+                            .unwrap_or_default(),
                     })
                 }
                 Tracked::Skipped { .. } => None,
@@ -538,6 +719,17 @@ impl GoHttpProbes {
                 return Err(Skip::Retry(e.to_string()));
             }
         };
+        // Under `auto`, plaintext HTTP/1.x is the socket parser's, trap-free: no uprobes until a
+        // socket of this server speaks TLS or h2c. Listed, not counted as a skip (nothing is
+        // missed).
+        let unseen_only = self.mode == GoUprobes::Auto;
+        if unseen_only && !self.unseen.contains_key(&id) {
+            return Err(skipped(
+                SkipReason::NotNeeded,
+                "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c",
+                go,
+            ));
+        }
         let Some(slot) = self.free_slots.pop() else {
             self.skip(SkipReason::SlotsExhausted);
             warn!(
@@ -560,7 +752,7 @@ impl GoHttpProbes {
             h2_writer_rws: offsets.http2.map_or(0, |h| h.writer_rws),
             h2_rws_status: offsets.http2.map_or(0, |h| h.rws_status),
             valid: self.generation,
-            _pad: 0,
+            request_tls: offsets.request_tls,
         };
         let http2 = http2_coverage(&bin, offsets.http2);
         self.generation = self.generation.checked_add(1).unwrap_or(1);
@@ -584,7 +776,14 @@ impl GoHttpProbes {
             }
             let attach_points = offs.iter().map(|o| UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(*o),
-                cookie: Some(cookie::encode(slot, value.valid)),
+                cookie: Some(cookie::encode(
+                    if unseen_only {
+                        slot | cookie::UNSEEN_ONLY
+                    } else {
+                        slot
+                    },
+                    value.valid,
+                )),
             });
             let result = match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
                 Some(Ok(p)) => p
@@ -622,6 +821,7 @@ impl GoHttpProbes {
             pids: HashSet::from([pid]),
             go_version: bin.go_version.clone(),
             http2,
+            unseen_only,
             // Where the attached file lives (" (deleted)" when unlinked), not what the pid runs now.
             path: std::fs::read_link(&target).unwrap_or_else(|_| exe.to_path_buf()),
         })
@@ -693,6 +893,7 @@ impl GoHttpProbes {
             }
         }
         self.sweep_inflight(&live);
+        self.retry_unseen(now);
         self.update_gauges();
     }
 
@@ -1027,6 +1228,38 @@ mod tests {
     use super::*;
 
     const MIN: u64 = 60_000_000_000;
+
+    /// Catches: a connection (state 01, 06) on the port taken for its listener, the remote
+    /// port compared instead of the local one, a port read as decimal, the wrong inode column.
+    #[test]
+    fn listeners_are_found_by_local_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1589 1 000000007d537b2a 100 0 0 10 0
+   1: 0100007F:20FB 0100007F:AA3F 01 00000000:00000000 00:00000000 00000000     0        0 1590 1 00000000067054f9
+   2: 0100007F:AA3F 0100007F:20FB 06 00000000:00000000 03:000005E1 00000000     0        0 0 3 00000000067054f9
+   3: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(listening_inodes(table, 0x20FB).collect::<Vec<_>>(), [1589]);
+        assert_eq!(listening_inodes(table, 8080).collect::<Vec<_>>(), [4242]);
+        assert_eq!(listening_inodes(table, 0xAA3F).count(), 0);
+        assert_eq!(listening_inodes("garbage\n1: x y", 80).count(), 0);
+    }
+
+    /// Catches: a process taken as the listener because its namespace has one on the port (a
+    /// sibling process holds it), and a missing process taken as listening.
+    #[test]
+    fn a_listener_counts_only_for_the_process_holding_it() {
+        let me = std::process::id();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let proc_root = Path::new("/proc");
+        assert!(listens_on(proc_root, me, port));
+        // PID 1 shares no descriptor with us; an unused port has no listener.
+        assert!(!listens_on(proc_root, 1, port) || me == 1);
+        drop(listener);
+        assert!(!listens_on(proc_root, me, port));
+        assert!(!listens_on(proc_root, u32::MAX, port));
+    }
 
     #[test]
     fn live_requests_are_never_swept_however_long_they_run() {

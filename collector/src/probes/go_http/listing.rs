@@ -43,11 +43,15 @@ pub enum SkipReason {
     /// The file changed between analysis and attaching: never listed (nothing is remembered,
     /// the next exec notice or scan looks again); counted only.
     IdentityMismatch,
+    /// `--go-http-uprobes auto`: the server has only spoken plaintext HTTP/1.x so far, which the
+    /// socket parser counts without a trap; uprobes attach once one of its sockets speaks TLS
+    /// or h2c. Listed, not counted in `collector_go_binaries_skipped_total`: nothing is missed.
+    NotNeeded,
 }
 
 impl SkipReason {
     /// Every code, in documentation order.
-    pub const ALL: [SkipReason; 11] = [
+    pub const ALL: [SkipReason; 12] = [
         Self::Unreadable,
         Self::UnsupportedBinary,
         Self::UnsupportedGo,
@@ -59,6 +63,7 @@ impl SkipReason {
         Self::SlotsExhausted,
         Self::AttachFailed,
         Self::IdentityMismatch,
+        Self::NotNeeded,
     ];
 
     pub fn code(self) -> &'static str {
@@ -74,6 +79,7 @@ impl SkipReason {
             Self::SlotsExhausted => "slots_exhausted",
             Self::AttachFailed => "attach_failed",
             Self::IdentityMismatch => "identity_mismatch",
+            Self::NotNeeded => "not_needed",
         }
     }
 

@@ -63,6 +63,8 @@ pub struct GoOffsets {
     pub request_pattern: Option<u32>,
     /// `net/http.Request.ProtoMajor`: an `int` (2 for HTTP/2).
     pub request_proto_major: u32,
+    /// `net/http.Request.TLS`: a `*crypto/tls.ConnectionState`, nil for plaintext.
+    pub request_tls: u32,
     /// `net/url.URL.Path`: a string.
     pub url_path: u32,
     /// net/http's HTTP/2 writer; `None` when its layout is not known for this binary.
@@ -287,7 +289,7 @@ fn dwarf_offsets(elf: &Elf) -> Result<Option<GoOffsets>, OffsetsError> {
     let mut structs = find_structs_optional(
         &dwarf,
         &[
-            (REQUEST, &["Method", "URL", "ProtoMajor", "Pattern"]),
+            (REQUEST, &["Method", "URL", "ProtoMajor", "TLS", "Pattern"]),
             (URL, &["Path"]),
             (H2_STRUCTS[0].0, &["rws"]),
             (H2_STRUCTS[0].1, &["status"]),
@@ -348,6 +350,7 @@ fn dwarf_offsets(elf: &Elf) -> Result<Option<GoOffsets>, OffsetsError> {
         request_url: field(&req, "URL", "*net/url.URL", 8)?,
         request_pattern: pattern,
         request_proto_major: field(&req, "ProtoMajor", "int", 8)?,
+        request_tls: field(&req, "TLS", "*crypto/tls.ConnectionState", 8)?,
         url_path: field(&url, "Path", "string", 16)?,
         http2,
     }))
@@ -664,6 +667,7 @@ struct TableRow {
     request_size: u32,
     url_path: u32,
     url_size: u32,
+    request_tls: u32,
     /// net/http's HTTP/2 writer (`Http2Offsets`): all three or none (a row generated before
     /// they were added).
     #[serde(default)]
@@ -721,6 +725,9 @@ fn parse_table(json: &str) -> Result<Vec<TableRow>, String> {
                 p > r.request_proto_major && p.saturating_add(16) <= r.request_size
             })
             && r.request_proto_major.saturating_add(8) <= r.request_size
+            && r.request_tls > r.request_proto_major
+            && r.request_tls % 8 == 0
+            && r.request_tls.saturating_add(8) <= r.request_size
             && r.url_path.saturating_add(16) <= r.url_size;
         if !ok {
             return Err(format!("row {} is inconsistent", r.minor));
@@ -761,6 +768,7 @@ pub fn from_table(go_version: &str) -> Result<(GoOffsets, &'static str), Offsets
             request_url: row.request_url,
             request_pattern: row.request_pattern,
             request_proto_major: row.request_proto_major,
+            request_tls: row.request_tls,
             url_path: row.url_path,
             http2: row.http2().map_err(OffsetsError::Table)?,
         },
@@ -816,13 +824,16 @@ mod tests {
                 r#"{{"comment": "", "goarch": "amd64", "minors": [{{"minor": "1.23", "generated_with": "go1.23.9", {fields}}}]}}"#
             )
         };
-        let good = r#""request_method": 0, "request_url": 16, "request_proto_major": 40, "request_pattern": 232, "request_size": 304, "url_path": 56, "url_size": 144"#;
+        let good = r#""request_method": 0, "request_url": 16, "request_proto_major": 40, "request_pattern": 232, "request_size": 304, "url_path": 56, "url_size": 144, "request_tls": 208"#;
         assert!(parse_table(&row(good)).is_ok());
         // URL before Method, Pattern past the end, an unknown field, a wrong minor.
         for bad in [
             good.replace("\"request_url\": 16", "\"request_url\": 0"),
             good.replace("232", "300"),
             format!("{good}, \"extra\": 1"),
+            // TLS not after ProtoMajor, or unaligned.
+            good.replace("\"request_tls\": 208", "\"request_tls\": 32"),
+            good.replace("\"request_tls\": 208", "\"request_tls\": 212"),
         ] {
             assert!(parse_table(&row(&bad)).is_err(), "{bad}");
         }

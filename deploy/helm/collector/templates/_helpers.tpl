@@ -42,7 +42,9 @@ it; tests/tests/image.rs runs the image with exactly these and with each one rem
 {{- if ne (toString .Values.config.http_socket) "false" }}
 - NET_ADMIN
 {{- end }}
-{{- if or (eq (toString .Values.config.go_http_uprobes) "all") (eq (toString .Values.config.go_grpc_uprobes) "all") }}
+{{- $socket := ne (toString .Values.config.http_socket) "false" }}
+{{- $gohttp := toString (default "auto" .Values.config.go_http_uprobes) }}
+{{- if or (eq $gohttp "all") (and $socket (eq $gohttp "auto")) (eq (toString .Values.config.go_grpc_uprobes) "all") }}
 - SYS_PTRACE
 - DAC_READ_SEARCH
 {{- end }}
