@@ -1805,7 +1805,10 @@ mod tests {
             (&[][..], "http_socket = false\ngo_http_uprobes = \"auto\""),
         ] {
             let err = merge(args, f).expect_err("invalid");
-            assert!(err.to_string().contains("go_http_uprobes"), "{args:?} {f}: {err}");
+            assert!(
+                err.to_string().contains("go_http_uprobes"),
+                "{args:?} {f}: {err}"
+            );
         }
     }
 

@@ -273,7 +273,10 @@ mod tests {
                 _pad: [0; 5],
             },
         };
-        for (raw, kind) in [(unseen::TLS, UnseenKind::Tls), (unseen::H2C, UnseenKind::H2c)] {
+        for (raw, kind) in [
+            (unseen::TLS, UnseenKind::Tls),
+            (unseen::H2C, UnseenKind::H2c),
+        ] {
             assert_eq!(
                 decode(&bytes_of(&ev(raw))),
                 Ok(Event::Unseen(UnseenServer {

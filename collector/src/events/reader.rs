@@ -81,10 +81,7 @@ struct Drain {
 impl Drain {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            if matches!(
-                kind_of(&item),
-                Some(EventKind::Exec | EventKind::Unseen)
-            ) {
+            if matches!(kind_of(&item), Some(EventKind::Exec | EventKind::Unseen)) {
                 self.notice(&item);
             } else {
                 self.batch.push(&item);

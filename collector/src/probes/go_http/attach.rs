@@ -412,7 +412,12 @@ impl GoHttpProbes {
             return;
         }
         if !self.match_unseen(server, now) {
-            debug!(port = server.port, cgroup = server.cgroup_id, kind = server.kind.code(), "no known Go server listens there yet");
+            debug!(
+                port = server.port,
+                cgroup = server.cgroup_id,
+                kind = server.kind.code(),
+                "no known Go server listens there yet"
+            );
             if self.pending.len() < PENDING_MAX {
                 self.pending.push((server, now));
             }
@@ -485,8 +490,7 @@ impl GoHttpProbes {
     fn retry_unseen(&mut self, now: Instant) {
         let pending = std::mem::take(&mut self.pending);
         for (server, since) in pending {
-            if now.saturating_duration_since(since) < PENDING_TTL
-                && !self.match_unseen(server, now)
+            if now.saturating_duration_since(since) < PENDING_TTL && !self.match_unseen(server, now)
             {
                 self.pending.push((server, since));
             }
@@ -522,11 +526,7 @@ impl GoHttpProbes {
                         go_version: go_version.clone(),
                         pids,
                         http2: http2.clone(),
-                        requests: if *unseen_only {
-                            "tls_and_http2"
-                        } else {
-                            "all"
-                        },
+                        requests: if *unseen_only { "tls_and_http2" } else { "all" },
                         unseen: self
                             .unseen
                             .get(id)
@@ -684,6 +684,18 @@ impl GoHttpProbes {
                 go,
             ));
         }
+        // Under `auto`, plaintext HTTP/1.x is the socket parser's, trap-free: no uprobes until a
+        // socket of this server speaks TLS or h2c. Listed, not counted as a skip (nothing is
+        // missed). Decided before the DWARF read and the address checks: on a node every Go
+        // daemon (kubelet, containerd, the apiserver) is looked at, and most never need them.
+        let unseen_only = self.mode == GoUprobes::Auto;
+        if unseen_only && !self.unseen.contains_key(&id) {
+            return Err(skipped(
+                SkipReason::NotNeeded,
+                "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c",
+                go,
+            ));
+        }
         let (offsets, source) = match offsets_for(&bin) {
             Ok(o) => o,
             // The DWARF reader re-opens the path and found another file there.
@@ -719,17 +731,6 @@ impl GoHttpProbes {
                 return Err(Skip::Retry(e.to_string()));
             }
         };
-        // Under `auto`, plaintext HTTP/1.x is the socket parser's, trap-free: no uprobes until a
-        // socket of this server speaks TLS or h2c. Listed, not counted as a skip (nothing is
-        // missed).
-        let unseen_only = self.mode == GoUprobes::Auto;
-        if unseen_only && !self.unseen.contains_key(&id) {
-            return Err(skipped(
-                SkipReason::NotNeeded,
-                "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c",
-                go,
-            ));
-        }
         let Some(slot) = self.free_slots.pop() else {
             self.skip(SkipReason::SlotsExhausted);
             warn!(
