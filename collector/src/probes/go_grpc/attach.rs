@@ -80,7 +80,8 @@ enum Tracked {
         slot: u32,
         links: Vec<(&'static str, UProbeLinkId)>,
         pids: HashSet<u32>,
-        info: Instrumented,
+        // Boxed: most files tracked are skipped ones.
+        info: Box<Instrumented>,
     },
     Skipped,
 }
@@ -139,7 +140,7 @@ impl GoGrpcProbes {
             .values()
             .filter_map(|t| match t {
                 Tracked::Instrumented { pids, info, .. } => {
-                    let mut i = info.clone();
+                    let mut i = Instrumented::clone(info);
                     i.pids = pids.iter().copied().collect();
                     i.pids.sort_unstable();
                     Some(i)
@@ -374,7 +375,7 @@ impl GoGrpcProbes {
             slot,
             links,
             pids: HashSet::from([pid]),
-            info: Instrumented {
+            info: Box::new(Instrumented {
                 path: std::fs::read_link(&target)
                     .unwrap_or_else(|_| exe.to_path_buf())
                     .display()
@@ -384,7 +385,7 @@ impl GoGrpcProbes {
                 offsets: source,
                 transports,
                 pids: Vec::new(),
-            },
+            }),
         })
     }
 
@@ -399,13 +400,14 @@ impl GoGrpcProbes {
     }
 }
 
+/// (transport, its status write's function name), in `TRANSPORTS` order.
+type StatusWrites = Vec<(Transport, &'static str)>;
+
 /// The status write of each transport the binary links (`has`: whether it has a function), and
 /// whether they take the new stream (`*ServerStream`, grpc-go ≥ 1.69). A server may link one
 /// transport or both (every grpc-go server built in the tests links both).
-fn status_writes(
-    has: impl Fn(&str) -> bool,
-) -> Result<(Vec<(Transport, &'static str)>, bool), &'static str> {
-    let writes: Vec<(Transport, &'static str)> = TRANSPORTS
+fn status_writes(has: impl Fn(&str) -> bool) -> Result<(StatusWrites, bool), &'static str> {
+    let writes: StatusWrites = TRANSPORTS
         .iter()
         .filter_map(|t| t.write_status.iter().find(|f| has(f)).map(|f| (*t, *f)))
         .collect();
