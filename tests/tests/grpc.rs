@@ -4,7 +4,9 @@
 //! grpc-go) drives a fixed mix over one connection with four goroutines: unary OK and failing
 //! with several codes, a deadline exceeded, server and client streaming (OK and failing), an
 //! unknown method, health checks. The collector's counts per (service, method, code) must equal
-//! the client's own, health checks apart, every call with a duration.
+//! the client's own, health checks apart, every call with a duration. The same holds for the
+//! server mounted in a net/http server (`(*grpc.Server).ServeHTTP`: TLS with ALPN h2, and h2c
+//! where the build's Go has it), whose calls end in another transport's status write.
 
 use std::{
     collections::BTreeMap,
@@ -74,12 +76,74 @@ fn fixtures() -> Vec<Fixture> {
 
 type Server = AnnouncedServer;
 
+/// How the test server serves gRPC (tests/go/grpc/server `-serve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Serve {
+    /// grpc-go's own HTTP/2 transport (`Serve`).
+    Grpc,
+    /// net/http over TLS (ALPN h2), `ServeHTTP`.
+    Tls,
+    /// net/http's cleartext HTTP/2 (prior knowledge), `ServeHTTP`.
+    H2c,
+}
+
+impl Serve {
+    fn arg(self) -> &'static str {
+        match self {
+            Serve::Grpc => "grpc",
+            Serve::Tls => "tls",
+            Serve::H2c => "h2c",
+        }
+    }
+
+    fn client_args(self) -> &'static [&'static str] {
+        match self {
+            Serve::Tls => &["-tls"],
+            Serve::Grpc | Serve::H2c => &[],
+        }
+    }
+}
+
+/// The `-serve` modes a server build supports (h2c needs Go ≥ 1.24's `Server.Protocols`).
+fn serve_modes(server: &Path) -> Vec<Serve> {
+    let out = Command::new(server)
+        .arg("-serve-modes")
+        .output()
+        .expect("server -serve-modes");
+    assert!(out.status.success(), "{}: -serve-modes", server.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|m| match m {
+            "grpc" => Serve::Grpc,
+            "tls" => Serve::Tls,
+            "h2c" => Serve::H2c,
+            other => panic!("unknown serve mode {other:?}"),
+        })
+        .collect()
+}
+
 fn start_server(cgroup: &HostCgroup, bin: &Path) -> Server {
-    cgroup.spawn_announced(bin, &["-listen", "127.0.0.1:0"], "listening ")
+    start_server_with(cgroup, bin, Serve::Grpc)
+}
+
+fn start_server_with(cgroup: &HostCgroup, bin: &Path, serve: Serve) -> Server {
+    cgroup.spawn_announced(
+        bin,
+        &["-listen", "127.0.0.1:0", "-serve", serve.arg()],
+        "listening ",
+    )
 }
 
 /// What the client saw: (full method, code) → calls.
 fn drive(client: &Path, addr: SocketAddr) -> BTreeMap<(String, u16), u64> {
+    drive_with(client, addr, Serve::Grpc).0
+}
+
+/// Per (full method, code).
+type PerCall<T> = BTreeMap<(String, u16), T>;
+
+/// What the client saw: (full method, code) → calls, and → their summed wall time.
+fn drive_with(client: &Path, addr: SocketAddr, serve: Serve) -> (PerCall<u64>, PerCall<Duration>) {
     let child = Command::new(client)
         .args([
             "-addr",
@@ -89,12 +153,18 @@ fn drive(client: &Path, addr: SocketAddr) -> BTreeMap<(String, u16), u64> {
             "-concurrency",
             "4",
         ])
+        .args(serve.client_args())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn gRPC client");
     let out = output_with_timeout(child, Duration::from_secs(120)).expect("client finishes");
-    assert!(out.status.success(), "client failed");
-    String::from_utf8_lossy(&out.stdout)
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -104,7 +174,20 @@ fn drive(client: &Path, addr: SocketAddr) -> BTreeMap<(String, u16), u64> {
                 f[2].parse().expect("count"),
             )
         })
-        .collect()
+        .collect();
+    let spent = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("spent_ns "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "client line {l:?}");
+            (
+                (f[0].to_string(), f[1].parse().expect("code")),
+                Duration::from_nanos(f[2].parse().expect("ns")),
+            )
+        })
+        .collect();
+    (counts, spent)
 }
 
 async fn start_collector() -> app::Running {
@@ -119,13 +202,20 @@ async fn start_collector() -> app::Running {
 }
 
 fn instrumented(running: &app::Running, pid: u32) -> Option<(String, String)> {
+    instrumented_info(running, pid).map(|i| (i.grpc_version, i.offsets))
+}
+
+fn instrumented_info(
+    running: &app::Running,
+    pid: u32,
+) -> Option<collector::probes::go_grpc::attach::Instrumented> {
     running
         .grpc_instrumented
         .lock()
         .expect("discovery state")
         .iter()
         .find(|i| i.pids.contains(&pid))
-        .map(|i| (i.grpc_version.clone(), i.offsets.clone()))
+        .cloned()
 }
 
 /// Exact counts the collector must show for one server, from the client's counts.
@@ -153,8 +243,41 @@ async fn every_grpc_version_and_build_counts_calls_exactly() {
     let running = start_collector().await;
     let prefix = unique_prefix("grpc");
     for (i, f) in fixtures.iter().enumerate() {
-        counts_calls_exactly(&running, &prefix, i, f);
+        counts_calls_exactly(&running, &prefix, i, f, Serve::Grpc);
     }
+    running.shutdown().await;
+}
+
+/// Catches: calls of a grpc.Server mounted in net/http (`ServeHTTP`: the
+/// `serverHandlerTransport`, whose status write is another function) going uncounted — every
+/// count 0 without that probe —, counted twice, without their method or code (a stream layout
+/// the handler transport does not share), or without durations; on every grpc-go version,
+/// with DWARF and without (the table), over TLS and h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_served_through_net_http_are_counted_exactly() {
+    require_root();
+    let fixtures: Vec<Fixture> = fixtures()
+        .into_iter()
+        .filter(|f| f.variant == "default" || f.variant == "stripped")
+        .collect();
+    let running = start_collector().await;
+    let prefix = unique_prefix("grpcn");
+    let mut runs = 0;
+    for f in &fixtures {
+        for serve in serve_modes(&f.server) {
+            if serve == Serve::Grpc {
+                continue;
+            }
+            counts_calls_exactly(&running, &prefix, runs, f, serve);
+            runs += 1;
+        }
+    }
+    // TLS everywhere; h2c where the build's Go has it.
+    assert!(
+        runs > fixtures.len(),
+        "{runs} runs for {} builds",
+        fixtures.len()
+    );
     running.shutdown().await;
 }
 
@@ -172,27 +295,44 @@ async fn guest_counts_calls_exactly_on_this_kernel() {
         .filter(|f| f.grpc == newest && (f.variant == "default" || f.variant == "stripped"))
         .enumerate()
     {
-        counts_calls_exactly(&running, &prefix, i, f);
+        counts_calls_exactly(&running, &prefix, i, f, Serve::Grpc);
     }
     running.shutdown().await;
 }
 
 /// One server: instrumented from the right offsets, then every call of the client's mix
 /// counted exactly by (method, code), health checks apart, each real call with a duration.
-fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixture) {
-    let name = format!("grpc{}-{}-{i}", f.grpc, f.variant);
+fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixture, serve: Serve) {
+    let name = format!("grpc{}-{}-{}-{i}", f.grpc, f.variant, serve.arg());
     let cgroup = HostCgroup::create(prefix, &name).expect("cgroup");
     let workload = cgroup.workload();
-    let server = start_server(&cgroup, &f.server);
+    let server = start_server_with(&cgroup, &f.server, serve);
     let pid = server.child.id();
     let t = Instant::now();
-    let (version, offsets) = wait_until_ok_blocking(
+    let info = wait_until_ok_blocking(
         Duration::from_secs(10),
         Duration::from_millis(50),
         &format!("{name} instrumented"),
-        || instrumented(running, pid).ok_or("not yet"),
+        || {
+            instrumented_info(running, pid).ok_or_else(|| {
+                // Why not, if discovery said so.
+                let text = scrape(running.addr);
+                let skipped: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("collector_go_grpc_binaries"))
+                    .collect();
+                format!("not yet; {}", skipped.join("; "))
+            })
+        },
     );
+    let (version, offsets) = (info.grpc_version, info.offsets);
     assert_eq!(version, f.grpc, "grpc-go version read from the build info");
+    // The test server links both transports (Serve and ServeHTTP), as grpc-go servers do.
+    assert_eq!(
+        info.transports,
+        ["grpc", "net/http"],
+        "{name}: both status writes probed"
+    );
     // Stripped binaries have no DWARF: the table must have served them.
     let want_source = if f.variant == "stripped" {
         format!("table {}", f.grpc)
@@ -200,7 +340,7 @@ fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixt
         "dwarf".to_string()
     };
     assert_eq!(offsets, want_source, "{name}: where the offsets came from");
-    let seen = drive(&f.client, server.addr);
+    let (seen, spent) = drive_with(&f.client, server.addr, serve);
     let expected = expected_series(&seen);
     let real: u64 = expected
         .iter()
@@ -212,15 +352,77 @@ fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixt
         u64::from(ROUNDS) * 11,
         "the client's mix: 11 calls a round besides the health check"
     );
+    let text = wait_exact_rpc_counts(running, &name, &workload, &expected, real);
     let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
-    let text = wait_until_ok_blocking(
+    // Every real call has its duration (its start was seen: no `no_start`), health checks
+    // none.
+    let durations =
+        metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+    assert_eq!(durations, real, "{name}: one duration per real call");
+    assert_eq!(
+        metric_sum(&text, "collector_grpc_rpcs_no_start_total", &w),
+        None,
+        "{name}: every call's start was seen"
+    );
+    // The deadline call lasted at least its deadline (measured from handleStream's entry,
+    // not from the status write).
+    let mut dl = w.to_vec();
+    dl.extend([("rpc_method", "Say"), ("rpc_grpc_status_code", "4")]);
+    let sum =
+        metric_sum(&text, "rpc_server_duration_seconds_sum", &dl).expect("deadline durations");
+    assert!(
+        sum >= f64::from(ROUNDS) * DEADLINE_MS / 1000.0,
+        "{name}: {ROUNDS} deadline calls of ≥ {DEADLINE_MS} ms sum to {sum} s"
+    );
+    // Each call's duration (handleStream's entry to the status write) lies within the
+    // client's own call, so per (method, code) the sums do too; the deadline calls excepted:
+    // the client gives up at its deadline, the server writes its status 5 ms later.
+    for ((method, code), n) in &seen {
+        let (service, m) = method[1..].split_once('/').expect("full method");
+        if service == "grpc.health.v1.Health" || (m == "Say" && *code == 4) {
+            continue;
+        }
+        let code_s = code.to_string();
+        let mut labels = w.to_vec();
+        labels.extend([
+            ("rpc_service", service),
+            ("rpc_method", m),
+            ("rpc_grpc_status_code", code_s.as_str()),
+        ]);
+        let server_sum =
+            metric_sum(&text, "rpc_server_duration_seconds_sum", &labels).expect("duration sum");
+        let client_sum = spent[&(method.clone(), *code)].as_secs_f64();
+        assert!(
+            server_sum > 0.0 && server_sum <= client_sum,
+            "{name}: {n} calls {method} {code}: {server_sum} s by the server, {client_sum} s by the client"
+        );
+    }
+    println!(
+        "{name}: instrumented {:?} after start, {} calls counted exactly ({offsets})",
+        t.elapsed(),
+        real
+    );
+    drop(server);
+}
+
+/// Waits until the workload's RPC series equal the client's counts (`expected`), nothing
+/// beyond them, and every real call has a duration; the scrape then.
+fn wait_exact_rpc_counts(
+    running: &app::Running,
+    name: &str,
+    workload: &str,
+    expected: &[(&'static str, String, String, u16, u64)],
+    real: u64,
+) -> String {
+    let w = [("workload_kind", "cgroup"), ("workload", workload)];
+    wait_until_ok_blocking(
         Duration::from_secs(10),
         Duration::from_millis(100),
         &format!("{name}: counts match the client"),
         || {
             let text = scrape(running.addr);
             let mut wrong = Vec::new();
-            for (metric, service, method, code, n) in &expected {
+            for (metric, service, method, code, n) in expected {
                 let code = code.to_string();
                 let mut labels = w.to_vec();
                 labels.extend([
@@ -258,39 +460,135 @@ fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixt
             } else {
                 let rpc: Vec<&str> = text
                     .lines()
-                    .filter(|l| l.starts_with("rpc_server_") && l.contains(workload.as_str()))
+                    .filter(|l| l.starts_with("rpc_server_") && l.contains(workload))
                     .filter(|l| !l.contains("_bucket"))
                     .collect();
                 Err(format!("{}\n{}", wrong.join("; "), rpc.join("\n")))
             }
         },
+    )
+}
+
+/// Whether Go discovery (`/v1/go-http`) lists `pid` as instrumented by the net/http probes.
+fn http_instrumented(api: &str, pid: u32) -> Result<(), String> {
+    let (_, body) = collector::status::get(api, "/v1/go-http").map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let found = v.as_array().into_iter().flatten().any(|e| {
+        e["instrumented"] == true
+            && e["pids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.as_u64() == Some(u64::from(pid)))
+    });
+    if found { Ok(()) } else { Err(body) }
+}
+
+/// Catches: with the net/http probes on as well, a call served through ServeHTTP counted twice
+/// within one family (an RPC per status write or per request, an HTTP request per call and per
+/// stream) or missing from one of them: the RPC series stay exactly the client's, and net/http
+/// counts each call once, as an HTTP/2 POST to its full method (health checks included: not a
+/// probe path for HTTP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_net_http_probes_each_family_counts_a_call_once() {
+    require_root();
+    let f = fixtures()
+        .into_iter()
+        .rfind(|f| f.variant == "default")
+        .expect("a default build");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
+    config.http.socket = false;
+    config.http.uprobes = true;
+    config.http.grpc_uprobes = true;
+    let running = app::start(config).await.expect("collector starts");
+    let api = format!("http://{}", running.addr);
+    let prefix = unique_prefix("grpcb");
+    let name = "both";
+    let cgroup = HostCgroup::create(&prefix, name).expect("cgroup");
+    let workload = cgroup.workload();
+    let server = start_server_with(&cgroup, &f.server, Serve::Tls);
+    let pid = server.child.id();
+    wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "gRPC probes attached",
+        || instrumented(&running, pid).ok_or("not yet"),
     );
-    // Every real call has its duration (its start was seen: no `no_start`), health checks
-    // none.
-    let durations =
-        metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
-    assert_eq!(durations, real, "{name}: one duration per real call");
-    assert_eq!(
-        metric_sum(&text, "collector_grpc_rpcs_no_start_total", &w),
-        None,
-        "{name}: every call's start was seen"
+    wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "net/http probes attached",
+        || http_instrumented(&api, pid),
     );
-    // The deadline call lasted at least its deadline (measured from handleStream's entry,
-    // not from the status write).
-    let mut dl = w.to_vec();
-    dl.extend([("rpc_method", "Say"), ("rpc_grpc_status_code", "4")]);
-    let sum =
-        metric_sum(&text, "rpc_server_duration_seconds_sum", &dl).expect("deadline durations");
-    assert!(
-        sum >= f64::from(ROUNDS) * DEADLINE_MS / 1000.0,
-        "{name}: {ROUNDS} deadline calls of ≥ {DEADLINE_MS} ms sum to {sum} s"
-    );
-    println!(
-        "{name}: instrumented {:?} after start, {} calls counted exactly ({offsets})",
-        t.elapsed(),
-        real
+    let (seen, _) = drive_with(&f.client, server.addr, Serve::Tls);
+    let expected = expected_series(&seen);
+    let real: u64 = expected
+        .iter()
+        .filter(|e| e.0 == "rpc_server_requests_total")
+        .map(|e| e.4)
+        .sum();
+    let all: u64 = seen.values().sum();
+    wait_exact_rpc_counts(&running, name, &workload, &expected, real);
+    let mut per_method: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((method, _), n) in &seen {
+        *per_method.entry(method.as_str()).or_default() += n;
+    }
+    let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+    wait_until_ok_blocking(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "net/http counts each call once",
+        || {
+            let text = scrape(running.addr);
+            let mut wrong = Vec::new();
+            // Exact, from the kernel: one HTTP/2 request per call, answered 200 (the call's
+            // own code is in the trailers).
+            let mut ok = w.to_vec();
+            ok.push(("outcome", "2xx"));
+            let total =
+                metric_sum(&text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+            let twoxx =
+                metric_sum(&text, "collector_http_requests_total", &ok).unwrap_or(0.0) as u64;
+            if total != all || twoxx != all {
+                wrong.push(format!(
+                    "collector_http_requests_total: {total} ({twoxx} 2xx), client {all}"
+                ));
+            }
+            // From the records: by route, the call's full method, as POST with status 200.
+            for (method, n) in &per_method {
+                let mut labels = w.to_vec();
+                labels.extend([
+                    ("method", "POST"),
+                    ("route", method),
+                    ("status_code", "200"),
+                ]);
+                let got = metric_sum(&text, "http_server_request_duration_seconds_count", &labels)
+                    .unwrap_or(0.0) as u64;
+                if got != *n {
+                    wrong.push(format!("HTTP POST {method} 200: {got}, client {n}"));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                let http: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("http_server_")
+                            || l.starts_with("collector_http_requests_total")
+                    })
+                    .filter(|l| l.contains(workload.as_str()) && !l.contains("_bucket"))
+                    .collect();
+                Err(format!("{}\n{}", wrong.join("; "), http.join("\n")))
+            }
+        },
     );
     drop(server);
+    running.shutdown().await;
 }
 
 /// `GET /v1/workload?kind=cgroup&name=..`, the verdict of one workload.

@@ -6,7 +6,9 @@
 //! (tests/go/grpc/build.sh: the real module from the Go module proxy, cached outside the clone)
 //! and runs it with `-print-offsets`: the server calls itself once and reports, by reflection on
 //! the live values inside a handler, where the stream keeps its method and a status its code.
-//! One row per grpc-go minor. `--check` compares instead of writing.
+//! It does so through both server transports (grpc-go's own, and net/http's via `ServeHTTP`)
+//! and fails when they differ: the uprobes read both with one row. One row per grpc-go minor.
+//! `--check` compares instead of writing.
 
 use std::{path::Path, process::Command};
 

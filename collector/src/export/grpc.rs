@@ -80,7 +80,7 @@ impl GrpcMetrics {
         );
         r.register(
             "rpc_server_requests",
-            "gRPC server calls counted in the kernel (exact, never sampled), by service, method and status code; health checks excluded",
+            "gRPC server calls counted in the kernel (exact, never sampled), by service, method and status code; health checks excluded. Served by grpc-go's own transport or through net/http (ServeHTTP), once either way (such calls are also HTTP/2 requests to the net/http probes)",
             m.requests.clone(),
         );
         r.register(

@@ -20,7 +20,7 @@ out_root=$target/go-fixtures
 cache=${GRPC_GOMODCACHE:-/var/cache/collector-go-grpc/mod}
 
 mapfile -t lines < <(grep -v '^[[:space:]]*\(#\|$\)' "$here/versions")
-src_hash=$(cat "$here/build.sh" "$here/server/main.go" "$here/client/main.go" | sha256sum | cut -d' ' -f1)
+src_hash=$(cat "$here/build.sh" "$here"/server/*.go "$here/client/main.go" | sha256sum | cut -d' ' -f1)
 
 variant_flags() {
   case "$1" in
@@ -39,7 +39,8 @@ for line in "${lines[@]}"; do
   fi
   work=$target/go-grpc-src/$gv
   mkdir -p "$work/server" "$work/client"
-  cp "$here/server/main.go" "$work/server/main.go"
+  rm -f "$work"/server/*.go
+  cp "$here"/server/*.go "$work/server/"
   cp "$here/client/main.go" "$work/client/main.go"
   export GOMODCACHE=$cache GOCACHE=${COLLECTOR_GOCACHE:-/var/cache/collector-go/build} GOTOOLCHAIN=local CGO_ENABLED=0 GOENV=off
   export GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org} GOSUMDB=${GOSUMDB:-sum.golang.org}

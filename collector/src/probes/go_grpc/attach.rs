@@ -1,4 +1,6 @@
-//! Finding grpc-go servers and attaching the two gRPC uprobes, once per executable file.
+//! Finding grpc-go servers and attaching the gRPC uprobes, once per executable file: the start
+//! (`handleStream`) and the status write of every transport the binary links (grpc-go's own,
+//! net/http's through `ServeHTTP`; a call passes through one of them, so two traps per call).
 //!
 //! The same rules as `go_http::attach` (whose analysis this reuses): `/proc/<pid>/exe` is
 //! opened once and the key (st_dev, st_ino), the analysis and the attach target all come from
@@ -32,18 +34,20 @@ use collector_common::{
 };
 use tracing::{debug, info, warn};
 
-use super::{HANDLE_STREAM, WRITE_STATUS, offsets};
+use super::{HANDLE_STREAM, TRANSPORTS, Transport, offsets};
 use crate::{
     export::{Metrics, prometheus::ReasonLabels},
     probes::go_http::{GoBinary, analyze_file},
 };
 
-/// (per-point program, uprobe.multi program): the status write first, the start last, so a
-/// start is never seen without its end.
+/// (per-point program, uprobe.multi program): the status write (attached once per transport)
+/// first, the start last, so a start is never seen without its end.
 const PROGS: [(&str, &str); 2] = [
     ("grpc_write_status", "grpc_write_status_m"),
     ("grpc_stream_start", "grpc_stream_start_m"),
 ];
+const WRITE_STATUS_PROG: usize = 0;
+const START_PROG: usize = 1;
 
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -66,6 +70,8 @@ pub struct Instrumented {
     pub go_version: String,
     pub grpc_version: String,
     pub offsets: String,
+    /// The transports whose status write is probed (`Transport::name`), in attach order.
+    pub transports: Vec<&'static str>,
     pub pids: Vec<u32>,
 }
 
@@ -74,7 +80,8 @@ enum Tracked {
         slot: u32,
         links: Vec<(&'static str, UProbeLinkId)>,
         pids: HashSet<u32>,
-        info: Instrumented,
+        // Boxed: most files tracked are skipped ones.
+        info: Box<Instrumented>,
     },
     Skipped,
 }
@@ -133,7 +140,7 @@ impl GoGrpcProbes {
             .values()
             .filter_map(|t| match t {
                 Tracked::Instrumented { pids, info, .. } => {
-                    let mut i = info.clone();
+                    let mut i = Instrumented::clone(info);
                     i.pids = pids.iter().copied().collect();
                     i.pids.sort_unstable();
                     Some(i)
@@ -275,23 +282,28 @@ impl GoGrpcProbes {
         if bin.function(HANDLE_STREAM).is_none() {
             return Err(Some("no grpc-go server".into()));
         }
-        let Some(write_status) = WRITE_STATUS
-            .iter()
-            .copied()
-            .find(|f| bin.function(f).is_some())
-        else {
-            self.skip("no_status_write");
-            warn!(
-                pid,
-                "grpc-go server without a known status write: not instrumented"
-            );
-            return Err(Some("no status write function".into()));
+        let (writes, new_layout) = match status_writes(|f| bin.function(f).is_some()) {
+            Ok(w) => w,
+            Err(e) => {
+                self.skip("no_status_write");
+                warn!(pid, error = e, "grpc-go server not instrumented");
+                return Err(Some(e.into()));
+            }
         };
-        let new_layout = write_status == WRITE_STATUS[0];
         let (mut offs, source) = match offsets::offsets_for(&bin, new_layout) {
             Ok(o) => o,
             Err(offsets::GrpcOffsetsError::Dwarf(e))
                 if matches!(e.kind(), crate::probes::go_http::OffsetsError::Replaced) =>
+            {
+                return Err(None);
+            }
+            // The DWARF reader opens `/proc/<pid>/exe` again: a process that exited meanwhile
+            // (a short run of the same file, `server -version`, just before the real server)
+            // leaves nothing to open. Not the file's fault: looked at again when a process
+            // runs it, instead of skipping the file for good (seen in tests/tests/grpc.rs).
+            Err(offsets::GrpcOffsetsError::Dwarf(e))
+                if matches!(e.kind(), crate::probes::go_http::OffsetsError::Open { .. })
+                    && std::fs::metadata(exe).is_err() =>
             {
                 return Err(None);
             }
@@ -301,7 +313,7 @@ impl GoGrpcProbes {
                 return Err(Some(e.to_string()));
             }
         };
-        let points = match points(&bin, write_status) {
+        let points = match points(&bin, &self.progs, &writes) {
             Ok(p) => p,
             Err(e) => {
                 self.skip("unverified_addresses");
@@ -326,8 +338,7 @@ impl GoGrpcProbes {
         let mut links = Vec::new();
         let t = Instant::now();
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        let progs = self.progs;
-        for (prog, offset) in progs.iter().zip(points) {
+        for (prog, offset) in points {
             let result = match ebpf.program_mut(prog).map(<&mut UProbe>::try_from) {
                 Some(Ok(p)) => p
                     .attach(
@@ -342,7 +353,7 @@ impl GoGrpcProbes {
                 _ => Err(format!("{prog} missing")),
             };
             match result {
-                Ok(link) => links.push((*prog, link)),
+                Ok(link) => links.push((prog, link)),
                 Err(e) => {
                     drop(ebpf);
                     self.detach(slot, links);
@@ -358,12 +369,13 @@ impl GoGrpcProbes {
             offsets::Source::Dwarf => "dwarf".to_owned(),
             offsets::Source::Table { grpc } => format!("table {grpc}"),
         };
-        info!(pid, exe = %bin.path.display(), go = %bin.go_version, grpc = %grpc_version, offsets = %source, attach = ?t.elapsed(), "grpc-go server instrumented");
+        let transports: Vec<&'static str> = writes.iter().map(|(t, _)| t.name).collect();
+        info!(pid, exe = %bin.path.display(), go = %bin.go_version, grpc = %grpc_version, offsets = %source, ?transports, attach = ?t.elapsed(), "grpc-go server instrumented");
         Ok(Tracked::Instrumented {
             slot,
             links,
             pids: HashSet::from([pid]),
-            info: Instrumented {
+            info: Box::new(Instrumented {
                 path: std::fs::read_link(&target)
                     .unwrap_or_else(|_| exe.to_path_buf())
                     .display()
@@ -371,8 +383,9 @@ impl GoGrpcProbes {
                 go_version: bin.go_version.clone(),
                 grpc_version,
                 offsets: source,
+                transports,
                 pids: Vec::new(),
-            },
+            }),
         })
     }
 
@@ -387,15 +400,49 @@ impl GoGrpcProbes {
     }
 }
 
-/// File offsets, in `PROGS` order: the status write's entry, `handleStream`'s entry.
-fn points(bin: &GoBinary, write_status: &str) -> Result<[u64; 2], String> {
-    let end = bin
-        .probe_points(write_status)
-        .map_err(|e| format!("{write_status}: {e}"))?;
+/// (transport, its status write's function name), in `TRANSPORTS` order.
+type StatusWrites = Vec<(Transport, &'static str)>;
+
+/// The status write of each transport the binary links (`has`: whether it has a function), and
+/// whether they take the new stream (`*ServerStream`, grpc-go ≥ 1.69). A server may link one
+/// transport or both (every grpc-go server built in the tests links both).
+fn status_writes(has: impl Fn(&str) -> bool) -> Result<(StatusWrites, bool), &'static str> {
+    let writes: StatusWrites = TRANSPORTS
+        .iter()
+        .filter_map(|t| t.write_status.iter().find(|f| has(f)).map(|f| (*t, *f)))
+        .collect();
+    let Some((first, f)) = writes.first() else {
+        return Err("no known status write");
+    };
+    let new_layout = *f == first.write_status[0];
+    // One grpc-go version: the transports' signatures and stream types change together, and
+    // the offsets are looked up once for both.
+    if writes
+        .iter()
+        .any(|(t, f)| (*f == t.write_status[0]) != new_layout)
+    {
+        return Err("status writes of two stream layouts");
+    }
+    Ok((writes, new_layout))
+}
+
+/// (program, file offset) in attach order: each transport's status write, then
+/// `handleStream`'s entry.
+fn points(
+    bin: &GoBinary,
+    progs: &[&'static str; 2],
+    writes: &[(Transport, &'static str)],
+) -> Result<Vec<(&'static str, u64)>, String> {
+    let mut out = Vec::with_capacity(writes.len() + 1);
+    for (_, f) in writes {
+        let p = bin.probe_points(f).map_err(|e| format!("{f}: {e}"))?;
+        out.push((progs[WRITE_STATUS_PROG], p.entry_file_offset));
+    }
     let start = bin
         .probe_points(HANDLE_STREAM)
         .map_err(|e| format!("{HANDLE_STREAM}: {e}"))?;
-    Ok([end.entry_file_offset, start.entry_file_offset])
+    out.push((progs[START_PROG], start.entry_file_offset));
+    Ok(out)
 }
 
 /// Discovery on its own thread: ELF analysis and attachment block. Exec notices (`execs`)
@@ -435,4 +482,45 @@ pub fn spawn(
         probes.detach_all();
         state.lock().unwrap_or_else(|e| e.into_inner()).clear();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::go_grpc::{HANDLER, NATIVE};
+
+    fn names(w: &[(Transport, &'static str)]) -> Vec<&'static str> {
+        w.iter().map(|(_, f)| *f).collect()
+    }
+
+    #[test]
+    fn each_linked_transport_gets_its_status_write() {
+        let both_new = [NATIVE.write_status[0], HANDLER.write_status[0]];
+        let (w, new) = status_writes(|f| both_new.contains(&f)).expect("both");
+        assert!(new);
+        assert_eq!(names(&w), both_new);
+        // grpc-go ≤ 1.68: the exported names, the old stream.
+        let both_old = [NATIVE.write_status[1], HANDLER.write_status[1]];
+        let (w, new) = status_writes(|f| both_old.contains(&f)).expect("both, old");
+        assert!(!new);
+        assert_eq!(names(&w), both_old);
+        // One transport linked: that one alone.
+        let (w, _) = status_writes(|f| f == HANDLER.write_status[0]).expect("handler only");
+        assert_eq!(names(&w), [HANDLER.write_status[0]]);
+        let (w, _) = status_writes(|f| f == NATIVE.write_status[1]).expect("native only");
+        assert_eq!(names(&w), [NATIVE.write_status[1]]);
+    }
+
+    #[test]
+    fn no_status_write_or_mixed_layouts_are_refused() {
+        assert_eq!(
+            status_writes(|_| false).err(),
+            Some("no known status write")
+        );
+        let mixed = [NATIVE.write_status[0], HANDLER.write_status[1]];
+        assert_eq!(
+            status_writes(|f| mixed.contains(&f)).err(),
+            Some("status writes of two stream layouts")
+        );
+    }
 }

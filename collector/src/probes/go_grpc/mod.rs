@@ -3,19 +3,49 @@
 //! The binary analysis (ELF, build info, `.symtab`/`.gopclntab`, entry checks, RET decoding)
 //! is `probes::go_http`'s, reused as is; this module picks the gRPC functions, finds the struct
 //! offsets (`offsets`) and attaches, once per executable file (`attach`). Kernel side:
-//! `collector-ebpf/src/grpc.rs`; two traps per RPC.
+//! `collector-ebpf/src/grpc.rs`; two traps per RPC, whichever transport serves it.
 
 pub mod attach;
 pub mod offsets;
 
-/// Per-stream handler: its entry starts an RPC.
+/// Per-stream handler: its entry starts an RPC. Both transports hand every stream to it
+/// (`serveStreams`, which `Serve` and `ServeHTTP` share).
 pub const HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
-/// The transport's status write, where the RPC ends (the first the binary has): since grpc-go
-/// 1.69 the stream is a `*ServerStream` and the exported `WriteStatus` is its inlined method.
-pub const WRITE_STATUS: [&str; 2] = [
-    "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus",
-    "google.golang.org/grpc/internal/transport.(*http2Server).WriteStatus",
-];
+
+/// grpc-go's own HTTP/2 transport (`(*grpc.Server).Serve`).
+pub const NATIVE: Transport = Transport {
+    name: "grpc",
+    write_status: [
+        "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus",
+        "google.golang.org/grpc/internal/transport.(*http2Server).WriteStatus",
+    ],
+};
+
+/// The transport of a grpc.Server mounted in a net/http server (`(*grpc.Server).ServeHTTP`,
+/// one `serverHandlerTransport` per HTTP/2 request). Its status write takes the same
+/// arguments, and its streams are the same types, as the native one's.
+pub const HANDLER: Transport = Transport {
+    name: "net/http",
+    write_status: [
+        "google.golang.org/grpc/internal/transport.(*serverHandlerTransport).writeStatus",
+        "google.golang.org/grpc/internal/transport.(*serverHandlerTransport).WriteStatus",
+    ],
+};
+
+/// A server transport of grpc-go and its status write, where an RPC ends.
+#[derive(Clone, Copy, Debug)]
+pub struct Transport {
+    /// How the discovery state (`attach::Instrumented`) and the log name it.
+    pub name: &'static str,
+    /// The status write, newest name first: since grpc-go 1.69 the stream is a
+    /// `*ServerStream` and the exported `(*ServerStream).WriteStatus` an inlined wrapper of
+    /// the transport's unexported `writeStatus`; up to 1.68 the transport's `WriteStatus`
+    /// takes the `*Stream`. Index 0 is the new layout.
+    pub write_status: [&'static str; 2],
+}
+
+/// Every transport the probes know, in attach order.
+pub const TRANSPORTS: [Transport; 2] = [NATIVE, HANDLER];
 
 /// The gRPC health checking service: what Kubernetes gRPC probes call. A probe path, kept
 /// apart from real traffic.

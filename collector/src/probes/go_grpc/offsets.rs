@@ -2,7 +2,9 @@
 //! `*status.Status`): from the binary's DWARF when present, else from the committed table row of
 //! its grpc-go minor (`offsets_table.json`, written by `cargo xtask grpc-offsets` from what the
 //! test server finds by reflection on real values, tests/go/grpc/server). The grpc-go version
-//! comes from the build info's `dep` lines.
+//! comes from the build info's `dep` lines. Both server transports (grpc-go's, net/http's
+//! through `ServeHTTP`) build the same stream types, so one set of offsets serves both status
+//! writes; the generator checks it on live streams of each.
 
 use std::sync::OnceLock;
 

@@ -10,30 +10,49 @@
 //   - Stream (server streaming): "n:K" sends K messages; "n:K:code:N" then fails with N;
 //     "n:K:sleep:MS" pauses MS ms between messages (a call that outlives an attach).
 //   - Collect (client streaming): receives until EOF; fails with N if a message is "code:N".
+//
 // Plus the standard health service (grpc.health.v1.Health) answering SERVING.
 //
+// -serve picks the transport: "grpc" (default) is grpc-go's own HTTP/2 server (Serve);
+// "tls" and "h2c" mount the grpc.Server in a net/http server through (*grpc.Server).ServeHTTP,
+// as services sharing one port between gRPC and REST do (a GET /rest answers plain text):
+// "tls" over TLS with ALPN h2 and a self-signed certificate made at start, "h2c" over
+// cleartext HTTP/2 with prior knowledge (net/http's own, Go >= 1.24; -serve-modes lists what
+// this build can do).
+//
 // Prints "listening <addr>" on stdout once it accepts connections. With -print-offsets it
-// instead calls itself once and prints, as JSON, the struct offsets the collector's gRPC
-// uprobes read, found by reflection on the real values inside a handler (the generator of
-// collector/src/probes/go_grpc/offsets_table.json, `cargo xtask grpc-offsets`).
+// instead calls itself once per transport and prints, as JSON, the struct offsets the
+// collector's gRPC uprobes read, found by reflection on the real values inside a handler (the
+// generator of collector/src/probes/go_grpc/offsets_table.json, `cargo xtask grpc-offsets`);
+// a stream layout that differs between grpc-go's transport and net/http's is an error, since
+// one row has to serve both.
 package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
-	"reflect"
-	"runtime/debug"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
+	"net/http"
 	"os"
+	"reflect"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -204,14 +223,110 @@ var desc = grpc.ServiceDesc{
 	},
 }
 
+// selfSigned makes a certificate for 127.0.0.1 and localhost, valid for a day.
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// shared routes gRPC (HTTP/2 with a gRPC content type) to the grpc.Server and the rest to a
+// plain handler: one port for both, the way such services are usually written.
+func shared(s *grpc.Server) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			s.ServeHTTP(w, r)
+			return
+		}
+		fmt.Fprintln(w, "rest ok")
+	})
+}
+
+// serve serves s on l with the transport named by mode (see -serve).
+func serve(s *grpc.Server, l net.Listener, mode string) error {
+	switch mode {
+	case "grpc":
+		return s.Serve(l)
+	case "tls":
+		cert, err := selfSigned()
+		if err != nil {
+			return err
+		}
+		hs := &http.Server{
+			Handler:   shared(s),
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}},
+		}
+		return hs.ServeTLS(l, "", "")
+	case "h2c":
+		hs := &http.Server{Handler: shared(s)}
+		if !cleartextHTTP2(hs) {
+			return fmt.Errorf("h2c needs Go >= 1.24 (http.Server.Protocols)")
+		}
+		return hs.Serve(l)
+	}
+	return fmt.Errorf("unknown -serve %q", mode)
+}
+
+// modes: what -serve accepts in this build.
+func modes() []string {
+	m := []string{"grpc", "tls"}
+	if cleartextHTTP2(&http.Server{}) {
+		m = append(m, "h2c")
+	}
+	return m
+}
+
+// selfCall serves s on a fresh loopback listener with mode, calls Say("offsets") once and
+// returns what the handler found.
+func selfCall(s *grpc.Server, mode string) (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	go serve(s, l, mode)
+	creds := insecure.NewCredentials()
+	if mode == "tls" {
+		creds = credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
+	}
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	out := new(wrapperspb.StringValue)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := conn.Invoke(ctx, "/grpctest.Echo/Say", wrapperspb.String("offsets"), out); err != nil {
+		return "", fmt.Errorf("%s: %w", mode, err)
+	}
+	return out.GetValue(), nil
+}
+
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address")
 	printOffsets := flag.Bool("print-offsets", false, "print the struct offsets as JSON and exit")
+	mode := flag.String("serve", "grpc", "grpc (grpc-go's transport), tls or h2c (net/http with ServeHTTP)")
+	serveModes := flag.Bool("serve-modes", false, "print the -serve values this build supports and exit")
 	flag.Parse()
-	l, err := net.Listen("tcp", *listen)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+	if *serveModes {
+		fmt.Println(strings.Join(modes(), " "))
+		return
 	}
 	s := grpc.NewServer()
 	s.RegisterService(&desc, &server{})
@@ -219,22 +334,33 @@ func main() {
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, h)
 	if *printOffsets {
-		go s.Serve(l)
-		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		native, err := selfCall(s, "grpc")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		out := new(wrapperspb.StringValue)
-		if err := conn.Invoke(context.Background(), "/grpctest.Echo/Say", wrapperspb.String("offsets"), out); err != nil {
+		// The same offsets must hold for streams of net/http's transport (ServeHTTP): the
+		// uprobes read them at both transports' status writes with one table row.
+		handler, err := selfCall(s, "tls")
+		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		fmt.Println(out.GetValue())
+		if handler != native {
+			b, _ := json.Marshal(map[string]string{"error": "stream layout differs under ServeHTTP", "native": native, "handler": handler})
+			fmt.Println(string(b))
+			return
+		}
+		fmt.Println(native)
 		return
 	}
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	fmt.Printf("listening %s\n", l.Addr())
-	if err := s.Serve(l); err != nil {
+	if err := serve(s, l, *mode); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
