@@ -143,7 +143,7 @@ func main() {
 	mix := flag.String("mix", "fixed", "fixed (the mix above); unary-ok (one Say ok per round: for cost measurements); failing (3 Say UNAVAILABLE and a health check per round: a service failing behind a passing health check); held (one client stream per round, ended when stdin closes)")
 	pause := flag.Duration("pause", 0, "pause of each goroutine after each round (spreads the load over time)")
 	flag.Parse()
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := dial(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
