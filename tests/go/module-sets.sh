@@ -72,7 +72,10 @@ for line in "${lines[@]}"; do
     stamp="$line|$src_hash|$variant|$flags"
     if [ ! -x "$dir/server" ] || [ "$(cat "$dir/stamp" 2>/dev/null)" != "$stamp" ]; then
       mkdir -p "$dir"
-      args=(build -trimpath -buildvcs=false -o "$dir/server.tmp")
+      args=(build -trimpath -o "$dir/server.tmp")
+      # VCS stamping (Go 1.18+) would tie the binary to the checkout; Go 1.17 has neither the
+      # stamping nor the flag.
+      case "$go_v" in 1.17.*) ;; *) args+=(-buildvcs=false) ;; esac
       [ "$tags" != - ] && args+=(-tags "$tags")
       [ -n "$flags" ] && args+=("$flags")
       (cd "$work" && "$go_bin" "${args[@]}" .) >"$dir/build.log" 2>&1 || {

@@ -1,12 +1,13 @@
 //! grpc-go servers observed through uprobes (`--go-grpc-uprobes all`): servers built from the
-//! real google.golang.org/grpc module at three versions spanning two years (tests/go/grpc/
-//! versions), each default, stripped (no DWARF: the offsets table) and PIE. A Go client (same
-//! grpc-go) drives a fixed mix over one connection with four goroutines: unary OK and failing
-//! with several codes, a deadline exceeded, server and client streaming (OK and failing), an
-//! unknown method, health checks. The collector's counts per (service, method, code) must equal
-//! the client's own, health checks apart, every call with a duration. The same holds for the
-//! server mounted in a net/http server (`(*grpc.Server).ServeHTTP`: TLS with ALPN h2, and h2c
-//! where the build's Go has it), whose calls end in another transport's status write.
+//! real google.golang.org/grpc module at four versions spanning three years (tests/go/grpc/
+//! versions; the oldest built with Go 1.17, the oldest Go supported), each default, stripped
+//! (no DWARF: the offsets table) and PIE. A Go client (same grpc-go) drives a fixed mix over
+//! one connection with four goroutines: unary OK and failing with several codes, a deadline
+//! exceeded, server and client streaming (OK and failing), an unknown method, health checks.
+//! The collector's counts per (service, method, code) must equal the client's own, health
+//! checks apart, every call with a duration. The same holds for the server mounted in a
+//! net/http server (`(*grpc.Server).ServeHTTP`: TLS with ALPN h2, and h2c where the build's Go
+//! has it), whose calls end in another transport's status write.
 
 use std::{
     collections::BTreeMap,
@@ -239,7 +240,7 @@ fn expected_series(
 async fn every_grpc_version_and_build_counts_calls_exactly() {
     require_root();
     let fixtures = fixtures();
-    assert_eq!(fixtures.len(), 9, "3 grpc-go versions × 3 builds");
+    assert_eq!(fixtures.len(), 12, "4 grpc-go versions × 3 builds");
     let running = start_collector().await;
     let prefix = unique_prefix("grpc");
     for (i, f) in fixtures.iter().enumerate() {
@@ -502,7 +503,7 @@ async fn with_net_http_probes_each_family_counts_a_call_once() {
         ..Config::default()
     };
     config.http.socket = false;
-    config.http.uprobes = true;
+    config.http.uprobes = collector::config::GoUprobes::All;
     config.http.grpc_uprobes = true;
     let running = app::start(config).await.expect("collector starts");
     let api = format!("http://{}", running.addr);

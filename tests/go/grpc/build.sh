@@ -10,6 +10,8 @@
 # the fixtures instead of compiling grpc-go twelve times.
 # Output: $TARGET/go-fixtures/grpc-<version>-<variant>/server and .../grpc-<version>/client.
 # A binary is rebuilt only when its stamp (versions, flags, sources, this script) changes.
+# A versions line may name build tags (third field; "-" or none: no tags), for a grpc-go older
+# than an API the sources use (grpcdial: grpc.Dial, before grpc.NewClient existed).
 # Toolchains come from `WITH_GO=1 scripts/bootstrap.sh` ($TARGET/go/<version>/bin/go).
 set -euo pipefail
 
@@ -20,7 +22,7 @@ out_root=$target/go-fixtures
 cache=${GRPC_GOMODCACHE:-/var/cache/collector-go-grpc/mod}
 
 mapfile -t lines < <(grep -v '^[[:space:]]*\(#\|$\)' "$here/versions")
-src_hash=$(cat "$here/build.sh" "$here"/server/*.go "$here/client/main.go" | sha256sum | cut -d' ' -f1)
+src_hash=$(cat "$here/build.sh" "$here"/server/*.go "$here"/client/*.go | sha256sum | cut -d' ' -f1)
 
 variant_flags() {
   case "$1" in
@@ -31,7 +33,8 @@ variant_flags() {
 }
 
 for line in "${lines[@]}"; do
-  read -r gv go_v <<<"$line"
+  read -r gv go_v tags <<<"$line"
+  tags=${tags:--}
   go_bin=$target/go/$go_v/bin/go
   if [ ! -x "$go_bin" ]; then
     echo "grpc build: Go $go_v is not installed at $target/go/$go_v; run: WITH_GO=1 scripts/bootstrap.sh" >&2
@@ -39,9 +42,14 @@ for line in "${lines[@]}"; do
   fi
   work=$target/go-grpc-src/$gv
   mkdir -p "$work/server" "$work/client"
-  rm -f "$work"/server/*.go
+  rm -f "$work"/server/*.go "$work"/client/*.go
   cp "$here"/server/*.go "$work/server/"
-  cp "$here/client/main.go" "$work/client/main.go"
+  cp "$here"/client/*.go "$work/client/"
+  # VCS stamping (Go 1.18+) would tie the binaries to the checkout; Go 1.17 has neither the
+  # stamping nor the flag.
+  common=(-trimpath)
+  case "$go_v" in 1.17.*) ;; *) common+=(-buildvcs=false) ;; esac
+  [ "$tags" != - ] && common+=(-tags "$tags")
   export GOMODCACHE=$cache GOCACHE=${COLLECTOR_GOCACHE:-/var/cache/collector-go/build} GOTOOLCHAIN=local CGO_ENABLED=0 GOENV=off
   export GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org} GOSUMDB=${GOSUMDB:-sum.golang.org}
   if [ ! -f "$work/go.sum" ] || [ "$(cat "$work/.modstamp" 2>/dev/null)" != "$gv|$go_v" ]; then
@@ -53,10 +61,10 @@ for line in "${lines[@]}"; do
     echo "$gv|$go_v" > "$work/.modstamp"
   fi
   cdir=$out_root/grpc-$gv
-  stamp="$gv|$go_v|$src_hash"
+  stamp="$gv|$go_v|$tags|$src_hash"
   if [ ! -x "$cdir/client" ] || [ "$(cat "$cdir/stamp" 2>/dev/null)" != "$stamp" ]; then
     mkdir -p "$cdir"
-    (cd "$work" && "$go_bin" build -trimpath -buildvcs=false -o "$cdir/client.tmp" ./client) \
+    (cd "$work" && "$go_bin" build "${common[@]}" -o "$cdir/client.tmp" ./client) \
       >"$cdir/build.log" 2>&1 || { echo "grpc build: client $gv failed:" >&2; cat "$cdir/build.log" >&2; exit 1; }
     mv -f "$cdir/client.tmp" "$cdir/client"
     echo "$stamp" > "$cdir/stamp"
@@ -67,7 +75,7 @@ for line in "${lines[@]}"; do
     vstamp="$stamp|$variant|$flags"
     if [ ! -x "$dir/server" ] || [ "$(cat "$dir/stamp" 2>/dev/null)" != "$vstamp" ]; then
       mkdir -p "$dir"
-      args=(build -trimpath -buildvcs=false -o "$dir/server.tmp")
+      args=(build "${common[@]}" -o "$dir/server.tmp")
       [ -n "$flags" ] && args+=("$flags")
       (cd "$work" && "$go_bin" "${args[@]}" ./server) >"$dir/build.log" 2>&1 || {
         echo "grpc build: server $gv $variant failed:" >&2; cat "$dir/build.log" >&2; exit 1; }

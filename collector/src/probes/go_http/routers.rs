@@ -423,7 +423,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 11, "router modules in tests/go/routers/versions");
+        assert_eq!(checked, 16, "router modules in tests/go/routers/versions");
         assert!(matches!(
             table_row("github.com/gorilla/mux", "v1.6.2"),
             Err(RouterError::NotInTable { .. })

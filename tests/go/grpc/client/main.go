@@ -164,7 +164,7 @@ func main() {
 	if *useTLS {
 		creds = credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(creds))
+	conn, err := dial(*addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

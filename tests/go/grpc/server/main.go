@@ -45,6 +45,7 @@ import (
 	"net/http"
 	"os"
 	"reflect"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -66,7 +67,7 @@ type server struct{}
 
 // codeOf parses "code:N".
 func codeOf(s string) (codes.Code, bool) {
-	rest, ok := strings.CutPrefix(s, "code:")
+	rest, ok := cutPrefix(s, "code:")
 	if !ok {
 		return codes.OK, false
 	}
@@ -115,7 +116,7 @@ func stream(_ any, ss grpc.ServerStream) error {
 	}
 	var pause time.Duration
 	if len(parts) == 3 {
-		if ms, ok := strings.CutPrefix(parts[2], "sleep:"); ok {
+		if ms, ok := cutPrefix(parts[2], "sleep:"); ok {
 			n, err := strconv.Atoi(ms)
 			if err != nil {
 				return status.Error(codes.InvalidArgument, "want n:K:sleep:MS")
@@ -176,7 +177,7 @@ func offsets(ctx context.Context) string {
 			// ServerStream embeds Stream by value (newest grpc-go).
 			base = f.Offset
 			t = f.Type
-		case reflect.Pointer:
+		case reflect.Ptr:
 			// ServerStream embeds *Stream (grpc-go 1.69 to 1.7x): one pointer to follow.
 			out["stream_ptr"] = f.Offset
 			t = f.Type.Elem()
@@ -189,7 +190,7 @@ func offsets(ctx context.Context) string {
 	out["stream_method"] = base + m.Offset
 	stt := reflect.TypeOf(status.New(codes.OK, "")).Elem()
 	s, ok := stt.FieldByName("s")
-	if !ok || s.Type.Kind() != reflect.Pointer {
+	if !ok || s.Type.Kind() != reflect.Ptr {
 		return `{"error":"no status.s"}`
 	}
 	out["status_proto"] = s.Offset
@@ -199,7 +200,8 @@ func offsets(ctx context.Context) string {
 	}
 	out["proto_code"] = c.Offset
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		out["go"] = bi.GoVersion
+		// The build info has GoVersion only from Go 1.18 on; the same string.
+		out["go"] = runtime.Version()
 		for _, d := range bi.Deps {
 			switch d.Path {
 			case "google.golang.org/grpc":
@@ -304,7 +306,7 @@ func selfCall(s *grpc.Server, mode string) (string, error) {
 	if mode == "tls" {
 		creds = credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})
 	}
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(creds))
+	conn, err := dial(l.Addr().String(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return "", err
 	}
