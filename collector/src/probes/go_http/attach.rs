@@ -702,6 +702,15 @@ impl GoHttpProbes {
             Err(e) if matches!(e.kind(), OffsetsError::Replaced) => {
                 return Err(Skip::Retry(e.to_string()));
             }
+            // The DWARF reader opens `/proc/<pid>/exe` again: a process that exited meanwhile
+            // (a short run of the same file) leaves nothing to open. Not the file's fault: looked
+            // at again when a process runs it, not skipped for good (as go_grpc does).
+            Err(e)
+                if matches!(e.kind(), OffsetsError::Open { .. })
+                    && std::fs::metadata(exe).is_err() =>
+            {
+                return Err(Skip::Retry(e.to_string()));
+            }
             Err(e) => {
                 self.skip(SkipReason::NoOffsets);
                 warn!(pid, go = %bin.go_version, error = %e, "Go net/http server not instrumented: struct offsets unknown");
