@@ -207,6 +207,22 @@ fn go_http_listing(addr: SocketAddr) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_default()
 }
 
+/// `pid`'s entry in a `/v1/go-http` listing, if any.
+fn entry_of(listing: &serde_json::Value, pid: u32) -> Option<serde_json::Value> {
+    listing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            e["pids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.as_u64() == Some(u64::from(pid)))
+        })
+        .cloned()
+}
+
 /// Waits until `/v1/go-http` lists `pid` as instrumented; returns its entry.
 fn wait_instrumented(
     addr: SocketAddr,
@@ -216,18 +232,8 @@ fn wait_instrumented(
 ) -> serde_json::Value {
     wait_until_ok_blocking(within, Duration::from_millis(20), what, || {
         let v = go_http_listing(addr);
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| {
-                e["pids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| p.as_u64() == Some(u64::from(pid)))
-                    && e["http2"].is_string()
-            })
-            .cloned()
+        entry_of(&v, pid)
+            .filter(|e| e["http2"].is_string())
             .ok_or_else(|| format!("pid {pid} not instrumented in {v}"))
     })
 }
@@ -608,18 +614,7 @@ async fn socket_parser_leaves_h2c_connections_alone() {
 fn wait_listed(addr: SocketAddr, pid: u32, what: &str) -> serde_json::Value {
     wait_until_ok_blocking(DEADLINE, Duration::from_millis(20), what, || {
         let v = go_http_listing(addr);
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| {
-                e["pids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| p.as_u64() == Some(u64::from(pid)))
-            })
-            .cloned()
-            .ok_or_else(|| format!("pid {pid} not listed in {v}"))
+        entry_of(&v, pid).ok_or_else(|| format!("pid {pid} not listed in {v}"))
     })
 }
 
@@ -644,16 +639,22 @@ async fn auto_uprobes_count_tls_and_h2c_once_beside_the_socket_parser() {
         *minors.iter().min().expect("fixtures"),
         *minors.iter().max().expect("fixtures"),
     );
+    let dir = std::env::temp_dir().join(format!("go-h2a-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A private copy of each fixture: uprobes attach per file, and this collector's parser sees
+    // every socket on the host, so another test's TLS server of the same fixture file would
+    // get the file instrumented before this test's first connection.
     let fixture = |minor: u32, variant: &str| {
-        fixtures
+        let (version, path) = fixtures
             .iter()
             .find(|(v, var, _)| go_minor(v) == minor && var == variant)
             .map(|(v, _, p)| (v.clone(), p.clone()))
-            .expect("fixture")
+            .expect("fixture");
+        let copy = dir.join(format!("server-{version}-{variant}"));
+        std::fs::copy(&path, &copy).expect("copy the fixture");
+        (version, copy)
     };
     let client = h2client();
-    let dir = std::env::temp_dir().join(format!("go-h2a-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let (cert, key) = tls_cert(&dir);
     let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
     let config = Config {

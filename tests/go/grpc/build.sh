@@ -21,6 +21,12 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 out_root=$target/go-fixtures
 cache=${GRPC_GOMODCACHE:-/var/cache/collector-go-grpc/mod}
 
+# Tests running in parallel each call this script: one at a time, or their copies into the
+# shared work directories collide ("cp: cannot create regular file: File exists").
+mkdir -p "$target/go-grpc-src"
+exec 9>"$target/go-grpc-src/.lock"
+flock 9
+
 mapfile -t lines < <(grep -v '^[[:space:]]*\(#\|$\)' "$here/versions")
 src_hash=$(cat "$here/build.sh" "$here"/server/*.go "$here"/client/*.go | sha256sum | cut -d' ' -f1)
 
