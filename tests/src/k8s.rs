@@ -40,11 +40,6 @@ pub struct ControlPlane {
     admin: PathBuf,
 }
 
-/// A free loopback port (bound, then released: the tiny race is acceptable for a test).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     ensure!(
@@ -180,7 +175,7 @@ impl ControlPlane {
             ])
             .arg(dir.join("sa.key")))?;
 
-        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        let (client, peer, secure) = (crate::free_port(), crate::free_port(), crate::free_port());
         let etcd_log = fs::File::create(dir.join("etcd.log"))?;
         let etcd = Command::new(cp.bin.join("etcd"))
             .args(["--name", "test", "--data-dir"])
@@ -916,7 +911,7 @@ syncFrequency: 5s
                 .context("starting the kubelet")?,
         );
 
-        let kcm_port = free_port()?;
+        let kcm_port = crate::free_port();
         let kcm_log = fs::File::create(dir.join("controller-manager.log"))?;
         node.controller_manager = Some(
             Command::new(bin.join("kube-controller-manager"))
@@ -974,7 +969,7 @@ syncFrequency: 5s
     pub fn start_scheduler(&mut self, cp: &ControlPlane) -> Result<()> {
         ensure!(self.scheduler.is_none(), "kube-scheduler already runs");
         let (bin, _) = node_bin()?;
-        let port = free_port()?;
+        let port = crate::free_port();
         let log = fs::File::create(self.dir.join("scheduler.log"))?;
         self.scheduler = Some(
             Command::new(bin.join("kube-scheduler"))

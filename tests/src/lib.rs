@@ -1409,6 +1409,20 @@ pub fn spawn_pod_servers(pods: &[Pod], server: &Path, port: u16) -> (Vec<Child>,
     (children, addrs)
 }
 
+/// A collector's configuration for tests of the Go uprobes: on a loopback port, harvesting
+/// every 200 ms, the socket parser (which would count the same requests) off and the uprobes
+/// on for every Go server (`--no-http-socket --go-http-uprobes all`).
+pub fn uprobe_config() -> collector::config::Config {
+    let mut config = collector::config::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        harvest_interval: Duration::from_millis(200),
+        ..collector::config::Config::default()
+    };
+    config.http.socket = false;
+    config.http.uprobes = collector::config::GoUprobes::All;
+    config
+}
+
 /// Starts a collector with the HTTP socket parser on (the default) on a loopback port,
 /// harvesting every 200 ms, and fails the test with the verifier's own words when this kernel
 /// refused the parser: a test of the parser must never pass because nothing was parsed.
@@ -1543,12 +1557,43 @@ impl HostCgroup {
     }
 }
 
-/// A TCP port on loopback that was free a moment ago.
+/// A TCP port on loopback that was free a moment ago, for a server that takes its port as a
+/// flag (etcd, kube-apiserver, Prometheus).
+///
+/// Not `bind(:0)`: that hands out a port of the ephemeral range, which any outgoing connection
+/// on the host may take as its source port before the server binds it (CI once failed with
+/// kube-apiserver's "bind: address already in use" on such a port). Ports below the ephemeral
+/// range are never picked by the kernel for a connection, so only another explicit listener
+/// can race for them; within this process a counter never hands one out twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    let high = ephemeral_low().clamp(LOW + 1_000, 32_768);
+    let span = high - LOW;
+    // Processes (test binaries run one after another, and helpers' runs beside them) start at
+    // different offsets, so they rarely probe the same ports.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + seed.wrapping_add(n) % span;
+        let port = u16::try_from(port).expect("port below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
+}
+
+/// The lowest port the kernel picks for outgoing connections (`ip_local_port_range`).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A self-signed certificate and key for `localhost` in `dir` (openssl, installed by

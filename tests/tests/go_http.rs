@@ -229,14 +229,7 @@ fn expected_route(_minor: u32, _method: &str, path: &str) -> String {
 /// These tests are about the uprobe path: the socket parser (which would count the same
 /// requests) is off, the uprobes on (`--no-http-socket --go-http-uprobes all`).
 async fn start_collector() -> app::Running {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
-    app::start(config).await.expect("collector starts")
+    app::start(uprobe_config()).await.expect("collector starts")
 }
 
 /// Waits until Go discovery lists `pid` as instrumented (`/v1/go-http` lists skipped servers
@@ -654,13 +647,7 @@ async fn sampling_keeps_request_counts_exact() {
         .iter()
         .find(|f| f.version.starts_with("1.25") && f.variant == "default")
         .expect("1.25");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
+    let mut config = uprobe_config();
     config.http.sample_every = 5;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("gs");
@@ -806,13 +793,7 @@ async fn sampling_adapts_to_the_event_budget() {
         .iter()
         .find(|f| f.version.starts_with("1.26") && f.variant == "stripped")
         .expect("1.26");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
+    let mut config = uprobe_config();
     config.http.event_budget = 100;
     let running = app::start(config).await.expect("collector starts");
     let prefix = unique_prefix("ga");

@@ -185,14 +185,7 @@ fn expected_route(path: &str) -> String {
 
 /// These tests are about the uprobe path: the socket parser is off (it reads HTTP/1.x only).
 async fn start_collector() -> app::Running {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
-    app::start(config).await.expect("collector starts")
+    app::start(uprobe_config()).await.expect("collector starts")
 }
 
 fn go_http_listing(addr: SocketAddr) -> serde_json::Value {

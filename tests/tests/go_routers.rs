@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use collector::{app, config::Config};
+use collector::app;
 use integration_tests::*;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -154,14 +154,7 @@ fn keep_alive(addr: SocketAddr, requests: &[Req]) -> Vec<u16> {
 }
 
 async fn start_collector() -> app::Running {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
-    app::start(config).await.expect("collector starts")
+    app::start(uprobe_config()).await.expect("collector starts")
 }
 
 /// The collector's `/v1/go-http` listing.

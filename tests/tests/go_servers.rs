@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use collector::{app, config::Config};
+use collector::app;
 use integration_tests::*;
 use serde_json::Value;
 
@@ -21,14 +21,7 @@ const POLL: Duration = Duration::from_millis(100);
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 async fn start_collector() -> app::Running {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
-    app::start(config).await.expect("collector starts")
+    app::start(uprobe_config()).await.expect("collector starts")
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {

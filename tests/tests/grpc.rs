@@ -497,13 +497,7 @@ async fn with_net_http_probes_each_family_counts_a_call_once() {
         .into_iter()
         .rfind(|f| f.variant == "default")
         .expect("a default build");
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        harvest_interval: Duration::from_millis(200),
-        ..Config::default()
-    };
-    config.http.socket = false;
-    config.http.uprobes = collector::config::GoUprobes::All;
+    let mut config = uprobe_config();
     config.http.grpc_uprobes = true;
     let running = app::start(config).await.expect("collector starts");
     let api = format!("http://{}", running.addr);
