@@ -32,8 +32,19 @@ pub struct GoHttpOffsets {
     /// `Request.TLS` (a pointer, nil for plaintext): with `ProtoMajor`, what tells a request
     /// the socket parser cannot read (`cookie::UNSEEN_ONLY`) from one it counts already.
     pub request_tls: u32,
+    /// Route learning (`--go-http-uprobes auto`): how many more plaintext HTTP/1.x requests,
+    /// left to the socket parser for counting, the probes follow anyway to learn the route
+    /// template their router or ServeMux matched (`flags::LEARNED` records, never counted).
+    /// Userspace opens a window by setting it and closes it at 0 or after a while; the
+    /// kernel takes one per request (atomically: requests run on every CPU).
+    pub learn: i64,
 }
-assert_layout!(GoHttpOffsets, 40);
+assert_layout!(GoHttpOffsets, 48);
+
+/// `Inflight::flags`: a request followed only to learn its route (`GoHttpOffsets::learn`):
+/// never counted (the socket parser counts it), ended with a `flags::LEARNED` record or
+/// nothing. Above the record flags' 16 bits.
+pub const INFLIGHT_LEARN: u32 = 1 << 16;
 
 /// Offset of `hash` (u32) in a Go itab (`runtime.itab`, `internal/abi.ITab` since Go 1.22):
 /// after the interface and type pointers in every Go release the uprobes support.
@@ -108,6 +119,12 @@ pub mod flags {
     /// writer whose layout is not known — another HTTP/2 server than net/http's own (such as
     /// golang.org/x/net/http2's), or a binary without the writer's offsets.
     pub const UNOBSERVED: u16 = 128;
+    /// Not a request to count (the socket parser counted it): the route template (`PATTERN`)
+    /// a router or ServeMux matched for one of the workload's plaintext requests, from a
+    /// route-learning window (`GoHttpOffsets::learn`). `route` holds the template only.
+    pub const LEARNED: u16 = 256;
+    /// With `LEARNED`: the template is ServeMux's pattern (`Request.Pattern`), not a router's.
+    pub const MUX: u16 = 512;
 }
 
 pub const METHOD_MAX: usize = 8;

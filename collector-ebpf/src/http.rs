@@ -46,8 +46,8 @@ use collector_common::{
     cookie,
     event::{EVENT_VERSION, EventHeader, EventKind},
     http::{
-        GoHttpOffsets, HttpCounts, HttpEvent, ITAB_HASH, Inflight, InflightKey, METHOD_MAX,
-        ROUTE_MAX, ResponseKey, flags,
+        GoHttpOffsets, HttpCounts, HttpEvent, INFLIGHT_LEARN, ITAB_HASH, Inflight, InflightKey,
+        METHOD_MAX, ROUTE_MAX, ResponseKey, flags,
     },
     maps::{
         HTTP_INFLIGHT_PER_SERVER, HTTP_INFLIGHT_SERVERS_ENTRIES, HTTP_STATUS_ASIDE_ENTRIES,
@@ -253,21 +253,46 @@ fn ends(ctx: &ProbeContext, entry: &Inflight) -> bool {
     slot_generation(slot) == generation && slot_generation(entry.slot) != entry.generation
 }
 
-/// With `cookie::UNSEEN_ONLY` (`--go-http-uprobes auto`): whether the socket parser reads this
-/// request itself — plaintext HTTP/1.x (`ProtoMajor` 1, `TLS` nil) — so these probes leave it
-/// to the parser instead of counting it twice. A link whose slot was emptied cannot read the
-/// request and leaves every one (its binary is on its way out).
+/// Under `cookie::UNSEEN_ONLY` (`--go-http-uprobes auto`), what the probes do with a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// The socket parser cannot read it (TLS, HTTP/2): the probes count it.
+    No,
+    /// Plaintext HTTP/1.x (`ProtoMajor` 1, `TLS` nil): the parser counts it; left to it.
+    Yes,
+    /// Plaintext HTTP/1.x in a route-learning window (`GoHttpOffsets::learn`): left to the
+    /// parser for counting, followed for its route template only.
+    Learn,
+}
+
+/// Whether the socket parser reads this request itself, so these probes leave it instead of
+/// counting it twice. A link whose slot was emptied cannot read the request and leaves every
+/// one (its binary is on its way out).
 #[inline(always)]
-fn parser_reads(slot: u32, request: u64, emptied: bool) -> bool {
+fn parser_reads(slot: u32, request: u64, emptied: bool) -> Leave {
     if emptied {
-        return true;
+        return Leave::Yes;
     }
-    let Some(o) = HTTP_OFFSETS.get(slot) else {
-        return true;
+    let Some(o) = HTTP_OFFSETS.get_ptr_mut(slot) else {
+        return Leave::Yes;
     };
+    // SAFETY: a live element of the array (never freed); `learn` is only touched atomically.
+    let o = unsafe { &mut *o };
     let major: Option<u64> = read_user(request.wrapping_add(u64::from(o.request_proto_major)));
     let tls: Option<u64> = read_user(request.wrapping_add(u64::from(o.request_tls)));
-    major == Some(1) && tls == Some(0)
+    if major != Some(1) || tls != Some(0) {
+        return Leave::No;
+    }
+    // Read first: outside a window (nearly always) no atomic write to a shared line.
+    // SAFETY: an aligned field of the live element.
+    if unsafe { core::ptr::read_volatile(&raw const o.learn) } <= 0 {
+        return Leave::Yes;
+    }
+    if SharedCount(&raw mut o.learn).fetch_add(-1) > 0 {
+        Leave::Learn
+    } else {
+        Leave::Yes
+    }
 }
 
 #[inline(always)]
@@ -281,9 +306,15 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
     // only if no live link of this point tracks it, and ends counted without its offsets.
     let emptied = valid == 0;
     let r = regs(&ctx);
-    if unseen_only && parser_reads(slot, r.rdi, emptied) {
-        return 0;
-    }
+    let learn = if unseen_only {
+        match parser_reads(slot, r.rdi, emptied) {
+            Leave::Yes => return 0,
+            Leave::Learn => true,
+            Leave::No => false,
+        }
+    } else {
+        false
+    };
     let k = key(r.g);
     // A status set aside for an earlier request whose response sat at the same address.
     let _ = HTTP_STATUS_ASIDE.remove(&ResponseKey {
@@ -297,7 +328,7 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
         request: r.rdi,
         response: r.rcx,
         status: 0,
-        flags: 0,
+        flags: if learn { INFLIGHT_LEARN } else { 0 },
         slot,
         generation,
         writer_itab: r.rbx,
@@ -311,6 +342,12 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
         && old.slot == entry.slot
         && old.generation == entry.generation
     {
+        return 0;
+    }
+    if learn {
+        // Bounded by the window's own budget, not the server's; never counted, so nothing
+        // is lost when it cannot be followed.
+        let _ = HTTP_INFLIGHT.insert(&k, &entry, BPF_NOEXIST as u64);
         return 0;
     }
     let budget = server_entries(k.tgid);
@@ -432,6 +469,12 @@ fn http_serve_return_impl(ctx: ProbeContext) -> u32 {
     if !ends(&ctx, &entry) {
         return 0;
     }
+    if entry.flags & INFLIGHT_LEARN != 0 {
+        // Never charged to the server's budget (`http_serve_start_impl`).
+        let _ = HTTP_INFLIGHT.remove(&k);
+        learned(&k, &entry);
+        return 0;
+    }
     untrack(&k);
     finish(&k, &entry, 0);
     0
@@ -446,6 +489,11 @@ fn http_goroutine_done_impl(ctx: ProbeContext) -> u32 {
     if let Some(entry) = (unsafe { HTTP_INFLIGHT.get(&k) }).copied()
         && ends(&ctx, &entry)
     {
+        if entry.flags & INFLIGHT_LEARN != 0 {
+            // A learning request that never returned: no template to trust, nothing to count.
+            let _ = HTTP_INFLIGHT.remove(&k);
+            return 0;
+        }
         untrack(&k);
         finish(&k, &entry, ended_early(&entry));
     }
@@ -567,8 +615,66 @@ fn offsets_of(entry: &Inflight) -> Option<&'static GoHttpOffsets> {
     (off.valid != 0 && off.valid == entry.generation).then_some(off)
 }
 
+/// The route template of a learning request (`INFLIGHT_LEARN`), as a `flags::LEARNED`
+/// record: its router's, else ServeMux's pattern. Nothing when it has none, or a cut one (no
+/// use for matching paths), or the ring is full: a window learns from many requests, and a
+/// lost one is no lost signal (not a `KernelDrop`, which would make verdicts unknown).
+#[inline(always)]
+fn learned(k: &InflightKey, entry: &Inflight) {
+    let Some(off) = offsets_of(entry) else {
+        return;
+    };
+    let Some(mut slot) = EVENTS.reserve::<HttpEvent>(0) else {
+        return;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned record; every field is written
+    // below before it is submitted.
+    let found = unsafe {
+        (*ev).header = EventHeader {
+            kind: EventKind::Http as u16,
+            version: EVENT_VERSION,
+            _pad: 0,
+            ts_ns: bpf_ktime_get_ns(),
+        };
+        (*ev).tgid = k.tgid;
+        (*ev).status = 0;
+        (*ev).cgroup_id = current_owner().cgroup_id;
+        (*ev).duration_ns = 0;
+        (*ev).method = [0; METHOD_MAX];
+        (*ev).method_len = 0;
+        (*ev).method_code = 0;
+        (*ev)._pad2 = 0;
+        (*ev).flags = flags::LEARNED | flags::PATTERN;
+        match crate::router::take(k, entry, (*ev).route.as_mut_ptr()) {
+            Some((n, cut)) => {
+                (*ev).route_len = n;
+                !cut
+            }
+            None if off.request_pattern != 0 => {
+                (*ev).flags |= flags::MUX;
+                let at = entry.request + off.request_pattern as u64;
+                let p = read_user::<u64>(at).unwrap_or(0);
+                let n = read_user::<u64>(at + 8).unwrap_or(0);
+                (*ev).route_len = read_go_string(p, n, (*ev).route.as_mut_ptr(), ROUTE_MAX) as u16;
+                n > 0 && n <= ROUTE_MAX as u64
+            }
+            None => false,
+        }
+    };
+    if found {
+        slot.submit(crate::emit::record_wake_flags());
+    } else {
+        slot.discard(0);
+    }
+}
+
 #[inline(always)]
 fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
+    if entry.flags & INFLIGHT_LEARN != 0 {
+        // A learning request replaced by its goroutine's next (Goexit): never counted.
+        return;
+    }
     // SAFETY: plain helper. The start's clock, for the duration.
     let end_ns = unsafe { bpf_ktime_get_boot_ns() };
     let mut status = entry.status;

@@ -39,7 +39,10 @@ use crate::{
     probes::{
         AttachReport, ProbeSet, btf,
         go_grpc::{self, attach::GoGrpcProbes},
-        go_http::{attach::GoHttpProbes, listing::GoServer},
+        go_http::{
+            attach::{GoHttpProbes, LEARN_TICK},
+            listing::GoServer,
+        },
         http_wire,
         ladder::Programs,
         offsets::Prepared,
@@ -376,6 +379,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let reader_metrics = metrics.clone();
     let reader_shutdown = shutdown_rx.clone();
+    // Under `auto`, the aggregator tells Go discovery which processes the socket parser counts
+    // requests of: their route templates are learned in short windows.
+    let served_tx =
+        (discovery.is_some() && config.http.uprobes == GoUprobes::Auto).then(|| exec_tx.clone());
     let exec_tx = (discovery.is_some() || wants_execs).then_some(exec_tx);
     tasks.push((
         "reader",
@@ -403,6 +410,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_verdicts(engine)
         .with_sampler(sampler)
         .with_go_http(go_state.clone());
+    let aggregator = match served_tx {
+        Some(tx) => aggregator.with_served_notices(tx),
+        None => aggregator,
+    };
     let aggregator = match grpc_aggregate {
         Some(g) => aggregator.with_grpc(g),
         None => aggregator,
@@ -514,11 +525,18 @@ fn spawn_discovery(
         publish(&probes);
         let mut last_scan = std::time::Instant::now();
         loop {
-            match exec_rx.recv_timeout(RESCAN_EVERY) {
+            // An open route-learning window may spend its budget in milliseconds.
+            let wait = if probes.learning() {
+                LEARN_TICK
+            } else {
+                RESCAN_EVERY
+            };
+            match exec_rx.recv_timeout(wait) {
                 Ok(Notice::Exec(pid)) => probes.observe(pid, std::time::Instant::now()),
                 Ok(Notice::Unseen(server)) => {
                     probes.on_unseen(server, std::time::Instant::now());
                 }
+                Ok(Notice::Served(pid)) => probes.on_served(pid, std::time::Instant::now()),
                 Err(RecvTimeoutError::Timeout) => {}
                 // The reader stopped: shutting down.
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -526,6 +544,8 @@ fn spawn_discovery(
             if last_scan.elapsed() >= RESCAN_EVERY {
                 probes.rescan(std::time::Instant::now());
                 last_scan = std::time::Instant::now();
+            } else if probes.learning() {
+                probes.tick_learning(std::time::Instant::now());
             }
             publish(&probes);
         }

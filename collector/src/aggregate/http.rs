@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use collector_common::{http::HttpCounts, maps::KernelDrop};
 
 use super::harvest::Counters;
+use super::templates::Templates;
 use crate::events::{HttpRequest, Outcome};
 
 impl Counters for HttpCounts {
@@ -99,6 +100,8 @@ pub struct RouteTable {
     probe_paths: FastSet<String>,
     max_routes: usize,
     routes: HashMap<String, FastSet<String>, foldhash::fast::RandomState>,
+    /// Route templates learned per workload (`templates`), at most `max_routes` each.
+    learned: HashMap<String, Templates, foldhash::fast::RandomState>,
 }
 
 /// Looked up on every record. Seeded fast hashing (SipHash of the workload name and the route
@@ -112,20 +115,39 @@ impl RouteTable {
             probe_paths: probe_paths.iter().cloned().collect(),
             max_routes,
             routes: HashMap::default(),
+            learned: HashMap::default(),
         }
     }
 
     /// Drops the routes of a forgotten workload (see `Metrics::forget`).
     pub fn forget(&mut self, workload: &str) {
         self.routes.remove(workload);
+        self.learned.remove(workload);
+    }
+
+    /// A route template the workload's router matched (`Event::RouteLearned`): its paths are
+    /// counted under it from now on. True when it is new.
+    pub fn learn(&mut self, workload: &str, template: &str, mux: bool) -> bool {
+        if !self.learned.contains_key(workload) {
+            self.learned
+                .insert(workload.to_string(), Templates::default());
+        }
+        let t = self.learned.get_mut(workload).expect("inserted above");
+        t.len() < self.max_routes && t.insert(pattern_route(template), mux)
     }
 
     /// `workload` is the workload's stable name (its label value).
     pub fn classify(&mut self, workload: &str, r: &HttpRequest) -> Classified {
+        let learned = || {
+            self.learned
+                .get(workload)?
+                .matching(&r.route)
+                .map(|t| pattern_route(t).to_string())
+        };
         let route = if r.route_is_pattern {
             pattern_route(&r.route).to_string()
         } else {
-            normalize_path(&r.route)
+            learned().unwrap_or_else(|| normalize_path(&r.route))
         };
         // Probe paths are matched on the raw path (or the pattern's path part).
         let path = if r.route_is_pattern {
@@ -227,6 +249,34 @@ mod tests {
         ] {
             assert_eq!(pattern_route(pattern), want, "{pattern:?}");
         }
+    }
+
+    /// Catches: learned templates not applied to the parser's paths (normalised instead),
+    /// applied to another workload, a probe path hidden behind a template, or more templates
+    /// kept than the route cap.
+    #[test]
+    fn learned_templates_name_the_paths_of_their_workload() {
+        let mut t = RouteTable::new(&["/healthz".into()], 3);
+        assert!(t.learn("w", "/items/:id", false));
+        assert!(!t.learn("w", "/items/:id", false));
+        assert!(t.learn("w", "GET /{path...}", true));
+        assert_eq!(
+            t.classify("w", &req("/items/42", false)).route,
+            "/items/:id"
+        );
+        assert_eq!(
+            t.classify("v", &req("/items/42", false)).route,
+            "/items/{id}"
+        );
+        let c = t.classify("w", &req("/healthz", false));
+        assert_eq!((c.route.as_str(), c.probe), ("/{path...}", true));
+        assert!(t.learn("w", "/a", false));
+        assert!(!t.learn("w", "/b", false), "over the route cap");
+        t.forget("w");
+        assert_eq!(
+            t.classify("w", &req("/items/42", false)).route,
+            "/items/{id}"
+        );
     }
 
     #[test]

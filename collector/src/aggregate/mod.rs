@@ -8,6 +8,7 @@ pub mod harvest;
 pub mod http;
 pub mod sampling;
 pub mod tcp;
+pub mod templates;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +21,7 @@ use collector_common::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::events::Notice;
 use crate::probes::{Signal, go_http::listing::GoServer, misses};
 use crate::{
     events::{Event, HttpRequest},
@@ -233,7 +235,17 @@ pub struct Aggregator<S> {
     grpc: Option<grpc::GrpcAggregate>,
     /// What records resolve to, kept until the next harvest (see `RecordMemo`).
     memo: RecordMemo,
+    /// `--go-http-uprobes auto`: Go discovery, told which processes serve requests the socket
+    /// parser counts (`Notice::Served`), so their route templates can be learned; with when
+    /// each process was last told.
+    served: Option<(std::sync::mpsc::SyncSender<Notice>, HashMap<u32, Instant>)>,
 }
+
+/// How often Go discovery is told again that a process serves requests (`Aggregator::served`):
+/// its learning windows are minutes apart.
+const SERVED_EVERY: Duration = Duration::from_secs(30);
+/// Processes remembered as told (`Aggregator::served`) before the stale ones are dropped.
+const SERVED_TOLD_MAX: usize = 4_096;
 
 /// Per-record resolution, done once per harvest interval instead of once per record.
 ///
@@ -302,7 +314,49 @@ impl<S: StatsSource> Aggregator<S> {
             go_owners: HashMap::new(),
             grpc: None,
             memo: RecordMemo::default(),
+            served: None,
         }
+    }
+
+    /// Tells Go discovery which processes serve requests (see `served`).
+    pub fn with_served_notices(mut self, tx: std::sync::mpsc::SyncSender<Notice>) -> Self {
+        self.served = Some((tx, HashMap::new()));
+        self
+    }
+
+    /// A route template learned for a workload's plaintext requests (`Event::RouteLearned`).
+    fn on_route_learned(&mut self, l: &crate::events::LearnedRoute, now: Instant) {
+        let owner = OwnerKey {
+            cgroup_id: l.cgroup_id,
+            tgid: l.tgid,
+            _pad: 0,
+        };
+        let (labels, _) = self
+            .metrics
+            .labels_or_capped(&self.identity.workload_of(&owner, now));
+        if self.routes.learn(&labels.workload, &l.template, l.mux) {
+            self.metrics.collector.http_routes_learned.inc();
+        }
+    }
+
+    /// The first record of `tgid` since the last harvest: Go discovery is told (at most every
+    /// `SERVED_EVERY`) that it serves requests, off the per-record path.
+    fn tell_served(&mut self, tgid: u32, now: Instant) {
+        let Some((tx, told)) = self.served.as_mut() else {
+            return;
+        };
+        if told
+            .get(&tgid)
+            .is_some_and(|t| now.saturating_duration_since(*t) < SERVED_EVERY)
+        {
+            return;
+        }
+        if told.len() >= SERVED_TOLD_MAX {
+            told.retain(|_, t| now.saturating_duration_since(*t) < SERVED_EVERY);
+        }
+        told.insert(tgid, now);
+        // A full channel: told again after `SERVED_EVERY`.
+        let _ = tx.try_send(Notice::Served(tgid));
     }
 
     /// Counts gRPC calls (see `grpc`).
@@ -365,6 +419,7 @@ impl<S: StatsSource> Aggregator<S> {
                 }
             }
             // Exec events go to Go discovery, not here.
+            Event::RouteLearned(l) => self.on_route_learned(&l, now),
             Event::Exec { .. } | Event::Unseen(_) => {}
         }
     }
@@ -380,6 +435,9 @@ impl<S: StatsSource> Aggregator<S> {
             tgid: r.tgid,
             _pad: 0,
         };
+        if self.served.is_some() && !self.memo.workloads.contains_key(&owner) {
+            self.tell_served(r.tgid, now);
+        }
         let workload = match self.memo.workloads.get_mut(&owner) {
             Some(w) => {
                 if w.capped {

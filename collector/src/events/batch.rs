@@ -73,8 +73,8 @@ impl<'a> Iterator for Records<'a> {
 pub fn decode_batch(batch: &RecordBatch, metrics: &Metrics, mut on_event: impl FnMut(Event)) {
     let m = &metrics.collector;
     // Counted per kind once per batch, not per record (a label-set lookup each).
-    let mut received = [0u64; 5];
-    let mut kinds = [""; 5];
+    let mut received = [0u64; 6];
+    let mut kinds = [""; 6];
     for record in batch.records() {
         match decode(record) {
             Ok(event) => {
@@ -84,6 +84,7 @@ pub fn decode_batch(batch: &RecordBatch, metrics: &Metrics, mut on_event: impl F
                     Event::Process { .. } => 2,
                     Event::Exec { .. } => 3,
                     Event::Unseen(_) => 4,
+                    Event::RouteLearned(_) => 5,
                 };
                 received[i] += 1;
                 kinds[i] = event.kind();

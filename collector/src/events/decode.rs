@@ -7,7 +7,7 @@ use collector_common::{
     process::{ExecEvent, ProcessEvent},
 };
 
-use super::{Event, GrpcCall, HttpRequest, Outcome, UnseenKind, UnseenServer};
+use super::{Event, GrpcCall, HttpRequest, LearnedRoute, Outcome, UnseenKind, UnseenServer};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -130,6 +130,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 }
             };
             let raw = String::from_utf8_lossy(&ev.route[..rl]);
+            if ev.flags & flags::LEARNED != 0 {
+                return Ok(Event::RouteLearned(LearnedRoute {
+                    tgid: ev.tgid,
+                    cgroup_id: ev.cgroup_id,
+                    template: raw.into_owned(),
+                    mux: ev.flags & flags::MUX != 0,
+                }));
+            }
             let (method, route) = if ev.flags & flags::WIRE != 0 {
                 // Raw bytes from the wire: the target ends at the first space or line end;
                 // `WIRE_LINE` records hold the start line itself, method first.
@@ -252,6 +260,31 @@ mod tests {
             panic!("not http")
         };
         assert_eq!(r.method, "_OTHER");
+    }
+
+    /// Catches: a learned route taken for a request (counted, a 200 made up), or ServeMux's
+    /// flag lost (its subtrees then matched as exact paths).
+    #[test]
+    fn learned_routes_are_no_requests() {
+        let ev = http_event(
+            0,
+            flags::LEARNED | flags::PATTERN | flags::MUX,
+            "GET /items/{id}",
+        );
+        assert_eq!(
+            decode(&bytes_of(&ev)).expect("valid"),
+            Event::RouteLearned(LearnedRoute {
+                tgid: ev.tgid,
+                cgroup_id: ev.cgroup_id,
+                template: "GET /items/{id}".into(),
+                mux: true,
+            })
+        );
+        let ev = http_event(0, flags::LEARNED | flags::PATTERN, "/items/:id");
+        let Event::RouteLearned(l) = decode(&bytes_of(&ev)).expect("valid") else {
+            panic!("not a learned route")
+        };
+        assert_eq!((l.template.as_str(), l.mux), ("/items/:id", false));
     }
 
     /// Catches: a kind byte taken as it comes (a TLS notice read as h2c, an unknown kind

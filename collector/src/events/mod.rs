@@ -7,12 +7,14 @@ pub mod decode;
 pub mod kernel_log;
 pub mod reader;
 
-/// What the reader hands Go discovery, decoded: a process that exec'd, or a server socket
-/// the socket parser cannot read.
+/// What Go discovery is told: by the reader, a process that exec'd or a server socket the
+/// socket parser cannot read; by the aggregator, a process whose requests the socket parser
+/// counts (`Served`: its route templates may be learned, `GoHttpProbes::on_served`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
     Exec(u32),
     Unseen(UnseenServer),
+    Served(u32),
 }
 
 /// A decoded kernel event.
@@ -33,6 +35,21 @@ pub enum Event {
     /// A server socket speaks what the socket parser cannot read (Go discovery attaches
     /// uprobes to the Go server behind it, `--go-http-uprobes auto`).
     Unseen(UnseenServer),
+    /// A route template a Go server's router (or ServeMux) matched for a plaintext request the
+    /// socket parser counted (`collector_common::http::flags::LEARNED`): not a request.
+    RouteLearned(LearnedRoute),
+}
+
+/// `Event::RouteLearned`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LearnedRoute {
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    /// As the router or ServeMux holds it (`/items/:id`, `GET /items/{id}`).
+    pub template: String,
+    /// ServeMux's pattern (`Request.Pattern`) rather than a router's template: a trailing `/`
+    /// then matches a subtree.
+    pub mux: bool,
 }
 
 /// `collector_common::http::unseen::UnseenEvent`, checked.
@@ -109,6 +126,7 @@ impl Event {
             Event::Http(_) => "http",
             Event::Grpc(_) => "grpc",
             Event::Unseen(_) => "unseen",
+            Event::RouteLearned(_) => "route_learned",
         }
     }
 }

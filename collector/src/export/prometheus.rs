@@ -131,6 +131,10 @@ pub struct SelfMetrics {
     pub go_binaries_instrumented: Gauge,
     pub go_binaries_skipped: Family<ReasonLabels, Counter>,
     pub http_inflight_swept: Counter,
+    /// Route templates learned for plaintext requests (`--go-http-uprobes auto`).
+    pub http_routes_learned: Counter,
+    /// Route-learning windows opened on Go servers (`--go-http-uprobes auto`).
+    pub go_route_learning_windows: Counter,
     pub http_sample_every: Gauge,
     /// Records lost in userspace (rejected at decoding, or dropped with the channel full):
     /// read by the aggregator to mark verdict windows unknown.
@@ -174,6 +178,8 @@ impl Metrics {
             go_binaries_instrumented: Gauge::default(),
             go_binaries_skipped: Family::default(),
             http_inflight_swept: Counter::default(),
+            http_routes_learned: Counter::default(),
+            go_route_learning_windows: Counter::default(),
             http_sample_every: Gauge::default(),
             records_lost: AtomicU64::new(0),
             api: Default::default(),
@@ -246,6 +252,16 @@ impl Metrics {
             "collector_http_inflight_swept",
             "In-flight requests dropped because their process exited or they never ended",
             c.http_inflight_swept.clone(),
+        );
+        registry.register(
+            "collector_http_routes_learned",
+            "Route templates of Go routers and ServeMux learned for requests the socket parser counts (distinct per workload)",
+            c.http_routes_learned.clone(),
+        );
+        registry.register(
+            "collector_go_route_learning_windows",
+            "Windows in which Go servers served by the socket parser were instrumented briefly to learn their route templates",
+            c.go_route_learning_windows.clone(),
         );
         registry.register(
             "collector_http_sample_every",

@@ -252,7 +252,37 @@ pub struct GoHttpProbes {
     /// scan for `PENDING_TTL`.
     pending: Vec<(UnseenServer, Instant)>,
     cgroup2: Option<PathBuf>,
+    /// Under `Auto`: route learning of files whose requests the socket parser counts
+    /// (`on_served`).
+    learning: HashMap<(u64, u64), Learning>,
 }
+
+/// Route learning of one file (`GoHttpProbes::on_served`): its plaintext requests are counted
+/// by the socket parser, which cannot see the route template the server's router matched;
+/// the uprobes are attached for a short window, follow up to `LEARN_BUDGET` requests for their
+/// template only (`GoHttpOffsets::learn`), and are detached again. Windows grow apart
+/// (`LEARN_GAP_FIRST` doubling to `LEARN_GAP_MAX`) so routes seldom taken are learned too
+/// while the traps stay a vanishing share of the requests.
+#[derive(Debug)]
+struct Learning {
+    /// The open window's end; None while closed.
+    open_until: Option<Instant>,
+    /// When the next window may open.
+    next: Instant,
+    /// The gap after the window open now or next.
+    gap: Duration,
+    windows: u32,
+}
+
+/// Requests a window follows (each takes the ~3 traps of the net/http probes and the router's):
+/// at 1,000 the window costs ~60 ms of a server's CPU, at any rate.
+pub const LEARN_BUDGET: i64 = 1_000;
+/// The longest a window stays open (a server with little traffic).
+const LEARN_WINDOW: Duration = Duration::from_secs(30);
+const LEARN_GAP_FIRST: Duration = Duration::from_secs(60);
+const LEARN_GAP_MAX: Duration = Duration::from_secs(30 * 60);
+/// How often open windows are looked at (their budget may run out in milliseconds).
+pub const LEARN_TICK: Duration = Duration::from_millis(200);
 
 /// How long a notice waits for its server to be discovered (`GoHttpProbes::pending`).
 const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -396,7 +426,151 @@ impl GoHttpProbes {
             unseen: HashMap::new(),
             pending: Vec::new(),
             cgroup2: crate::identity::cgroup::find_cgroup2_mount(),
+            learning: HashMap::new(),
         })
+    }
+
+    /// A process serves requests the socket parser counts (the aggregator's notice): when it
+    /// runs a Go net/http server left to the parser, a route-learning window opens (`Learning`)
+    /// unless one is open or the next is not due.
+    pub fn on_served(&mut self, pid: u32, now: Instant) {
+        if self.mode != GoUprobes::Auto {
+            return;
+        }
+        let Some((id, slot)) = self.files.iter().find_map(|(id, t)| match t {
+            Tracked::Skipped {
+                reason: Some(SkipReason::NotNeeded),
+                pids,
+                ..
+            } if pids.contains(&pid) => Some((*id, None)),
+            // Instrumented for its TLS or h2c requests: its plaintext ones are the parser's.
+            Tracked::Instrumented {
+                pids,
+                unseen_only: true,
+                slot,
+                ..
+            } if pids.contains(&pid) => Some((*id, Some(*slot))),
+            _ => None,
+        }) else {
+            return;
+        };
+        let l = self.learning.entry(id).or_insert(Learning {
+            open_until: None,
+            next: now,
+            gap: LEARN_GAP_FIRST,
+            windows: 0,
+        });
+        if l.open_until.is_some() || now < l.next {
+            return;
+        }
+        l.open_until = Some(now + LEARN_WINDOW);
+        let opened = match slot {
+            Some(slot) => self.set_learn(slot, LEARN_BUDGET),
+            None => {
+                self.files.remove(&id);
+                self.observe(pid, now);
+                matches!(self.files.get(&id), Some(Tracked::Instrumented { .. }))
+            }
+        };
+        let l = self.learning.get_mut(&id).expect("inserted above");
+        if opened {
+            l.windows += 1;
+            self.metrics.collector.go_route_learning_windows.inc();
+            info!(
+                pid,
+                window = l.windows,
+                "learning the route templates of a Go server the socket parser counts"
+            );
+        } else {
+            // Not attachable (listed with its reason): tried again after the gap.
+            l.open_until = None;
+            l.next = now + l.gap;
+        }
+    }
+
+    /// Sets the learning budget of an attached file's slot (`GoHttpOffsets::learn`).
+    fn set_learn(&mut self, slot: u32, budget: i64) -> bool {
+        match self.offsets.get(&slot, 0) {
+            Ok(mut v) if v.valid != 0 => {
+                v.learn = budget;
+                self.offsets.set(slot, &v, 0).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The remaining budget of an attached file's open window.
+    fn learn_left(&self, id: (u64, u64)) -> i64 {
+        match self.files.get(&id) {
+            Some(Tracked::Instrumented { slot, .. }) => {
+                self.offsets.get(slot, 0).map_or(0, |v| v.learn)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether a learning window is open (discovery then looks every `LEARN_TICK`).
+    pub fn learning(&self) -> bool {
+        self.learning.values().any(|l| l.open_until.is_some())
+    }
+
+    /// Closes the windows whose budget ran out or whose time is up: a file attached only for
+    /// its window is detached (listed `not_needed` again); one instrumented for its TLS or h2c
+    /// requests keeps its uprobes, its budget set to 0.
+    pub fn tick_learning(&mut self, now: Instant) {
+        let due: Vec<(u64, u64)> = self
+            .learning
+            .iter()
+            .filter(|(id, l)| {
+                l.open_until
+                    .is_some_and(|end| now >= end || self.learn_left(**id) <= 0)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(l) = self.learning.get_mut(&id) {
+                l.open_until = None;
+                l.next = now + l.gap;
+                l.gap = (l.gap * 2).min(LEARN_GAP_MAX);
+            }
+            match self.files.get(&id) {
+                Some(Tracked::Instrumented { slot, .. }) if self.unseen.contains_key(&id) => {
+                    let slot = *slot;
+                    self.set_learn(slot, 0);
+                }
+                Some(Tracked::Instrumented { .. }) => {
+                    if let Some(pids) = self.detach(id) {
+                        debug!("route-learning window closed: Go net/http uprobes detached");
+                        if let Some(pid) = pids.into_iter().next() {
+                            self.observe(pid, now);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Detaches an instrumented file and forgets it; its pids.
+    fn detach(&mut self, id: (u64, u64)) -> Option<HashSet<u32>> {
+        let Some(Tracked::Instrumented {
+            slot,
+            mut links,
+            pids,
+            ..
+        }) = self.files.remove(&id)
+        else {
+            return None;
+        };
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = take_links(&mut ebpf, &mut links);
+        drop(ebpf);
+        self.reap(taken);
+        self.release(slot);
+        if let Some(r) = self.routers.as_mut() {
+            r.release(id);
+        }
+        Some(pids)
     }
 
     /// `GoUprobes::Auto`: a server is instrumented only once its sockets speak what the socket
@@ -689,10 +863,14 @@ impl GoHttpProbes {
         // missed). Decided before the DWARF read and the address checks: on a node every Go
         // daemon (kubelet, containerd, the apiserver) is looked at, and most never need them.
         let unseen_only = self.mode == GoUprobes::Auto;
-        if unseen_only && !self.unseen.contains_key(&id) {
+        let learning = self
+            .learning
+            .get(&id)
+            .is_some_and(|l| l.open_until.is_some());
+        if unseen_only && !self.unseen.contains_key(&id) && !learning {
             return Err(skipped(
                 SkipReason::NotNeeded,
-                "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c",
+                "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c, and for short windows that learn its route templates",
                 go,
             ));
         }
@@ -763,6 +941,7 @@ impl GoHttpProbes {
             h2_rws_status: offsets.http2.map_or(0, |h| h.rws_status),
             valid: self.generation,
             request_tls: offsets.request_tls,
+            learn: if learning { LEARN_BUDGET } else { 0 },
         };
         let http2 = http2_coverage(&bin, offsets.http2);
         self.generation = self.generation.checked_add(1).unwrap_or(1);
@@ -884,24 +1063,19 @@ impl GoHttpProbes {
             }
         }
         for id in gone {
-            if let Some(Tracked::Instrumented {
-                slot,
-                mut links,
-                path,
-                ..
-            }) = self.files.remove(&id)
-            {
-                let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-                let taken = take_links(&mut ebpf, &mut links);
-                drop(ebpf);
-                self.reap(taken);
-                self.release(slot);
-                if let Some(r) = self.routers.as_mut() {
-                    r.release(id);
+            let path = match self.files.get(&id) {
+                Some(Tracked::Instrumented { path, .. }) => path.clone(),
+                _ => {
+                    self.files.remove(&id);
+                    continue;
                 }
-                info!(exe = %path.display(), "last process gone: Go net/http uprobes detached");
-            }
+            };
+            self.detach(id);
+            info!(exe = %path.display(), "last process gone: Go net/http uprobes detached");
         }
+        let files = &self.files;
+        self.learning.retain(|id, _| files.contains_key(id));
+        self.tick_learning(now);
         self.sweep_inflight(&live);
         self.retry_unseen(now);
         self.update_gauges();
