@@ -536,7 +536,7 @@ fn spawn_discovery(
                 Ok(Notice::Unseen(server)) => {
                     probes.on_unseen(server, std::time::Instant::now());
                 }
-                Ok(Notice::Served(pid)) => probes.on_served(pid, std::time::Instant::now()),
+                Ok(Notice::Served(owner)) => probes.on_served(owner, std::time::Instant::now()),
                 Err(RecvTimeoutError::Timeout) => {}
                 // The reader stopped: shutting down.
                 Err(RecvTimeoutError::Disconnected) => break,

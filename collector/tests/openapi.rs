@@ -255,6 +255,7 @@ fn every_documented_response_is_served_and_every_route_documented() {
             instrumented: false,
             reason: SkipReason::NoOffsets,
             detail: "no DWARF, and the offsets table has no row for Go 1.19".into(),
+            route_learning_windows: None,
         })])),
         verdicts: engine.shared(),
         readiness_fail_on: Arc::new(vec![State::Unhealthy]),

@@ -1301,7 +1301,7 @@ pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f
     let mut found = None;
     for l in text
         .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
     {
         if labels
             .iter()

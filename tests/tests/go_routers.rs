@@ -135,9 +135,16 @@ fn read_response(r: &mut BufReader<TcpStream>) -> u16 {
 
 /// Requests one after the other on one keep-alive connection; returns their statuses.
 fn keep_alive(addr: SocketAddr, requests: &[Req]) -> Vec<u16> {
+    keep_alive_on(addr, requests, false)
+}
+
+/// `keep_alive`, with `nodelay`: `write!` sends a request in several writes, and without it
+/// Nagle holds each one's tail for the server's delayed ACK (40 ms a request).
+fn keep_alive_on(addr: SocketAddr, requests: &[Req], nodelay: bool) -> Vec<u16> {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
+    s.set_nodelay(nodelay).expect("nodelay");
     let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
     requests
@@ -520,4 +527,191 @@ async fn guest_router_templates_on_this_kernel() {
     }
     assert!(checked > 0, "no router fixture");
     running.shutdown().await;
+}
+
+/// The collector's default (`--go-http-uprobes auto`, the socket parser on): a router's
+/// plaintext requests are counted by the parser, trap-free, and named by the route templates
+/// learned in a short uprobe window (`GoHttpProbes::on_served`), after which the uprobes are
+/// detached again. For gin, chi (a mounted router: joined pieces), echo v4 and gorilla/mux,
+/// each from its own copy of a fixture (learning windows are per file):
+/// - while learning, the parser's counts stay exactly the client's: a request followed for its
+///   template is never counted by the uprobes as well;
+/// - the window closes on its budget and the server is listed `not_needed` again (the traps
+///   stop);
+/// - afterwards, exact counts per (method, route template, status), the unmatched path
+///   normalised.
+///
+/// Bugs caught: no window opened (the Served notice lost, the file not found), the learning
+/// request counted twice (the totals over), templates not matched to the parser's paths
+/// (normalised routes), a window never closed (the server stays instrumented).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_learns_router_templates_for_the_parsers_requests() {
+    require_root();
+    // RUST_LOG=info shows the windows opening and closing.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let fixtures = fixtures();
+    let config = collector::config::Config::default();
+    assert!(
+        config.http.socket && config.http.uprobes == collector::config::GoUprobes::Auto,
+        "the defaults"
+    );
+    let running = start_socket_collector(config).await;
+    let api = running.addr;
+    let prefix = unique_prefix("rl");
+    let dir = std::env::temp_dir().join(format!("go-rl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let picks = [
+        ("gin", "new", "default"),
+        ("chi", "new", "stripped"),
+        ("echo4", "new", "pie"),
+        ("gorilla", "new", "default"),
+    ];
+    for (i, (router, set, variant)) in picks.into_iter().enumerate() {
+        let case = CASES.iter().find(|c| c.router == router).expect("case");
+        let (_, _, path) = fixtures
+            .iter()
+            .find(|(s, v, _)| s == set && v == variant)
+            .expect("fixture");
+        // A private copy: uprobes, and so learning windows, are per file.
+        let copy = dir.join(format!("server-{router}-{variant}"));
+        std::fs::copy(path, &copy).expect("copy the fixture");
+        let cgroup = HostCgroup::create(&prefix, &i.to_string()).expect("cgroup");
+        let workload = cgroup.workload();
+        let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
+        let server = cgroup.spawn_announced(
+            &copy,
+            &["-listen", "127.0.0.1:0", "-router", router],
+            "listening on ",
+        );
+        let pid = server.child.id();
+        // The listing's reason, with the learning windows a `not_needed` entry had.
+        let reason = |addr| {
+            go_listing(addr)
+                .iter()
+                .find(|e| {
+                    e["pids"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p.as_u64() == Some(u64::from(pid)))
+                })
+                .map(|e| match e["reason"].as_str() {
+                    Some(r) => format!("{r} {}", e["route_learning_windows"].as_u64().unwrap_or(0)),
+                    None => "instrumented".to_string(),
+                })
+        };
+        wait_until_ok_blocking(
+            DEADLINE,
+            POLL,
+            &format!("{router}: listed"),
+            || match reason(api).as_deref() {
+                Some("not_needed 0") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        // Learning: the mix until a window opened and closed again on its budget.
+        let mut sent = 0u64;
+        let start = std::time::Instant::now();
+        loop {
+            for _ in 0..10 {
+                for (got, r) in keep_alive_on(server.addr, &MIX, true).iter().zip(&MIX) {
+                    assert_eq!(*got, r.3, "{router}: {} {}", r.0, r.1);
+                }
+                sent += MIX.len() as u64;
+            }
+            // Listed so once closed: the window's uprobes are detached.
+            let listed = reason(api);
+            if listed.as_deref() == Some("not_needed 1") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{router}: no learning window opened and closed (listed {listed:?})",
+            );
+        }
+        let total = |text: &str| {
+            metric_sum(text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64
+        };
+        wait_until_ok_blocking(
+            DEADLINE,
+            POLL,
+            &format!("{router}: learning counted"),
+            || {
+                let n = total(&scrape(api));
+                if n == sent {
+                    Ok(())
+                } else {
+                    Err(format!("exact {n}/{sent}"))
+                }
+            },
+        );
+        // Counted under the templates learned, with no uprobe attached.
+        let series = |text: &str| -> BTreeMap<(String, String, String), u64> {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("http_server_request_duration_seconds_count{")
+                        && l.contains(&format!("workload=\"{workload}\""))
+                })
+                .filter_map(|l| {
+                    let label = |k: &str| {
+                        let at = l.find(&format!("{k}=\""))? + k.len() + 2;
+                        Some(l[at..].split('"').next()?.to_string())
+                    };
+                    let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
+                    Some((
+                        (label("method")?, label("route")?, label("status_code")?),
+                        n as u64,
+                    ))
+                })
+                .collect()
+        };
+        let before = series(&scrape(api));
+        let mut expected: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+        for r in MIX.iter().chain(&MIX) {
+            let route = match r.2 {
+                Some(t) => case.templates[t].to_string(),
+                None => "/nowhere/{id}".to_string(),
+            };
+            *expected
+                .entry((r.0.to_string(), route, r.3.to_string()))
+                .or_default() += 1;
+        }
+        for r in &MIX {
+            assert_eq!(keep_alive(server.addr, std::slice::from_ref(r)), [r.3]);
+        }
+        assert_eq!(
+            keep_alive(server.addr, &MIX),
+            MIX.iter().map(|r| r.3).collect::<Vec<_>>()
+        );
+        let want = sent + 2 * MIX.len() as u64;
+        let text = wait_until_ok_blocking(DEADLINE, POLL, &format!("{router}: counted"), || {
+            let text = scrape(api);
+            let n = total(&text);
+            if n == want {
+                Ok(text)
+            } else {
+                Err(format!("exact {n}/{want}"))
+            }
+        });
+        let after = series(&text);
+        let delta: BTreeMap<_, _> = after
+            .iter()
+            .filter_map(|(k, n)| {
+                let d = n - before.get(k).copied().unwrap_or(0);
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect();
+        assert_eq!(delta, expected, "{router}: per (method, route, status)");
+        assert_eq!(
+            reason(api).as_deref(),
+            Some("not_needed 1"),
+            "{router}: detached"
+        );
+        eprintln!("{router}: {want} requests, learned in a window, every template exact");
+    }
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -238,7 +238,10 @@ pub struct Aggregator<S> {
     /// `--go-http-uprobes auto`: Go discovery, told which processes serve requests the socket
     /// parser counts (`Notice::Served`), so their route templates can be learned; with when
     /// each process was last told.
-    served: Option<(std::sync::mpsc::SyncSender<Notice>, HashMap<u32, Instant>)>,
+    served: Option<(
+        std::sync::mpsc::SyncSender<Notice>,
+        HashMap<OwnerKey, Instant>,
+    )>,
 }
 
 /// How often Go discovery is told again that a process serves requests (`Aggregator::served`):
@@ -339,14 +342,14 @@ impl<S: StatsSource> Aggregator<S> {
         }
     }
 
-    /// The first record of `tgid` since the last harvest: Go discovery is told (at most every
+    /// The first record of `owner` since the last harvest: Go discovery is told (at most every
     /// `SERVED_EVERY`) that it serves requests, off the per-record path.
-    fn tell_served(&mut self, tgid: u32, now: Instant) {
+    fn tell_served(&mut self, owner: OwnerKey, now: Instant) {
         let Some((tx, told)) = self.served.as_mut() else {
             return;
         };
         if told
-            .get(&tgid)
+            .get(&owner)
             .is_some_and(|t| now.saturating_duration_since(*t) < SERVED_EVERY)
         {
             return;
@@ -354,9 +357,9 @@ impl<S: StatsSource> Aggregator<S> {
         if told.len() >= SERVED_TOLD_MAX {
             told.retain(|_, t| now.saturating_duration_since(*t) < SERVED_EVERY);
         }
-        told.insert(tgid, now);
+        told.insert(owner, now);
         // A full channel: told again after `SERVED_EVERY`.
-        let _ = tx.try_send(Notice::Served(tgid));
+        let _ = tx.try_send(Notice::Served(owner));
     }
 
     /// Counts gRPC calls (see `grpc`).
@@ -436,7 +439,7 @@ impl<S: StatsSource> Aggregator<S> {
             _pad: 0,
         };
         if self.served.is_some() && !self.memo.workloads.contains_key(&owner) {
-            self.tell_served(r.tgid, now);
+            self.tell_served(owner, now);
         }
         let workload = match self.memo.workloads.get_mut(&owner) {
             Some(w) => {

@@ -14,7 +14,7 @@ pub mod reader;
 pub enum Notice {
     Exec(u32),
     Unseen(UnseenServer),
-    Served(u32),
+    Served(collector_common::tcp::OwnerKey),
 }
 
 /// A decoded kernel event.

@@ -40,6 +40,7 @@ use collector_common::{
     http::{GoHttpOffsets, Inflight, InflightKey},
     maps::{HTTP_INFLIGHT_SERVERS, HTTP_OFFSETS_SLOTS},
     router::{ROUTER_SPECS, ROUTER_SPECS_SLOTS, RouterSpec},
+    tcp::OwnerKey,
 };
 use tracing::{debug, info, warn};
 
@@ -213,6 +214,9 @@ pub struct Instrumented {
     /// What this server's sockets were seen speaking that the socket parser cannot read (the
     /// reason it was instrumented under `auto`).
     pub unseen: Vec<UnseenKind>,
+    /// A route-learning window is open (`--go-http-uprobes auto`): the uprobes also follow
+    /// plaintext requests, for their route templates only.
+    pub learning_routes: bool,
 }
 
 pub struct GoHttpProbes {
@@ -274,9 +278,9 @@ struct Learning {
     windows: u32,
 }
 
-/// Requests a window follows (each takes the ~3 traps of the net/http probes and the router's):
-/// at 1,000 the window costs ~60 ms of a server's CPU, at any rate.
-pub const LEARN_BUDGET: i64 = 1_000;
+/// Requests a window follows (each takes the ~3 traps of the net/http probes and the router's,
+/// ~60 µs here): the window costs ~120 ms of a server's CPU, at any rate.
+pub const LEARN_BUDGET: i64 = 2_000;
 /// The longest a window stays open (a server with little traffic).
 const LEARN_WINDOW: Duration = Duration::from_secs(30);
 const LEARN_GAP_FIRST: Duration = Duration::from_secs(60);
@@ -432,11 +436,43 @@ impl GoHttpProbes {
 
     /// A process serves requests the socket parser counts (the aggregator's notice): when it
     /// runs a Go net/http server left to the parser, a route-learning window opens (`Learning`)
-    /// unless one is open or the next is not due.
-    pub fn on_served(&mut self, pid: u32, now: Instant) {
+    /// unless one is open or the next is not due. The parser knows a connection's process
+    /// only once it has sent on it (a connection's first response is sent before): with no
+    /// process, the Go servers of the owner's cgroup.
+    pub fn on_served(&mut self, owner: OwnerKey, now: Instant) {
         if self.mode != GoUprobes::Auto {
             return;
         }
+        let pid = if owner.tgid != 0 {
+            owner.tgid
+        } else {
+            let candidates: Vec<u32> = self
+                .files
+                .values()
+                .filter_map(|t| match t {
+                    Tracked::Skipped {
+                        reason: Some(SkipReason::NotNeeded),
+                        pids,
+                        ..
+                    }
+                    | Tracked::Instrumented {
+                        pids,
+                        unseen_only: true,
+                        ..
+                    } => Some(pids),
+                    _ => None,
+                })
+                .flatten()
+                .copied()
+                .collect();
+            match candidates
+                .into_iter()
+                .find(|p| self.cgroup_id(*p) == Some(owner.cgroup_id))
+            {
+                Some(p) => p,
+                None => return,
+            }
+        };
         let Some((id, slot)) = self.files.iter().find_map(|(id, t)| match t {
             Tracked::Skipped {
                 reason: Some(SkipReason::NotNeeded),
@@ -452,6 +488,10 @@ impl GoHttpProbes {
             } if pids.contains(&pid) => Some((*id, Some(*slot))),
             _ => None,
         }) else {
+            debug!(
+                pid,
+                "serves requests, not a Go server left to the socket parser"
+            );
             return;
         };
         let l = self.learning.entry(id).or_insert(Learning {
@@ -706,6 +746,10 @@ impl GoHttpProbes {
                             .get(id)
                             .map(|(k, _)| k.iter().copied().collect())
                             .unwrap_or_default(),
+                        learning_routes: self
+                            .learning
+                            .get(id)
+                            .is_some_and(|l| l.open_until.is_some()),
                     })
                 }
                 Tracked::Skipped { .. } => None,
@@ -941,7 +985,9 @@ impl GoHttpProbes {
             h2_rws_status: offsets.http2.map_or(0, |h| h.rws_status),
             valid: self.generation,
             request_tls: offsets.request_tls,
-            learn: if learning { LEARN_BUDGET } else { 0 },
+            // Opened once every probe is attached (below): requests followed while the
+            // router's probe is not yet there would spend the budget without a template.
+            learn: 0,
         };
         let http2 = http2_coverage(&bin, offsets.http2);
         self.generation = self.generation.checked_add(1).unwrap_or(1);
@@ -1002,6 +1048,9 @@ impl GoHttpProbes {
             r.attach(&mut ebpf, &bin, &target, pid, &mut links);
         }
         drop(ebpf);
+        if learning {
+            self.set_learn(slot, LEARN_BUDGET);
+        }
         let points: usize = points.iter().map(Vec::len).sum();
         info!(pid, exe = %bin.path.display(), go = %bin.go_version, offsets = ?source, points, attach = ?t.elapsed(), http2 = %http2, "Go net/http server instrumented");
         Ok(Tracked::Instrumented {
@@ -1193,7 +1242,7 @@ impl GoHttpProbes {
                 server,
             })
             .collect();
-        for t in self.files.values() {
+        for (id, t) in &self.files {
             if let Tracked::Skipped {
                 reason: Some(reason),
                 detail,
@@ -1213,6 +1262,11 @@ impl GoHttpProbes {
                     instrumented: false,
                     reason: *reason,
                     detail: detail.clone(),
+                    route_learning_windows: self
+                        .learning
+                        .get(id)
+                        .filter(|_| *reason == SkipReason::NotNeeded)
+                        .map(|l| l.windows),
                 }));
             }
         }

@@ -111,6 +111,10 @@ pub struct Skipped {
     pub reason: SkipReason,
     /// The analyser's or the kernel's words, for a person.
     pub detail: String,
+    /// `not_needed` servers (`--go-http-uprobes auto`): the windows that learned their route
+    /// templates so far (uprobes attached briefly, `GoHttpProbes::on_served`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_learning_windows: Option<u32>,
 }
 
 /// One entry of `/v1/go-http`: `instrumented` says which; a skipped one has `reason` and
@@ -185,6 +189,7 @@ mod tests {
             instrumented: false,
             reason: SkipReason::Unreadable,
             detail: "permission denied".into(),
+            route_learning_windows: None,
         });
         assert_eq!(
             serde_json::to_value(&skipped).expect("serialize"),
