@@ -41,6 +41,12 @@ pub struct GoHttpOffsets {
 }
 assert_layout!(GoHttpOffsets, 48);
 
+/// `Inflight::flags`: a gRPC call grpc-go serves through net/http (`(*grpc.Server).ServeHTTP`,
+/// marked by the gRPC probes): the RPC family counts it, with its own status code, so net/http's
+/// probes leave it (an HTTP/2 POST answered 200 whatever the call's code; counted in both, a
+/// verdict would see each call twice and half its error ratio).
+pub const INFLIGHT_RPC: u32 = 1 << 17;
+
 /// `Inflight::flags`: a request followed only to learn its route (`GoHttpOffsets::learn`):
 /// never counted (the socket parser counts it), ended with a `flags::LEARNED` record or
 /// nothing. Above the record flags' 16 bits.

@@ -34,12 +34,13 @@ use collector_common::{
         GRPC_COUNTS_ENTRIES, GRPC_INFLIGHT_ENTRIES, GRPC_METHOD_MAX, GRPC_OFFSETS_SLOTS,
         GrpcCountKey, GrpcCounts, GrpcEvent, GrpcOffsets, NO_DEREF, StreamKey, flags,
     },
+    http::{INFLIGHT_RPC, InflightKey},
     maps::KernelDrop,
 };
 
 use crate::{
     http::read_user,
-    maps::{EVENTS, count_drop},
+    maps::{EVENTS, HTTP_INFLIGHT, count_drop},
 };
 
 #[map]
@@ -225,7 +226,30 @@ fn grpc_write_status_impl(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `(*grpc.Server).ServeHTTP` entry, in the goroutine net/http serves the request on: its
+/// net/http request (if the net/http probes follow it) is marked as this family's
+/// (`INFLIGHT_RPC`), and left to it. The call itself runs on another goroutine
+/// (`serveStreams` starts one per stream), so the mark is made here, not at `handleStream`.
+#[inline(always)]
+fn grpc_serve_http_impl(ctx: ProbeContext) -> u32 {
+    if link(&ctx).is_none() {
+        return 0;
+    }
+    let k = InflightKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        // SAFETY: a uprobe's context is the user pt_regs; R14 is the goroutine (Go ABI).
+        goroutine: unsafe { (*ctx.regs).r14 },
+    };
+    if let Some(p) = HTTP_INFLIGHT.get_ptr_mut(&k) {
+        // SAFETY: a live element, touched only by this goroutine's probes.
+        unsafe { (*p).flags |= INFLIGHT_RPC };
+    }
+    0
+}
+
 uprobes! {
     grpc_stream_start, grpc_stream_start_m => grpc_stream_start_impl;
     grpc_write_status, grpc_write_status_m => grpc_write_status_impl;
+    grpc_serve_http, grpc_serve_http_m => grpc_serve_http_impl;
 }

@@ -46,8 +46,8 @@ use collector_common::{
     cookie,
     event::{EVENT_VERSION, EventHeader, EventKind},
     http::{
-        GoHttpOffsets, HttpCounts, HttpEvent, INFLIGHT_LEARN, ITAB_HASH, Inflight, InflightKey,
-        METHOD_MAX, ROUTE_MAX, ResponseKey, flags,
+        GoHttpOffsets, HttpCounts, HttpEvent, INFLIGHT_LEARN, INFLIGHT_RPC, ITAB_HASH, Inflight,
+        InflightKey, METHOD_MAX, ROUTE_MAX, ResponseKey, flags,
     },
     maps::{
         HTTP_INFLIGHT_PER_SERVER, HTTP_INFLIGHT_SERVERS_ENTRIES, HTTP_STATUS_ASIDE_ENTRIES,
@@ -671,8 +671,8 @@ fn learned(k: &InflightKey, entry: &Inflight) {
 
 #[inline(always)]
 fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
-    if entry.flags & INFLIGHT_LEARN != 0 {
-        // A learning request replaced by its goroutine's next (Goexit): never counted.
+    if entry.flags & (INFLIGHT_LEARN | INFLIGHT_RPC) != 0 {
+        // A learning request (never counted), or a gRPC call the RPC family counts.
         return;
     }
     // SAFETY: plain helper. The start's clock, for the duration.

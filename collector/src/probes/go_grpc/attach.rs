@@ -41,13 +41,20 @@ use crate::{
 };
 
 /// (per-point program, uprobe.multi program): the status write (attached once per transport)
-/// first, the start last, so a start is never seen without its end.
-const PROGS: [(&str, &str); 2] = [
+/// first, the start last, so a start is never seen without its end; between them the mark of
+/// calls served through net/http (`ServeHTTP` entry, where the binary has it), which makes
+/// net/http's probes leave those calls to this family.
+const PROGS: [(&str, &str); 3] = [
     ("grpc_write_status", "grpc_write_status_m"),
     ("grpc_stream_start", "grpc_stream_start_m"),
+    ("grpc_serve_http", "grpc_serve_http_m"),
 ];
 const WRITE_STATUS_PROG: usize = 0;
 const START_PROG: usize = 1;
+const SERVE_HTTP_PROG: usize = 2;
+
+/// grpc-go mounted in a net/http server (`http.Handler`).
+const SERVE_HTTP: &str = "google.golang.org/grpc.(*Server).ServeHTTP";
 
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -88,7 +95,7 @@ enum Tracked {
 
 pub struct GoGrpcProbes {
     ebpf: Arc<Mutex<Ebpf>>,
-    progs: [&'static str; 2],
+    progs: [&'static str; 3],
     offsets: Array<MapData, GrpcOffsets>,
     generation: u32,
     files: HashMap<(u64, u64), Tracked>,
@@ -426,17 +433,25 @@ fn status_writes(has: impl Fn(&str) -> bool) -> Result<(StatusWrites, bool), &'s
     Ok((writes, new_layout))
 }
 
-/// (program, file offset) in attach order: each transport's status write, then
-/// `handleStream`'s entry.
+/// (program, file offset) in attach order: each transport's status write, `ServeHTTP`'s entry
+/// (where linked), then `handleStream`'s entry.
 fn points(
     bin: &GoBinary,
-    progs: &[&'static str; 2],
+    progs: &[&'static str; 3],
     writes: &[(Transport, &'static str)],
 ) -> Result<Vec<(&'static str, u64)>, String> {
-    let mut out = Vec::with_capacity(writes.len() + 1);
+    let mut out = Vec::with_capacity(writes.len() + 2);
     for (_, f) in writes {
         let p = bin.probe_points(f).map_err(|e| format!("{f}: {e}"))?;
         out.push((progs[WRITE_STATUS_PROG], p.entry_file_offset));
+    }
+    // Linked when something references it (a server mounted in net/http); its entry verified
+    // like every point, or the binary is refused rather than probed at a guessed address.
+    if bin.function(SERVE_HTTP).is_some() {
+        let p = bin
+            .probe_points(SERVE_HTTP)
+            .map_err(|e| format!("{SERVE_HTTP}: {e}"))?;
+        out.push((progs[SERVE_HTTP_PROG], p.entry_file_offset));
     }
     let start = bin
         .probe_points(HANDLE_STREAM)

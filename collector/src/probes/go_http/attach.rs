@@ -225,10 +225,7 @@ pub struct GoHttpProbes {
     progs: [&'static str; 6],
     /// Detaching a per-point uprobe costs an RCU grace period per point (seconds for a
     /// binary): links are dropped on this thread so discovery never waits for it.
-    reaper: Option<(
-        std::sync::mpsc::Sender<Vec<UProbeLink>>,
-        std::thread::JoinHandle<()>,
-    )>,
+    reaper: Reaper,
     offsets: Array<MapData, GoHttpOffsets>,
     inflight: BpfHashMap<MapData, InflightKey, Inflight>,
     /// tgid → its entries in `inflight` (the per-server budget), kept by the kernel.
@@ -287,6 +284,90 @@ const LEARN_GAP_FIRST: Duration = Duration::from_secs(60);
 const LEARN_GAP_MAX: Duration = Duration::from_secs(30 * 60);
 /// How often open windows are looked at (their budget may run out in milliseconds).
 pub const LEARN_TICK: Duration = Duration::from_millis(200);
+
+/// How long attaching a file waits for its previous links' detach (`Reaper::wait_for`).
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops links on a thread of its own (see `GoHttpProbes::reaper`), and tells which files
+/// still have links being detached.
+struct Reaper {
+    tx: Option<std::sync::mpsc::Sender<(FileId, Vec<UProbeLink>)>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    pending: Arc<Detaching>,
+}
+
+/// An executable file: (st_dev, st_ino).
+type FileId = (u64, u64);
+
+/// Files → link batches of theirs not yet dropped, and a wake-up when one is.
+type Detaching = (Mutex<HashMap<FileId, usize>>, std::sync::Condvar);
+
+impl Reaper {
+    fn spawn() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<((u64, u64), Vec<UProbeLink>)>();
+        let pending: Arc<Detaching> = Arc::default();
+        let shared = pending.clone();
+        let handle = std::thread::spawn(move || {
+            for (id, links) in rx {
+                drop(links);
+                let (lock, done) = &*shared;
+                let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = p.get_mut(&id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.remove(&id);
+                    }
+                }
+                done.notify_all();
+            }
+        });
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+            pending,
+        }
+    }
+
+    /// Detaches `links` of file `id` (on the thread; here after shutdown).
+    fn reap(&self, id: FileId, links: Vec<UProbeLink>) {
+        if links.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.tx else {
+            drop(links);
+            return;
+        };
+        let (lock, _) = &*self.pending;
+        *lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default() += 1;
+        if let Err(e) = tx.send((id, links)) {
+            drop(e.0);
+            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+            p.remove(&id);
+        }
+    }
+
+    /// Waits until no link of `id` is being detached, at most `max`; false when some still is.
+    fn wait_for(&self, id: FileId, max: Duration) -> bool {
+        let (lock, done) = &*self.pending;
+        let p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (p, _) = done
+            .wait_timeout_while(p, max, |p| p.contains_key(&id))
+            .unwrap_or_else(|e| e.into_inner());
+        !p.contains_key(&id)
+    }
+
+    /// Drops what is queued and stops the thread.
+    fn shutdown(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
 
 /// How long a notice waits for its server to be discovered (`GoHttpProbes::pending`).
 const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -401,16 +482,10 @@ impl GoHttpProbes {
             }
         };
         info!(multi, "Go net/http uprobes loaded");
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<UProbeLink>>();
-        let reaper = std::thread::spawn(move || {
-            for links in rx {
-                drop(links);
-            }
-        });
         Ok(Self {
             ebpf,
             progs,
-            reaper: Some((tx, reaper)),
+            reaper: Reaper::spawn(),
             offsets,
             inflight,
             servers,
@@ -605,7 +680,7 @@ impl GoHttpProbes {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         let taken = take_links(&mut ebpf, &mut links);
         drop(ebpf);
-        self.reap(taken);
+        self.reaper.reap(id, taken);
         self.release(slot);
         if let Some(r) = self.routers.as_mut() {
             r.release(id);
@@ -1001,6 +1076,17 @@ impl GoHttpProbes {
                 go,
             ));
         }
+        // A file attached again while its old links are still being detached: on Linux 6.18
+        // the new uprobes then never fired for some files (0 of 120 requests counted, twice in
+        // two runs of the router matrix with clients fast enough to restart a server of the
+        // same file within ~30 ms of its detach). Waiting for the old links first costs a
+        // restarted server the requests of that wait, not all of them.
+        if !self.reaper.wait_for(id, DETACH_WAIT) {
+            self.release(slot);
+            return Err(Skip::Retry(
+                "its previous uprobes are still being detached".into(),
+            ));
+        }
         let mut links = Vec::new();
         let t = Instant::now();
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
@@ -1032,7 +1118,7 @@ impl GoHttpProbes {
                 Err(e) => {
                     let taken = take_links(&mut ebpf, &mut links);
                     drop(ebpf);
-                    self.reap(taken);
+                    self.reaper.reap(id, taken);
                     self.release(slot);
                     self.skip(SkipReason::AttachFailed);
                     warn!(pid, prog, error = %e, "attaching Go net/http uprobes");
@@ -1193,17 +1279,6 @@ impl GoHttpProbes {
             .set(n as i64);
     }
 
-    fn reap(&self, links: Vec<UProbeLink>) {
-        match &self.reaper {
-            Some((tx, _)) => {
-                if let Err(e) = tx.send(links) {
-                    drop(e.0);
-                }
-            }
-            None => drop(links),
-        }
-    }
-
     /// Detaches everything and waits until it is done (shutdown).
     pub fn detach_all(&mut self) {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
@@ -1216,10 +1291,7 @@ impl GoHttpProbes {
         drop(ebpf);
         drop(all);
         self.files.clear();
-        if let Some((tx, handle)) = self.reaper.take() {
-            drop(tx);
-            let _ = handle.join();
-        }
+        self.reaper.shutdown();
     }
 
     /// For tests: why a file was not instrumented.
