@@ -267,7 +267,24 @@ fn check_case(
         if total == want && records == want {
             Ok(text)
         } else {
-            Err(format!("exact {total}/{want}, records {records}/{want}"))
+            // With what every workload was counted and what was dropped: where the requests
+            // went when they are not here.
+            let context: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    [
+                        "collector_http_requests_total",
+                        "collector_kernel_drops",
+                        "collector_events",
+                    ]
+                    .iter()
+                    .any(|m| l.starts_with(m))
+                })
+                .collect();
+            Err(format!(
+                "exact {total}/{want}, records {records}/{want}\n{}",
+                context.join("\n")
+            ))
         }
     });
     let mut got: BTreeMap<(String, String, String), u64> = BTreeMap::new();
