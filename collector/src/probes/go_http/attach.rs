@@ -256,6 +256,9 @@ pub struct GoHttpProbes {
     /// Under `Auto`: route learning of files whose requests the socket parser counts
     /// (`on_served`).
     learning: HashMap<(u64, u64), Learning>,
+    /// `not_needed` files with route templates to learn (a router the probes read, or
+    /// ServeMux's patterns): the only ones `on_served` opens windows for.
+    learnable: HashSet<(u64, u64)>,
 }
 
 /// Route learning of one file (`GoHttpProbes::on_served`): its plaintext requests are counted
@@ -506,6 +509,7 @@ impl GoHttpProbes {
             pending: Vec::new(),
             cgroup2: crate::identity::cgroup::find_cgroup2_mount(),
             learning: HashMap::new(),
+            learnable: HashSet::new(),
         })
     }
 
@@ -553,14 +557,14 @@ impl GoHttpProbes {
                 reason: Some(SkipReason::NotNeeded),
                 pids,
                 ..
-            } if pids.contains(&pid) => Some((*id, None)),
+            } if pids.contains(&pid) && self.learnable.contains(id) => Some((*id, None)),
             // Instrumented for its TLS or h2c requests: its plaintext ones are the parser's.
             Tracked::Instrumented {
                 pids,
                 unseen_only: true,
                 slot,
                 ..
-            } if pids.contains(&pid) => Some((*id, Some(*slot))),
+            } if pids.contains(&pid) && self.learnable.contains(id) => Some((*id, Some(*slot))),
             _ => None,
         }) else {
             debug!(
@@ -986,10 +990,22 @@ impl GoHttpProbes {
             .learning
             .get(&id)
             .is_some_and(|l| l.open_until.is_some());
+        // Route templates come from a router the probes read, or ServeMux's `Request.Pattern`
+        // (Go ≥ 1.23): without either a learning window would learn nothing.
+        let learnable = unseen_only
+            && ((self.routers.is_some() && super::routers::present(&bin).next().is_some())
+                || super::binary::go_minor(&bin.go_version).is_some_and(|m| m >= 23));
+        if learnable {
+            self.learnable.insert(id);
+        }
         if unseen_only && !self.unseen.contains_key(&id) && !learning {
             return Err(skipped(
                 SkipReason::NotNeeded,
-                "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c, and for short windows that learn its route templates",
+                if learnable {
+                    "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c, and for short windows that learn its route templates"
+                } else {
+                    "plaintext HTTP/1.x so far, counted by the socket parser: uprobes attach once a socket of this server speaks TLS or h2c"
+                },
                 go,
             ));
         }
@@ -1210,6 +1226,7 @@ impl GoHttpProbes {
         }
         let files = &self.files;
         self.learning.retain(|id, _| files.contains_key(id));
+        self.learnable.retain(|id| files.contains_key(id));
         self.tick_learning(now);
         self.sweep_inflight(&live);
         self.retry_unseen(now);

@@ -322,7 +322,7 @@ fn analyze_open(path: &Path, file: File) -> Result<GoBinary, GoBinaryError> {
 
 /// `N` of a `go1.N…` version (`go1.17.13`, `go1.17rc1`, `go1.21.0 X:loopvar`); `None` for
 /// anything else (`devel …`).
-fn go_minor(go_version: &str) -> Option<u32> {
+pub(crate) fn go_minor(go_version: &str) -> Option<u32> {
     let rest = go_version.strip_prefix("go1.")?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     rest[..digits].parse().ok()
