@@ -22,6 +22,18 @@ pub struct EventHeader {
 assert_layout!(EventHeader, 16);
 impl_pod!(EventHeader);
 
+impl EventHeader {
+    /// The header of a record of `kind` at this ABI version, emitted at `ts_ns`.
+    pub const fn new(kind: EventKind, ts_ns: u64) -> Self {
+        Self {
+            kind: kind as u16,
+            version: EVENT_VERSION,
+            _pad: 0,
+            ts_ns,
+        }
+    }
+}
+
 /// Kinds of ring-buffer records.
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

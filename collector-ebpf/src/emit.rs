@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task},
 };
 use collector_common::{
-    event::{EVENT_VERSION, EventHeader, EventKind},
+    event::{EventHeader, EventKind},
     maps::{EVENTS_BYTES, KernelDrop},
     process::ProcessEvent,
 };
@@ -79,12 +79,7 @@ pub fn announce_process(tgid: u32, now: u64) {
     };
     let comm = leader_comm().unwrap_or_else(|| bpf_get_current_comm().unwrap_or([0u8; 16]));
     entry.write(ProcessEvent {
-        header: EventHeader {
-            kind: EventKind::Process as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            ts_ns: now,
-        },
+        header: EventHeader::new(EventKind::Process, now),
         tgid,
         _pad: 0,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },

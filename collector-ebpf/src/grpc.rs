@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use collector_common::{
     cookie,
-    event::{EVENT_VERSION, EventHeader, EventKind},
+    event::{EventHeader, EventKind},
     grpc::{
         GRPC_COUNTS_ENTRIES, GRPC_INFLIGHT_ENTRIES, GRPC_METHOD_MAX, GRPC_OFFSETS_SLOTS,
         GrpcCountKey, GrpcCounts, GrpcEvent, GrpcOffsets, NO_DEREF, StreamKey, flags,
@@ -209,12 +209,7 @@ fn grpc_write_status_impl(ctx: ProbeContext) -> u32 {
     let ev = rec.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned record; every field is written.
     unsafe {
-        (*ev).header = EventHeader {
-            kind: EventKind::Grpc as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            ts_ns: bpf_ktime_get_ns(),
-        };
+        (*ev).header = EventHeader::new(EventKind::Grpc, bpf_ktime_get_ns());
         (*ev).tgid = tgid;
         (*ev).code = key.code;
         (*ev).flags = key.flags;

@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use collector_common::{
     cookie,
-    event::{EVENT_VERSION, EventHeader, EventKind},
+    event::{EventHeader, EventKind},
     http::{
         GoHttpOffsets, HttpCounts, HttpEvent, INFLIGHT_LEARN, INFLIGHT_RPC, ITAB_HASH, Inflight,
         InflightKey, METHOD_MAX, ROUTE_MAX, ResponseKey, flags,
@@ -631,12 +631,7 @@ fn learned(k: &InflightKey, entry: &Inflight) {
     // SAFETY: `ev` points at a reserved, exclusively owned record; every field is written
     // below before it is submitted.
     let found = unsafe {
-        (*ev).header = EventHeader {
-            kind: EventKind::Http as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            ts_ns: bpf_ktime_get_ns(),
-        };
+        (*ev).header = EventHeader::new(EventKind::Http, bpf_ktime_get_ns());
         (*ev).tgid = k.tgid;
         (*ev).status = 0;
         (*ev).cgroup_id = current_owner().cgroup_id;
@@ -737,13 +732,7 @@ fn finish(k: &InflightKey, entry: &Inflight, mut f: u16) {
     let ev = slot.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned record; every field is written below.
     unsafe {
-        (*ev).header = EventHeader {
-            kind: EventKind::Http as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            // Records are stamped with the clock every record uses.
-            ts_ns: bpf_ktime_get_ns(),
-        };
+        (*ev).header = EventHeader::new(EventKind::Http, bpf_ktime_get_ns());
         (*ev).tgid = k.tgid;
         (*ev).status = if f & flags::UNOBSERVED != 0 {
             0
@@ -815,12 +804,7 @@ fn on_exec() {
         return;
     };
     slot.write(ExecEvent {
-        header: EventHeader {
-            kind: EventKind::Exec as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: EventHeader::new(EventKind::Exec, unsafe { bpf_ktime_get_ns() }),
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         _pad: 0,
     });

@@ -44,7 +44,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use collector_common::{
-    event::{EVENT_VERSION, EventHeader, EventKind},
+    event::{EventHeader, EventKind},
     http::{
         HttpEvent, METHOD_MAX, ROUTE_MAX, flags,
         unseen::{self, UnseenEvent, UnseenKey},
@@ -391,12 +391,7 @@ fn http_wire_unseen(ctx: &SkBuffContext, kind: u8) {
         return;
     };
     entry.write(UnseenEvent {
-        header: EventHeader {
-            kind: EventKind::Unseen as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            ts_ns: now,
-        },
+        header: EventHeader::new(EventKind::Unseen, now),
         key,
     });
     // Rare: wake the reader at once, so the uprobes are attached before many requests pass.
@@ -858,12 +853,7 @@ fn emit_record(c: &WireConn, target: *const Target, s: WireSlot, status: u16) {
         if (*target).flags & TARGET_LINE != 0 {
             f |= flags::WIRE_LINE;
         }
-        (*ev).header = EventHeader {
-            kind: EventKind::Http as u16,
-            version: EVENT_VERSION,
-            _pad: 0,
-            ts_ns: now,
-        };
+        (*ev).header = EventHeader::new(EventKind::Http, now);
         (*ev).tgid = c.owner.tgid;
         (*ev).status = status;
         (*ev).flags = f;

@@ -1409,6 +1409,28 @@ pub fn spawn_pod_servers(pods: &[Pod], server: &Path, port: u16) -> (Vec<Child>,
     (children, addrs)
 }
 
+/// `pid`'s entry in a `/v1/go-http` listing (its entries), if any.
+pub fn go_listing_entry(entries: &[serde_json::Value], pid: u32) -> Option<&serde_json::Value> {
+    entries.iter().find(|e| {
+        e["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p.as_u64() == Some(u64::from(pid)))
+    })
+}
+
+/// The collector's logs in the test's output, filtered by `RUST_LOG` (else `default`).
+pub fn test_logs(default: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// A collector's configuration for tests of the Go uprobes: on a loopback port, harvesting
 /// every 200 ms, the socket parser (which would count the same requests) off and the uprobes
 /// on for every Go server (`--no-http-socket --go-http-uprobes all`).

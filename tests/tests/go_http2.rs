@@ -202,18 +202,7 @@ fn go_http_listing(addr: SocketAddr) -> serde_json::Value {
 
 /// `pid`'s entry in a `/v1/go-http` listing, if any.
 fn entry_of(listing: &serde_json::Value, pid: u32) -> Option<serde_json::Value> {
-    listing
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| {
-            e["pids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p.as_u64() == Some(u64::from(pid)))
-        })
-        .cloned()
+    go_listing_entry(listing.as_array()?, pid).cloned()
 }
 
 /// Waits until `/v1/go-http` lists `pid` as instrumented; returns its entry.

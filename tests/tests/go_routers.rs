@@ -178,14 +178,7 @@ fn go_listing(addr: SocketAddr) -> Vec<serde_json::Value> {
 }
 
 fn instrumented(addr: SocketAddr, pid: u32) -> bool {
-    go_listing(addr).iter().any(|e| {
-        e["pids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p.as_u64() == Some(u64::from(pid)))
-            && e["reason"].is_null()
-    })
+    go_listing_entry(&go_listing(addr), pid).is_some_and(|e| e["reason"].is_null())
 }
 
 /// Serves the mix with `case.router` from the server at `path` and checks every request's
@@ -325,10 +318,7 @@ fn check_case(
 async fn router_templates_are_the_routes_of_every_router_version_and_build() {
     require_root();
     // RUST_LOG=info shows what discovery probed and why a router was left out.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    test_logs("error");
     let fixtures = fixtures();
     assert_eq!(fixtures.len(), 9, "3 module sets × 3 variants");
     let running = start_collector().await;
@@ -503,13 +493,7 @@ async fn router_templates_off_gives_normalised_paths() {
 async fn guest_router_templates_on_this_kernel() {
     require_root();
     // Warnings (a program the kernel refused, with the verifier's log) in the test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("collector=warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    test_logs("collector=warn");
     let fixtures = fixtures();
     let running = start_collector().await;
     let prefix = unique_prefix("rk");
@@ -565,10 +549,7 @@ async fn guest_router_templates_on_this_kernel() {
 async fn the_default_learns_router_templates_for_the_parsers_requests() {
     require_root();
     // RUST_LOG=info shows the windows opening and closing.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    test_logs("error");
     let fixtures = fixtures();
     let config = collector::config::Config::default();
     assert!(
@@ -606,19 +587,10 @@ async fn the_default_learns_router_templates_for_the_parsers_requests() {
         let pid = server.child.id();
         // The listing's reason, with the learning windows a `not_needed` entry had.
         let reason = |addr| {
-            go_listing(addr)
-                .iter()
-                .find(|e| {
-                    e["pids"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|p| p.as_u64() == Some(u64::from(pid)))
-                })
-                .map(|e| match e["reason"].as_str() {
-                    Some(r) => format!("{r} {}", e["route_learning_windows"].as_u64().unwrap_or(0)),
-                    None => "instrumented".to_string(),
-                })
+            go_listing_entry(&go_listing(addr), pid).map(|e| match e["reason"].as_str() {
+                Some(r) => format!("{r} {}", e["route_learning_windows"].as_u64().unwrap_or(0)),
+                None => "instrumented".to_string(),
+            })
         };
         wait_until_ok_blocking(
             DEADLINE,
