@@ -110,16 +110,20 @@ impl Templates {
 
     /// The template the router would have matched for `path` (a request target's path).
     pub fn matching(&self, path: &str) -> Option<&str> {
-        let path = path.strip_prefix('/')?;
-        let segments: Vec<&str> = path.split('/').collect();
-        Self::walk(&self.root, &segments)
+        Self::walk(&self.root, Some(path.strip_prefix('/')?))
     }
 
-    fn walk<'a>(node: &'a Node, segments: &[&str]) -> Option<&'a str> {
-        let Some((first, more)) = segments.split_first() else {
+    /// `rest`: the path's segments not matched yet, `/`-separated (None: all matched). Walked
+    /// on the string itself: a path is matched per record, without an allocation.
+    fn walk<'a>(node: &'a Node, rest: Option<&str>) -> Option<&'a str> {
+        let Some(rest) = rest else {
             return node.end.as_deref();
         };
-        if let Some(child) = node.literal.get(*first)
+        let (first, more) = match rest.split_once('/') {
+            Some((first, more)) => (first, Some(more)),
+            None => (rest, None),
+        };
+        if let Some(child) = node.literal.get(first)
             && let Some(t) = Self::walk(child, more)
         {
             return Some(t);
