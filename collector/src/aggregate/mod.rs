@@ -421,8 +421,8 @@ impl<S: StatsSource> Aggregator<S> {
                     g.on_record(c, &mut self.identity, &self.metrics, now);
                 }
             }
-            // Exec events go to Go discovery, not here.
             Event::RouteLearned(l) => self.on_route_learned(&l, now),
+            // Exec and unseen-server notices go to Go discovery, not here.
             Event::Exec { .. } | Event::Unseen(_) => {}
         }
     }
