@@ -17,8 +17,10 @@
 //!   `net/http/internal/http2.(*serverConn).runHandler` since Go 1.27): its deferred recover
 //!   makes it return after a handler panic, with the request still in flight — the same
 //!   reporting for HTTP/2, whose handlers do not run on the connection's goroutine.
-//! In-flight state is keyed by (tgid, g). `runtime.morestack` re-runs a function from its entry,
-//! so an entry probe may fire twice for one call: it overwrites, never counts.
+//! In-flight state is keyed by (tgid, g). `runtime.morestack` re-runs a function from its first
+//! instruction; entry probes sit past the stack check for that reason (userspace `ret_scan`),
+//! but one whose check was not recognised sits on the first instruction and may fire twice for
+//! one call: it overwrites, never counts.
 //!
 //! A status may be written by a goroutine the handler started: `WriteHeader` then runs on a
 //! goroutine with no request of its own. The request is found through its response (RCX at
@@ -333,8 +335,8 @@ fn http_serve_start_impl(ctx: ProbeContext) -> u32 {
         generation,
         writer_itab: r.rbx,
     };
-    // morestack ran the entry again for a request already tracked (a new goroutine's small
-    // stack grows at ServeHTTP's prologue): kept as it is, before the budget is charged — at a
+    // morestack ran the entry again for a request already tracked (a probe on the first
+    // instruction, see the module docs): kept as it is, before the budget is charged — at a
     // full budget the re-run was counted lost although its request was tracked.
     // SAFETY: copied out.
     if let Some(old) = unsafe { HTTP_INFLIGHT.get(&k) }

@@ -272,12 +272,31 @@ fn check_fixture(f: &Fixture) -> Result<(), String> {
         // Decoding the file at the entry offset gives Go's stack-check prologue.
         let at = usize::try_from(p.entry_file_offset).unwrap();
         let bytes = code
-            .get(at..at + 16)
+            .get(at..at + 32)
             .ok_or("entry offset past end of file")?;
         let insn = Decoder::with_ip(64, bytes, p.entry_vaddr, DecoderOptions::NONE).decode();
         check(
             !insn.is_invalid() && matches!(insn.mnemonic(), Mnemonic::Cmp | Mnemonic::Lea),
             || format!("{name}: first instruction {:?}", insn.mnemonic()),
+        )?;
+        // The entry probe goes right past the check's JBE, whose morestack block jumps back to
+        // the first instruction: a probe on that one fires twice when the call is preempted.
+        let mut decoder = Decoder::with_ip(64, bytes, p.entry_vaddr, DecoderOptions::NONE);
+        let mut last = Mnemonic::INVALID;
+        while decoder.can_decode()
+            && (p.entry_file_offset + decoder.position() as u64) < p.entry_probe_file_offset
+        {
+            last = decoder.decode().mnemonic();
+        }
+        check(
+            last == Mnemonic::Jbe
+                && p.entry_file_offset + decoder.position() as u64 == p.entry_probe_file_offset,
+            || {
+                format!(
+                    "{name}: entry probe at +{:#x}, after {last:?}",
+                    p.entry_probe_file_offset - p.entry_file_offset
+                )
+            },
         )?;
         for r in &p.ret_file_offsets {
             let b = code.get(usize::try_from(*r).unwrap()).copied();

@@ -1558,7 +1558,19 @@ impl HostCgroup {
     /// `<prefix><addr>` (within 20 s); the rest of its output is drained so it never blocks
     /// on a full pipe.
     pub fn spawn_announced(&self, bin: &Path, args: &[&str], prefix: &str) -> AnnouncedServer {
-        let mut child = self.spawn(bin, args).expect("spawn server");
+        self.spawn_announced_with(bin, args, prefix, |_| {})
+    }
+
+    /// [`HostCgroup::spawn_announced`], with a hook to change the command (e.g. its
+    /// environment) before it is spawned.
+    pub fn spawn_announced_with(
+        &self,
+        bin: &Path,
+        args: &[&str],
+        prefix: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> AnnouncedServer {
+        let mut child = self.spawn_with(bin, args, configure).expect("spawn server");
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

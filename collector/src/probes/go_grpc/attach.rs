@@ -443,7 +443,7 @@ fn points(
     let mut out = Vec::with_capacity(writes.len() + 2);
     for (_, f) in writes {
         let p = bin.probe_points(f).map_err(|e| format!("{f}: {e}"))?;
-        out.push((progs[WRITE_STATUS_PROG], p.entry_file_offset));
+        out.push((progs[WRITE_STATUS_PROG], p.entry_probe_file_offset));
     }
     // Linked when something references it (a server mounted in net/http); its entry verified
     // like every point, or the binary is refused rather than probed at a guessed address.
@@ -451,12 +451,12 @@ fn points(
         let p = bin
             .probe_points(SERVE_HTTP)
             .map_err(|e| format!("{SERVE_HTTP}: {e}"))?;
-        out.push((progs[SERVE_HTTP_PROG], p.entry_file_offset));
+        out.push((progs[SERVE_HTTP_PROG], p.entry_probe_file_offset));
     }
     let start = bin
         .probe_points(HANDLE_STREAM)
         .map_err(|e| format!("{HANDLE_STREAM}: {e}"))?;
-    out.push((progs[START_PROG], start.entry_file_offset));
+    out.push((progs[START_PROG], start.entry_probe_file_offset));
     Ok(out)
 }
 

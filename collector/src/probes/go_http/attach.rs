@@ -1418,7 +1418,7 @@ fn probe_points(bin: &GoBinary) -> Result<Vec<Vec<u64>>, String> {
                 .unwrap_or_default();
             match bin.probe_points(function) {
                 Ok(p) => Ok(match point {
-                    Point::Entry => vec![p.entry_file_offset],
+                    Point::Entry => vec![p.entry_probe_file_offset],
                     Point::Returns => p.ret_file_offsets.clone(),
                 }),
                 Err(_) if !*required => Ok(Vec::new()),
@@ -1494,7 +1494,7 @@ impl RouterProbes {
             };
             let offsets = match bin.probe_points(router.function) {
                 Ok(p) => match router.point {
-                    routers::Point::Entry => vec![p.entry_file_offset],
+                    routers::Point::Entry => vec![p.entry_probe_file_offset],
                     routers::Point::Returns => p.ret_file_offsets,
                 },
                 Err(e) => {

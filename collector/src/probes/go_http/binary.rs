@@ -103,8 +103,12 @@ pub struct ProbePoints {
     pub function: String,
     /// Virtual address of the first instruction.
     pub entry_vaddr: u64,
-    /// Absolute file offset of the first instruction: the entry uprobe's location.
+    /// Absolute file offset of the first instruction.
     pub entry_file_offset: u64,
+    /// Absolute file offset of the entry uprobe: past Go's stack-bound check, whose morestack
+    /// path re-runs the function from its first instruction (`ret_scan`: a probe there fires
+    /// twice for one call whenever the runtime preempts or grows the stack at that call).
+    pub entry_probe_file_offset: u64,
     /// Every RET, as an offset from the entry, ascending.
     pub ret_offsets: Vec<u64>,
     /// Every RET as an absolute file offset: the return uprobes' locations.
@@ -446,6 +450,7 @@ impl GoBinary {
             function: named(function),
             entry_vaddr: start,
             entry_file_offset,
+            entry_probe_file_offset: entry_file_offset + scan.body,
             ret_file_offsets: scan.rets.iter().map(|r| entry_file_offset + r).collect(),
             ret_offsets: scan.rets,
             tail_calls: scan.tail_calls,

@@ -15,6 +15,14 @@
 //! - the morestack back-edge: Go's stack-growth path ends in a jump back to the function's
 //!   first instruction, so a jump whose target is exactly the presumed entry proves the entry
 //!   is right (a shifted entry would decode other bytes and not find it).
+//!
+//! And where an entry probe goes: past the stack-bound check (`body`). The morestack path
+//! re-runs the function from its first instruction, and it is taken not only when the stack
+//! must grow but whenever the runtime asks the goroutine to stop at its next call (preemption,
+//! GC stack scans: `stackguard0 = stackPreempt`). A breakpoint on the first instruction then
+//! fires twice for one call: grpc-go's status write was counted twice, about one RPC in 3,600
+//! on a plain server and one in 400 with `GOGC=1 GODEBUG=asyncpreemptoff=1`. The check only
+//! writes R12 and the flags, so the arguments are in their registers past it too.
 
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind};
 use thiserror::Error;
@@ -41,6 +49,10 @@ pub struct RetScan {
     pub jumps_to_entry: bool,
     /// The first instruction's length.
     pub entry_len: usize,
+    /// Offset of the first instruction past Go's stack-bound check (`CMP RSP|R12, [R14+16]`
+    /// and its conditional jump into the function, after the `LEA`/`MOV`/`SUB` into R12 that
+    /// larger frames compute first); 0 when the function starts otherwise (`NOSPLIT`).
+    pub body: u64,
     /// Instructions decoded, padding included.
     pub instructions: usize,
 }
@@ -67,7 +79,9 @@ pub fn scan(code: &[u8], entry: u64) -> Result<RetScan, ScanError> {
         jumps_to_entry: false,
         entry_len: 0,
         instructions: 0,
+        body: 0,
     };
+    let mut prologue = Prologue::Open { compared: false };
     while decoder.can_decode() {
         let offset = decoder.position() as u64;
         decoder.decode_out(&mut instr);
@@ -83,6 +97,12 @@ pub fn scan(code: &[u8], entry: u64) -> Result<RetScan, ScanError> {
             out.entry_len = instr.len();
         }
         out.instructions += 1;
+        if let Prologue::Open { compared } = prologue {
+            prologue = prologue_step(&instr, compared, entry..end);
+            if prologue == Prologue::Closed {
+                out.body = decoder.position() as u64;
+            }
+        }
         let mnemonic = instr.mnemonic();
         let direct_branch = instr.op_count() > 0
             && matches!(
@@ -106,6 +126,72 @@ pub fn scan(code: &[u8], entry: u64) -> Result<RetScan, ScanError> {
         }
     }
     Ok(out)
+}
+
+/// Where the decoder stands in Go's stack-bound check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prologue {
+    /// Still in it; `compared` once the `CMP` against the goroutine's stack guard was seen.
+    Open { compared: bool },
+    /// Its final jump was just decoded: the next instruction is the body.
+    Closed,
+    /// The function does not start with one.
+    Absent,
+}
+
+/// The stack guard's offset in the goroutine (`g.stackguard0`, R14 = g): the same on every Go
+/// version with the register ABI (1.17+).
+const STACKGUARD0: i64 = 16;
+
+/// One instruction of a function's start against Go's prologue shapes (cmd/internal/obj/x86
+/// `stacksplit`): small frames `CMP RSP, [R14+16]; JBE`, larger ones `LEA R12, [RSP-n]` first,
+/// the largest `MOV R12, RSP; SUB R12, n; JB` first.
+fn prologue_step(instr: &Instruction, compared: bool, function: std::ops::Range<u64>) -> Prologue {
+    use iced_x86::Register;
+    let reg = |i: u32| instr.op_kind(i) == OpKind::Register;
+    let reg_is = |i: u32, r: Register| reg(i) && instr.op_register(i) == r;
+    match instr.mnemonic() {
+        Mnemonic::Cmp
+            if !compared
+                && (reg_is(0, Register::RSP) || reg_is(0, Register::R12))
+                && instr.op1_kind() == OpKind::Memory
+                && instr.memory_base() == Register::R14
+                && instr.memory_index() == Register::None
+                && instr.memory_displacement64() as i64 == STACKGUARD0 =>
+        {
+            Prologue::Open { compared: true }
+        }
+        Mnemonic::Lea
+            if !compared
+                && reg_is(0, Register::R12)
+                && instr.memory_base() == Register::RSP
+                && instr.memory_index() == Register::None =>
+        {
+            Prologue::Open { compared }
+        }
+        Mnemonic::Mov if !compared && reg_is(0, Register::R12) && reg_is(1, Register::RSP) => {
+            Prologue::Open { compared }
+        }
+        Mnemonic::Sub
+            if !compared
+                && reg_is(0, Register::R12)
+                && matches!(
+                    instr.op1_kind(),
+                    OpKind::Immediate32to64 | OpKind::Immediate8to64
+                ) =>
+        {
+            Prologue::Open { compared }
+        }
+        // The jumps go to the morestack block at the function's end.
+        Mnemonic::Jbe if compared && function.contains(&instr.near_branch_target()) => {
+            Prologue::Closed
+        }
+        // The largest frames' `JB` (the subtraction wrapped) comes before the CMP.
+        Mnemonic::Jb if !compared && function.contains(&instr.near_branch_target()) => {
+            Prologue::Open { compared }
+        }
+        _ => Prologue::Absent,
+    }
 }
 
 #[cfg(test)]
@@ -136,12 +222,58 @@ mod tests {
         ];
         let s = scan(&code, 0x40_0000).unwrap();
         assert_eq!(s.rets, vec![6]);
+        assert_eq!(s.body, 6, "the entry probe goes past the JBE");
         assert!(s.jumps_to_entry);
         assert!(s.tail_calls.is_empty());
         // Shifted by one byte the back edge no longer hits the presumed entry.
         if let Ok(shifted) = scan(&code[1..], 0x40_0001) {
             assert!(!shifted.jumps_to_entry);
         }
+    }
+
+    /// A function of the given start, then `push rbp; ret`, the morestack block (`call 0;
+    /// jmp entry`) and padding: where its body starts.
+    fn body_after(start: &[u8]) -> u64 {
+        let mut code = start.to_vec();
+        let jumps: Vec<usize> = (0..code.len())
+            .filter(|&i| {
+                code[i..].starts_with(&[0x0f, 0x86]) || code[i..].starts_with(&[0x0f, 0x82])
+            })
+            .collect();
+        code.extend([0x55, 0xc3]);
+        let morestack = code.len();
+        code.extend([0xe8, 0, 0, 0, 0, 0xe9]);
+        let back = -(code.len() as i32 + 4);
+        code.extend(back.to_le_bytes());
+        code.push(0xcc);
+        // Every rel32 Jcc of the start goes to the morestack block.
+        for j in jumps {
+            let rel = (morestack - (j + 6)) as i32;
+            code[j + 2..j + 6].copy_from_slice(&rel.to_le_bytes());
+        }
+        let s = scan(&code, 0x40_0000).unwrap();
+        assert!(s.jumps_to_entry);
+        s.body
+    }
+
+    #[test]
+    fn entry_probes_go_past_each_stack_check_shape() {
+        const CMP_R12: [u8; 4] = [0x4d, 0x3b, 0x66, 0x10];
+        const JBE: [u8; 6] = [0x0f, 0x86, 0, 0, 0, 0];
+        // lea r12, [rsp-0x1d0]; cmp r12, [r14+0x10]; jbe (grpc-go's writeStatus)
+        let lea = [0x4c, 0x8d, 0xa4, 0x24, 0x30, 0xfe, 0xff, 0xff];
+        assert_eq!(body_after(&[&lea[..], &CMP_R12, &JBE].concat()), 18);
+        // mov r12, rsp; sub r12, 0x1fa8; jb; cmp r12, [r14+0x10]; jbe (frames over 4 KiB)
+        let huge = [0x49, 0x89, 0xe4, 0x49, 0x81, 0xec, 0xa8, 0x1f, 0, 0];
+        let jb = [0x0f, 0x82, 0, 0, 0, 0];
+        assert_eq!(body_after(&[&huge[..], &jb, &CMP_R12, &JBE].concat()), 26);
+        // NOSPLIT: no check, the probe stays on the first instruction.
+        assert_eq!(scan(&[0x55, 0xc3], 0x1000).unwrap().body, 0);
+        // A compare against another goroutine field is not the check.
+        let other = [0x4d, 0x3b, 0x66, 0x18];
+        assert_eq!(body_after(&[&lea[..], &other, &JBE].concat()), 0);
+        // Nor a jump before any compare but the largest frames' JB.
+        assert_eq!(body_after(&[&JBE[..], &CMP_R12].concat()), 0);
     }
 
     #[test]
