@@ -242,6 +242,15 @@ fn instrumented_info(
         .cloned()
 }
 
+/// The calls of `expected` that are real traffic (not health checks).
+fn real_calls(expected: &[(&'static str, String, String, u16, u64)]) -> u64 {
+    expected
+        .iter()
+        .filter(|e| e.0 == "rpc_server_requests_total")
+        .map(|e| e.4)
+        .sum()
+}
+
 /// Exact counts the collector must show for one server, from the client's counts.
 fn expected_series(
     seen: &BTreeMap<(String, u16), u64>,
@@ -366,11 +375,7 @@ fn counts_calls_exactly(running: &app::Running, prefix: &str, i: usize, f: &Fixt
     assert_eq!(offsets, want_source, "{name}: where the offsets came from");
     let (seen, spent) = drive_with(&f.client, server.addr, serve);
     let expected = expected_series(&seen);
-    let real: u64 = expected
-        .iter()
-        .filter(|e| e.0 == "rpc_server_requests_total")
-        .map(|e| e.4)
-        .sum();
+    let real = real_calls(&expected);
     assert_eq!(
         real,
         u64::from(ROUNDS) * 11,
@@ -542,11 +547,7 @@ async fn calls_stopped_at_a_probed_prologue_are_counted_once() {
         );
         let (seen, _) = drive_rounds(&f.client, server.addr, Serve::Grpc, 300, 8);
         let expected = expected_series(&seen);
-        let real: u64 = expected
-            .iter()
-            .filter(|e| e.0 == "rpc_server_requests_total")
-            .map(|e| e.4)
-            .sum();
+        let real = real_calls(&expected);
         assert_eq!(real, 300 * 11, "{name}: the client's mix");
         let text = wait_exact_rpc_counts(&running, &name, &workload, &expected, real);
         let w = [("workload_kind", "cgroup"), ("workload", workload.as_str())];
@@ -599,11 +600,7 @@ async fn with_net_http_probes_each_family_counts_a_call_once() {
     );
     let (seen, _) = drive_with(&f.client, server.addr, Serve::Tls);
     let expected = expected_series(&seen);
-    let real: u64 = expected
-        .iter()
-        .filter(|e| e.0 == "rpc_server_requests_total")
-        .map(|e| e.4)
-        .sum();
+    let real = real_calls(&expected);
     let all: u64 = seen.values().sum();
     wait_exact_rpc_counts(&running, name, &workload, &expected, real);
     // The server's REST route on the same TLS port: net/http's requests.
@@ -818,11 +815,7 @@ async fn calls_are_counted_without_their_start_or_record() {
         .entry(("/grpctest.Echo/Collect".to_string(), 0))
         .or_default() += 1;
     let expected = expected_series(&seen);
-    let real: u64 = expected
-        .iter()
-        .filter(|e| e.0 == "rpc_server_requests_total")
-        .map(|e| e.4)
-        .sum();
+    let real = real_calls(&expected);
     let health: u64 = expected
         .iter()
         .filter(|e| e.0 == "rpc_server_probe_requests_total")
