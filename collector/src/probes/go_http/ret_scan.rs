@@ -51,7 +51,8 @@ pub struct RetScan {
     pub entry_len: usize,
     /// Offset of the first instruction past Go's stack-bound check (`CMP RSP|R12, [R14+16]`
     /// and its conditional jump into the function, after the `LEA`/`MOV`/`SUB` into R12 that
-    /// larger frames compute first); 0 when the function starts otherwise (`NOSPLIT`).
+    /// larger frames compute first); 0 when the function starts otherwise (`NOSPLIT`) or a
+    /// jump in the function targets that instruction.
     pub body: u64,
     /// Instructions decoded, padding included.
     pub instructions: usize,
@@ -82,6 +83,7 @@ pub fn scan(code: &[u8], entry: u64) -> Result<RetScan, ScanError> {
         body: 0,
     };
     let mut prologue = Prologue::Open { compared: false };
+    let mut body_is_a_target = false;
     while decoder.can_decode() {
         let offset = decoder.position() as u64;
         decoder.decode_out(&mut instr);
@@ -117,6 +119,9 @@ pub fn scan(code: &[u8], entry: u64) -> Result<RetScan, ScanError> {
             if target == entry {
                 out.jumps_to_entry = true;
             }
+            if out.body != 0 && target == entry + out.body {
+                body_is_a_target = true;
+            }
             if !(entry..end).contains(&target) {
                 out.tail_calls.push(offset);
             }
@@ -124,6 +129,11 @@ pub fn scan(code: &[u8], entry: u64) -> Result<RetScan, ScanError> {
             // Through a register or memory: the target is unknown.
             out.tail_calls.push(offset);
         }
+    }
+    if body_is_a_target {
+        // A loop back to it would fire the probe once per iteration: the first instruction,
+        // run again only by morestack (which the kernel side tolerates), is the lesser harm.
+        out.body = 0;
     }
     Ok(out)
 }
@@ -274,6 +284,15 @@ mod tests {
         assert_eq!(body_after(&[&lea[..], &other, &JBE].concat()), 0);
         // Nor a jump before any compare but the largest frames' JB.
         assert_eq!(body_after(&[&JBE[..], &CMP_R12].concat()), 0);
+        // A body that a jump re-enters (a loop) keeps the probe on the first instruction:
+        // cmp rsp, [r14+0x10]; jbe +3 (-> morestack); push rbp; jmp -3 (-> the push);
+        // morestack: call 0; jmp entry.
+        let looped = [
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x03, 0x55, 0xeb, 0xfd, 0xe8, 0, 0, 0, 0, 0xeb, 0xf0,
+        ];
+        let s = scan(&looped, 0x40_0000).unwrap();
+        assert!(s.jumps_to_entry);
+        assert_eq!(s.body, 0);
     }
 
     #[test]
