@@ -95,8 +95,8 @@ fn grpc_stream_start_impl(ctx: ProbeContext) -> u32 {
     // SAFETY: plain helper.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // BPF_ANY: morestack may run the entry twice for one call (where the probe had to sit on
-    // the first instruction, see `http`); a reused stream address
-    // belongs to a new RPC (the old one's status was written, which removed it).
+    // the first instruction, see `http`); a reused stream address belongs to a new RPC (the
+    // old one's status was written, which removed it).
     let _ = GRPC_INFLIGHT.insert(&k, &now, BPF_ANY as u64);
     0
 }
