@@ -621,21 +621,24 @@ async fn the_default_learns_router_templates_for_the_parsers_requests() {
                 "{router}: no learning window opened and closed (listed {listed:?})",
             );
         }
-        let total = |text: &str| {
-            metric_sum(text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64
+        // The exact counters and the records (the histograms): records reach the aggregator
+        // through the ring buffer, drained apart from the counters' harvest, so a scrape can
+        // show a request counted whose record is still on its way.
+        let counted = |text: &str, want: u64| {
+            let n = metric_sum(text, "collector_http_requests_total", &w).unwrap_or(0.0) as u64;
+            let records = metric_sum(text, "http_server_request_duration_seconds_count", &w)
+                .unwrap_or(0.0) as u64;
+            if n == want && records == want {
+                Ok(())
+            } else {
+                Err(format!("exact {n}/{want}, records {records}/{want}"))
+            }
         };
         wait_until_ok_blocking(
             DEADLINE,
             POLL,
             &format!("{router}: learning counted"),
-            || {
-                let n = total(&scrape(api));
-                if n == sent {
-                    Ok(())
-                } else {
-                    Err(format!("exact {n}/{sent}"))
-                }
-            },
+            || counted(&scrape(api), sent),
         );
         // Counted under the templates learned, with no uprobe attached.
         let series = |text: &str| -> BTreeMap<(String, String, String), u64> {
@@ -678,12 +681,7 @@ async fn the_default_learns_router_templates_for_the_parsers_requests() {
         let want = sent + 2 * MIX.len() as u64;
         let text = wait_until_ok_blocking(DEADLINE, POLL, &format!("{router}: counted"), || {
             let text = scrape(api);
-            let n = total(&text);
-            if n == want {
-                Ok(text)
-            } else {
-                Err(format!("exact {n}/{want}"))
-            }
+            counted(&text, want).map(|()| text)
         });
         let after = series(&text);
         let delta: BTreeMap<_, _> = after
