@@ -844,6 +844,17 @@ async fn calls_are_counted_without_their_start_or_record() {
                     ));
                 }
             }
+            // The records (durations) reach the aggregator on the ring reader's timer, after
+            // the counters: every real call has its record or is counted unrecorded.
+            let durations =
+                metric_sum(&text, "rpc_server_duration_seconds_count", &w).unwrap_or(0.0) as u64;
+            let unrecorded =
+                metric_sum(&text, "collector_grpc_rpcs_unrecorded_total", &w).unwrap_or(0.0) as u64;
+            if durations + unrecorded < real {
+                wrong.push(format!(
+                    "{durations} durations + {unrecorded} unrecorded for {real} calls"
+                ));
+            }
             if wrong.is_empty() {
                 Ok(text)
             } else {

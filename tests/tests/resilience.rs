@@ -498,6 +498,31 @@ fn requests_counted(metrics: &str, workload: &str) -> u64 {
     sample(metrics, "collector_http_requests_total", workload)
 }
 
+/// The metrics once the workload's `ok` requests are all counted and each has its record or is
+/// charged as unrecorded. Waited for both: records reach the aggregator on the ring reader's
+/// timer, apart from the counters' harvest, so one scrape can hold a request counted whose
+/// record is still on its way.
+fn counted_and_recorded(d: &Daemon, workload: &str, ok: u64) -> String {
+    wait_until_ok_blocking(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        "every request counted, recorded or charged",
+        || {
+            let m = d.metrics();
+            let counted = requests_counted(&m, workload);
+            let records = sample(&m, "http_server_request_duration_seconds_count", workload);
+            let unrecorded = sample(&m, "collector_http_requests_unrecorded_total", workload);
+            if counted == ok && records + unrecorded == ok {
+                Ok(m)
+            } else {
+                Err(format!(
+                    "counted {counted}/{ok}, records {records} + unrecorded {unrecorded}"
+                ))
+            }
+        },
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown, overload, kill -9 and restart
 // ---------------------------------------------------------------------------------------------
@@ -597,16 +622,8 @@ fn overload_samples_and_stays_exact() {
         rate >= 3.0 * budget as f64,
         "the load must reach 3× the budget: {rate:.0}/s"
     );
-    let counted = wait_until_ok_blocking(
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        "every request counted",
-        || {
-            let got = requests_counted(&d.metrics(), &w);
-            if got == ok { Ok(got) } else { Err(got) }
-        },
-    );
-    let m = d.metrics();
+    let m = counted_and_recorded(&d, &w, ok);
+    let counted = requests_counted(&m, &w);
     let records = sample(&m, "http_server_request_duration_seconds_count", &w);
     let lost = sample(&m, "collector_http_requests_lost_total", &w);
     let drops: u64 = m
@@ -759,16 +776,8 @@ fn full_ring_costs_records_not_verdicts() {
         thread::sleep(Duration::from_millis(200));
     }
     let (ok, failed) = load.stop();
-    let counted = wait_until_ok_blocking(
-        Duration::from_secs(5),
-        Duration::from_millis(100),
-        "every request counted",
-        || {
-            let got = requests_counted(&d.metrics(), &w);
-            if got == ok { Ok(got) } else { Err(got) }
-        },
-    );
-    let m = d.metrics();
+    let m = counted_and_recorded(&d, &w, ok);
+    let counted = requests_counted(&m, &w);
     let records = sample(&m, "http_server_request_duration_seconds_count", &w);
     let unrecorded = sample(&m, "collector_http_requests_unrecorded_total", &w);
     let ring_drops = metric_sum(
