@@ -707,8 +707,9 @@ fn retrans_allowance(text: &str, rung: &str, expected: u64) -> (u64, u64) {
 
 /// The most segments one retransmitted skb carries here: a run of the retransmit program sees
 /// one skb, which TSO may have built of up to 64 KiB (a veth's `gso_max_size` 65536), and the
-/// pods' veth MTU of 1500 gives an MSS of 1448, so 46 at most. One missed run may therefore hide that many (a clean
-/// CI run once fell 5 short of nstat's 441 with one missed run on the tracepoint rung).
+/// pods' veth MTU of 1500 gives an MSS of 1448, so 46 at most. One missed run may therefore
+/// hide that many (a clean CI run once fell 5 short of nstat's 441 with one missed run on the
+/// tracepoint rung).
 const SEGMENTS_PER_SKB: u64 = 65_536 / 1448 + 1;
 
 /// The fixed part of the traffic each rung must count identically.
