@@ -313,18 +313,48 @@ impl Rules {
         let s = &ev.signals;
         let over = secs(ev.covered_seconds);
         if ctx.events_lost > 0 {
+            let mut lost = Reason {
+                code: ReasonCode::EventsLost,
+                state: State::Unknown,
+                message: format!(
+                    "{} events lost by the collector over {over}: signals incomplete",
+                    ctx.events_lost
+                ),
+                watching: false,
+            };
+            // What was lost are HTTP requests and records; the TCP signals come from the
+            // kernel's counters, exact whatever was lost. A conclusive unhealthy from them is
+            // final (the state is the worst reason's, and nothing missing can be worse), so it
+            // stands, with the loss told beside it. A pod under heavy packet loss is where the
+            // parser loses its place (a hole in a head), and was reported unknown — ready —
+            // while it retransmitted every segment (CI, `verdicts_follow_real_traffic`).
+            // Anything short of unhealthy could still be raised by the lost evidence: unknown.
+            let tcp = Evidence {
+                signals: Signals {
+                    requests: 0,
+                    probe_requests: 0,
+                    ..ev.signals.clone()
+                },
+                errors: RatioEvidence::default(),
+                slow: Default::default(),
+                ..ev.clone()
+            };
+            let mut a = self.assess(
+                &tcp,
+                Context {
+                    events_lost: 0,
+                    ..ctx
+                },
+            );
+            if a.state == State::Unhealthy {
+                lost.watching = true;
+                a.reasons.push(lost);
+                return a;
+            }
             return Assessment {
                 state: State::Unknown,
                 prompt_state: State::Unknown,
-                reasons: vec![Reason {
-                    code: ReasonCode::EventsLost,
-                    state: State::Unknown,
-                    message: format!(
-                        "{} events lost by the collector over {over}: signals incomplete",
-                        ctx.events_lost
-                    ),
-                    watching: false,
-                }],
+                reasons: vec![lost],
                 probe_mismatch: false,
             };
         }
@@ -830,6 +860,33 @@ mod tests {
             (
                 "lost events",
                 http(3000, 0),
+                lost,
+                Unknown,
+                vec![ReasonCode::EventsLost],
+                vec![false],
+            ),
+            // The kernel's TCP counters are exact whatever records were lost: a conclusive
+            // unhealthy from them stands (no missing record could make it better), with the
+            // loss told beside it.
+            (
+                "lost events, retransmits 15 %",
+                Evidence {
+                    signals: Signals {
+                        requests: 3000,
+                        ..tcp(6000, 900).signals
+                    },
+                    errors: steady(0, 3000),
+                    ..tcp(6000, 900)
+                },
+                lost,
+                Unhealthy,
+                vec![ReasonCode::RetransmitRatio, ReasonCode::EventsLost],
+                vec![false, true],
+            ),
+            // Degraded is not a bound: the lost records could have made it unhealthy.
+            (
+                "lost events, retransmits 5 %",
+                tcp(6000, 300),
                 lost,
                 Unknown,
                 vec![ReasonCode::EventsLost],
