@@ -327,7 +327,7 @@ impl Rules {
             // final (the state is the worst reason's, and nothing missing can be worse), so it
             // stands, with the loss told beside it. A pod under heavy packet loss is where the
             // parser loses its place (a hole in a head), and was reported unknown — ready —
-            // while it retransmitted every segment (CI, `verdicts_follow_real_traffic`).
+            // while it retransmitted 1.5 segments per send (CI, `verdicts_follow_real_traffic`).
             // Anything short of unhealthy could still be raised by the lost evidence: unknown.
             let tcp = Evidence {
                 signals: Signals {
