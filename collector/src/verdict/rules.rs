@@ -329,14 +329,13 @@ impl Rules {
             // parser loses its place (a hole in a head), and was reported unknown — ready —
             // while it retransmitted 1.5 segments per send (CI, `verdicts_follow_real_traffic`).
             // Anything short of unhealthy could still be raised by the lost evidence: unknown.
+            // Without requests no HTTP rule runs (errors, latency, probe mismatch).
             let tcp = Evidence {
                 signals: Signals {
                     requests: 0,
                     probe_requests: 0,
                     ..ev.signals.clone()
                 },
-                errors: RatioEvidence::default(),
-                slow: Default::default(),
                 ..ev.clone()
             };
             let mut a = self.assess(
@@ -882,6 +881,15 @@ mod tests {
                 Unhealthy,
                 vec![ReasonCode::RetransmitRatio, ReasonCode::EventsLost],
                 vec![false, true],
+            ),
+            // HTTP rules are not judged on a window with losses, however clear they look.
+            (
+                "lost events, errors 30 %",
+                http(3000, 900),
+                lost,
+                Unknown,
+                vec![ReasonCode::EventsLost],
+                vec![false],
             ),
             // Degraded is not a bound: the lost records could have made it unhealthy.
             (
